@@ -4,3 +4,10 @@
 //! simulator (`sim`) speaks the engines' real wire formats for the demo, tests and benchmarks.
 
 pub mod sim;
+pub mod api;
+pub mod config;
+pub mod metrics;
+pub mod stream;
+pub mod upstream;
+pub mod admin;
+pub mod edge;

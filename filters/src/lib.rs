@@ -1,1 +1,130 @@
+//! Request filters for the okome edge.
+//!
+//! A filter looks at a request after routing has read its body's `"model"` and before a backend
+//! is chosen. It may let it through, change the headers sent upstream, attach attributes for
+//! later filters, or reject it; the edge renders a rejection in the error shape of the API the
+//! client speaks. Filters run in the order a route lists them.
+//!
+//! To write a filter: implement [`Filter`], add a variant to [`FilterSpec`] and a line to [`build`].
 
+mod glob;
+mod headers;
+mod models;
+mod require_header;
+
+pub use glob::Glob;
+pub use headers::SetHeaders;
+pub use models::AllowModels;
+pub use require_header::RequireHeader;
+
+use async_trait::async_trait;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// What a filter sees of a request.
+#[derive(Debug)]
+pub struct FilterRequest<'a> {
+    /// HTTP method.
+    pub method: &'a Method,
+    /// Path, without the query.
+    pub path: &'a str,
+    /// Request headers as the client sent them.
+    pub headers: &'a HeaderMap,
+    /// The body's `"model"` (or TF Serving's model from the path), when there is one.
+    pub model: Option<&'a str>,
+    /// Request body size in bytes.
+    pub body_len: usize,
+    /// Name of the route that matched.
+    pub route: &'a str,
+}
+
+/// Effects a filter asks for; the edge applies them before choosing a backend.
+#[derive(Debug, Default)]
+pub struct FilterEffects {
+    /// Headers to set on the upstream request.
+    pub set_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Headers to remove from the upstream request.
+    pub remove_headers: Vec<HeaderName>,
+    /// Key/value attributes for later filters, logs and metrics (e.g. a tenant id).
+    pub attributes: BTreeMap<&'static str, String>,
+}
+
+/// A refusal, rendered by the edge in the client's API error shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// HTTP status (401, 403, 429 …).
+    pub status: StatusCode,
+    /// Human-readable reason, shown to the client.
+    pub message: String,
+    /// Machine-readable code (OpenAI `code`), e.g. `model_not_allowed`.
+    pub code: &'static str,
+    /// Seconds for `Retry-After`, when retrying later can succeed.
+    pub retry_after: Option<u64>,
+}
+
+/// A filter's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let the request go on to the next filter.
+    Continue,
+    /// Answer the client with this error; nothing is sent upstream.
+    Reject(Rejection),
+}
+
+/// A request filter.
+#[async_trait]
+pub trait Filter: Send + Sync + std::fmt::Debug {
+    /// Short name for logs.
+    fn name(&self) -> &'static str;
+    /// Decides on a request; may record effects.
+    async fn on_request(&self, req: &FilterRequest<'_>, effects: &mut FilterEffects) -> Verdict;
+}
+
+/// A filter as written in the edge config, e.g. `{type: set_headers, set: {x-team: a}}`.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FilterSpec {
+    /// Set or remove headers on the request sent to the engine.
+    SetHeaders {
+        /// Header name → value.
+        #[serde(default)]
+        set: BTreeMap<String, String>,
+        /// Header names to drop.
+        #[serde(default)]
+        remove: Vec<String>,
+    },
+    /// Only let through requests whose model matches one of these globs; others get 403.
+    AllowModels {
+        /// Globs, `*` matches any run of characters.
+        models: Vec<String>,
+    },
+    /// Refuse requests that lack a header (401), or whose value is not among `values` (403).
+    RequireHeader {
+        /// Header name.
+        name: String,
+        /// Accepted values; empty means any value.
+        #[serde(default)]
+        values: Vec<String>,
+    },
+}
+
+/// Why a filter spec cannot be built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FilterError {
+    /// A header name or value is not valid HTTP.
+    #[error("invalid header {0:?}")]
+    InvalidHeader(String),
+    /// A list that must not be empty is.
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+}
+
+/// Builds a runnable filter from its spec.
+pub fn build(spec: &FilterSpec) -> Result<Box<dyn Filter>, FilterError> {
+    Ok(match spec {
+        FilterSpec::SetHeaders { set, remove } => Box::new(SetHeaders::new(set, remove)?),
+        FilterSpec::AllowModels { models } => Box::new(AllowModels::new(models)?),
+        FilterSpec::RequireHeader { name, values } => Box::new(RequireHeader::new(name, values)?),
+    })
+}

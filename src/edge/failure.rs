@@ -1,0 +1,120 @@
+//! Failure phases: which errors are retried, and what the client gets when a request fails.
+//!
+//! Retry is allowed, POST included, as long as no response byte has reached the client: the
+//! engine produced nothing the client saw, so a second engine can start over. After that, an
+//! upstream failure ends the stream with a terminal error in the stream's own format.
+
+use super::respond::{self, EdgeError};
+use super::{ctx::RequestCtx, Edge};
+use crate::api::Api;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType};
+use pingora_proxy::{FailToProxy, Session};
+
+fn retryable(edge: &Edge, session: &Session, ctx: &RequestCtx) -> bool {
+    session.response_written().is_none() && ctx.attempts < edge.max_attempts && edge.has_alternative(ctx)
+}
+
+/// `fail_to_connect`: the backend could not be reached; eject it and try another.
+pub fn on_connect_error(edge: &Edge, session: &Session, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    if let Some((pi, bi)) = ctx.current {
+        let pool = &edge.upstreams.pools[pi];
+        // A refused or timed-out connect is definitive: stop sending traffic there at once.
+        pool.backends[bi].record_failure(&pool.ejection, &format!("connect: {}", e.etype().as_str()), true);
+    }
+    ctx.retry_reason = Some("connect");
+    e.set_retry(retryable(edge, session, ctx));
+    e
+}
+
+/// `error_while_proxy`: the connection broke before or during the response.
+pub fn on_proxy_error(
+    edge: &Edge,
+    peer: &HttpPeer,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    e: Box<Error>,
+) -> Box<Error> {
+    let mut e = e.more_context(format!("backend {}", pingora_core::upstreams::peer::Peer::address(peer)));
+    if *e.esource() == ErrorSource::Downstream {
+        e.set_retry(false);
+        return e;
+    }
+    // Our own retry signal (a 502/503 answer) already chose; other upstream failures before the
+    // first byte (reset, closed) are retried too.
+    if !matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+        if let Some((pi, bi)) = ctx.current {
+            let pool = &edge.upstreams.pools[pi];
+            pool.backends[bi].record_failure(&pool.ejection, e.etype().as_str(), false);
+        }
+        ctx.retry_reason = Some("upstream_error");
+    }
+    let can = retryable(edge, session, ctx);
+    e.set_retry(can);
+    e
+}
+
+/// `fail_to_proxy`: answer the client in its API's shape, or end a started stream cleanly.
+pub async fn on_fail(edge: &Edge, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    let _ = edge;
+    if session.response_written().is_some() {
+        // Mid-stream: the status line is gone; end the stream in its own framing.
+        if *e.esource() != ErrorSource::Downstream {
+            let msg = if is_timeout(e) {
+                "the model server stopped sending tokens (idle timeout)".to_owned()
+            } else {
+                format!("the model server failed mid-stream: {}", e.etype().as_str())
+            };
+            if let Some(tap) = ctx.tap.as_ref() {
+                if let Some(bytes) = Api::stream_error(tap.format(), &msg) {
+                    let _ = session.write_response_body(Some(bytes), true).await;
+                }
+            }
+        }
+        return FailToProxy {
+            error_code: 0,
+            can_reuse_downstream: false,
+        };
+    }
+    if *e.esource() == ErrorSource::Downstream && matches!(e.etype(), ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed) {
+        return FailToProxy {
+            error_code: 0,
+            can_reuse_downstream: false,
+        };
+    }
+    let err = classify(e, ctx);
+    let code = respond::error(session, ctx, &err).await;
+    FailToProxy {
+        error_code: code,
+        can_reuse_downstream: false,
+    }
+}
+
+fn is_timeout(e: &Error) -> bool {
+    matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout)
+}
+
+fn classify(e: &Error, ctx: &RequestCtx) -> EdgeError {
+    if let Some(own) = e.cause.as_ref().and_then(|c| c.downcast_ref::<EdgeError>()) {
+        return own.clone();
+    }
+    let tries = ctx.attempts;
+    match e.etype() {
+        ErrorType::HTTPStatus(s) => EdgeError::new(*s, "upstream_error", format!("the model server answered {s} after {tries} attempt(s)")),
+        ErrorType::ReadTimedout => EdgeError::new(504, "timeout", "the model server did not produce a first token in time"),
+        ErrorType::ConnectTimedout => EdgeError::new(502, "upstream_unreachable", format!("no model server could be reached ({tries} attempt(s)): connect timed out")),
+        t if *e.esource() == ErrorSource::Upstream => {
+            EdgeError::new(502, "upstream_unreachable", format!("no model server could be reached ({tries} attempt(s)): {}", t.as_str()))
+        }
+        ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::InvalidH2 => EdgeError::new(400, "bad_request", "malformed HTTP request"),
+        t => EdgeError::new(500, "internal_error", format!("internal error: {}", t.as_str())),
+    }
+}
+
+impl std::fmt::Display for EdgeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.message)
+    }
+}
+
+impl std::error::Error for EdgeError {}

@@ -1,0 +1,123 @@
+//! The stream plane: a Pingora proxy that routes LLM requests to engine pools and relays token
+//! streams chunk by chunk.
+//!
+//! One file per proxy phase: [`request`] (API, body, route, filters), [`peer`] (backend for each
+//! attempt), [`body`] (replaying the pre-read body), [`response`] (retry on 502/503, stream tap),
+//! [`failure`] (retry policy, errors in the client's shape), [`logging`] (metrics, access log).
+
+pub mod body;
+pub mod ctx;
+pub mod failure;
+pub mod logging;
+pub mod peer;
+pub mod proxy;
+pub mod request;
+pub mod respond;
+pub mod response;
+pub mod routes;
+pub mod server;
+
+use crate::config::{EdgeConfig, Timeouts};
+use crate::metrics::Metrics;
+use crate::upstream::{select, Upstreams};
+use bytes::Bytes;
+use ctx::RequestCtx;
+use routes::RouteTable;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// The proxy's shared, read-mostly state.
+#[derive(Debug)]
+pub struct Edge {
+    /// Pools and backends.
+    pub upstreams: Arc<Upstreams>,
+    /// Compiled routes.
+    pub routes: RouteTable,
+    /// Metrics registry.
+    pub metrics: Metrics,
+    /// Upstream timeouts.
+    pub timeouts: Timeouts,
+    /// Attempts per request.
+    pub max_attempts: u32,
+    /// Largest body routed.
+    pub max_body: u64,
+}
+
+/// Label values of a stream's metrics.
+#[derive(Debug)]
+pub struct StreamLabels<'a> {
+    /// Route name.
+    pub route: &'a str,
+    /// Pool name.
+    pub pool: &'a str,
+    /// Backend id.
+    pub backend: &'a str,
+    /// Model, or `other` when not a known model (bounded cardinality).
+    pub model: &'a str,
+}
+
+impl StreamLabels<'_> {
+    /// As a label slice, in the order of the metric definitions.
+    pub fn as_refs(&self) -> [&str; 4] {
+        [self.route, self.pool, self.backend, self.model]
+    }
+}
+
+impl Edge {
+    /// Builds the proxy state from a validated config.
+    pub fn new(cfg: &EdgeConfig, metrics: Metrics, upstreams: Arc<Upstreams>) -> Self {
+        Edge {
+            routes: RouteTable::new(cfg, &upstreams),
+            upstreams,
+            metrics,
+            timeouts: cfg.timeouts,
+            max_attempts: cfg.retry.max_attempts,
+            max_body: cfg.limits.max_body.0,
+        }
+    }
+
+    /// Whether another attempt could find a backend (this pool or a later one in the plan).
+    pub fn has_alternative(&self, ctx: &RequestCtx) -> bool {
+        ctx.plan.iter().enumerate().skip(ctx.plan_pos).any(|(_, &pi)| {
+            let pool = &self.upstreams.pools[pi];
+            select::pick(&pool.backends, |b| ctx.tried.contains(&(pi, b))).is_some()
+        })
+    }
+
+    /// Labels for the request's stream metrics.
+    pub fn stream_labels<'a>(&'a self, ctx: &'a RequestCtx) -> StreamLabels<'a> {
+        let route = ctx.route.map_or("none", |r| self.routes.routes[r].name.as_str());
+        let (pool, backend) = match ctx.current {
+            Some((pi, bi)) => {
+                let p = &self.upstreams.pools[pi];
+                (p.name.as_str(), p.backends[bi].id.as_str())
+            }
+            None => ("", ""),
+        };
+        let model = match (ctx.model.as_deref(), ctx.current) {
+            (Some(m), Some((pi, _))) if self.upstreams.pools[pi].serves(m) => m,
+            _ => "other",
+        };
+        StreamLabels { route, pool, backend, model }
+    }
+
+    /// Every model any pool serves, sorted.
+    pub fn known_models(&self) -> Vec<String> {
+        let mut all = BTreeSet::new();
+        for p in &self.upstreams.pools {
+            all.extend(p.models());
+        }
+        all.into_iter().collect()
+    }
+
+    /// `GET /v1/models` answered from the pools' models (OpenAI list shape).
+    pub fn models_list_body(&self) -> Bytes {
+        let mut data = Vec::new();
+        for p in self.upstreams.pools.iter().filter(|p| p.speaks(crate::api::Api::OpenAi)) {
+            for m in p.models() {
+                data.push(serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": p.name}));
+            }
+        }
+        Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())
+    }
+}

@@ -1,0 +1,130 @@
+//! The Pingora `ProxyHttp` implementation: each phase delegates to its own module.
+
+use super::ctx::RequestCtx;
+use super::request::Decision;
+use super::{body, failure, logging, peer, request, respond, response, Edge};
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::time::Duration;
+
+#[async_trait]
+impl ProxyHttp for Edge {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        match request::decide(self, session, ctx).await {
+            Decision::Proxy => Ok(false),
+            Decision::Refuse(err) => {
+                respond::error(session, ctx, &err).await;
+                Ok(true)
+            }
+            Decision::ListModels => {
+                let body = self.models_list_body();
+                ctx.status = 200;
+                respond::json(session, 200, body, &[]).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        peer::next(self, ctx).map(Box::new).map_err(|err| {
+            let status = err.status;
+            Error::because(ErrorType::HTTPStatus(status), "no backend for the request", err)
+        })
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        body::replay(ctx.body.as_ref(), body);
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Engines bound to loopback (Ollama) refuse foreign Host headers: speak as a local client.
+        if let Some((pi, bi)) = ctx.current {
+            let id = &self.upstreams.pools[pi].backends[bi].id;
+            req.insert_header(http::header::HOST, id.as_str())?;
+        }
+        for name in &ctx.effects.remove_headers {
+            req.remove_header(name);
+        }
+        for (name, value) in &ctx.effects.set_headers {
+            req.insert_header(name.clone(), value.clone())?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        response::on_upstream_header(self, resp, ctx)
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        response::on_response_header(self, resp, ctx);
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        response::on_body(self, body, ctx);
+        Ok(None)
+    }
+
+    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
+        failure::on_connect_error(self, session, ctx, e)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        failure::on_proxy_error(self, peer, session, ctx, e)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        failure::on_fail(self, session, e, ctx).await
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        // The access log line carries the error, with context; avoid a second, less useful line.
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let written = session.response_written().map(|r| r.status.as_u16());
+        let req = session.req_header();
+        logging::finish(self, req.method.as_str(), req.uri.path(), written, e, ctx);
+    }
+}

@@ -1,0 +1,138 @@
+//! `request_filter`: decide the API, read the body, pick the route and its pool plan, run the
+//! route's filters. Everything that can be refused is refused here, before any upstream work.
+
+use super::body::{self, BodyError};
+use super::respond::EdgeError;
+use super::{ctx::RequestCtx, routes::RouteQuery, Edge};
+use crate::api::Api;
+use okome_filters::{FilterRequest, Verdict};
+use pingora_proxy::Session;
+use serde::Deserialize;
+use std::borrow::Cow;
+
+/// What the request decided: go upstream, or the edge answers itself.
+#[derive(Debug)]
+pub enum Decision {
+    /// Proxy it.
+    Proxy,
+    /// Answer with this error.
+    Refuse(EdgeError),
+    /// Answer `GET /v1/models` from what the pools serve.
+    ListModels,
+}
+
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    stream: Option<bool>,
+}
+
+/// Runs the request phase.
+pub async fn decide(edge: &Edge, session: &mut Session, ctx: &mut RequestCtx) -> Decision {
+    let req = session.req_header();
+    let path = req.uri.path().to_owned();
+    ctx.api = Api::from_path(&path);
+    let method = req.method.clone();
+
+    if method == http::Method::GET && path == "/v1/models" {
+        return Decision::ListModels;
+    }
+
+    let is_upgrade = session.is_upgrade_req();
+    if method == http::Method::POST && !is_upgrade {
+        match body::read_all(session, edge.max_body).await {
+            Ok(b) => ctx.body = Some(b),
+            Err(BodyError::TooLarge { limit }) => {
+                return Decision::Refuse(EdgeError::new(
+                    413,
+                    "request_too_large",
+                    format!("request body is larger than this edge's limit of {limit} bytes (limits.max_body)"),
+                ))
+            }
+            Err(BodyError::LengthRequired) => {
+                return Decision::Refuse(EdgeError::new(
+                    411,
+                    "length_required",
+                    "chunked request bodies over 64 KiB need a Content-Length header",
+                ))
+            }
+            Err(e @ BodyError::Read(_)) => return Decision::Refuse(EdgeError::new(400, "bad_request", e.to_string())),
+        }
+    }
+
+    match ctx.api {
+        Api::TfServing => ctx.model = Api::tf_model(&path).map(str::to_owned),
+        Api::OpenAi | Api::Ollama => {
+            if let Some(b) = ctx.body.as_ref().filter(|b| !b.is_empty()) {
+                match serde_json::from_slice::<Peek<'_>>(b) {
+                    Ok(p) => {
+                        ctx.model = p.model.map(Cow::into_owned);
+                        // Ollama streams unless told not to; OpenAI only when asked.
+                        ctx.wants_stream = p.stream.unwrap_or(ctx.api == Api::Ollama);
+                    }
+                    Err(e) => {
+                        return Decision::Refuse(EdgeError::new(
+                            400,
+                            "invalid_json",
+                            format!("the request body is not valid JSON: {e}"),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+
+    let req = session.req_header();
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name));
+    let q = RouteQuery {
+        path: &path,
+        host,
+        headers: &req.headers,
+        model: ctx.model.as_deref(),
+    };
+    let Some(ri) = edge.routes.find(&q) else {
+        return Decision::Refuse(EdgeError::new(404, "no_route", format!("no route for {method} {path}")));
+    };
+    ctx.route = Some(ri);
+    let route = &edge.routes.routes[ri];
+
+    for f in &route.filters {
+        let fr = FilterRequest {
+            method: &method,
+            path: &path,
+            headers: &session.req_header().headers,
+            model: ctx.model.as_deref(),
+            body_len: ctx.body.as_ref().map_or(0, |b| b.len()),
+            route: &route.name,
+        };
+        if let Verdict::Reject(r) = f.on_request(&fr, &mut ctx.effects).await {
+            log::debug!("filter {} refused {method} {path}: {}", f.name(), r.message);
+            return Decision::Refuse(EdgeError {
+                status: r.status.as_u16(),
+                message: r.message,
+                code: r.code,
+                retry_after: r.retry_after,
+            });
+        }
+    }
+
+    match route.plan(&edge.upstreams, ctx.api, ctx.model.as_deref()) {
+        Some(plan) => {
+            ctx.plan = plan;
+            Decision::Proxy
+        }
+        None => {
+            let m = ctx.model.as_deref().unwrap_or_default();
+            Decision::Refuse(EdgeError::new(
+                404,
+                "model_not_found",
+                format!("The model `{m}` does not exist. Models served here: {}", edge.known_models().join(", ")),
+            ))
+        }
+    }
+}

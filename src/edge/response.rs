@@ -1,0 +1,64 @@
+//! Response phases: retry on an engine's 502/503 before anything is sent, then tap the stream.
+
+use super::{ctx::RequestCtx, Edge};
+use crate::stream::{Format, StreamTap};
+use bytes::Bytes;
+use pingora_error::{Error, ErrorType};
+use pingora_http::ResponseHeader;
+use std::time::Instant;
+
+/// `upstream_response_filter`: note the backend's health; turn a 502/503 into a retry while
+/// nothing has reached the client and another backend can take the request.
+pub fn on_upstream_header(edge: &Edge, resp: &ResponseHeader, ctx: &mut RequestCtx) -> pingora_error::Result<()> {
+    let status = resp.status.as_u16();
+    let Some((pi, bi)) = ctx.current else {
+        return Ok(());
+    };
+    let pool = &edge.upstreams.pools[pi];
+    let backend = &pool.backends[bi];
+    if status >= 500 {
+        backend.record_failure(&pool.ejection, &format!("answered {status}"), false);
+    } else {
+        backend.record_success();
+    }
+    if matches!(status, 502 | 503) && ctx.attempts < edge.max_attempts && edge.has_alternative(ctx) {
+        ctx.retry_reason = Some(if status == 502 { "status_502" } else { "status_503" });
+        let mut e = Error::explain(ErrorType::HTTPStatus(status), format!("backend {} answered {status}", backend.id));
+        e.set_retry(true);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// `response_filter`: start the stream tap when the answer is a token stream.
+pub fn on_response_header(edge: &Edge, resp: &ResponseHeader, ctx: &mut RequestCtx) {
+    ctx.status = resp.status.as_u16();
+    let ct = resp.headers.get(http::header::CONTENT_TYPE).map_or(&b""[..], |v| v.as_bytes());
+    let format = Format::from_content_type(ct);
+    if format == Format::Opaque {
+        return;
+    }
+    let labels = edge.stream_labels(ctx);
+    ctx.gap_hist = Some(edge.metrics.inter_token.with_label_values(&labels.as_refs()));
+    ctx.tap = Some(StreamTap::new(format, ctx.start));
+}
+
+/// `response_body_filter`: feed the tap; the bytes pass through untouched.
+pub fn on_body(edge: &Edge, body: &Option<Bytes>, ctx: &mut RequestCtx) {
+    let (Some(tap), Some(chunk)) = (ctx.tap.as_mut(), body.as_ref()) else {
+        return;
+    };
+    let hist = ctx.gap_hist.as_ref();
+    tap.feed(chunk, Instant::now(), &mut |gap| {
+        if let Some(h) = hist {
+            h.observe(gap.as_secs_f64());
+        }
+    });
+    if !ctx.ttft_recorded {
+        if let Some(ttft) = tap.stats.ttft() {
+            ctx.ttft_recorded = true;
+            let labels = edge.stream_labels(ctx);
+            edge.metrics.ttft.with_label_values(&labels.as_refs()).observe(ttft.as_secs_f64());
+        }
+    }
+}

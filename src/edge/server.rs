@@ -1,0 +1,84 @@
+//! Assembles and runs the edge: the Pingora proxy service on the client listeners, and a small
+//! control runtime for the admin listener and the health probes.
+
+use super::Edge;
+use crate::config::EdgeConfig;
+use crate::metrics::Metrics;
+use crate::upstream::{health, Upstreams};
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Why the edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener address is taken or not allowed.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Which listener.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Starts the admin listener and health probes on `control`, then runs the proxy on this thread
+/// until SIGINT/SIGTERM.
+pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), StartError> {
+    for l in &cfg.listeners.value {
+        // Pingora reports a taken port only by exiting from a worker; check first so the
+        // operator gets a clear message.
+        std::net::TcpListener::bind(l.address).map_err(|source| StartError::Bind {
+            addr: l.address,
+            what: "client listener",
+            source,
+        })?;
+    }
+    let metrics = Metrics::new();
+    let upstreams = Arc::new(Upstreams::new(cfg, &metrics));
+
+    let admin = control
+        .block_on(crate::admin::serve(cfg.admin.address, metrics.clone(), upstreams.clone()))
+        .map_err(|source| StartError::Bind {
+            addr: cfg.admin.address,
+            what: "admin listener",
+            source,
+        })?;
+    control.block_on(health::bootstrap(&upstreams));
+    for p in &upstreams.pools {
+        let healthy = p.backends.iter().filter(|b| b.eligible()).count();
+        if healthy == 0 {
+            log::warn!("pool {} ({}): no healthy backend yet; requests get 503 until one passes its check", p.name, p.kind.as_str());
+        } else {
+            log::info!("pool {} ({}): {healthy}/{} backends healthy", p.name, p.kind.as_str(), p.backends.len());
+        }
+    }
+    {
+        let _guard = control.enter();
+        health::spawn(upstreams.clone());
+    }
+
+    let threads = cfg.server.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(cfg.server.grace_period.0.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(5),
+        max_retries: cfg.retry.max_attempts as usize,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let edge = Edge::new(cfg, metrics, upstreams);
+    let mut svc = pingora_proxy::http_proxy_service(&server.configuration, edge);
+    for l in &cfg.listeners.value {
+        svc.add_tcp(&l.address.to_string());
+        log::info!("edge listening on {} ({} worker threads)", l.address, threads);
+    }
+    log::info!("admin listening on http://{admin} (/metrics /healthz /readyz /status)");
+    server.add_service(svc);
+    server.run(RunArgs::default());
+    Ok(())
+}

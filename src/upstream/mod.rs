@@ -1,0 +1,15 @@
+//! Backend pools: who is healthy, how loaded, which models each serves, and which one gets the
+//! next request.
+//!
+//! - [`backend`]: one engine's live state (health, ejection, in-flight, queue depth), all atomics.
+//! - [`pool`]: a set of interchangeable backends of one kind, and the models they serve.
+//! - [`select`]: power-of-two-choices on in-flight plus the engine's queue.
+//! - [`health`]: active probes per engine kind, queue scraping and model discovery.
+
+pub mod backend;
+pub mod health;
+pub mod pool;
+pub mod select;
+
+pub use backend::{Backend, InflightGuard};
+pub use pool::{Pool, Upstreams};

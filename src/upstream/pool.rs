@@ -1,0 +1,118 @@
+//! Pools of backends and the models they serve.
+
+use super::Backend;
+use crate::config::{self, PoolKind};
+use arc_swap::ArcSwap;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// Interchangeable backends of one kind.
+#[derive(Debug)]
+pub struct Pool {
+    /// Name from the config.
+    pub name: String,
+    /// Engine kind.
+    pub kind: PoolKind,
+    /// Its backends, in config order.
+    pub backends: Vec<Arc<Backend>>,
+    /// Models named in the config (never replaced by discovery).
+    pub static_models: Vec<String>,
+    learned: ArcSwap<BTreeSet<String>>,
+    /// Health check settings.
+    pub health: config::HealthCheck,
+    /// Passive ejection settings.
+    pub ejection: config::Ejection,
+}
+
+impl Pool {
+    /// Builds a pool from its config; addresses were validated by `config::validate`.
+    pub fn new(name: &str, cfg: &config::Pool, metrics: &crate::metrics::Metrics) -> Self {
+        let backends = cfg
+            .backends
+            .iter()
+            .filter_map(|b| b.value.parse().ok())
+            .map(|addr| Arc::new(Backend::new(name, addr, metrics.clone())))
+            .collect();
+        Pool {
+            name: name.to_owned(),
+            kind: cfg.kind,
+            backends,
+            static_models: cfg.models.clone(),
+            learned: ArcSwap::from_pointee(BTreeSet::new()),
+            health: cfg.health_check.clone(),
+            ejection: cfg.ejection,
+        }
+    }
+
+    /// Whether this pool serves `model` (configured or learned from the engines).
+    pub fn serves(&self, model: &str) -> bool {
+        self.static_models.iter().any(|m| m == model) || self.learned.load().contains(model)
+    }
+
+    /// Every model known for this pool.
+    pub fn models(&self) -> BTreeSet<String> {
+        let mut all: BTreeSet<String> = self.learned.load().as_ref().clone();
+        all.extend(self.static_models.iter().cloned());
+        all
+    }
+
+    /// Replaces the learned model set (from discovery).
+    pub fn set_learned(&self, models: BTreeSet<String>) {
+        if **self.learned.load() != models {
+            log::info!("pool {} serves models: {}", self.name, models.iter().cloned().collect::<Vec<_>>().join(", "));
+            self.learned.store(Arc::new(models));
+        }
+    }
+
+    /// Whether any backend may take a request now.
+    pub fn any_eligible(&self) -> bool {
+        self.backends.iter().any(|b| b.eligible())
+    }
+
+    /// Whether this pool can answer requests of `api`.
+    pub fn speaks(&self, api: crate::api::Api) -> bool {
+        use crate::api::Api;
+        matches!(
+            (api, self.kind),
+            (Api::OpenAi, PoolKind::Vllm | PoolKind::Ollama | PoolKind::Openai)
+                | (Api::Ollama, PoolKind::Ollama)
+                | (Api::TfServing, PoolKind::Tfserving)
+        )
+    }
+
+    /// Suggested Retry-After (seconds) when nothing in this pool can take a request.
+    pub fn retry_after_secs(&self) -> u64 {
+        let soonest_ejection_end = self
+            .backends
+            .iter()
+            .filter(|b| b.healthy())
+            .map(|b| b.ejected_for_ms())
+            .min();
+        match soonest_ejection_end {
+            Some(ms) => ms.div_ceil(1000).max(1),
+            // Unhealthy everywhere: the earliest a probe can bring one back.
+            None => self.health.interval.0.as_secs().max(1) * self.health.healthy_after as u64,
+        }
+    }
+}
+
+/// Every pool of the edge, by index (routes refer to pools by index on the hot path).
+#[derive(Debug)]
+pub struct Upstreams {
+    /// Pools in config (name) order.
+    pub pools: Vec<Arc<Pool>>,
+}
+
+impl Upstreams {
+    /// Builds all pools.
+    pub fn new(cfg: &config::EdgeConfig, metrics: &crate::metrics::Metrics) -> Self {
+        Upstreams {
+            pools: cfg.pools.iter().map(|(n, p)| Arc::new(Pool::new(n, &p.value, metrics))).collect(),
+        }
+    }
+
+    /// Index of a pool by name.
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| p.name == name)
+    }
+}
