@@ -1,0 +1,212 @@
+//! `SimConfig`: the knobs of one simulated engine, from YAML or CLI flags.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::faults::Faults;
+
+/// Which engine's wire format a simulator speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SimKind {
+    /// vLLM's OpenAI-compatible server (SSE, `/metrics`).
+    Vllm,
+    /// Ollama (NDJSON on `/api/*`, OpenAI-compatible SSE on `/v1/*`).
+    Ollama,
+    /// TensorFlow Serving's REST API (`/v1/models/{name}:predict`).
+    #[serde(rename = "tfserving")]
+    #[value(name = "tfserving")]
+    TfServing,
+}
+
+impl SimKind {
+    /// The engine's usual listening address.
+    pub fn default_listen(self) -> SocketAddr {
+        let port = match self {
+            SimKind::Vllm => 8000,
+            SimKind::Ollama => 11434,
+            SimKind::TfServing => 8501,
+        };
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// The model a fresh engine of this kind serves.
+    pub fn default_model(self) -> &'static str {
+        match self {
+            SimKind::Vllm => "Qwen/Qwen3-8B",
+            SimKind::Ollama => "llama3.2:latest",
+            SimKind::TfServing => "half_plus_two",
+        }
+    }
+
+    /// Lower-case name, as in YAML and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SimKind::Vllm => "vllm",
+            SimKind::Ollama => "ollama",
+            SimKind::TfServing => "tfserving",
+        }
+    }
+}
+
+impl std::fmt::Display for SimKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything one simulated engine needs: address, models, timing, queueing and faults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawSimConfig")]
+pub struct SimConfig {
+    /// Wire format to speak.
+    pub kind: SimKind,
+    /// Address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Model names served; the first one names the metrics.
+    pub models: Vec<String>,
+    /// Base prefill time before the first token.
+    pub prefill: Duration,
+    /// Extra prefill time per 1000 prompt tokens (prompt tokens ~ prompt bytes / 4).
+    pub prefill_per_1k_tokens: Duration,
+    /// Decode speed of one sequence.
+    pub tokens_per_second: f64,
+    /// Fraction (0..1) of the inter-token interval added as deterministic jitter.
+    pub jitter: f64,
+    /// Tokens generated when the request names no limit.
+    pub default_max_tokens: u32,
+    /// Sequences generating at once; more requests wait in a FIFO queue.
+    pub max_concurrent: usize,
+    /// Longest queue before 503 (Ollama's busy error); `None` = unbounded.
+    pub max_queue: Option<usize>,
+    /// Failures to inject.
+    pub faults: Faults,
+}
+
+impl SimConfig {
+    /// Defaults for `kind`: its usual port and model, 30 ms prefill, 50 tokens/s.
+    pub fn new(kind: SimKind) -> Self {
+        SimConfig {
+            kind,
+            listen: kind.default_listen(),
+            models: vec![kind.default_model().to_string()],
+            prefill: Duration::from_millis(30),
+            prefill_per_1k_tokens: Duration::from_millis(1),
+            tokens_per_second: 50.0,
+            jitter: 0.0,
+            default_max_tokens: 64,
+            max_concurrent: 256,
+            // Ollama's OLLAMA_MAX_QUEUE default is 512; vLLM queues without bound.
+            max_queue: match kind {
+                SimKind::Ollama => Some(512),
+                _ => None,
+            },
+            faults: Faults::default(),
+        }
+    }
+
+    /// Checks the values that would make the simulator misbehave.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.tokens_per_second.is_finite() && self.tokens_per_second > 0.0) {
+            return Err(format!(
+                "tokens_per_second must be a positive number, got {}",
+                self.tokens_per_second
+            ));
+        }
+        if !(0.0..1.0).contains(&self.jitter) {
+            return Err(format!("jitter must be in [0, 1), got {}", self.jitter));
+        }
+        if self.max_concurrent == 0 {
+            return Err("max_concurrent must be at least 1".into());
+        }
+        if self.models.is_empty() {
+            return Err("models must name at least one model".into());
+        }
+        Ok(())
+    }
+}
+
+/// The YAML shape: every field but `kind` optional, so defaults can depend on the kind.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSimConfig {
+    kind: SimKind,
+    listen: Option<SocketAddr>,
+    models: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    prefill: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    prefill_per_1k_tokens: Option<Duration>,
+    tokens_per_second: Option<f64>,
+    jitter: Option<f64>,
+    default_max_tokens: Option<u32>,
+    max_concurrent: Option<usize>,
+    max_queue: Option<usize>,
+    faults: Option<Faults>,
+}
+
+impl TryFrom<RawSimConfig> for SimConfig {
+    type Error = String;
+
+    fn try_from(r: RawSimConfig) -> Result<Self, String> {
+        let d = SimConfig::new(r.kind);
+        let cfg = SimConfig {
+            kind: r.kind,
+            listen: r.listen.unwrap_or(d.listen),
+            models: r.models.unwrap_or(d.models),
+            prefill: r.prefill.unwrap_or(d.prefill),
+            prefill_per_1k_tokens: r.prefill_per_1k_tokens.unwrap_or(d.prefill_per_1k_tokens),
+            tokens_per_second: r.tokens_per_second.unwrap_or(d.tokens_per_second),
+            jitter: r.jitter.unwrap_or(d.jitter),
+            default_max_tokens: r.default_max_tokens.unwrap_or(d.default_max_tokens),
+            max_concurrent: r.max_concurrent.unwrap_or(d.max_concurrent),
+            max_queue: r.max_queue.or(d.max_queue),
+            faults: r.faults.unwrap_or_default(),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Reads a humantime string ("30ms", "1s 500ms") into a duration.
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+/// The `-c FILE` shape: several engines at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimFile {
+    /// Engines to start.
+    pub engines: Vec<SimConfig>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_defaults_follow_kind() {
+        let f: SimFile = serde_saphyr::from_str(
+            "engines:\n  - kind: ollama\n  - kind: vllm\n    prefill: 5ms\n    listen: 127.0.0.1:0\n",
+        )
+        .expect("valid yaml");
+        assert_eq!(f.engines[0].listen.port(), 11434);
+        assert_eq!(f.engines[0].max_queue, Some(512));
+        assert_eq!(f.engines[1].prefill, Duration::from_millis(5));
+        assert_eq!(f.engines[1].models, vec!["Qwen/Qwen3-8B".to_string()]);
+    }
+
+    #[test]
+    fn yaml_unknown_field_is_an_error_with_location() {
+        let e = serde_saphyr::from_str::<SimFile>("engines:\n  - kind: vllm\n    prefil: 5ms\n")
+            .expect_err("unknown field");
+        let msg = e.to_string();
+        assert!(msg.contains("prefil"), "{msg}");
+        assert!(msg.contains('3') || msg.contains("line"), "{msg}");
+    }
+}

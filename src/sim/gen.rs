@@ -1,0 +1,314 @@
+//! One generation: queue slot, prefill, paced tokens, faults and abort accounting.
+//!
+//! A streamed generation *is* its response body: when hyper drops the body (client gone, in
+//! any phase), the generation's future and its guard drop with it, which frees the slot at
+//! once and counts the abort.
+
+use std::io;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use tokio::time::Instant;
+
+use super::faults::StreamFault;
+use super::server::{Body, Shared};
+use super::stats::{Finish, QueueFull, Ticket};
+use super::tokens::{self, Schedule};
+
+/// What the request asks the engine to generate.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GenRequest {
+    /// Estimated prompt tokens.
+    pub prompt_tokens: u32,
+    /// Hash of the prompt text (seeds the token text).
+    pub prompt_hash: u64,
+    /// Tokens to generate (at least 1).
+    pub max_tokens: u32,
+    /// `Length` when the request set a limit, `Stop` when the default applies (an "EOS").
+    pub finish: Finish,
+}
+
+impl GenRequest {
+    /// Builds a request from the prompt text and an optional client limit.
+    pub(crate) fn new(prompt: &[u8], limit: Option<u32>, default_max: u32) -> Self {
+        GenRequest {
+            prompt_tokens: tokens::estimate_tokens(prompt.len()),
+            prompt_hash: tokens::hash_bytes(prompt),
+            max_tokens: limit.unwrap_or(default_max).max(1),
+            finish: if limit.is_some() { Finish::Length } else { Finish::Stop },
+        }
+    }
+}
+
+/// Numbers the final frames report (usage, Ollama's durations).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Summary {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub finish: Finish,
+    /// Accepted → end.
+    pub total: Duration,
+    /// Accepted → slot granted (Ollama reports it as load time).
+    pub load: Duration,
+    /// Prefill.
+    pub prompt_eval: Duration,
+    /// First token → end.
+    pub eval: Duration,
+}
+
+/// A generation in flight; dropping it before `finish` counts an abort.
+#[derive(Debug)]
+pub(crate) struct Gen {
+    sim: Arc<Shared>,
+    ticket: Ticket,
+    pub req: GenRequest,
+    pub fault: StreamFault,
+    accepted: Instant,
+    sched: Option<Schedule>,
+    done: bool,
+}
+
+impl Gen {
+    /// Admits a generation (slot or queue); `Err` when the queue is full.
+    pub(crate) fn admit(sim: &Arc<Shared>, req: GenRequest) -> Result<Gen, QueueFull> {
+        let ticket = sim.sched.enqueue(sim.cfg.max_queue)?;
+        sim.counters.started.fetch_add(1, Relaxed);
+        Ok(Gen {
+            fault: sim.faults.read().stream_fault(),
+            sim: sim.clone(),
+            ticket,
+            req,
+            accepted: Instant::now(),
+            sched: None,
+            done: false,
+        })
+    }
+
+    /// Waits for a slot and starts prefill.
+    pub(crate) async fn begin(&mut self) {
+        self.ticket.ready().await;
+        let cfg = &self.sim.cfg;
+        self.sched = Some(Schedule {
+            start: Instant::now(),
+            prefill: Schedule::prefill_for(cfg.prefill, cfg.prefill_per_1k_tokens, self.req.prompt_tokens),
+            interval: tokens::interval_for(self.sim.tps()),
+            jitter: cfg.jitter,
+            seed: self.req.prompt_hash,
+        });
+        self.sim.counters.record_prompt(self.req.prompt_tokens, self.req.prompt_hash);
+    }
+
+    fn deadline(&self, i: u32) -> Instant {
+        self.sched.map(|s| s.deadline(i)).unwrap_or_else(Instant::now)
+    }
+
+    /// Sleeps until token `i` is due and returns its text.
+    pub(crate) async fn token(&mut self, i: u32) -> &'static str {
+        tokio::time::sleep_until(self.deadline(i)).await;
+        if i == 0 {
+            self.sim.counters.record_ttft(self.accepted.elapsed().as_secs_f64());
+        }
+        self.sim.counters.generation_tokens.fetch_add(1, Relaxed);
+        tokens::token_text(self.req.prompt_hash, i)
+    }
+
+    /// Sleeps until token `n-1` is due (non-streaming: the whole reply at once) and returns the text.
+    pub(crate) async fn tokens_until(&mut self, n: u32) -> String {
+        let mut s = String::new();
+        if n == 0 {
+            return s;
+        }
+        tokio::time::sleep_until(self.deadline(n - 1)).await;
+        self.sim.counters.record_ttft((self.deadline(0) - self.accepted).as_secs_f64());
+        self.sim.counters.generation_tokens.fetch_add(u64::from(n), Relaxed);
+        for i in 0..n {
+            s.push_str(tokens::token_text(self.req.prompt_hash, i));
+        }
+        s
+    }
+
+    /// Marks the natural end, records it and frees the slot.
+    pub(crate) fn finish(&mut self, f: Finish) {
+        if !self.done {
+            self.done = true;
+            self.sim.counters.record_finish(f);
+            self.ticket.release();
+        }
+    }
+
+    /// Numbers for the final frames, `n` tokens generated.
+    pub(crate) fn summary(&self, n: u32, finish: Finish) -> Summary {
+        let now = Instant::now();
+        let (start, prefill) = self.sched.map(|s| (s.start, s.prefill)).unwrap_or((now, Duration::ZERO));
+        let first = start + prefill;
+        Summary {
+            prompt_tokens: self.req.prompt_tokens,
+            completion_tokens: n,
+            finish,
+            total: now - self.accepted,
+            load: start - self.accepted,
+            prompt_eval: prefill,
+            eval: now.saturating_duration_since(first),
+        }
+    }
+
+    /// Seed of this request's text.
+    pub(crate) fn seed(&self) -> u64 {
+        self.req.prompt_hash
+    }
+}
+
+impl Drop for Gen {
+    fn drop(&mut self) {
+        if !self.done {
+            // Dropped before its end: the client went away (or the simulator shut down).
+            self.done = true;
+            self.sim.counters.record_finish(Finish::Abort);
+        }
+    }
+}
+
+/// How one engine frames a token stream.
+pub(crate) trait StreamFormat: Send + 'static {
+    /// A frame sent right before the first token (vLLM's role chunk).
+    fn preamble(&mut self) -> Option<Bytes> {
+        None
+    }
+    /// Frame of token `i`; `finish` is set on the last token.
+    fn token(&mut self, text: &str, i: u32, finish: Option<Finish>) -> Bytes;
+    /// Trailing frame `k` after the last token (`None` = stream over).
+    fn tail(&mut self, k: usize, s: &Summary) -> Option<Bytes>;
+    /// In-stream error frame `k` (`None` = stream over).
+    fn error(&mut self, k: usize) -> Option<Bytes>;
+}
+
+enum Phase {
+    Start,
+    Token(u32),
+    Tail(usize, Summary),
+    Error(usize),
+    Done,
+}
+
+struct State<F> {
+    gen: Gen,
+    fmt: F,
+    phase: Phase,
+    pending: Option<Bytes>,
+}
+
+/// The streamed response body of `gen`, one frame per event.
+pub(crate) fn stream_body<F: StreamFormat>(gen: Gen, fmt: F) -> Body {
+    let st = State { gen, fmt, phase: Phase::Start, pending: None };
+    let s = futures::stream::unfold(st, |mut st| async move {
+        let item = next_frame(&mut st).await?;
+        Some((item, st))
+    });
+    StreamBody::new(s.map(|r| r.map(Frame::data))).boxed_unsync()
+}
+
+async fn next_frame<F: StreamFormat>(st: &mut State<F>) -> Option<io::Result<Bytes>> {
+    if let Some(b) = st.pending.take() {
+        return Some(Ok(b));
+    }
+    loop {
+        match std::mem::replace(&mut st.phase, Phase::Done) {
+            Phase::Start => {
+                st.gen.begin().await;
+                st.phase = Phase::Token(0);
+            }
+            Phase::Token(i) => {
+                if st.gen.fault.after() == Some(i) {
+                    match st.gen.fault {
+                        StreamFault::ErrorAfter(_) => {
+                            st.gen.finish(Finish::Error);
+                            st.phase = Phase::Error(0);
+                            continue;
+                        }
+                        StreamFault::DropAfter(_) => {
+                            st.gen.finish(Finish::Error);
+                            // A body error makes hyper close the socket without the last chunk.
+                            return Some(Err(io::Error::other("sim: drop_after_tokens")));
+                        }
+                        StreamFault::StallAfter(_) => {
+                            // Silent forever; a client hang-up drops us and counts an abort.
+                            futures::future::pending::<()>().await;
+                        }
+                        StreamFault::None => {}
+                    }
+                }
+                let text = st.gen.token(i).await;
+                let n = st.gen.req.max_tokens;
+                let last = i + 1 >= n;
+                let finish = last.then_some(st.gen.req.finish);
+                let frame = st.fmt.token(text, i, finish);
+                if last {
+                    let s = st.gen.summary(n, st.gen.req.finish);
+                    st.gen.finish(st.gen.req.finish);
+                    st.phase = Phase::Tail(0, s);
+                } else {
+                    st.phase = Phase::Token(i + 1);
+                }
+                if i == 0 {
+                    if let Some(p) = st.fmt.preamble() {
+                        st.pending = Some(frame);
+                        return Some(Ok(p));
+                    }
+                }
+                return Some(Ok(frame));
+            }
+            Phase::Tail(k, s) => {
+                let f = st.fmt.tail(k, &s)?;
+                st.phase = Phase::Tail(k + 1, s);
+                return Some(Ok(f));
+            }
+            Phase::Error(k) => {
+                let f = st.fmt.error(k)?;
+                st.phase = Phase::Error(k + 1);
+                return Some(Ok(f));
+            }
+            Phase::Done => return None,
+        }
+    }
+}
+
+/// Outcome of a non-streamed generation.
+pub(crate) enum Whole {
+    /// The full reply text and its numbers.
+    Done(String, Summary),
+    /// Injected error after some tokens: answer with the engine's 500.
+    Error,
+    /// Injected connection drop: the handler returns an error so hyper closes the socket.
+    Drop,
+}
+
+/// Runs a generation to its end without streaming (the handler future holds it, so a client
+/// hang-up drops it and counts an abort).
+pub(crate) async fn run_whole(mut gen: Gen) -> Whole {
+    gen.begin().await;
+    let n = gen.req.max_tokens;
+    if let Some(k) = gen.fault.after().filter(|k| *k < n) {
+        let _ = gen.tokens_until(k).await;
+        match gen.fault {
+            StreamFault::StallAfter(_) => futures::future::pending::<()>().await,
+            StreamFault::DropAfter(_) => {
+                gen.finish(Finish::Error);
+                return Whole::Drop;
+            }
+            _ => {
+                gen.finish(Finish::Error);
+                return Whole::Error;
+            }
+        }
+    }
+    let text = gen.tokens_until(n).await;
+    let f = gen.req.finish;
+    let s = gen.summary(n, f);
+    gen.finish(f);
+    Whole::Done(text, s)
+}
