@@ -11,3 +11,6 @@ pub mod stream;
 pub mod upstream;
 pub mod admin;
 pub mod edge;
+pub mod check;
+pub mod demo;
+pub mod runtime;

@@ -1,1 +1,102 @@
-fn main() {}
+//! `okome`: the edge proxy for self-hosted LLM inference, its simulator, demo and config checker.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// okome: a Pingora edge proxy that streams tokens from vLLM, Ollama and TF Serving to your users.
+///
+/// Start here:  okome demo            (simulated engines + edge on 127.0.0.1:8080, nothing to install)
+/// Production:  okome edge -c conf/edge.yaml
+/// Validate:    okome check -c conf/edge.yaml
+///
+/// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug, RUST_LOG=okome::access=off) to tune them.
+#[derive(Parser, Debug)]
+#[command(name = "okome", version, about, long_about, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the stream-plane proxy: clients on the configured listeners, admin (/metrics,
+    /// /healthz, /readyz, /status) on the admin address.
+    Edge {
+        /// Edge config (YAML). See conf/edge.yaml for the annotated reference.
+        #[arg(short = 'c', long = "config", value_name = "FILE", default_value = "conf/edge.yaml")]
+        config: PathBuf,
+    },
+    /// Run simulated model servers that speak vLLM's, Ollama's or TF Serving's real wire formats.
+    Sim(okome::sim::SimArgs),
+    /// Start simulated vLLM, Ollama and TF Serving engines plus the edge in one process and print
+    /// commands to try. Clients on 127.0.0.1:8080, admin on 127.0.0.1:9090.
+    Demo {
+        /// Edge config for the demo [default: the built-in conf/demo.yaml]. A simulator is started
+        /// on every backend address of every pool.
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file without starting anything (like `nginx -t`): exit 0 when usable,
+    /// else exit 1 with file, line and key of every problem.
+    Check {
+        /// Config file(s) to check: an edge config, or a simulator config (`engines:`).
+        #[arg(short = 'c', long = "config", value_name = "FILE", required = true)]
+        config: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Edge { config } => run_edge(&config),
+        Cmd::Sim(args) => match okome::sim::cli::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+        Cmd::Demo { config } => match okome::demo::run(config.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+        Cmd::Check { config } => check(&config),
+    }
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("okome: {e}");
+    ExitCode::FAILURE
+}
+
+fn run_edge(path: &std::path::Path) -> ExitCode {
+    let cfg = match okome::config::load(path) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let control = match okome::runtime::control() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e),
+    };
+    match okome::edge::server::run(&cfg, &control) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn check(files: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for f in files {
+        match okome::check::file(f) {
+            Ok(summary) => println!("{}: ok ({summary})", f.display()),
+            Err(e) => {
+                ok = false;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,34 @@
+//! `okome check`: validate a config file without starting anything.
+
+use std::path::Path;
+
+/// Why a file did not pass.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// An edge config problem (with file, line and key).
+    #[error(transparent)]
+    Edge(#[from] crate::config::ConfigError),
+    /// A simulator config problem.
+    #[error(transparent)]
+    Sim(#[from] crate::sim::SimError),
+    /// Unreadable file.
+    #[error("{0}: cannot read: {1}")]
+    Read(String, std::io::Error),
+}
+
+/// Checks one file; returns a one-line summary of what it configures.
+pub fn file(path: &Path) -> Result<String, CheckError> {
+    let text = std::fs::read_to_string(path).map_err(|e| CheckError::Read(path.display().to_string(), e))?;
+    // A simulator file is the one with a top-level `engines:` list.
+    if text.lines().any(|l| l.starts_with("engines:")) {
+        let f = crate::sim::cli::load_file(path)?;
+        return Ok(format!("simulator config, {} engine(s)", f.engines.len()));
+    }
+    let cfg = crate::config::parse(path, &text)?;
+    Ok(format!(
+        "edge config, {} listener(s), {} pool(s), {} route(s)",
+        cfg.listeners.value.len(),
+        cfg.pools.len(),
+        cfg.routes.value.len()
+    ))
+}

@@ -1,0 +1,110 @@
+//! `okome demo`: simulated engines and the edge in one process, with commands to try.
+
+use crate::config::{self, PoolKind};
+use crate::sim::{SimConfig, SimKind};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The built-in demo config (`conf/demo.yaml`).
+pub const DEMO_YAML: &str = include_str!("../conf/demo.yaml");
+
+/// Why the demo could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// Bad config.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// No runtime.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    /// A simulator's port is taken.
+    #[error("cannot start the simulated {kind} engine on {addr}: {source} (is something else using the port?)")]
+    Sim {
+        /// Engine kind.
+        kind: SimKind,
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The edge failed.
+    #[error(transparent)]
+    Edge(#[from] crate::edge::server::StartError),
+}
+
+/// Runs the demo until Ctrl-C.
+pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
+    let cfg = match path {
+        Some(p) => config::load(p)?,
+        None => config::parse(&PathBuf::from("conf/demo.yaml (built in)"), DEMO_YAML)?,
+    };
+    let control = crate::runtime::control().map_err(DemoError::Runtime)?;
+    let mut handles = Vec::new();
+    for pool in cfg.pools.values() {
+        let pool = &pool.value;
+        let kind = match pool.kind {
+            PoolKind::Vllm | PoolKind::Openai => SimKind::Vllm,
+            PoolKind::Ollama => SimKind::Ollama,
+            PoolKind::Tfserving => SimKind::TfServing,
+        };
+        for b in &pool.backends {
+            let Ok(addr) = b.value.parse() else { continue };
+            let mut sc = SimConfig::new(kind);
+            sc.listen = addr;
+            if !pool.models.is_empty() {
+                sc.models = pool.models.clone();
+            }
+            // Slow enough that tokens visibly stream in a terminal.
+            sc.tokens_per_second = 15.0;
+            sc.prefill = Duration::from_millis(200);
+            sc.jitter = 0.2;
+            sc.default_max_tokens = 48;
+            let h = control
+                .block_on(crate::sim::start(sc))
+                .map_err(|source| DemoError::Sim { kind, addr, source })?;
+            handles.push(h);
+        }
+    }
+    let listen = cfg.listeners.value.first().map(|l| l.address.to_string()).unwrap_or_default();
+    let admin = cfg.admin.address;
+    println!("{}", banner(&listen, &admin.to_string(), &handles));
+    crate::edge::server::run(&cfg, &control)?;
+    for h in &handles {
+        h.shutdown();
+    }
+    Ok(())
+}
+
+fn banner(listen: &str, admin: &str, sims: &[crate::sim::SimHandle]) -> String {
+    let engines: Vec<String> = sims.iter().map(|h| format!("{} on {}", h.kind(), h.addr())).collect();
+    format!(
+        r#"
+okome demo — simulated engines: {engines}
+edge on http://{listen}, admin on http://{admin}
+
+Try (tokens stream as they are generated):
+
+  # OpenAI chat, streamed from the vLLM pool
+  curl -N http://{listen}/v1/chat/completions -H 'content-type: application/json' \
+    -d '{{"model":"Qwen/Qwen3-8B","stream":true,"messages":[{{"role":"user","content":"Hello!"}}]}}'
+
+  # the same API, routed by model to the Ollama pool
+  curl -N http://{listen}/v1/chat/completions -H 'content-type: application/json' \
+    -d '{{"model":"llama3.2","stream":true,"messages":[{{"role":"user","content":"Hello!"}}]}}'
+
+  # Ollama's native API (NDJSON)
+  curl -N http://{listen}/api/chat -d '{{"model":"llama3.2","messages":[{{"role":"user","content":"Hello!"}}]}}'
+
+  # TF Serving REST
+  curl http://{listen}/v1/models/half_plus_two:predict -d '{{"instances":[1.0,2.0,5.0]}}'
+
+  # models, metrics, status
+  curl http://{listen}/v1/models
+  curl -s http://{admin}/metrics | grep ^okome_ttft
+  curl http://{admin}/status
+
+Ctrl-C stops everything.
+"#,
+        engines = engines.join(", ")
+    )
+}
