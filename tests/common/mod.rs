@@ -1,0 +1,161 @@
+//! Shared harness for the edge's integration tests: real sockets, the real `okome` binary,
+//! in-process simulators.
+#![allow(dead_code)]
+
+use okome::sim::{SimConfig, SimHandle, SimKind};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound then released; the edge binds it right after).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A simulator of `kind` on a free port, tuned by `tweak`.
+pub async fn sim(kind: SimKind, tweak: impl FnOnce(&mut SimConfig)) -> SimHandle {
+    let mut c = SimConfig::new(kind);
+    c.listen = "127.0.0.1:0".parse().expect("addr");
+    c.prefill = Duration::from_millis(5);
+    c.tokens_per_second = 200.0;
+    c.default_max_tokens = 8;
+    tweak(&mut c);
+    okome::sim::start(c).await.expect("start sim")
+}
+
+/// A running `okome edge` process; killed on drop.
+pub struct EdgeProc {
+    child: Child,
+    /// Client listener.
+    pub addr: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// Where its config lives.
+    pub dir: tempfile::TempDir,
+    /// Path of the log file (stderr of the edge).
+    pub log: std::path::PathBuf,
+}
+
+impl EdgeProc {
+    /// `http://IP:PORT` of the client listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// `http://IP:PORT` of the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// The edge's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sum of a metric's samples whose label set contains every `labels` pair.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = reqwest::get(self.admin_url("/metrics")).await.expect("metrics").text().await.expect("text");
+        sum_metric(&text, name, labels)
+    }
+}
+
+/// Sums the samples of `name` in Prometheus text that carry all `labels`.
+pub fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{') | Some(b' ')))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+impl Drop for EdgeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `yaml` (with `{listen}` and `{admin}` placeholders filled) and starts the edge;
+/// returns once its client listener accepts connections.
+pub async fn start_edge(yaml_body: &str) -> EdgeProc {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let yaml = format!(
+        "listeners:\n  - address: {addr}\nadmin:\n  address: {admin}\nserver:\n  threads: 2\n  grace_period: 1s\n{yaml_body}"
+    );
+    let cfg = dir.path().join("edge.yaml");
+    std::fs::write(&cfg, yaml).expect("write config");
+    let log = dir.path().join("edge.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_okome"))
+        .args(["edge", "-c"])
+        .arg(&cfg)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn okome edge");
+    let p = EdgeProc { child, addr, admin, dir, log };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "edge did not start; log:\n{}", p.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p
+}
+
+/// A pool entry for the YAML, e.g. `pool("vllm", "vllm", &[addr])`.
+pub fn pool(name: &str, kind: &str, backends: &[SocketAddr]) -> String {
+    let b: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "  {name}:\n    kind: {kind}\n    backends: [{}]\n    health_check: {{ interval: 200ms, timeout: 150ms }}\n",
+        b.join(", ")
+    )
+}
+
+/// Raw HTTP/1.1 request over a fresh TCP connection; returns the whole response (head + body
+/// bytes as received, chunked framing included) once the server closes or `Connection: close`.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await;
+    out
+}
+
+/// Builds a POST with a JSON body and `Connection: close`.
+pub fn post(path: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Decodes a chunked HTTP/1.1 body (or returns a plain one) from a raw response.
+pub fn body_of(resp: &[u8]) -> Vec<u8> {
+    let Some(pos) = resp.windows(4).position(|w| w == b"\r\n\r\n") else { return Vec::new() };
+    let head = String::from_utf8_lossy(&resp[..pos]).to_ascii_lowercase();
+    let mut rest = &resp[pos + 4..];
+    if !head.contains("transfer-encoding: chunked") {
+        return rest.to_vec();
+    }
+    let mut out = Vec::new();
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < eol + 2 + size {
+            break;
+        }
+        out.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+        rest = &rest[eol + 2 + size + 2.min(rest.len() - eol - 2 - size)..];
+    }
+    out
+}
+
+/// The status code of a raw response.
+pub fn status_of(resp: &[u8]) -> u16 {
+    String::from_utf8_lossy(resp).split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
