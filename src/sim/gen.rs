@@ -103,7 +103,7 @@ impl Gen {
         self.sim.counters.record_prompt(self.req.prompt_tokens, self.req.prompt_hash);
     }
 
-    fn deadline(&self, i: u32) -> Instant {
+    pub(crate) fn deadline(&self, i: u32) -> Instant {
         self.sched.map(|s| s.deadline(i)).unwrap_or_else(Instant::now)
     }
 
@@ -231,6 +231,10 @@ async fn next_frame<F: StreamFormat>(st: &mut State<F>) -> Option<io::Result<Byt
                             continue;
                         }
                         StreamFault::DropAfter(_) => {
+                            // Wait (Pending) until the token would be due, so hyper flushes the
+                            // frames already written; then fail the body mid-stream.
+                            tokio::time::sleep_until(st.gen.deadline(i)).await;
+                            tokio::task::yield_now().await;
                             st.gen.finish(Finish::Error);
                             // A body error makes hyper close the socket without the last chunk.
                             return Some(Err(io::Error::other("sim: drop_after_tokens")));
