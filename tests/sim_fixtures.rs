@@ -37,7 +37,14 @@ impl Raw {
         );
         sock.write_all(head.as_bytes()).await.expect("write head");
         sock.write_all(body).await.expect("write body");
-        Raw { sock, buf: Vec::new(), status: 0, headers: Vec::new(), chunked: false, remaining: None }
+        Raw {
+            sock,
+            buf: Vec::new(),
+            status: 0,
+            headers: Vec::new(),
+            chunked: false,
+            remaining: None,
+        }
     }
 
     async fn fill(&mut self) -> bool {
@@ -58,22 +65,35 @@ impl Raw {
                 self.buf.drain(..p + 4);
                 let mut lines = head.split("\r\n");
                 let status_line = lines.next().unwrap_or_default();
-                self.status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                self.status = status_line
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
                 for l in lines {
                     if let Some((k, v)) = l.split_once(':') {
-                        self.headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+                        self.headers
+                            .push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
                     }
                 }
-                self.chunked = self.header("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+                self.chunked = self
+                    .header("transfer-encoding")
+                    .is_some_and(|v| v.contains("chunked"));
                 self.remaining = self.header("content-length").and_then(|v| v.parse().ok());
                 return;
             }
-            assert!(self.fill().await, "connection closed before the response head");
+            assert!(
+                self.fill().await,
+                "connection closed before the response head"
+            );
         }
     }
 
     fn header(&self, k: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Next body chunk: Ok(Some) data, Ok(None) clean end, Err(()) connection closed mid-body.
@@ -131,7 +151,11 @@ async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16
     let mut r = Raw::send(addr, method, path, body.as_bytes()).await;
     let (b, complete) = r.body().await;
     assert!(complete, "body of {path} incomplete");
-    (r.status, r.header("content-type").unwrap_or_default().to_string(), String::from_utf8_lossy(&b).to_string())
+    (
+        r.status,
+        r.header("content-type").unwrap_or_default().to_string(),
+        String::from_utf8_lossy(&b).to_string(),
+    )
 }
 
 // ---------- fixtures and shapes ----------
@@ -204,12 +228,22 @@ fn fixture_or(file: &str, section: &str, fallback: &[&str]) -> Vec<String> {
 }
 
 fn sse_events(body: &str) -> Vec<String> {
-    assert!(body.ends_with("\n\n"), "SSE body must end with a blank line: {body:?}");
-    body.split("\n\n").filter(|e| !e.is_empty()).map(|e| e.to_string()).collect()
+    assert!(
+        body.ends_with("\n\n"),
+        "SSE body must end with a blank line: {body:?}"
+    );
+    body.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| e.to_string())
+        .collect()
 }
 
 fn assert_same_shapes(got: &[String], want: &[String]) {
-    assert_eq!(got.len(), want.len(), "event count\n got: {got:#?}\nwant: {want:#?}");
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "event count\n got: {got:#?}\nwant: {want:#?}"
+    );
     for (g, w) in got.iter().zip(want) {
         assert!(!g.contains('\n'), "one line per event: {g:?}");
         assert_eq!(shape(g), shape(w), "\n got: {g}\nwant: {w}");
@@ -273,16 +307,27 @@ async fn vllm_chat_stream_matches_fixture() {
     let want = fixture_or("vllm_chat_stream_sse.txt", "(D)", VLLM_D);
     assert_same_shapes(&got, &want);
     // Fixed id and created per stream; id format chatcmpl-<16 hex>; usage as in fixture D.
-    let v: Vec<serde_json::Value> = got[..5].iter().map(|e| serde_json::from_str(&e[6..]).expect("json")).collect();
+    let v: Vec<serde_json::Value> = got[..5]
+        .iter()
+        .map(|e| serde_json::from_str(&e[6..]).expect("json"))
+        .collect();
     let id = v[0]["id"].as_str().expect("id");
-    assert!(id.len() == 25 && id[9..].bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
-    assert!(v.iter().all(|e| e["id"] == v[0]["id"] && e["created"] == v[0]["created"]));
+    assert!(
+        id.len() == 25 && id[9..].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+    assert!(v
+        .iter()
+        .all(|e| e["id"] == v[0]["id"] && e["created"] == v[0]["created"]));
     assert_eq!(v[3]["choices"][0]["finish_reason"], "length");
     assert_eq!(v[4]["usage"]["prompt_tokens"], 9);
     assert_eq!(v[4]["usage"]["completion_tokens"], 3);
     assert_eq!(v[4]["usage"]["total_tokens"], 12);
     let s = h.stats();
-    assert_eq!((s.streams_started, s.streams_completed, s.streams_aborted), (1, 1, 0));
+    assert_eq!(
+        (s.streams_started, s.streams_completed, s.streams_aborted),
+        (1, 1, 0)
+    );
 
     // Without include_usage: no usage chunk, default max tokens end with "stop".
     let req = r#"{"messages":[{"role":"user","content":"hi"}],"stream":true}"#;
@@ -309,8 +354,15 @@ async fn vllm_completions_stream_and_whole_match_fixture() {
     let (status, _, body) = request(h.addr(), "POST", "/v1/completions", req).await;
     assert_eq!(status, 200);
     let got = sse_events(&body);
-    assert_same_shapes(&got, &fixture_or("vllm_completions_stream_sse.txt", "(B)", VLLM_CMPL_B));
-    assert!(got[2].contains(r#""usage":{"prompt_tokens":5,"total_tokens":7,"completion_tokens":2}"#), "{}", got[2]);
+    assert_same_shapes(
+        &got,
+        &fixture_or("vllm_completions_stream_sse.txt", "(B)", VLLM_CMPL_B),
+    );
+    assert!(
+        got[2].contains(r#""usage":{"prompt_tokens":5,"total_tokens":7,"completion_tokens":2}"#),
+        "{}",
+        got[2]
+    );
 
     let whole_fixture = r#"{"id":"cmpl-40be2aa235c94f38a3b6161c6b93b59c","object":"text_completion","created":1743011184,"model":"granite","choices":[{"index":0,"text":" city known for its diverse population","logprobs":null,"finish_reason":"length","stop_reason":null,"prompt_logprobs":null}],"usage":{"prompt_tokens":4,"total_tokens":11,"completion_tokens":7}}"#;
     let req = r#"{"model":"m","prompt":"San Francisco is a","max_tokens":7}"#;
@@ -323,14 +375,26 @@ async fn vllm_completions_stream_and_whole_match_fixture() {
 async fn vllm_errors_models_health_version_metrics() {
     let h = sim::start(cfg(SimKind::Vllm)).await.expect("start");
     let a = h.addr();
-    let (s, _, b) = request(a, "POST", "/v1/chat/completions", r#"{"model":"nope","messages":[]}"#).await;
+    let (s, _, b) = request(
+        a,
+        "POST",
+        "/v1/chat/completions",
+        r#"{"model":"nope","messages":[]}"#,
+    )
+    .await;
     assert_eq!(s, 404);
-    assert_eq!(b, r#"{"error":{"message":"The model `nope` does not exist.","type":"NotFoundError","param":"model","code":404}}"#);
+    assert_eq!(
+        b,
+        r#"{"error":{"message":"The model `nope` does not exist.","type":"NotFoundError","param":"model","code":404}}"#
+    );
     let (s, _, b) = request(a, "POST", "/v1/chat/completions", "{not json").await;
     assert_eq!(s, 400);
     let v: serde_json::Value = serde_json::from_str(&b).expect("json error body");
     assert_eq!(v["error"]["code"], 400);
-    assert_eq!(shape(&b), shape(r#"{"error":{"message":"x","type":"x","param":null,"code":400}}"#));
+    assert_eq!(
+        shape(&b),
+        shape(r#"{"error":{"message":"x","type":"x","param":null,"code":400}}"#)
+    );
     let (s, _, b) = request(a, "GET", "/v1/models", "").await;
     assert_eq!(s, 200);
     let fixture = r#"{"object":"list","data":[{"id":"gpt-oss-120b","object":"model","created":1775029496,"owned_by":"vllm","root":"/app/models/gpt-oss-120b","parent":null,"max_model_len":65536,"permission":[{"id":"modelperm-bfeb81a25ff427f8","object":"model_permission","created":1775029496,"allow_create_engine":false,"allow_sampling":true,"allow_logprobs":true,"allow_search_indices":false,"allow_view":true,"allow_fine_tuning":false,"organization":"*","group":null,"is_blocking":false}]}]}"#;
@@ -358,7 +422,8 @@ async fn vllm_errors_models_health_version_metrics() {
         assert!(m.contains(name), "missing {name}\n{m}");
     }
     // Every HELP/TYPE name of ours exists in the 0.19.1 fixture, with the same HELP text.
-    let fx = std::fs::read_to_string("/work/shared/fixtures/vllm_metrics_0.19.1_synthetic.txt").unwrap_or_default();
+    let fx = std::fs::read_to_string("/work/shared/fixtures/vllm_metrics_0.19.1_synthetic.txt")
+        .unwrap_or_default();
     if !fx.is_empty() {
         for l in m.lines().filter(|l| l.starts_with("# ")) {
             assert!(fx.contains(l), "not in fixture: {l}");
@@ -374,7 +439,13 @@ async fn vllm_errors_models_health_version_metrics() {
 async fn ollama_native_ndjson_matches_fixture() {
     let h = sim::start(cfg(SimKind::Ollama)).await.expect("start");
     let a = h.addr();
-    let (s, ct, body) = request(a, "POST", "/api/chat", r#"{"model":"llama3.2","messages":[{"role":"user","content":"why is the sky blue?"}]}"#).await;
+    let (s, ct, body) = request(
+        a,
+        "POST",
+        "/api/chat",
+        r#"{"model":"llama3.2","messages":[{"role":"user","content":"why is the sky blue?"}]}"#,
+    )
+    .await;
     assert_eq!((s, ct.as_str()), (200, "application/x-ndjson"));
     assert!(body.ends_with('\n'));
     let lines: Vec<&str> = body.lines().collect();
@@ -390,7 +461,13 @@ async fn ollama_native_ndjson_matches_fixture() {
     assert_eq!(v["eval_count"], 5);
     assert!(v["total_duration"].as_u64().expect("ns") >= v["eval_duration"].as_u64().expect("ns"));
 
-    let (_, _, body) = request(a, "POST", "/api/generate", r#"{"model":"llama3.2:latest","prompt":"hi","options":{"num_predict":2}}"#).await;
+    let (_, _, body) = request(
+        a,
+        "POST",
+        "/api/generate",
+        r#"{"model":"llama3.2:latest","prompt":"hi","options":{"num_predict":2}}"#,
+    )
+    .await;
     let lines: Vec<&str> = body.lines().collect();
     assert_eq!(lines.len(), 3);
     let gtok = r#"{"model":"gemma4","created_at":"2025-10-26T17:15:24.097767Z","response":"That","done":false}"#;
@@ -400,7 +477,13 @@ async fn ollama_native_ndjson_matches_fixture() {
     assert!(lines[2].contains(r#""done_reason":"length""#));
 
     // stream:false -> one object, application/json; charset=utf-8
-    let (s, ct, body) = request(a, "POST", "/api/chat", r#"{"model":"llama3.2","messages":[],"stream":false}"#).await;
+    let (s, ct, body) = request(
+        a,
+        "POST",
+        "/api/chat",
+        r#"{"model":"llama3.2","messages":[],"stream":false}"#,
+    )
+    .await;
     assert_eq!((s, ct.as_str()), (200, "application/json; charset=utf-8"));
     assert_eq!(shape(&body), shape(fin));
 }
@@ -423,10 +506,22 @@ async fn ollama_openai_compat_stream_matches_fixture() {
     assert_eq!(s, 200);
     assert!(ct.starts_with("text/event-stream"));
     let got = sse_events(&body);
-    assert_same_shapes(&got, &fixture_or("ollama_openai_compat_sse.txt", "(A)", OLLAMA_COMPAT_A));
-    let (s, _, b) = request(h.addr(), "POST", "/v1/chat/completions", r#"{"model":"foo","messages":[]}"#).await;
+    assert_same_shapes(
+        &got,
+        &fixture_or("ollama_openai_compat_sse.txt", "(A)", OLLAMA_COMPAT_A),
+    );
+    let (s, _, b) = request(
+        h.addr(),
+        "POST",
+        "/v1/chat/completions",
+        r#"{"model":"foo","messages":[]}"#,
+    )
+    .await;
     assert_eq!(s, 404);
-    assert_eq!(b, r#"{"error":{"message":"model \"foo\" not found, try pulling it first","type":"not_found_error","param":null,"code":null}}"#);
+    assert_eq!(
+        b,
+        r#"{"error":{"message":"model \"foo\" not found, try pulling it first","type":"not_found_error","param":null,"code":null}}"#
+    );
 }
 
 #[tokio::test]
@@ -434,7 +529,10 @@ async fn ollama_management_and_errors() {
     let h = sim::start(cfg(SimKind::Ollama)).await.expect("start");
     let a = h.addr();
     let (s, ct, b) = request(a, "GET", "/", "").await;
-    assert_eq!((s, ct.as_str(), b.as_str()), (200, "text/plain; charset=utf-8", "Ollama is running"));
+    assert_eq!(
+        (s, ct.as_str(), b.as_str()),
+        (200, "text/plain; charset=utf-8", "Ollama is running")
+    );
     let mut r = Raw::send(a, "HEAD", "/", b"").await;
     assert_eq!(r.status, 200);
     r.remaining = Some(0);
@@ -449,11 +547,17 @@ async fn ollama_management_and_errors() {
     assert_eq!(shape(&ps), shape(ps_fx));
     let (s, ct, b) = request(a, "POST", "/api/chat", r#"{"model":"foo","messages":[]}"#).await;
     assert_eq!((s, ct.as_str()), (404, "application/json; charset=utf-8"));
-    assert_eq!(b, r#"{"error":"model \"foo\" not found, try pulling it first"}"#);
+    assert_eq!(
+        b,
+        r#"{"error":"model \"foo\" not found, try pulling it first"}"#
+    );
     let (s, _, b) = request(a, "POST", "/api/chat", r#"{"messages":[]}"#).await;
     assert_eq!((s, b.as_str()), (400, r#"{"error":"model is required"}"#));
     let (s, _, b) = request(a, "POST", "/api/generate", "").await;
-    assert_eq!((s, b.as_str()), (400, r#"{"error":"missing request body"}"#));
+    assert_eq!(
+        (s, b.as_str()),
+        (400, r#"{"error":"missing request body"}"#)
+    );
 }
 
 #[tokio::test]
@@ -472,7 +576,10 @@ async fn ollama_queue_full_is_503_busy() {
     wait_stats(&h, "one waiting", |s| s.waiting == 1).await;
     let (s, ct, b) = request(h.addr(), "POST", "/api/generate", req).await;
     assert_eq!((s, ct.as_str()), (503, "application/json; charset=utf-8"));
-    assert_eq!(b, r#"{"error":"server busy, please try again.  maximum pending requests exceeded"}"#);
+    assert_eq!(
+        b,
+        r#"{"error":"server busy, please try again.  maximum pending requests exceeded"}"#
+    );
     drop(second);
     drop(first);
     let s = wait_stats(&h, "both aborted", |s| s.streams_aborted == 2).await;
@@ -495,17 +602,59 @@ async fn tfserving_status_predict_and_errors() {
     assert_eq!(s, 200);
     let (s, _, _) = request(a, "GET", "/v1/models/half_plus_two/versions/7", "").await;
     assert_eq!(s, 404);
-    let (s, _, b) = request(a, "POST", "/v1/models/half_plus_two:predict", r#"{"instances": [1.0,2.0,5.0]}"#).await;
-    assert_eq!((s, b.as_str()), (200, "{\n    \"predictions\": [2.5, 3.0, 4.5]\n}"));
-    let (s, _, b) = request(a, "POST", "/v1/models/half_plus_two/versions/1:predict", r#"{"inputs": [[1.0, 2.0], [3.0, 4.0]]}"#).await;
-    assert_eq!((s, b.as_str()), (200, "{\n    \"outputs\": [[2.5, 3.0], [3.5, 4.0]]\n}"));
-    let (s, ct, b) = request(a, "POST", "/v1/models/half:predict", r#"{"instances": [1.0,5.0]}"#).await;
+    let (s, _, b) = request(
+        a,
+        "POST",
+        "/v1/models/half_plus_two:predict",
+        r#"{"instances": [1.0,2.0,5.0]}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, b.as_str()),
+        (200, "{\n    \"predictions\": [2.5, 3.0, 4.5]\n}")
+    );
+    let (s, _, b) = request(
+        a,
+        "POST",
+        "/v1/models/half_plus_two/versions/1:predict",
+        r#"{"inputs": [[1.0, 2.0], [3.0, 4.0]]}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, b.as_str()),
+        (200, "{\n    \"outputs\": [[2.5, 3.0], [3.5, 4.0]]\n}")
+    );
+    let (s, ct, b) = request(
+        a,
+        "POST",
+        "/v1/models/half:predict",
+        r#"{"instances": [1.0,5.0]}"#,
+    )
+    .await;
     assert_eq!((s, ct.as_str()), (404, "application/json"));
-    assert_eq!(b, "{\n    \"error\": \"Servable not found for request: Latest(half)\"\n}");
+    assert_eq!(
+        b,
+        "{\n    \"error\": \"Servable not found for request: Latest(half)\"\n}"
+    );
     let (s, _, b) = request(a, "POST", "/v1/models/half_plus_two:predict", "{oops").await;
-    assert_eq!((s, b.as_str()), (400, "{\n    \"error\": \"JSON Parse error: Invalid value\"\n}"));
-    h.set_faults(Faults { http_500: true, ..Faults::default() });
-    let (s, _, b) = request(a, "POST", "/v1/models/half_plus_two:predict", r#"{"instances": [1.0]}"#).await;
+    assert_eq!(
+        (s, b.as_str()),
+        (
+            400,
+            "{\n    \"error\": \"JSON Parse error: Invalid value\"\n}"
+        )
+    );
+    h.set_faults(Faults {
+        http_500: true,
+        ..Faults::default()
+    });
+    let (s, _, b) = request(
+        a,
+        "POST",
+        "/v1/models/half_plus_two:predict",
+        r#"{"instances": [1.0]}"#,
+    )
+    .await;
     assert_eq!(s, 500);
     assert!(b.starts_with("{\n    \"error\": "));
     let (s, _, m) = request(a, "GET", "/monitoring/prometheus/metrics", "").await;
@@ -518,15 +667,33 @@ async fn tfserving_status_predict_and_errors() {
 #[tokio::test]
 async fn fault_http_500_in_engine_shape() {
     let h = sim::start(cfg(SimKind::Vllm)).await.expect("start");
-    h.set_faults(Faults { http_500: true, ..Faults::default() });
-    let (s, ct, b) = request(h.addr(), "POST", "/v1/chat/completions", r#"{"messages":[{"role":"user","content":"x"}],"stream":true}"#).await;
+    h.set_faults(Faults {
+        http_500: true,
+        ..Faults::default()
+    });
+    let (s, ct, b) = request(
+        h.addr(),
+        "POST",
+        "/v1/chat/completions",
+        r#"{"messages":[{"role":"user","content":"x"}],"stream":true}"#,
+    )
+    .await;
     assert_eq!((s, ct.as_str()), (500, "application/json"));
     let v: serde_json::Value = serde_json::from_str(&b).expect("json");
     assert_eq!(v["error"]["type"], "InternalServerError");
     assert_eq!(v["error"]["code"], 500);
     let o = sim::start(cfg(SimKind::Ollama)).await.expect("start");
-    o.set_faults(Faults { http_500: true, ..Faults::default() });
-    let (s, _, b) = request(o.addr(), "POST", "/api/chat", r#"{"model":"llama3.2","messages":[]}"#).await;
+    o.set_faults(Faults {
+        http_500: true,
+        ..Faults::default()
+    });
+    let (s, _, b) = request(
+        o.addr(),
+        "POST",
+        "/api/chat",
+        r#"{"model":"llama3.2","messages":[]}"#,
+    )
+    .await;
     assert_eq!(s, 500);
     assert!(b.starts_with(r#"{"error":""#) && b.ends_with("\"}"), "{b}");
 }
@@ -536,22 +703,45 @@ async fn fault_error_after_tokens_in_stream_format() {
     let mut c = cfg(SimKind::Vllm);
     c.faults.error_after_tokens = Some(2);
     let h = sim::start(c).await.expect("start");
-    let (s, _, body) = request(h.addr(), "POST", "/v1/chat/completions", r#"{"messages":[{"role":"user","content":"x"}],"stream":true}"#).await;
+    let (s, _, body) = request(
+        h.addr(),
+        "POST",
+        "/v1/chat/completions",
+        r#"{"messages":[{"role":"user","content":"x"}],"stream":true}"#,
+    )
+    .await;
     assert_eq!(s, 200);
     let ev = sse_events(&body);
     assert_eq!(ev.len(), 1 + 2 + 2, "{ev:#?}");
-    assert!(ev[3].starts_with(r#"data: {"error": {"message": "#), "{}", ev[3]);
-    assert!(ev[3].ends_with(r#""type": "InternalServerError", "param": null, "code": 500}}"#), "{}", ev[3]);
+    assert!(
+        ev[3].starts_with(r#"data: {"error": {"message": "#),
+        "{}",
+        ev[3]
+    );
+    assert!(
+        ev[3].ends_with(r#""type": "InternalServerError", "param": null, "code": 500}}"#),
+        "{}",
+        ev[3]
+    );
     assert_eq!(ev[4], "data: [DONE]");
 
     let mut c = cfg(SimKind::Ollama);
     c.faults.error_after_tokens = Some(2);
     let o = sim::start(c).await.expect("start");
-    let (s, _, body) = request(o.addr(), "POST", "/api/generate", r#"{"model":"llama3.2","prompt":"x"}"#).await;
+    let (s, _, body) = request(
+        o.addr(),
+        "POST",
+        "/api/generate",
+        r#"{"model":"llama3.2","prompt":"x"}"#,
+    )
+    .await;
     assert_eq!(s, 200);
     let lines: Vec<&str> = body.lines().collect();
     assert_eq!(lines.len(), 3);
-    assert_eq!(lines[2], r#"{"error":"an error was encountered while running the model"}"#);
+    assert_eq!(
+        lines[2],
+        r#"{"error":"an error was encountered while running the model"}"#
+    );
 }
 
 #[tokio::test]
@@ -561,16 +751,29 @@ async fn fault_drop_after_tokens_cuts_the_body() {
         c.faults.drop_after_tokens = Some(2);
         let h = sim::start(c).await.expect("start");
         let (path, req) = match kind {
-            SimKind::Vllm => ("/v1/chat/completions", r#"{"messages":[{"role":"user","content":"x"}],"stream":true}"#),
+            SimKind::Vllm => (
+                "/v1/chat/completions",
+                r#"{"messages":[{"role":"user","content":"x"}],"stream":true}"#,
+            ),
             _ => ("/api/chat", r#"{"model":"llama3.2","messages":[]}"#),
         };
         let mut r = Raw::send(h.addr(), "POST", path, req.as_bytes()).await;
         assert_eq!(r.status, 200);
         let (body, complete) = r.body().await;
-        assert!(!complete, "{kind}: the body must end without its terminating chunk");
+        assert!(
+            !complete,
+            "{kind}: the body must end without its terminating chunk"
+        );
         let body = String::from_utf8_lossy(&body);
-        assert!(!body.contains("[DONE]") && !body.contains("\"done\":true"), "{body}");
-        let units = if kind == SimKind::Vllm { sse_events(&body).len() - 1 } else { body.lines().count() };
+        assert!(
+            !body.contains("[DONE]") && !body.contains("\"done\":true"),
+            "{body}"
+        );
+        let units = if kind == SimKind::Vllm {
+            sse_events(&body).len() - 1
+        } else {
+            body.lines().count()
+        };
         assert_eq!(units, 2, "{kind}: {body}");
     }
 }
@@ -580,7 +783,13 @@ async fn fault_stall_then_client_abort_is_counted() {
     let mut c = cfg(SimKind::Vllm);
     c.faults.stall_after_tokens = Some(1);
     let h = sim::start(c).await.expect("start");
-    let mut r = Raw::send(h.addr(), "POST", "/v1/completions", br#"{"prompt":"x","stream":true}"#).await;
+    let mut r = Raw::send(
+        h.addr(),
+        "POST",
+        "/v1/completions",
+        br#"{"prompt":"x","stream":true}"#,
+    )
+    .await;
     let first = r.chunk().await.expect("chunk").expect("data");
     assert!(String::from_utf8_lossy(&first).starts_with("data: {"));
     // Nothing more arrives while stalled (at 1000 tokens/s the rest would take 4 ms).
@@ -597,7 +806,10 @@ async fn fault_refuse_connections_and_rebind() {
     let h = sim::start(cfg(SimKind::Vllm)).await.expect("start");
     let a = h.addr();
     assert_eq!(request(a, "GET", "/health", "").await.0, 200);
-    h.set_faults(Faults { refuse_connections: true, ..Faults::default() });
+    h.set_faults(Faults {
+        refuse_connections: true,
+        ..Faults::default()
+    });
     let mut refused = false;
     for _ in 0..200 {
         match TcpStream::connect(a).await {
@@ -625,7 +837,13 @@ async fn shutdown_cuts_streams_and_closes_port() {
     c.tokens_per_second = 5.0;
     c.default_max_tokens = 10_000;
     let h = sim::start(c).await.expect("start");
-    let mut r = Raw::send(h.addr(), "POST", "/v1/completions", br#"{"prompt":"x","stream":true}"#).await;
+    let mut r = Raw::send(
+        h.addr(),
+        "POST",
+        "/v1/completions",
+        br#"{"prompt":"x","stream":true}"#,
+    )
+    .await;
     let _ = r.chunk().await.expect("first");
     h.shutdown();
     let (_, complete) = r.body().await;
@@ -652,8 +870,14 @@ async fn queue_visible_in_waiting_gauge_and_aborts_in_every_phase() {
     let third = Raw::send(a, "POST", "/v1/chat/completions", req).await;
     wait_stats(&h, "two waiting", |s| s.waiting == 2 && s.running == 1).await;
     let (_, _, m) = request(a, "GET", "/metrics", "").await;
-    assert!(m.contains("vllm:num_requests_waiting{engine=\"0\",model_name=\"Qwen/Qwen3-8B\"} 2.0"), "{m}");
-    assert!(m.contains("vllm:num_requests_running{engine=\"0\",model_name=\"Qwen/Qwen3-8B\"} 1.0"), "{m}");
+    assert!(
+        m.contains("vllm:num_requests_waiting{engine=\"0\",model_name=\"Qwen/Qwen3-8B\"} 2.0"),
+        "{m}"
+    );
+    assert!(
+        m.contains("vllm:num_requests_running{engine=\"0\",model_name=\"Qwen/Qwen3-8B\"} 1.0"),
+        "{m}"
+    );
     // Control endpoint over HTTP agrees.
     let (_, _, js) = request(a, "GET", "/_sim/stats", "").await;
     let st: SimStats = serde_json::from_str(&js).expect("stats json");
@@ -665,12 +889,21 @@ async fn queue_visible_in_waiting_gauge_and_aborts_in_every_phase() {
     assert_eq!((s.running, s.waiting), (1, 1));
     // Streaming-phase abort frees the slot and the next request starts at once.
     drop(running);
-    let s = wait_stats(&h, "stream abort", |s| s.streams_aborted == 2 && s.running == 1 && s.waiting == 0).await;
+    let s = wait_stats(&h, "stream abort", |s| {
+        s.streams_aborted == 2 && s.running == 1 && s.waiting == 0
+    })
+    .await;
     assert_eq!(s.streams_started, 3);
     drop(third);
-    wait_stats(&h, "all aborted", |s| s.streams_aborted == 3 && s.running == 0).await;
+    wait_stats(&h, "all aborted", |s| {
+        s.streams_aborted == 3 && s.running == 0
+    })
+    .await;
     let (_, _, m) = request(a, "GET", "/metrics", "").await;
-    assert!(m.contains("finished_reason=\"abort\",model_name=\"Qwen/Qwen3-8B\"} 3.0"), "{m}");
+    assert!(
+        m.contains("finished_reason=\"abort\",model_name=\"Qwen/Qwen3-8B\"} 3.0"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -678,7 +911,13 @@ async fn prefill_phase_abort_is_counted() {
     let mut c = cfg(SimKind::Ollama);
     c.prefill = Duration::from_secs(30);
     let h = sim::start(c).await.expect("start");
-    let r = Raw::send(h.addr(), "POST", "/api/chat", br#"{"model":"llama3.2","messages":[]}"#).await;
+    let r = Raw::send(
+        h.addr(),
+        "POST",
+        "/api/chat",
+        br#"{"model":"llama3.2","messages":[]}"#,
+    )
+    .await;
     wait_stats(&h, "running", |s| s.running == 1).await;
     drop(r);
     let s = wait_stats(&h, "prefill abort", |s| s.streams_aborted == 1).await;
@@ -690,7 +929,13 @@ async fn non_streaming_abort_is_counted() {
     let mut c = cfg(SimKind::Vllm);
     c.prefill = Duration::from_secs(30);
     let h = sim::start(c).await.expect("start");
-    let r = Raw::send_only(h.addr(), "POST", "/v1/chat/completions", br#"{"messages":[{"role":"user","content":"x"}]}"#).await;
+    let r = Raw::send_only(
+        h.addr(),
+        "POST",
+        "/v1/chat/completions",
+        br#"{"messages":[{"role":"user","content":"x"}]}"#,
+    )
+    .await;
     wait_stats(&h, "running", |s| s.running == 1).await;
     drop(r);
     wait_stats(&h, "abort", |s| s.streams_aborted == 1 && s.running == 0).await;
@@ -721,10 +966,25 @@ async fn control_endpoint_sets_faults_and_config() {
     let a = h.addr();
     let (s, _, _) = request(a, "PUT", "/_sim/faults", r#"{"http_500":true}"#).await;
     assert_eq!(s, 200);
-    let (s, _, _) = request(a, "POST", "/api/chat", r#"{"model":"llama3.2","messages":[]}"#).await;
+    let (s, _, _) = request(
+        a,
+        "POST",
+        "/api/chat",
+        r#"{"model":"llama3.2","messages":[]}"#,
+    )
+    .await;
     assert_eq!(s, 500);
-    let (s, _, b) = request(a, "PUT", "/_sim/config", r#"{"tokens_per_second":123.0,"max_concurrent":3}"#).await;
-    assert_eq!((s, b.as_str()), (200, r#"{"tokens_per_second":123.0,"max_concurrent":3}"#));
+    let (s, _, b) = request(
+        a,
+        "PUT",
+        "/_sim/config",
+        r#"{"tokens_per_second":123.0,"max_concurrent":3}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, b.as_str()),
+        (200, r#"{"tokens_per_second":123.0,"max_concurrent":3}"#)
+    );
     let (s, _, _) = request(a, "PUT", "/_sim/faults", r#"{"bogus":1}"#).await;
     assert_eq!(s, 400);
 }
@@ -745,10 +1005,16 @@ async fn tokens_are_separate_frames_and_deterministic() {
         }
         // One SSE event per body frame: 4 tokens + [DONE].
         assert_eq!(frames.len(), 5, "{frames:#?}");
-        assert!(frames.iter().all(|f| f.starts_with("data: ") && f.ends_with("\n\n") && f.matches("data: ").count() == 1));
+        assert!(frames.iter().all(|f| f.starts_with("data: ")
+            && f.ends_with("\n\n")
+            && f.matches("data: ").count() == 1));
         let t: Vec<String> = frames[..4]
             .iter()
-            .map(|f| serde_json::from_str::<serde_json::Value>(&f[6..]).expect("json")["choices"][0]["text"].to_string())
+            .map(|f| {
+                serde_json::from_str::<serde_json::Value>(&f[6..]).expect("json")["choices"][0]
+                    ["text"]
+                    .to_string()
+            })
             .collect();
         texts.push(t);
     }
