@@ -111,7 +111,9 @@ impl SimArgs {
             c.models = self.models.clone();
         }
         c.prefill = self.prefill.unwrap_or(c.prefill);
-        c.prefill_per_1k_tokens = self.prefill_per_1k_tokens.unwrap_or(c.prefill_per_1k_tokens);
+        c.prefill_per_1k_tokens = self
+            .prefill_per_1k_tokens
+            .unwrap_or(c.prefill_per_1k_tokens);
         c.tokens_per_second = self.tokens_per_second.unwrap_or(c.tokens_per_second);
         c.jitter = self.jitter.unwrap_or(c.jitter);
         c.default_max_tokens = self.max_tokens.unwrap_or(c.default_max_tokens);
@@ -131,8 +133,14 @@ impl SimArgs {
 
 /// Reads and checks a `-c` file; errors name the file, the line and what is wrong.
 pub fn load_file(file: &std::path::Path) -> Result<SimFile, SimError> {
-    let text = std::fs::read_to_string(file).map_err(|source| SimError::Read { file: file.into(), source })?;
-    serde_saphyr::from_str::<SimFile>(&text).map_err(|e| SimError::Config { file: file.into(), msg: e.to_string() })
+    let text = std::fs::read_to_string(file).map_err(|source| SimError::Read {
+        file: file.into(),
+        source,
+    })?;
+    serde_saphyr::from_str::<SimFile>(&text).map_err(|e| SimError::Config {
+        file: file.into(),
+        msg: e.to_string(),
+    })
 }
 
 /// Runs the simulators until Ctrl-C.
@@ -146,7 +154,10 @@ pub fn run(args: SimArgs) -> Result<(), SimError> {
         let mut handles = Vec::new();
         for c in configs {
             let (kind, addr) = (c.kind, c.listen);
-            let h = super::start(c).await.map_err(|source| SimError::Bind { kind, addr, source })?;
+            let h =
+                super::start(c)
+                    .await
+                    .map_err(|source| SimError::Bind { kind, addr, source })?;
             log::info!("okome sim: {} listening on http://{}", h.kind(), h.addr());
             println!("okome sim: {} listening on http://{}", h.kind(), h.addr());
             handles.push(h);
@@ -172,7 +183,19 @@ mod tests {
 
     #[test]
     fn flags_build_a_config() {
-        let t = T::parse_from(["x", "--kind", "ollama", "--prefill", "5ms", "--model", "a", "--model", "b", "--drop-after-tokens", "3"]);
+        let t = T::parse_from([
+            "x",
+            "--kind",
+            "ollama",
+            "--prefill",
+            "5ms",
+            "--model",
+            "a",
+            "--model",
+            "b",
+            "--drop-after-tokens",
+            "3",
+        ]);
         let c = t.a.configs().expect("valid");
         assert_eq!(c[0].kind, SimKind::Ollama);
         assert_eq!(c[0].prefill, Duration::from_millis(5));
@@ -185,9 +208,16 @@ mod tests {
     fn yaml_error_names_file_and_line() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("sim.yaml");
-        std::fs::write(&p, "engines:\n  - kind: vllm\n    jitter: 0.1\n    tokens_per_sec: 3\n").expect("write");
+        std::fs::write(
+            &p,
+            "engines:\n  - kind: vllm\n    jitter: 0.1\n    tokens_per_sec: 3\n",
+        )
+        .expect("write");
         let e = load_file(&p).expect_err("bad field").to_string();
-        assert!(e.contains("sim.yaml") && e.contains("tokens_per_sec"), "{e}");
+        assert!(
+            e.contains("sim.yaml") && e.contains("tokens_per_sec"),
+            "{e}"
+        );
         assert!(e.contains('4'), "no line number: {e}");
     }
 }

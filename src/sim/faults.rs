@@ -43,7 +43,9 @@ impl Faults {
         ];
         for c in cands.into_iter().flatten() {
             let n = match c {
-                StreamFault::ErrorAfter(n) | StreamFault::DropAfter(n) | StreamFault::StallAfter(n) => n,
+                StreamFault::ErrorAfter(n)
+                | StreamFault::DropAfter(n)
+                | StreamFault::StallAfter(n) => n,
                 StreamFault::None => continue,
             };
             if n < at {
@@ -60,7 +62,9 @@ impl StreamFault {
     pub(crate) fn after(self) -> Option<u32> {
         match self {
             StreamFault::None => None,
-            StreamFault::ErrorAfter(n) | StreamFault::DropAfter(n) | StreamFault::StallAfter(n) => Some(n),
+            StreamFault::ErrorAfter(n) | StreamFault::DropAfter(n) | StreamFault::StallAfter(n) => {
+                Some(n)
+            }
         }
     }
 }

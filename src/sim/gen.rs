@@ -40,7 +40,11 @@ impl GenRequest {
             prompt_tokens: tokens::estimate_tokens(prompt.len()),
             prompt_hash: tokens::hash_bytes(prompt),
             max_tokens: limit.unwrap_or(default_max).max(1),
-            finish: if limit.is_some() { Finish::Length } else { Finish::Stop },
+            finish: if limit.is_some() {
+                Finish::Length
+            } else {
+                Finish::Stop
+            },
         }
     }
 }
@@ -95,23 +99,33 @@ impl Gen {
         let cfg = &self.sim.cfg;
         self.sched = Some(Schedule {
             start: Instant::now(),
-            prefill: Schedule::prefill_for(cfg.prefill, cfg.prefill_per_1k_tokens, self.req.prompt_tokens),
+            prefill: Schedule::prefill_for(
+                cfg.prefill,
+                cfg.prefill_per_1k_tokens,
+                self.req.prompt_tokens,
+            ),
             interval: tokens::interval_for(self.sim.tps()),
             jitter: cfg.jitter,
             seed: self.req.prompt_hash,
         });
-        self.sim.counters.record_prompt(self.req.prompt_tokens, self.req.prompt_hash);
+        self.sim
+            .counters
+            .record_prompt(self.req.prompt_tokens, self.req.prompt_hash);
     }
 
-    fn deadline(&self, i: u32) -> Instant {
-        self.sched.map(|s| s.deadline(i)).unwrap_or_else(Instant::now)
+    pub(crate) fn deadline(&self, i: u32) -> Instant {
+        self.sched
+            .map(|s| s.deadline(i))
+            .unwrap_or_else(Instant::now)
     }
 
     /// Sleeps until token `i` is due and returns its text.
     pub(crate) async fn token(&mut self, i: u32) -> &'static str {
         tokio::time::sleep_until(self.deadline(i)).await;
         if i == 0 {
-            self.sim.counters.record_ttft(self.accepted.elapsed().as_secs_f64());
+            self.sim
+                .counters
+                .record_ttft(self.accepted.elapsed().as_secs_f64());
         }
         self.sim.counters.generation_tokens.fetch_add(1, Relaxed);
         tokens::token_text(self.req.prompt_hash, i)
@@ -124,8 +138,13 @@ impl Gen {
             return s;
         }
         tokio::time::sleep_until(self.deadline(n - 1)).await;
-        self.sim.counters.record_ttft((self.deadline(0) - self.accepted).as_secs_f64());
-        self.sim.counters.generation_tokens.fetch_add(u64::from(n), Relaxed);
+        self.sim
+            .counters
+            .record_ttft((self.deadline(0) - self.accepted).as_secs_f64());
+        self.sim
+            .counters
+            .generation_tokens
+            .fetch_add(u64::from(n), Relaxed);
         for i in 0..n {
             s.push_str(tokens::token_text(self.req.prompt_hash, i));
         }
@@ -144,7 +163,10 @@ impl Gen {
     /// Numbers for the final frames, `n` tokens generated.
     pub(crate) fn summary(&self, n: u32, finish: Finish) -> Summary {
         let now = Instant::now();
-        let (start, prefill) = self.sched.map(|s| (s.start, s.prefill)).unwrap_or((now, Duration::ZERO));
+        let (start, prefill) = self
+            .sched
+            .map(|s| (s.start, s.prefill))
+            .unwrap_or((now, Duration::ZERO));
         let first = start + prefill;
         Summary {
             prompt_tokens: self.req.prompt_tokens,
@@ -204,7 +226,12 @@ struct State<F> {
 
 /// The streamed response body of `gen`, one frame per event.
 pub(crate) fn stream_body<F: StreamFormat>(gen: Gen, fmt: F) -> Body {
-    let st = State { gen, fmt, phase: Phase::Start, pending: None };
+    let st = State {
+        gen,
+        fmt,
+        phase: Phase::Start,
+        pending: None,
+    };
     let s = futures::stream::unfold(st, |mut st| async move {
         let item = next_frame(&mut st).await?;
         Some((item, st))
@@ -231,6 +258,10 @@ async fn next_frame<F: StreamFormat>(st: &mut State<F>) -> Option<io::Result<Byt
                             continue;
                         }
                         StreamFault::DropAfter(_) => {
+                            // Wait (Pending) until the token would be due, so hyper flushes the
+                            // frames already written; then fail the body mid-stream.
+                            tokio::time::sleep_until(st.gen.deadline(i)).await;
+                            tokio::task::yield_now().await;
                             st.gen.finish(Finish::Error);
                             // A body error makes hyper close the socket without the last chunk.
                             return Some(Err(io::Error::other("sim: drop_after_tokens")));

@@ -39,7 +39,10 @@ pub struct SimHandle {
 
 impl std::fmt::Debug for SimHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimHandle").field("kind", &self.kind()).field("addr", &self.addr()).finish()
+        f.debug_struct("SimHandle")
+            .field("kind", &self.kind())
+            .field("addr", &self.addr())
+            .finish()
     }
 }
 

@@ -58,7 +58,18 @@ fn compat_error(status: StatusCode, msg: &str) -> Response<Body> {
         StatusCode::NOT_FOUND => "not_found_error",
         _ => "api_error",
     };
-    server::json(status, "application/json; charset=utf-8", &Outer { error: Inner { message: msg, kind, param: Null, code: Null } })
+    server::json(
+        status,
+        "application/json; charset=utf-8",
+        &Outer {
+            error: Inner {
+                message: msg,
+                kind,
+                param: Null,
+                code: Null,
+            },
+        },
+    )
 }
 
 /// Routes a request to the Ollama API (gin answers unknown routes and methods with a text 404).
@@ -67,8 +78,16 @@ pub(crate) async fn route(sim: Arc<Shared>, req: Request<Incoming>) -> io::Resul
     let m = req.method().clone();
     let get_or_head = m == Method::GET || m == Method::HEAD;
     Ok(match (path.as_str(), m) {
-        ("/", _) if get_or_head => server::text(StatusCode::OK, "text/plain; charset=utf-8", "Ollama is running"),
-        ("/api/version", _) if get_or_head => server::json(StatusCode::OK, JSON, &serde_json::json!({ "version": VERSION })),
+        ("/", _) if get_or_head => server::text(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            "Ollama is running",
+        ),
+        ("/api/version", _) if get_or_head => server::json(
+            StatusCode::OK,
+            JSON,
+            &serde_json::json!({ "version": VERSION }),
+        ),
         ("/api/tags", Method::GET) => tags(&sim),
         ("/api/ps", Method::GET) => ps(&sim),
         ("/v1/models", Method::GET) => compat_models(&sim),
@@ -146,7 +165,11 @@ struct NativeBody {
     options: Option<Options>,
 }
 
-async fn generate(sim: Arc<Shared>, req: Request<Incoming>, api: Api) -> io::Result<Response<Body>> {
+async fn generate(
+    sim: Arc<Shared>,
+    req: Request<Incoming>,
+    api: Api,
+) -> io::Result<Response<Body>> {
     let body = server::read_body(req.into_body()).await?;
     sim.counters.record_body(&body);
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -166,15 +189,28 @@ async fn generate(sim: Arc<Shared>, req: Request<Incoming>, api: Api) -> io::Res
         return Ok(error(StatusCode::INTERNAL_SERVER_ERROR, RUNNER_DIED));
     }
     let prompt: Vec<u8> = match api {
-        Api::Chat => parsed.messages.iter().flat_map(|m| m.content.bytes()).collect(),
+        Api::Chat => parsed
+            .messages
+            .iter()
+            .flat_map(|m| m.content.bytes())
+            .collect(),
         Api::Generate => parsed.prompt.clone().into_bytes(),
     };
-    let limit = parsed.options.as_ref().and_then(|o| o.num_predict).and_then(|n| u32::try_from(n).ok());
+    let limit = parsed
+        .options
+        .as_ref()
+        .and_then(|o| o.num_predict)
+        .and_then(|n| u32::try_from(n).ok());
     let greq = GenRequest::new(&prompt, limit, sim.cfg.default_max_tokens);
     let Ok(g) = Gen::admit(&sim, greq) else {
         return Ok(error(StatusCode::SERVICE_UNAVAILABLE, BUSY));
     };
-    let fmt = NativeStream { api, model: parsed.model, seed: g.seed(), generated: 0 };
+    let fmt = NativeStream {
+        api,
+        model: parsed.model,
+        seed: g.seed(),
+        generated: 0,
+    };
     if parsed.stream.unwrap_or(true) {
         return Ok(server::streaming(NDJSON, gen::stream_body(g, fmt)));
     }
@@ -182,7 +218,11 @@ async fn generate(sim: Arc<Shared>, req: Request<Incoming>, api: Api) -> io::Res
         Whole::Done(text, s) => {
             let line = fmt.final_line(&text, &s);
             // The non-streamed reply is the final object without its newline.
-            Ok(server::full(StatusCode::OK, Some(JSON), line.slice(..line.len() - 1)))
+            Ok(server::full(
+                StatusCode::OK,
+                Some(JSON),
+                line.slice(..line.len() - 1),
+            ))
         }
         Whole::Error => Ok(error(StatusCode::INTERNAL_SERVER_ERROR, RUN_ERROR)),
         Whole::Drop => Err(io::Error::other("sim: drop_after_tokens")),
@@ -194,9 +234,16 @@ fn go_json_error(body: &[u8], e: &serde_json::Error) -> String {
     if e.is_eof() {
         return "unexpected EOF".into();
     }
-    let c = body.iter().find(|b| !b.is_ascii_whitespace()).copied().unwrap_or(b'?');
+    let c = body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .copied()
+        .unwrap_or(b'?');
     if c != b'{' {
-        return format!("invalid character '{}' looking for beginning of value", char::from(c));
+        return format!(
+            "invalid character '{}' looking for beginning of value",
+            char::from(c)
+        );
     }
     format!("invalid request body: {e}")
 }
@@ -286,7 +333,10 @@ impl NativeStream {
             Api::Chat => ndjson(&ChatLine {
                 model: &self.model,
                 created_at: now,
-                message: Msg { role: "assistant", content: text },
+                message: Msg {
+                    role: "assistant",
+                    content: text,
+                },
                 done: true,
                 done_reason: reason,
                 metrics: Some(Metrics::from(s)),
@@ -298,7 +348,11 @@ impl NativeStream {
                 done: true,
                 done_reason: reason,
                 // The real context holds every prompt and reply token; the sim keeps the reply's ids only.
-                context: Some((0..s.completion_tokens).map(|i| tokens::token_id(self.seed, i)).collect()),
+                context: Some(
+                    (0..s.completion_tokens)
+                        .map(|i| tokens::token_id(self.seed, i))
+                        .collect(),
+                ),
                 metrics: Some(Metrics::from(s)),
             }),
         }
@@ -313,7 +367,10 @@ impl StreamFormat for NativeStream {
             Api::Chat => ndjson(&ChatLine {
                 model: &self.model,
                 created_at: now,
-                message: Msg { role: "assistant", content: text },
+                message: Msg {
+                    role: "assistant",
+                    content: text,
+                },
                 done: false,
                 done_reason: None,
                 metrics: None,
@@ -386,7 +443,14 @@ fn tags(sim: &Shared) -> Response<Body> {
         .cfg
         .models
         .iter()
-        .map(|m| Tag { name: normalize(m), model: normalize(m), modified_at: &modified, size: SIZE, digest: digest(m), details: DETAILS })
+        .map(|m| Tag {
+            name: normalize(m),
+            model: normalize(m),
+            modified_at: &modified,
+            size: SIZE,
+            digest: digest(m),
+            details: DETAILS,
+        })
         .collect();
     server::json(StatusCode::OK, JSON, &Tags { models })
 }
@@ -441,7 +505,11 @@ fn compat_models(sim: &Shared) -> Response<Body> {
         object: &'static str,
         data: Vec<M>,
     }
-    let created = sim.started_at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let created = sim
+        .started_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let data = sim
         .cfg
         .models
@@ -450,10 +518,20 @@ fn compat_models(sim: &Shared) -> Response<Body> {
             id: normalize(m),
             object: "model",
             created,
-            owned_by: m.split_once('/').map(|(ns, _)| ns.to_string()).unwrap_or_else(|| "library".into()),
+            owned_by: m
+                .split_once('/')
+                .map(|(ns, _)| ns.to_string())
+                .unwrap_or_else(|| "library".into()),
         })
         .collect();
-    server::json(StatusCode::OK, JSON, &L { object: "list", data })
+    server::json(
+        StatusCode::OK,
+        JSON,
+        &L {
+            object: "list",
+            data,
+        },
+    )
 }
 
 /// Ollama's OpenAI-compatible chat endpoint.
@@ -462,7 +540,12 @@ async fn compat_chat(sim: Arc<Shared>, req: Request<Incoming>) -> io::Result<Res
     sim.counters.record_body(&body);
     let parsed: GenBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
-        Err(e) => return Ok(compat_error(StatusCode::BAD_REQUEST, &go_json_error(&body, &e))),
+        Err(e) => {
+            return Ok(compat_error(
+                StatusCode::BAD_REQUEST,
+                &go_json_error(&body, &e),
+            ))
+        }
     };
     let model = parsed.model.clone().unwrap_or_default();
     if model.is_empty() {
@@ -474,7 +557,11 @@ async fn compat_chat(sim: Arc<Shared>, req: Request<Incoming>) -> io::Result<Res
     if sim.faults.read().http_500 {
         return Ok(compat_error(StatusCode::INTERNAL_SERVER_ERROR, RUNNER_DIED));
     }
-    let greq = GenRequest::new(&parsed.chat_prompt(), parsed.limit(), sim.cfg.default_max_tokens);
+    let greq = GenRequest::new(
+        &parsed.chat_prompt(),
+        parsed.limit(),
+        sim.cfg.default_max_tokens,
+    );
     let Ok(g) = Gen::admit(&sim, greq) else {
         return Ok(compat_error(StatusCode::SERVICE_UNAVAILABLE, BUSY));
     };
@@ -488,7 +575,11 @@ async fn compat_chat(sim: Arc<Shared>, req: Request<Incoming>) -> io::Result<Res
         return Ok(server::streaming(SSE, gen::stream_body(g, fmt)));
     }
     match gen::run_whole(g).await {
-        Whole::Done(text, s) => Ok(server::json(StatusCode::OK, "application/json; charset=utf-8", &fmt.whole(&text, &s))),
+        Whole::Done(text, s) => Ok(server::json(
+            StatusCode::OK,
+            "application/json; charset=utf-8",
+            &fmt.whole(&text, &s),
+        )),
         Whole::Error => Ok(compat_error(StatusCode::INTERNAL_SERVER_ERROR, RUN_ERROR)),
         Whole::Drop => Err(io::Error::other("sim: drop_after_tokens")),
     }
@@ -565,15 +656,35 @@ impl CompatStream {
 
 impl StreamFormat for CompatStream {
     fn token(&mut self, text: &str, i: u32, _finish: Option<Finish>) -> Bytes {
-        let delta = CompatDelta { role: (i == 0).then_some("assistant"), content: Some(text) };
-        self.chunk(vec![CompatChoice { index: 0, delta, finish_reason: None }], None)
+        let delta = CompatDelta {
+            role: (i == 0).then_some("assistant"),
+            content: Some(text),
+        };
+        self.chunk(
+            vec![CompatChoice {
+                index: 0,
+                delta,
+                finish_reason: None,
+            }],
+            None,
+        )
     }
 
     fn tail(&mut self, k: usize, s: &Summary) -> Option<Bytes> {
         match (k, self.include_usage) {
             (0, _) => {
-                let delta = CompatDelta { role: None, content: None };
-                Some(self.chunk(vec![CompatChoice { index: 0, delta, finish_reason: Some(s.finish.as_str()) }], None))
+                let delta = CompatDelta {
+                    role: None,
+                    content: None,
+                };
+                Some(self.chunk(
+                    vec![CompatChoice {
+                        index: 0,
+                        delta,
+                        finish_reason: Some(s.finish.as_str()),
+                    }],
+                    None,
+                ))
             }
             (1, true) => Some(self.chunk(
                 Vec::new(),

@@ -56,13 +56,20 @@ impl GenBody {
 
     /// Whether to send a usage chunk.
     pub(crate) fn include_usage(&self) -> bool {
-        self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false)
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
     }
 
     /// Whether every chunk carries usage (vLLM's `continuous_usage_stats`).
     pub(crate) fn continuous_usage(&self) -> bool {
         self.include_usage()
-            && self.stream_options.as_ref().and_then(|o| o.continuous_usage_stats).unwrap_or(false)
+            && self
+                .stream_options
+                .as_ref()
+                .and_then(|o| o.continuous_usage_stats)
+                .unwrap_or(false)
     }
 
     /// Concatenated prompt text of the messages.

@@ -134,7 +134,12 @@ pub(crate) async fn start(cfg: SimConfig) -> io::Result<Arc<Shared>> {
         shutdown_tx,
         cfg,
     });
-    tokio::spawn(accept_loop(shared.clone(), listener, refuse_rx, shutdown_rx));
+    tokio::spawn(accept_loop(
+        shared.clone(),
+        listener,
+        refuse_rx,
+        shutdown_rx,
+    ));
     Ok(shared)
 }
 
@@ -197,10 +202,14 @@ async fn bind_retry(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Serves one HTTP/1.1 connection until it ends or the simulator shuts down.
-async fn serve_conn(sim: Arc<Shared>, stream: tokio::net::TcpStream, mut shutdown: watch::Receiver<bool>) {
+async fn serve_conn(
+    sim: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let svc = hyper::service::service_fn(move |req| handle(sim.clone(), req));
-    let conn = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(stream), svc);
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
     tokio::select! {
         r = conn => if let Err(e) = r { log::debug!("sim connection: {e}") },
         // Dropping the connection future closes the socket mid-response: the engine "died".
@@ -258,12 +267,19 @@ async fn control(sim: &Shared, req: Request<Incoming>) -> Response<Body> {
                     tokens_per_second: f64,
                     max_concurrent: usize,
                 }
-                let now = Now { tokens_per_second: sim.tps(), max_concurrent: sim.sched.max() };
+                let now = Now {
+                    tokens_per_second: sim.tps(),
+                    max_concurrent: sim.sched.max(),
+                };
                 json(StatusCode::OK, "application/json", &now)
             }
             Err(e) => text(StatusCode::BAD_REQUEST, "text/plain", e.to_string()),
         },
-        _ => text(StatusCode::NOT_FOUND, "text/plain", "unknown /_sim endpoint"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "unknown /_sim endpoint",
+        ),
     }
 }
 
@@ -276,22 +292,39 @@ pub(crate) async fn read_body(b: Incoming) -> io::Result<Bytes> {
 }
 
 /// A complete response with a fixed body.
-pub(crate) fn full(status: StatusCode, content_type: Option<&'static str>, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()).map_err(|e: Infallible| match e {}).boxed_unsync());
+pub(crate) fn full(
+    status: StatusCode,
+    content_type: Option<&'static str>,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(body.into())
+            .map_err(|e: Infallible| match e {})
+            .boxed_unsync(),
+    );
     *r.status_mut() = status;
     if let Some(ct) = content_type {
-        r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(ct));
     }
     r
 }
 
 /// A text response.
-pub(crate) fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+pub(crate) fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     full(status, Some(content_type), body)
 }
 
 /// A compact JSON response.
-pub(crate) fn json<T: Serialize + ?Sized>(status: StatusCode, content_type: &'static str, v: &T) -> Response<Body> {
+pub(crate) fn json<T: Serialize + ?Sized>(
+    status: StatusCode,
+    content_type: &'static str,
+    v: &T,
+) -> Response<Body> {
     // Serializing plain structs of strings and numbers cannot fail.
     let b = serde_json::to_vec(v).unwrap_or_default();
     full(status, Some(content_type), b)
@@ -300,6 +333,7 @@ pub(crate) fn json<T: Serialize + ?Sized>(status: StatusCode, content_type: &'st
 /// A streaming response.
 pub(crate) fn streaming(content_type: &'static str, body: Body) -> Response<Body> {
     let mut r = Response::new(body);
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }

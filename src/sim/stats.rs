@@ -105,7 +105,8 @@ impl Counters {
     pub(crate) fn record_body(&self, body: &[u8]) {
         self.requests.fetch_add(1, Relaxed);
         self.last_body_len.store(body.len() as u64, Relaxed);
-        self.last_body_hash.store(super::tokens::hash_bytes(body), Relaxed);
+        self.last_body_hash
+            .store(super::tokens::hash_bytes(body), Relaxed);
     }
 
     /// Records a prompt entering prefill (prefix cache: a repeat of the last prompt is a hit).
@@ -193,7 +194,10 @@ impl Scheduler {
         let mut g = self.inner.lock();
         if g.running < g.max && g.queue.is_empty() {
             g.running += 1;
-            return Ok(Ticket { sched: self.clone(), state: TicketState::Granted });
+            return Ok(Ticket {
+                sched: self.clone(),
+                state: TicketState::Granted,
+            });
         }
         if max_queue.is_some_and(|m| g.queue.len() >= m) {
             return Err(QueueFull);
@@ -202,13 +206,18 @@ impl Scheduler {
         g.next_id += 1;
         let (tx, rx) = oneshot::channel();
         g.queue.push_back((id, tx));
-        Ok(Ticket { sched: self.clone(), state: TicketState::Queued(id, rx) })
+        Ok(Ticket {
+            sched: self.clone(),
+            state: TicketState::Queued(id, rx),
+        })
     }
 
     /// Hands free slots to the head of the queue (called with the lock held).
     fn grant(g: &mut SchedInner) {
         while g.running < g.max {
-            let Some((_, tx)) = g.queue.pop_front() else { break };
+            let Some((_, tx)) = g.queue.pop_front() else {
+                break;
+            };
             // The slot belongs to the ticket from now on, even if its receiver is gone:
             // the ticket's Drop (which takes this lock) sees it is no longer queued and frees it.
             g.running += 1;

@@ -34,7 +34,10 @@ struct ModelPath<'a> {
 
 /// Parses `/v1/models/{name}[/versions/{v}][:verb | /metadata]` (prefixes matched case-insensitively).
 fn parse_path(path: &str) -> Option<ModelPath<'_>> {
-    let rest = path.get(..11).filter(|p| p.eq_ignore_ascii_case("/v1/models/")).map(|_| &path[11..])?;
+    let rest = path
+        .get(..11)
+        .filter(|p| p.eq_ignore_ascii_case("/v1/models/"))
+        .map(|_| &path[11..])?;
     let (rest, verb) = match rest.rsplit_once(':') {
         Some((r, v)) => (r, Some(v)),
         None => match rest.strip_suffix("/metadata") {
@@ -44,7 +47,10 @@ fn parse_path(path: &str) -> Option<ModelPath<'_>> {
     };
     let (name, version) = match rest.split_once('/') {
         Some((n, v)) => {
-            let v = v.get(..9).filter(|p| p.eq_ignore_ascii_case("versions/")).map(|_| &v[9..])?;
+            let v = v
+                .get(..9)
+                .filter(|p| p.eq_ignore_ascii_case("versions/"))
+                .map(|_| &v[9..])?;
             if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
@@ -55,7 +61,11 @@ fn parse_path(path: &str) -> Option<ModelPath<'_>> {
     if name.is_empty() {
         return None;
     }
-    Some(ModelPath { name, version, verb })
+    Some(ModelPath {
+        name,
+        version,
+        verb,
+    })
 }
 
 /// Routes a request to the TF Serving REST API.
@@ -65,16 +75,22 @@ pub(crate) async fn route(sim: Arc<Shared>, req: Request<Incoming>) -> io::Resul
     if method == Method::GET && path == "/monitoring/prometheus/metrics" {
         return Ok(server::text(StatusCode::OK, "text/plain", prometheus(&sim)));
     }
-    let malformed = || error(StatusCode::NOT_FOUND, &format!("Malformed request: {method} {path}"));
+    let malformed = || {
+        error(
+            StatusCode::NOT_FOUND,
+            &format!("Malformed request: {method} {path}"),
+        )
+    };
     let Some(mp) = parse_path(&path) else {
         return Ok(malformed());
     };
     match (&method, mp.verb) {
         (&Method::GET, None) => Ok(status(&sim, &mp)),
         (&Method::POST, Some("predict")) => predict(sim.clone(), req, &mp).await,
-        (&Method::POST, Some("classify" | "regress")) => {
-            Ok(error(StatusCode::BAD_REQUEST, "Expected classification or regression signature"))
-        }
+        (&Method::POST, Some("classify" | "regress")) => Ok(error(
+            StatusCode::BAD_REQUEST,
+            "Expected classification or regression signature",
+        )),
         _ => Ok(malformed()),
     }
 }
@@ -82,10 +98,16 @@ pub(crate) async fn route(sim: Arc<Shared>, req: Request<Incoming>) -> io::Resul
 /// `GET /v1/models/{name}[/versions/{v}]`: protobuf JSON with 1-space indent, version as a string.
 fn status(sim: &Shared, mp: &ModelPath<'_>) -> Response<Body> {
     if !sim.has_model(mp.name) {
-        return error(StatusCode::NOT_FOUND, &format!("Could not find any versions of model {}", mp.name));
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("Could not find any versions of model {}", mp.name),
+        );
     }
     if let Some(v) = mp.version.filter(|v| *v != VERSION) {
-        return error(StatusCode::NOT_FOUND, &format!("Could not find version {v} of model {}", mp.name));
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("Could not find version {v} of model {}", mp.name),
+        );
     }
     let body = format!(
         "{{\n \"model_version_status\": [\n  {{\n   \"version\": \"{VERSION}\",\n   \"state\": \"AVAILABLE\",\n   \"status\": {{\n    \"error_code\": \"OK\",\n    \"error_message\": \"\"\n   }}\n  }}\n ]\n}}\n"
@@ -94,7 +116,11 @@ fn status(sim: &Shared, mp: &ModelPath<'_>) -> Response<Body> {
 }
 
 /// `POST .../:predict`: instances → predictions (row), inputs → outputs (columnar); y = x/2 + 2.
-async fn predict(sim: Arc<Shared>, req: Request<Incoming>, mp: &ModelPath<'_>) -> io::Result<Response<Body>> {
+async fn predict(
+    sim: Arc<Shared>,
+    req: Request<Incoming>,
+    mp: &ModelPath<'_>,
+) -> io::Result<Response<Body>> {
     let body = server::read_body(req.into_body()).await?;
     sim.counters.record_body(&body);
     let spec = match mp.version {
@@ -102,33 +128,56 @@ async fn predict(sim: Arc<Shared>, req: Request<Incoming>, mp: &ModelPath<'_>) -
         None => format!("Latest({})", mp.name),
     };
     if !sim.has_model(mp.name) || mp.version.is_some_and(|v| v != VERSION) {
-        return Ok(error(StatusCode::NOT_FOUND, &format!("Servable not found for request: {spec}")));
+        return Ok(error(
+            StatusCode::NOT_FOUND,
+            &format!("Servable not found for request: {spec}"),
+        ));
     }
     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-        return Ok(error(StatusCode::BAD_REQUEST, "JSON Parse error: Invalid value"));
+        return Ok(error(
+            StatusCode::BAD_REQUEST,
+            "JSON Parse error: Invalid value",
+        ));
     };
     let (key, input) = match (v.get("instances"), v.get("inputs")) {
         (Some(i), None) => ("predictions", i),
         (None, Some(i)) => ("outputs", i),
         (Some(_), Some(_)) => {
-            return Ok(error(StatusCode::BAD_REQUEST, "Both 'instances' and 'inputs' keys present in request"))
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                "Both 'instances' and 'inputs' keys present in request",
+            ))
         }
-        (None, None) => return Ok(error(StatusCode::BAD_REQUEST, "Missing 'inputs' or 'instances' key")),
+        (None, None) => {
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                "Missing 'inputs' or 'instances' key",
+            ))
+        }
     };
     let out = match half_plus_two(input) {
         Ok(o) => o,
         Err(bad) => {
-            let msg = format!("JSON Value: {bad} Type: {} is not of expected type: float", json_type(&bad));
+            let msg = format!(
+                "JSON Value: {bad} Type: {} is not of expected type: float",
+                json_type(&bad)
+            );
             return Ok(error(StatusCode::BAD_REQUEST, &msg));
         }
     };
     if sim.faults.read().http_500 {
-        return Ok(error(StatusCode::INTERNAL_SERVER_ERROR, "Internal: simulated failure"));
+        return Ok(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal: simulated failure",
+        ));
     }
     // A prediction is a one-token generation: it queues for a slot and takes the prefill time.
     let greq = GenRequest::new(&body, Some(1), 1);
     let Ok(g) = Gen::admit(&sim, greq) else {
-        return Ok(error(StatusCode::SERVICE_UNAVAILABLE, "The batch scheduling queue to which this task was submitted is full"));
+        return Ok(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The batch scheduling queue to which this task was submitted is full",
+        ));
     };
     match gen::run_whole(g).await {
         Whole::Done(..) => {
@@ -140,7 +189,10 @@ async fn predict(sim: Arc<Shared>, req: Request<Incoming>, mp: &ModelPath<'_>) -
             s.push_str("\n}");
             Ok(server::text(StatusCode::OK, JSON, s))
         }
-        Whole::Error => Ok(error(StatusCode::INTERNAL_SERVER_ERROR, "Internal: simulated failure")),
+        Whole::Error => Ok(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal: simulated failure",
+        )),
         Whole::Drop => Err(io::Error::other("sim: drop_after_tokens")),
     }
 }
@@ -161,9 +213,15 @@ fn half_plus_two(v: &Value) -> Result<Value, Value> {
     match v {
         Value::Number(n) => {
             let x = n.as_f64().unwrap_or(0.0);
-            Ok(serde_json::Number::from_f64(x * 0.5 + 2.0).map(Value::Number).unwrap_or(Value::Null))
+            Ok(serde_json::Number::from_f64(x * 0.5 + 2.0)
+                .map(Value::Number)
+                .unwrap_or(Value::Null))
         }
-        Value::Array(a) => a.iter().map(half_plus_two).collect::<Result<Vec<_>, _>>().map(Value::Array),
+        Value::Array(a) => a
+            .iter()
+            .map(half_plus_two)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array),
         Value::Object(o) => o
             .iter()
             .map(|(k, v)| half_plus_two(v).map(|v| (k.clone(), v)))
@@ -211,7 +269,10 @@ fn prometheus(sim: &Shared) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "# TYPE :tensorflow:serving:request_count counter");
     for m in &sim.cfg.models {
-        let _ = writeln!(o, ":tensorflow:serving:request_count{{model_name=\"{m}\",status=\"OK\"}} {ok}");
+        let _ = writeln!(
+            o,
+            ":tensorflow:serving:request_count{{model_name=\"{m}\",status=\"OK\"}} {ok}"
+        );
     }
     let _ = writeln!(o, "# TYPE :tensorflow:serving:request_latency histogram");
     let _ = writeln!(o, "# TYPE :tensorflow:serving:runtime_latency histogram");
@@ -226,13 +287,28 @@ mod tests {
     fn paths() {
         assert_eq!(
             parse_path("/v1/models/half:predict"),
-            Some(ModelPath { name: "half", version: None, verb: Some("predict") })
+            Some(ModelPath {
+                name: "half",
+                version: None,
+                verb: Some("predict")
+            })
         );
         assert_eq!(
             parse_path("/V1/Models/m/versions/3:predict"),
-            Some(ModelPath { name: "m", version: Some("3"), verb: Some("predict") })
+            Some(ModelPath {
+                name: "m",
+                version: Some("3"),
+                verb: Some("predict")
+            })
         );
-        assert_eq!(parse_path("/v1/models/m"), Some(ModelPath { name: "m", version: None, verb: None }));
+        assert_eq!(
+            parse_path("/v1/models/m"),
+            Some(ModelPath {
+                name: "m",
+                version: None,
+                verb: None
+            })
+        );
         assert_eq!(parse_path("/v1/models/m/versions/x"), None);
         assert_eq!(parse_path("/v1/foo"), None);
     }

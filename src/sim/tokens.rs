@@ -7,10 +7,49 @@ use tokio::time::Instant;
 
 /// Token texts; the first token of a reply drops its leading space.
 const WORDS: &[&str] = &[
-    " Hello", " world", ",", " the", " model", " is", " running", " on", " a", " simulated", " GPU",
-    ".", " It", " streams", " tokens", " one", " at", " time", " and", " never", " waits", " for",
-    " anything", " but", " its", " own", " clock", "!", " How", " can", " I", " help", " you",
-    " today", "?", " Sure", " here", " answer", ":", " data", " flows", " through", " edge",
+    " Hello",
+    " world",
+    ",",
+    " the",
+    " model",
+    " is",
+    " running",
+    " on",
+    " a",
+    " simulated",
+    " GPU",
+    ".",
+    " It",
+    " streams",
+    " tokens",
+    " one",
+    " at",
+    " time",
+    " and",
+    " never",
+    " waits",
+    " for",
+    " anything",
+    " but",
+    " its",
+    " own",
+    " clock",
+    "!",
+    " How",
+    " can",
+    " I",
+    " help",
+    " you",
+    " today",
+    "?",
+    " Sure",
+    " here",
+    " answer",
+    ":",
+    " data",
+    " flows",
+    " through",
+    " edge",
 ];
 
 /// SplitMix64: a tiny, well-mixed hash used for every deterministic choice.
@@ -33,8 +72,7 @@ pub(crate) fn token_text(seed: u64, i: u32) -> &'static str {
     if i == 0 {
         return "Hello";
     }
-    let w = WORDS[(mix(seed ^ u64::from(i)) % WORDS.len() as u64) as usize];
-    w
+    WORDS[(mix(seed ^ u64::from(i)) % WORDS.len() as u64) as usize]
 }
 
 /// Token id of token `i` (for Ollama's `context`).
@@ -124,8 +162,14 @@ mod tests {
         }
         let far = s.deadline(1000) - s.start;
         let nominal = Duration::from_millis(30 + 20 * 1000);
-        assert!(far.abs_diff(nominal) <= Duration::from_millis(10), "drift {far:?}");
-        assert_eq!(Schedule { jitter: 0.0, ..s }.deadline(3) - s.start, Duration::from_millis(90));
+        assert!(
+            far.abs_diff(nominal) <= Duration::from_millis(10),
+            "drift {far:?}"
+        );
+        assert_eq!(
+            Schedule { jitter: 0.0, ..s }.deadline(3) - s.start,
+            Duration::from_millis(90)
+        );
     }
 
     #[test]

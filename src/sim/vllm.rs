@@ -20,7 +20,8 @@ const SSE: &str = "text/event-stream; charset=utf-8";
 /// The version `/version` reports.
 pub(crate) const VERSION: &str = "0.19.1";
 /// vLLM's message when the engine core died (what a 500 says).
-const ENGINE_DEAD: &str = "EngineCore encountered an issue. See stack trace (above) for the root cause.";
+const ENGINE_DEAD: &str =
+    "EngineCore encountered an issue. See stack trace (above) for the root cause.";
 
 /// vLLM's error body `{"error":{"message","type","param","code"}}`.
 #[derive(Serialize)]
@@ -39,7 +40,14 @@ struct ErrorInner<'a> {
 
 /// An error response in vLLM's shape.
 fn error(status: StatusCode, kind: &str, message: &str, param: Option<&str>) -> Response<Body> {
-    let body = ErrorBody { error: ErrorInner { message, kind, param, code: status.as_u16() } };
+    let body = ErrorBody {
+        error: ErrorInner {
+            message,
+            kind,
+            param,
+            code: status.as_u16(),
+        },
+    };
     server::json(status, JSON, &body)
 }
 
@@ -61,19 +69,33 @@ pub(crate) async fn route(sim: Arc<Shared>, req: Request<Incoming>) -> io::Resul
         ("/v1/completions", Method::POST) => return generate(sim, req, Api::Completions).await,
         ("/v1/models", Method::GET) => models(&sim),
         ("/health", Method::GET) => server::full(StatusCode::OK, None, Bytes::new()),
-        ("/version", Method::GET) => server::json(StatusCode::OK, JSON, &serde_json::json!({ "version": VERSION })),
+        ("/version", Method::GET) => server::json(
+            StatusCode::OK,
+            JSON,
+            &serde_json::json!({ "version": VERSION }),
+        ),
         ("/load", Method::GET) => {
             let (r, w) = sim.sched.load();
-            server::json(StatusCode::OK, JSON, &serde_json::json!({ "server_load": r + w }))
+            server::json(
+                StatusCode::OK,
+                JSON,
+                &serde_json::json!({ "server_load": r + w }),
+            )
         }
         ("/metrics", Method::GET) => server::text(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             super::vllm_metrics::render(&sim),
         ),
-        ("/v1/chat/completions" | "/v1/completions" | "/v1/models" | "/health" | "/version" | "/metrics", _) => {
-            detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
-        }
+        (
+            "/v1/chat/completions"
+            | "/v1/completions"
+            | "/v1/models"
+            | "/health"
+            | "/version"
+            | "/metrics",
+            _,
+        ) => detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
         _ => detail(StatusCode::NOT_FOUND, "Not Found"),
     })
 }
@@ -84,7 +106,11 @@ enum Api {
     Completions,
 }
 
-async fn generate(sim: Arc<Shared>, req: Request<Incoming>, api: Api) -> io::Result<Response<Body>> {
+async fn generate(
+    sim: Arc<Shared>,
+    req: Request<Incoming>,
+    api: Api,
+) -> io::Result<Response<Body>> {
     let body = server::read_body(req.into_body()).await?;
     sim.counters.record_body(&body);
     let parsed: GenBody = match serde_json::from_slice(&body) {
@@ -100,8 +126,14 @@ async fn generate(sim: Arc<Shared>, req: Request<Incoming>, api: Api) -> io::Res
         }
     };
     let (prompt, missing) = match api {
-        Api::Chat => (parsed.chat_prompt(), parsed.messages.is_none().then_some("messages")),
-        Api::Completions => (parsed.completion_prompt(), parsed.prompt.is_none().then_some("prompt")),
+        Api::Chat => (
+            parsed.chat_prompt(),
+            parsed.messages.is_none().then_some("messages"),
+        ),
+        Api::Completions => (
+            parsed.completion_prompt(),
+            parsed.prompt.is_none().then_some("prompt"),
+        ),
     };
     if let Some(field) = missing {
         let msg = format!("[{{'type': 'missing', 'loc': ('body', '{field}'), 'msg': 'Field required', 'input': {{...}}}}]");
@@ -112,11 +144,21 @@ async fn generate(sim: Arc<Shared>, req: Request<Incoming>, api: Api) -> io::Res
         Some(m) if sim.has_model(m) => m.clone(),
         Some(m) => {
             let msg = format!("The model `{m}` does not exist.");
-            return Ok(error(StatusCode::NOT_FOUND, "NotFoundError", &msg, Some("model")));
+            return Ok(error(
+                StatusCode::NOT_FOUND,
+                "NotFoundError",
+                &msg,
+                Some("model"),
+            ));
         }
     };
     if sim.faults.read().http_500 {
-        return Ok(error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", ENGINE_DEAD, None));
+        return Ok(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            ENGINE_DEAD,
+            None,
+        ));
     }
     let mut greq = GenRequest::new(&prompt, parsed.limit(), sim.cfg.default_max_tokens);
     if api == Api::Chat {
@@ -124,10 +166,19 @@ async fn generate(sim: Arc<Shared>, req: Request<Incoming>, api: Api) -> io::Res
         greq.prompt_tokens = greq.prompt_tokens.saturating_add(8);
     }
     let Ok(g) = Gen::admit(&sim, greq) else {
-        return Ok(error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableError", "The server is overloaded.", None));
+        return Ok(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailableError",
+            "The server is overloaded.",
+            None,
+        ));
     };
     let seed = sim.next_seed();
-    let prefix = if api == Api::Chat { "chatcmpl-" } else { "cmpl-" };
+    let prefix = if api == Api::Chat {
+        "chatcmpl-"
+    } else {
+        "cmpl-"
+    };
     let id = format!("{prefix}{}", tokens::hex_id(seed));
     let created = Shared::unix_now();
     if parsed.stream.unwrap_or(false) {
@@ -144,10 +195,23 @@ async fn generate(sim: Arc<Shared>, req: Request<Incoming>, api: Api) -> io::Res
     }
     match gen::run_whole(g).await {
         Whole::Done(text, s) => Ok(match api {
-            Api::Chat => server::json(StatusCode::OK, JSON, &chat_response(&id, created, &model, &text, &s)),
-            Api::Completions => server::json(StatusCode::OK, JSON, &completion_response(&id, created, &model, &text, &s)),
+            Api::Chat => server::json(
+                StatusCode::OK,
+                JSON,
+                &chat_response(&id, created, &model, &text, &s),
+            ),
+            Api::Completions => server::json(
+                StatusCode::OK,
+                JSON,
+                &completion_response(&id, created, &model, &text, &s),
+            ),
         }),
-        Whole::Error => Ok(error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", ENGINE_DEAD, None)),
+        Whole::Error => Ok(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            ENGINE_DEAD,
+            None,
+        )),
         Whole::Drop => Err(io::Error::other("sim: drop_after_tokens")),
     }
 }
@@ -162,7 +226,11 @@ struct Usage {
 
 impl Usage {
     fn new(prompt: u32, completion: u32) -> Self {
-        Usage { prompt_tokens: prompt, total_tokens: prompt + completion, completion_tokens: completion }
+        Usage {
+            prompt_tokens: prompt,
+            total_tokens: prompt + completion,
+            completion_tokens: completion,
+        }
     }
 }
 
@@ -259,7 +327,10 @@ impl StreamFormat for VllmStream {
         }
         let choice = ChatChoice {
             index: 0,
-            delta: Delta { role: Some("assistant"), content: Some("") },
+            delta: Delta {
+                role: Some("assistant"),
+                content: Some(""),
+            },
             logprobs: Null,
             finish_reason: None,
             stop_reason: None,
@@ -277,13 +348,18 @@ impl StreamFormat for VllmStream {
     }
 
     fn token(&mut self, text: &str, i: u32, finish: Option<Finish>) -> Bytes {
-        let usage = self.continuous.then(|| Usage::new(self.prompt_tokens, i + 1));
+        let usage = self
+            .continuous
+            .then(|| Usage::new(self.prompt_tokens, i + 1));
         let fr = finish.map(Finish::as_str);
         match self.api {
             Api::Chat => {
                 let choice = ChatChoice {
                     index: 0,
-                    delta: Delta { role: None, content: Some(text) },
+                    delta: Delta {
+                        role: None,
+                        content: Some(text),
+                    },
                     logprobs: Null,
                     finish_reason: fr,
                     stop_reason: finish.map(|_| Null),
@@ -395,7 +471,13 @@ struct ChatWhole<'a> {
     kv_transfer_params: Null,
 }
 
-fn chat_response<'a>(id: &'a str, created: u64, model: &'a str, text: &'a str, s: &Summary) -> ChatWhole<'a> {
+fn chat_response<'a>(
+    id: &'a str,
+    created: u64,
+    model: &'a str,
+    text: &'a str,
+    s: &Summary,
+) -> ChatWhole<'a> {
     ChatWhole {
         id,
         object: "chat.completion",
@@ -453,7 +535,13 @@ struct CompletionWhole<'a> {
     usage: Usage,
 }
 
-fn completion_response<'a>(id: &'a str, created: u64, model: &'a str, text: &'a str, s: &Summary) -> CompletionWhole<'a> {
+fn completion_response<'a>(
+    id: &'a str,
+    created: u64,
+    model: &'a str,
+    text: &'a str,
+    s: &Summary,
+) -> CompletionWhole<'a> {
     CompletionWhole {
         id,
         object: "text_completion",
@@ -540,5 +628,12 @@ fn models(sim: &Shared) -> Response<Body> {
             }],
         })
         .collect();
-    server::json(StatusCode::OK, JSON, &ModelList { object: "list", data })
+    server::json(
+        StatusCode::OK,
+        JSON,
+        &ModelList {
+            object: "list",
+            data,
+        },
+    )
 }

@@ -10,7 +10,11 @@ use super::stats::TTFT_BUCKETS;
 /// prometheus_client's `floatToGoString`: Python `repr`, with Go-style exponents for large values.
 pub(crate) fn go_float(d: f64) -> String {
     if d.is_infinite() {
-        return if d > 0.0 { "+Inf".into() } else { "-Inf".into() };
+        return if d > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        };
     }
     if d.is_nan() {
         return "NaN".into();
@@ -57,11 +61,30 @@ pub(crate) fn render(sim: &Shared) -> String {
     let max = sim.sched.max().max(1);
     let mut o = String::with_capacity(8192);
     let gauge = |o: &mut String, name: &str, help: &str, v: f64| {
-        let _ = write!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{lbl}}} {}\n", go_float(v));
+        let _ = write!(
+            o,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{lbl}}} {}\n",
+            go_float(v)
+        );
     };
-    gauge(&mut o, "vllm:num_requests_running", "Number of requests in model execution batches.", running as f64);
-    gauge(&mut o, "vllm:num_requests_waiting", "Number of requests waiting to be processed.", waiting as f64);
-    gauge(&mut o, "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", running as f64 / max as f64);
+    gauge(
+        &mut o,
+        "vllm:num_requests_running",
+        "Number of requests in model execution batches.",
+        running as f64,
+    );
+    gauge(
+        &mut o,
+        "vllm:num_requests_waiting",
+        "Number of requests waiting to be processed.",
+        waiting as f64,
+    );
+    gauge(
+        &mut o,
+        "vllm:kv_cache_usage_perc",
+        "KV-cache usage. 1 means 100 percent usage.",
+        running as f64 / max as f64,
+    );
     let counter = |o: &mut String, base: &str, help: &str, v: u64| {
         let _ = write!(
             o,
@@ -71,15 +94,43 @@ pub(crate) fn render(sim: &Shared) -> String {
             go_float(created)
         );
     };
-    counter(&mut o, "vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.", c.prefix_queries.load(Relaxed));
-    counter(&mut o, "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", c.prefix_hits.load(Relaxed));
-    counter(&mut o, "vllm:num_preemptions", "Cumulative number of preemption from the engine.", 0);
-    counter(&mut o, "vllm:prompt_tokens", "Number of prefill tokens processed.", c.prompt_tokens.load(Relaxed));
-    counter(&mut o, "vllm:generation_tokens", "Number of generation tokens processed.", c.generation_tokens.load(Relaxed));
+    counter(
+        &mut o,
+        "vllm:prefix_cache_queries",
+        "Prefix cache queries, in terms of number of queried tokens.",
+        c.prefix_queries.load(Relaxed),
+    );
+    counter(
+        &mut o,
+        "vllm:prefix_cache_hits",
+        "Prefix cache hits, in terms of number of cached tokens.",
+        c.prefix_hits.load(Relaxed),
+    );
+    counter(
+        &mut o,
+        "vllm:num_preemptions",
+        "Cumulative number of preemption from the engine.",
+        0,
+    );
+    counter(
+        &mut o,
+        "vllm:prompt_tokens",
+        "Number of prefill tokens processed.",
+        c.prompt_tokens.load(Relaxed),
+    );
+    counter(
+        &mut o,
+        "vllm:generation_tokens",
+        "Number of generation tokens processed.",
+        c.generation_tokens.load(Relaxed),
+    );
 
     let reasons = ["stop", "length", "abort", "error", "repetition"];
     let help = "Count of successfully processed requests.";
-    let _ = write!(o, "# HELP vllm:request_success_total {help}\n# TYPE vllm:request_success_total counter\n");
+    let _ = write!(
+        o,
+        "# HELP vllm:request_success_total {help}\n# TYPE vllm:request_success_total counter\n"
+    );
     for (i, r) in reasons.iter().enumerate() {
         let v = c.finished.get(i).map(|a| a.load(Relaxed)).unwrap_or(0);
         let _ = writeln!(
@@ -88,7 +139,10 @@ pub(crate) fn render(sim: &Shared) -> String {
             go_float(v as f64)
         );
     }
-    let _ = write!(o, "# HELP vllm:request_success_created {help}\n# TYPE vllm:request_success_created gauge\n");
+    let _ = write!(
+        o,
+        "# HELP vllm:request_success_created {help}\n# TYPE vllm:request_success_created gauge\n"
+    );
     for r in reasons {
         let _ = writeln!(
             o,
@@ -104,9 +158,18 @@ pub(crate) fn render(sim: &Shared) -> String {
     let mut cum = 0u64;
     for (i, b) in TTFT_BUCKETS.iter().enumerate() {
         cum += h.counts.get(i).copied().unwrap_or(0);
-        let _ = writeln!(o, "{name}_bucket{{engine=\"0\",le=\"{}\",model_name=\"{model}\"}} {}", go_float(*b), go_float(cum as f64));
+        let _ = writeln!(
+            o,
+            "{name}_bucket{{engine=\"0\",le=\"{}\",model_name=\"{model}\"}} {}",
+            go_float(*b),
+            go_float(cum as f64)
+        );
     }
-    let _ = writeln!(o, "{name}_bucket{{engine=\"0\",le=\"+Inf\",model_name=\"{model}\"}} {}", go_float(h.count as f64));
+    let _ = writeln!(
+        o,
+        "{name}_bucket{{engine=\"0\",le=\"+Inf\",model_name=\"{model}\"}} {}",
+        go_float(h.count as f64)
+    );
     let _ = writeln!(o, "{name}_count{{{lbl}}} {}", go_float(h.count as f64));
     let _ = writeln!(o, "{name}_sum{{{lbl}}} {}", go_float(h.sum));
     let _ = write!(
