@@ -20,7 +20,11 @@ struct AdminState {
 }
 
 /// Binds the admin listener and serves it on the current runtime.
-pub async fn serve(addr: SocketAddr, metrics: Metrics, upstreams: Arc<Upstreams>) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Metrics,
+    upstreams: Arc<Upstreams>,
+) -> std::io::Result<SocketAddr> {
     let state = Arc::new(AdminState {
         metrics,
         upstreams,
@@ -48,7 +52,10 @@ async fn metrics_page(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
             b.publish_health();
         }
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
@@ -64,7 +71,10 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: no healthy backend in pool(s) {}\n", missing.join(", ")),
+            format!(
+                "not ready: no healthy backend in pool(s) {}\n",
+                missing.join(", ")
+            ),
         )
     }
 }

@@ -86,18 +86,27 @@ mod tests {
         assert_eq!(Api::from_path("/v1/chat/completions"), Api::OpenAi);
         assert_eq!(Api::from_path("/v1/models"), Api::OpenAi);
         assert_eq!(Api::from_path("/api/chat"), Api::Ollama);
-        assert_eq!(Api::from_path("/v1/models/half_plus_two:predict"), Api::TfServing);
-        assert_eq!(Api::tf_model("/v1/models/half_plus_two:predict"), Some("half_plus_two"));
+        assert_eq!(
+            Api::from_path("/v1/models/half_plus_two:predict"),
+            Api::TfServing
+        );
+        assert_eq!(
+            Api::tf_model("/v1/models/half_plus_two:predict"),
+            Some("half_plus_two")
+        );
         assert_eq!(Api::tf_model("/v1/models/m/versions/2:predict"), Some("m"));
     }
 
     #[test]
     fn error_shapes_follow_the_api() {
-        let v: serde_json::Value = serde_json::from_slice(&Api::OpenAi.error_body(413, "too big", "request_too_large")).unwrap_or_default();
+        let v: serde_json::Value =
+            serde_json::from_slice(&Api::OpenAi.error_body(413, "too big", "request_too_large"))
+                .unwrap_or_default();
         assert_eq!(v["error"]["message"], "too big");
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert!(v["error"]["param"].is_null());
-        let v: serde_json::Value = serde_json::from_slice(&Api::Ollama.error_body(503, "busy", "x")).unwrap_or_default();
+        let v: serde_json::Value =
+            serde_json::from_slice(&Api::Ollama.error_body(503, "busy", "x")).unwrap_or_default();
         assert_eq!(v, json!({"error": "busy"}));
     }
 }

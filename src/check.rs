@@ -18,7 +18,8 @@ pub enum CheckError {
 
 /// Checks one file; returns a one-line summary of what it configures.
 pub fn file(path: &Path) -> Result<String, CheckError> {
-    let text = std::fs::read_to_string(path).map_err(|e| CheckError::Read(path.display().to_string(), e))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CheckError::Read(path.display().to_string(), e))?;
     // A simulator file is the one with a top-level `engines:` list.
     if text.lines().any(|l| l.starts_with("engines:")) {
         let f = crate::sim::cli::load_file(path)?;

@@ -65,7 +65,12 @@ pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
             handles.push(h);
         }
     }
-    let listen = cfg.listeners.value.first().map(|l| l.address.to_string()).unwrap_or_default();
+    let listen = cfg
+        .listeners
+        .value
+        .first()
+        .map(|l| l.address.to_string())
+        .unwrap_or_default();
     let admin = cfg.admin.address;
     println!("{}", banner(&listen, &admin.to_string(), &handles));
     crate::edge::server::run(&cfg, &control)?;
@@ -76,7 +81,10 @@ pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
 }
 
 fn banner(listen: &str, admin: &str, sims: &[crate::sim::SimHandle]) -> String {
-    let engines: Vec<String> = sims.iter().map(|h| format!("{} on {}", h.kind(), h.addr())).collect();
+    let engines: Vec<String> = sims
+        .iter()
+        .map(|h| format!("{} on {}", h.kind(), h.addr()))
+        .collect();
     format!(
         r#"
 okome demo — simulated engines: {engines}

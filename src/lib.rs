@@ -3,14 +3,14 @@
 //! The stream plane (`edge`) relays token streams from model servers chunk by chunk; the
 //! simulator (`sim`) speaks the engines' real wire formats for the demo, tests and benchmarks.
 
-pub mod sim;
+pub mod admin;
 pub mod api;
+pub mod check;
 pub mod config;
+pub mod demo;
+pub mod edge;
 pub mod metrics;
+pub mod runtime;
+pub mod sim;
 pub mod stream;
 pub mod upstream;
-pub mod admin;
-pub mod edge;
-pub mod check;
-pub mod demo;
-pub mod runtime;

@@ -24,7 +24,12 @@ enum Cmd {
     /// /healthz, /readyz, /status) on the admin address.
     Edge {
         /// Edge config (YAML). See conf/edge.yaml for the annotated reference.
-        #[arg(short = 'c', long = "config", value_name = "FILE", default_value = "conf/edge.yaml")]
+        #[arg(
+            short = 'c',
+            long = "config",
+            value_name = "FILE",
+            default_value = "conf/edge.yaml"
+        )]
         config: PathBuf,
     },
     /// Run simulated model servers that speak vLLM's, Ollama's or TF Serving's real wire formats.

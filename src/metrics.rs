@@ -1,7 +1,8 @@
 //! The edge's Prometheus metrics. One registry per process, passed around (no globals).
 
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// All collectors the edge updates.
@@ -47,51 +48,90 @@ impl Metrics {
         let registry = Registry::new();
         // Buckets: 1 ms .. ~65 s for TTFT, 0.5 ms .. ~16 s for gaps.
         let ttft = HistogramVec::new(
-            HistogramOpts::new("okome_ttft_seconds", "Request accepted to first token written to the client.")
-                .buckets(exponential_buckets(0.001, 2.0, 17).unwrap_or_default()),
+            HistogramOpts::new(
+                "okome_ttft_seconds",
+                "Request accepted to first token written to the client.",
+            )
+            .buckets(exponential_buckets(0.001, 2.0, 17).unwrap_or_default()),
             STREAM_LABELS,
         );
         let inter_token = HistogramVec::new(
-            HistogramOpts::new("okome_inter_token_seconds", "Gap between two consecutive tokens as relayed to the client.")
-                .buckets(exponential_buckets(0.0005, 2.0, 16).unwrap_or_default()),
+            HistogramOpts::new(
+                "okome_inter_token_seconds",
+                "Gap between two consecutive tokens as relayed to the client.",
+            )
+            .buckets(exponential_buckets(0.0005, 2.0, 16).unwrap_or_default()),
             STREAM_LABELS,
         );
         let jitter = HistogramVec::new(
-            HistogramOpts::new("okome_stream_jitter_seconds", "Per stream: standard deviation of its inter-token gaps.")
-                .buckets(exponential_buckets(0.0001, 2.0, 16).unwrap_or_default()),
+            HistogramOpts::new(
+                "okome_stream_jitter_seconds",
+                "Per stream: standard deviation of its inter-token gaps.",
+            )
+            .buckets(exponential_buckets(0.0001, 2.0, 16).unwrap_or_default()),
             STREAM_LABELS,
         );
         let streams = IntCounterVec::new(
-            Opts::new("okome_streams_total", "Token streams by outcome: completed, client_disconnect, upstream_error, timeout."),
+            Opts::new(
+                "okome_streams_total",
+                "Token streams by outcome: completed, client_disconnect, upstream_error, timeout.",
+            ),
             &["route", "pool", "outcome"],
         );
-        let tokens = IntCounterVec::new(Opts::new("okome_tokens_total", "Tokens relayed to clients."), &["route", "pool", "model"]);
-        let backend_inflight =
-            IntGaugeVec::new(Opts::new("okome_backend_inflight", "Requests this edge has in flight to the backend."), BACKEND_LABELS);
+        let tokens = IntCounterVec::new(
+            Opts::new("okome_tokens_total", "Tokens relayed to clients."),
+            &["route", "pool", "model"],
+        );
+        let backend_inflight = IntGaugeVec::new(
+            Opts::new(
+                "okome_backend_inflight",
+                "Requests this edge has in flight to the backend.",
+            ),
+            BACKEND_LABELS,
+        );
         let backend_healthy = IntGaugeVec::new(
-            Opts::new("okome_backend_healthy", "1 when the backend passes its health check and is not ejected."),
+            Opts::new(
+                "okome_backend_healthy",
+                "1 when the backend passes its health check and is not ejected.",
+            ),
             BACKEND_LABELS,
         );
         let backend_queue_depth = IntGaugeVec::new(
-            Opts::new("okome_backend_queue_depth", "Requests waiting in the engine's own queue (scraped from the engine)."),
+            Opts::new(
+                "okome_backend_queue_depth",
+                "Requests waiting in the engine's own queue (scraped from the engine).",
+            ),
             BACKEND_LABELS,
         );
         let backend_ejections = IntCounterVec::new(
-            Opts::new("okome_backend_ejections_total", "Backends taken out of rotation after failures on live traffic."),
+            Opts::new(
+                "okome_backend_ejections_total",
+                "Backends taken out of rotation after failures on live traffic.",
+            ),
             BACKEND_LABELS,
         );
         let retries = IntCounterVec::new(
-            Opts::new("okome_upstream_retries_total", "Attempts beyond the first, before any byte reached the client."),
+            Opts::new(
+                "okome_upstream_retries_total",
+                "Attempts beyond the first, before any byte reached the client.",
+            ),
             &["route", "reason"],
         );
-        let requests = IntCounterVec::new(Opts::new("okome_requests_total", "Requests by route and status."), &["route", "status"]);
+        let requests = IntCounterVec::new(
+            Opts::new("okome_requests_total", "Requests by route and status."),
+            &["route", "status"],
+        );
 
         // Registration only fails on duplicate names or bad label names, both fixed at compile time here.
         let m = (|| -> prometheus::Result<Metrics> {
             let (ttft, inter_token, jitter) = (ttft?, inter_token?, jitter?);
             let (streams, tokens, requests, retries) = (streams?, tokens?, requests?, retries?);
-            let (backend_inflight, backend_healthy, backend_queue_depth, backend_ejections) =
-                (backend_inflight?, backend_healthy?, backend_queue_depth?, backend_ejections?);
+            let (backend_inflight, backend_healthy, backend_queue_depth, backend_ejections) = (
+                backend_inflight?,
+                backend_healthy?,
+                backend_queue_depth?,
+                backend_ejections?,
+            );
             registry.register(Box::new(ttft.clone()))?;
             registry.register(Box::new(inter_token.clone()))?;
             registry.register(Box::new(jitter.clone()))?;

@@ -1,1 +1,3 @@
-fn main() { eprintln!("okome-bench: filled by the benchmark issue"); }
+fn main() {
+    eprintln!("okome-bench: filled by the benchmark issue");
+}

@@ -18,14 +18,19 @@ impl SetHeaders {
         let set = set
             .iter()
             .map(|(k, v)| {
-                let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| FilterError::InvalidHeader(k.clone()))?;
-                let value = HeaderValue::from_str(v).map_err(|_| FilterError::InvalidHeader(format!("{k}: {v}")))?;
+                let name = HeaderName::from_bytes(k.as_bytes())
+                    .map_err(|_| FilterError::InvalidHeader(k.clone()))?;
+                let value = HeaderValue::from_str(v)
+                    .map_err(|_| FilterError::InvalidHeader(format!("{k}: {v}")))?;
                 Ok((name, value))
             })
             .collect::<Result<_, _>>()?;
         let remove = remove
             .iter()
-            .map(|k| HeaderName::from_bytes(k.as_bytes()).map_err(|_| FilterError::InvalidHeader(k.clone())))
+            .map(|k| {
+                HeaderName::from_bytes(k.as_bytes())
+                    .map_err(|_| FilterError::InvalidHeader(k.clone()))
+            })
             .collect::<Result<_, _>>()?;
         Ok(SetHeaders { set, remove })
     }

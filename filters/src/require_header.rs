@@ -14,8 +14,12 @@ pub struct RequireHeader {
 impl RequireHeader {
     /// Validates the header name.
     pub fn new(name: &str, values: &[String]) -> Result<Self, FilterError> {
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| FilterError::InvalidHeader(name.to_owned()))?;
-        Ok(RequireHeader { name, values: values.to_vec() })
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| FilterError::InvalidHeader(name.to_owned()))?;
+        Ok(RequireHeader {
+            name,
+            values: values.to_vec(),
+        })
     }
 }
 
@@ -39,7 +43,10 @@ impl Filter for RequireHeader {
         } else {
             Verdict::Reject(Rejection {
                 status: StatusCode::FORBIDDEN,
-                message: format!("header `{}` has a value this route does not accept", self.name),
+                message: format!(
+                    "header `{}` has a value this route does not accept",
+                    self.name
+                ),
                 code: "header_not_accepted",
                 retry_after: None,
             })

@@ -11,13 +11,11 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim())
-            .map(Dur)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "bad duration {s:?}: {e} (write it like \"250ms\", \"30s\" or \"5m\")"
-                ))
-            })
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "bad duration {s:?}: {e} (write it like \"250ms\", \"30s\" or \"5m\")"
+            ))
+        })
     }
 }
 
@@ -35,23 +33,24 @@ impl ByteSize {
     /// Parses `"16MiB"`, `"512 KiB"`, `"1048576"` and friends.
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(s.len());
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("bad size {s:?}: expected a number with an optional unit like \"16MiB\""))?;
-        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "kb" => 1_000,
-            "kib" | "k" => 1 << 10,
-            "mb" => 1_000_000,
-            "mib" | "m" => 1 << 20,
-            "gb" => 1_000_000_000,
-            "gib" | "g" => 1 << 30,
-            other => return Err(format!("bad size {s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB or GB)")),
-        };
+        let n: u64 = num.parse().map_err(|_| {
+            format!("bad size {s:?}: expected a number with an optional unit like \"16MiB\"")
+        })?;
+        let mult: u64 =
+            match unit.trim().to_ascii_lowercase().as_str() {
+                "" | "b" => 1,
+                "kb" => 1_000,
+                "kib" | "k" => 1 << 10,
+                "mb" => 1_000_000,
+                "mib" | "m" => 1 << 20,
+                "gb" => 1_000_000_000,
+                "gib" | "g" => 1 << 30,
+                other => return Err(format!(
+                    "bad size {s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB or GB)"
+                )),
+            };
         n.checked_mul(mult)
             .map(ByteSize)
             .ok_or_else(|| format!("bad size {s:?}: too large"))

@@ -29,56 +29,121 @@ pub fn validate(cfg: &EdgeConfig) -> Vec<Problem> {
     let mut out = Vec::new();
 
     if cfg.listeners.value.is_empty() {
-        push(&mut out, at(&cfg.listeners), "listeners".into(), "at least one listener is needed, e.g. `- address: 0.0.0.0:8080`".into());
+        push(
+            &mut out,
+            at(&cfg.listeners),
+            "listeners".into(),
+            "at least one listener is needed, e.g. `- address: 0.0.0.0:8080`".into(),
+        );
     }
     if cfg.retry.max_attempts == 0 {
-        push(&mut out, 1, "retry.max_attempts".into(), "must be at least 1 (1 means no retry)".into());
+        push(
+            &mut out,
+            1,
+            "retry.max_attempts".into(),
+            "must be at least 1 (1 means no retry)".into(),
+        );
     }
     if cfg.limits.max_body.0 == 0 {
-        push(&mut out, 1, "limits.max_body".into(), "must be larger than 0".into());
+        push(
+            &mut out,
+            1,
+            "limits.max_body".into(),
+            "must be larger than 0".into(),
+        );
     }
     if cfg.server.threads == Some(0) {
-        push(&mut out, 1, "server.threads".into(), "must be at least 1".into());
+        push(
+            &mut out,
+            1,
+            "server.threads".into(),
+            "must be at least 1".into(),
+        );
     }
     if cfg.pools.is_empty() {
-        push(&mut out, 1, "pools".into(), "at least one pool is needed".into());
+        push(
+            &mut out,
+            1,
+            "pools".into(),
+            "at least one pool is needed".into(),
+        );
     }
 
     for (name, pool) in &cfg.pools {
         let key = format!("pools.{name}");
         if pool.value.backends.is_empty() {
-            push(&mut out, at(pool), format!("{key}.backends"), "a pool needs at least one backend `IP:PORT`".into());
+            push(
+                &mut out,
+                at(pool),
+                format!("{key}.backends"),
+                "a pool needs at least one backend `IP:PORT`".into(),
+            );
         }
         let mut seen = HashSet::new();
         for (i, b) in pool.value.backends.iter().enumerate() {
             match b.value.parse::<SocketAddr>() {
                 Ok(addr) => {
                     if !seen.insert(addr) {
-                        push(&mut out, at(b), format!("{key}.backends[{i}]"), format!("backend {addr} is listed twice"));
+                        push(
+                            &mut out,
+                            at(b),
+                            format!("{key}.backends[{i}]"),
+                            format!("backend {addr} is listed twice"),
+                        );
                     }
                 }
                 Err(_) => push(
                     &mut out,
                     at(b),
                     format!("{key}.backends[{i}]"),
-                    format!("bad address {:?}: expected IP:PORT like 127.0.0.1:8000", b.value),
+                    format!(
+                        "bad address {:?}: expected IP:PORT like 127.0.0.1:8000",
+                        b.value
+                    ),
                 ),
             }
         }
         let hc = &pool.value.health_check;
         if hc.timeout > hc.interval {
-            push(&mut out, at(pool), format!("{key}.health_check.timeout"), format!("timeout {} is longer than the interval {}", hc.timeout, hc.interval));
+            push(
+                &mut out,
+                at(pool),
+                format!("{key}.health_check.timeout"),
+                format!(
+                    "timeout {} is longer than the interval {}",
+                    hc.timeout, hc.interval
+                ),
+            );
         }
         if hc.unhealthy_after == 0 || hc.healthy_after == 0 {
-            push(&mut out, at(pool), format!("{key}.health_check"), "unhealthy_after and healthy_after must be at least 1".into());
+            push(
+                &mut out,
+                at(pool),
+                format!("{key}.health_check"),
+                "unhealthy_after and healthy_after must be at least 1".into(),
+            );
         }
         if let Some(p) = &hc.path {
             if !p.starts_with('/') {
-                push(&mut out, at(pool), format!("{key}.health_check.path"), format!("path {p:?} must start with '/'"));
+                push(
+                    &mut out,
+                    at(pool),
+                    format!("{key}.health_check.path"),
+                    format!("path {p:?} must start with '/'"),
+                );
             }
         }
-        if pool.value.kind == PoolKind::Tfserving && pool.value.models.is_empty() && hc.path.is_none() {
-            push(&mut out, at(pool), format!("{key}.models"), "a tfserving pool must list its models (TF Serving has no model listing API)".into());
+        if pool.value.kind == PoolKind::Tfserving
+            && pool.value.models.is_empty()
+            && hc.path.is_none()
+        {
+            push(
+                &mut out,
+                at(pool),
+                format!("{key}.models"),
+                "a tfserving pool must list its models (TF Serving has no model listing API)"
+                    .into(),
+            );
         }
     }
 
@@ -87,7 +152,12 @@ pub fn validate(cfg: &EdgeConfig) -> Vec<Problem> {
         let r = &route.value;
         let key = format!("routes[{i}]");
         if !route_names.insert(r.name.value.as_str()) {
-            push(&mut out, at(&r.name), format!("{key}.name"), format!("route name {:?} is used twice", r.name.value));
+            push(
+                &mut out,
+                at(&r.name),
+                format!("{key}.name"),
+                format!("route name {:?} is used twice", r.name.value),
+            );
         }
         let check_pool = |p: &Spanned<String>, k: String, out: &mut Vec<Problem>| {
             if !cfg.pools.contains_key(&p.value) {
@@ -102,7 +172,11 @@ pub fn validate(cfg: &EdgeConfig) -> Vec<Problem> {
         if let Some(p) = &r.pool {
             check_pool(p, format!("{key}.pool"), &mut out);
             if !r.pools.is_empty() {
-                out.push(Problem { line: at(p), key: format!("{key}.pools"), message: "set either `pool` or `pools`, not both".into() });
+                out.push(Problem {
+                    line: at(p),
+                    key: format!("{key}.pools"),
+                    message: "set either `pool` or `pools`, not both".into(),
+                });
             }
         }
         for (j, p) in r.pools.iter().enumerate() {
@@ -111,27 +185,47 @@ pub fn validate(cfg: &EdgeConfig) -> Vec<Problem> {
         for (j, p) in r.fallback.iter().enumerate() {
             check_pool(p, format!("{key}.fallback[{j}]"), &mut out);
             if r.pool.as_ref().is_some_and(|t| t.value == p.value) {
-                out.push(Problem { line: at(p), key: format!("{key}.fallback[{j}]"), message: format!("pool {:?} is both the target and a fallback", p.value) });
+                out.push(Problem {
+                    line: at(p),
+                    key: format!("{key}.fallback[{j}]"),
+                    message: format!("pool {:?} is both the target and a fallback", p.value),
+                });
             }
         }
         if let Some(prefix) = &r.matches.path_prefix {
             if !prefix.starts_with('/') {
-                out.push(Problem { line: at(route), key: format!("{key}.match.path_prefix"), message: format!("{prefix:?} must start with '/'") });
+                out.push(Problem {
+                    line: at(route),
+                    key: format!("{key}.match.path_prefix"),
+                    message: format!("{prefix:?} must start with '/'"),
+                });
             }
         }
-        for (name, _) in &r.matches.headers {
+        for name in r.matches.headers.keys() {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                out.push(Problem { line: at(route), key: format!("{key}.match.headers.{name}"), message: "not a valid header name".into() });
+                out.push(Problem {
+                    line: at(route),
+                    key: format!("{key}.match.headers.{name}"),
+                    message: "not a valid header name".into(),
+                });
             }
         }
         for (j, f) in r.filters.iter().enumerate() {
             if let Err(e) = okome_filters::build(&f.value) {
-                out.push(Problem { line: at(f), key: format!("{key}.filters[{j}]"), message: e.to_string() });
+                out.push(Problem {
+                    line: at(f),
+                    key: format!("{key}.filters[{j}]"),
+                    message: e.to_string(),
+                });
             }
         }
     }
     if cfg.routes.value.is_empty() {
-        out.push(Problem { line: at(&cfg.routes), key: "routes".into(), message: "at least one route is needed".into() });
+        out.push(Problem {
+            line: at(&cfg.routes),
+            key: "routes".into(),
+            message: "at least one route is needed".into(),
+        });
     }
     out
 }

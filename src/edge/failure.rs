@@ -12,15 +12,26 @@ use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_proxy::{FailToProxy, Session};
 
 fn retryable(edge: &Edge, session: &Session, ctx: &RequestCtx) -> bool {
-    session.response_written().is_none() && ctx.attempts < edge.max_attempts && edge.has_alternative(ctx)
+    session.response_written().is_none()
+        && ctx.attempts < edge.max_attempts
+        && edge.has_alternative(ctx)
 }
 
 /// `fail_to_connect`: the backend could not be reached; eject it and try another.
-pub fn on_connect_error(edge: &Edge, session: &Session, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+pub fn on_connect_error(
+    edge: &Edge,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    mut e: Box<Error>,
+) -> Box<Error> {
     if let Some((pi, bi)) = ctx.current {
         let pool = &edge.upstreams.pools[pi];
         // A refused or timed-out connect is definitive: stop sending traffic there at once.
-        pool.backends[bi].record_failure(&pool.ejection, &format!("connect: {}", e.etype().as_str()), true);
+        pool.backends[bi].record_failure(
+            &pool.ejection,
+            &format!("connect: {}", e.etype().as_str()),
+            true,
+        );
     }
     ctx.retry_reason = Some("connect");
     e.set_retry(retryable(edge, session, ctx));
@@ -35,7 +46,10 @@ pub fn on_proxy_error(
     ctx: &mut RequestCtx,
     e: Box<Error>,
 ) -> Box<Error> {
-    let mut e = e.more_context(format!("backend {}", pingora_core::upstreams::peer::Peer::address(peer)));
+    let mut e = e.more_context(format!(
+        "backend {}",
+        pingora_core::upstreams::peer::Peer::address(peer)
+    ));
     if *e.esource() == ErrorSource::Downstream {
         e.set_retry(false);
         return e;
@@ -55,7 +69,12 @@ pub fn on_proxy_error(
 }
 
 /// `fail_to_proxy`: answer the client in its API's shape, or end a started stream cleanly.
-pub async fn on_fail(edge: &Edge, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+pub async fn on_fail(
+    edge: &Edge,
+    session: &mut Session,
+    e: &Error,
+    ctx: &mut RequestCtx,
+) -> FailToProxy {
     let _ = edge;
     if session.response_written().is_some() {
         // Mid-stream: the status line is gone; end the stream in its own framing.
@@ -76,7 +95,12 @@ pub async fn on_fail(edge: &Edge, session: &mut Session, e: &Error, ctx: &mut Re
             can_reuse_downstream: false,
         };
     }
-    if *e.esource() == ErrorSource::Downstream && matches!(e.etype(), ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed) {
+    if *e.esource() == ErrorSource::Downstream
+        && matches!(
+            e.etype(),
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+        )
+    {
         return FailToProxy {
             error_code: 0,
             can_reuse_downstream: false,
@@ -91,7 +115,10 @@ pub async fn on_fail(edge: &Edge, session: &mut Session, e: &Error, ctx: &mut Re
 }
 
 fn is_timeout(e: &Error) -> bool {
-    matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout)
+    matches!(
+        e.etype(),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout
+    )
 }
 
 fn classify(e: &Error, ctx: &RequestCtx) -> EdgeError {
@@ -100,14 +127,37 @@ fn classify(e: &Error, ctx: &RequestCtx) -> EdgeError {
     }
     let tries = ctx.attempts;
     match e.etype() {
-        ErrorType::HTTPStatus(s) => EdgeError::new(*s, "upstream_error", format!("the model server answered {s} after {tries} attempt(s)")),
-        ErrorType::ReadTimedout => EdgeError::new(504, "timeout", "the model server did not produce a first token in time"),
-        ErrorType::ConnectTimedout => EdgeError::new(502, "upstream_unreachable", format!("no model server could be reached ({tries} attempt(s)): connect timed out")),
-        t if *e.esource() == ErrorSource::Upstream => {
-            EdgeError::new(502, "upstream_unreachable", format!("no model server could be reached ({tries} attempt(s)): {}", t.as_str()))
+        ErrorType::HTTPStatus(s) => EdgeError::new(
+            *s,
+            "upstream_error",
+            format!("the model server answered {s} after {tries} attempt(s)"),
+        ),
+        ErrorType::ReadTimedout => EdgeError::new(
+            504,
+            "timeout",
+            "the model server did not produce a first token in time",
+        ),
+        ErrorType::ConnectTimedout => EdgeError::new(
+            502,
+            "upstream_unreachable",
+            format!("no model server could be reached ({tries} attempt(s)): connect timed out"),
+        ),
+        t if *e.esource() == ErrorSource::Upstream => EdgeError::new(
+            502,
+            "upstream_unreachable",
+            format!(
+                "no model server could be reached ({tries} attempt(s)): {}",
+                t.as_str()
+            ),
+        ),
+        ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::InvalidH2 => {
+            EdgeError::new(400, "bad_request", "malformed HTTP request")
         }
-        ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::InvalidH2 => EdgeError::new(400, "bad_request", "malformed HTTP request"),
-        t => EdgeError::new(500, "internal_error", format!("internal error: {}", t.as_str())),
+        t => EdgeError::new(
+            500,
+            "internal_error",
+            format!("internal error: {}", t.as_str()),
+        ),
     }
 }
 

@@ -30,7 +30,14 @@ struct AccessLine<'a> {
 pub fn outcome(e: Option<&Error>, ctx: &RequestCtx) -> Outcome {
     match e {
         Some(e) if *e.esource() == ErrorSource::Downstream => Outcome::ClientDisconnect,
-        Some(e) if matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout) => Outcome::Timeout,
+        Some(e)
+            if matches!(
+                e.etype(),
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            ) =>
+        {
+            Outcome::Timeout
+        }
         Some(_) => Outcome::UpstreamError,
         None if ctx.tap.as_ref().is_some_and(|t| t.stats.error) => Outcome::UpstreamError,
         None => Outcome::Completed,
@@ -38,9 +45,18 @@ pub fn outcome(e: Option<&Error>, ctx: &RequestCtx) -> Outcome {
 }
 
 /// Records the finished request.
-pub fn finish(edge: &Edge, method: &str, path: &str, status_written: Option<u16>, e: Option<&Error>, ctx: &mut RequestCtx) {
+pub fn finish(
+    edge: &Edge,
+    method: &str,
+    path: &str,
+    status_written: Option<u16>,
+    e: Option<&Error>,
+    ctx: &mut RequestCtx,
+) {
     let status = status_written.unwrap_or(ctx.status);
-    let route = ctx.route.map_or("none", |r| edge.routes.routes[r].name.as_str());
+    let route = ctx
+        .route
+        .map_or("none", |r| edge.routes.routes[r].name.as_str());
     edge.metrics
         .requests
         .with_label_values(&[route, status_label(status)])
@@ -60,13 +76,19 @@ pub fn finish(edge: &Edge, method: &str, path: &str, status_written: Option<u16>
         line_outcome = Some(o.as_str());
         let labels = edge.stream_labels(ctx);
         let pool_l = pool.unwrap_or("");
-        edge.metrics.streams.with_label_values(&[route, pool_l, o.as_str()]).inc();
+        edge.metrics
+            .streams
+            .with_label_values(&[route, pool_l, o.as_str()])
+            .inc();
         edge.metrics
             .tokens
             .with_label_values(&[route, pool_l, labels.model])
             .inc_by(tap.stats.tokens());
         if let Some(j) = tap.stats.jitter() {
-            edge.metrics.jitter.with_label_values(&labels.as_refs()).observe(j.as_secs_f64());
+            edge.metrics
+                .jitter
+                .with_label_values(&labels.as_refs())
+                .observe(j.as_secs_f64());
         }
     }
 

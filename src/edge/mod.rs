@@ -78,15 +78,21 @@ impl Edge {
 
     /// Whether another attempt could find a backend (this pool or a later one in the plan).
     pub fn has_alternative(&self, ctx: &RequestCtx) -> bool {
-        ctx.plan.iter().enumerate().skip(ctx.plan_pos).any(|(_, &pi)| {
-            let pool = &self.upstreams.pools[pi];
-            select::pick(&pool.backends, |b| ctx.tried.contains(&(pi, b))).is_some()
-        })
+        ctx.plan
+            .iter()
+            .enumerate()
+            .skip(ctx.plan_pos)
+            .any(|(_, &pi)| {
+                let pool = &self.upstreams.pools[pi];
+                select::pick(&pool.backends, |b| ctx.tried.contains(&(pi, b))).is_some()
+            })
     }
 
     /// Labels for the request's stream metrics.
     pub fn stream_labels<'a>(&'a self, ctx: &'a RequestCtx) -> StreamLabels<'a> {
-        let route = ctx.route.map_or("none", |r| self.routes.routes[r].name.as_str());
+        let route = ctx
+            .route
+            .map_or("none", |r| self.routes.routes[r].name.as_str());
         let (pool, backend) = match ctx.current {
             Some((pi, bi)) => {
                 let p = &self.upstreams.pools[pi];
@@ -98,7 +104,12 @@ impl Edge {
             (Some(m), Some((pi, _))) if self.upstreams.pools[pi].serves(m) => m,
             _ => "other",
         };
-        StreamLabels { route, pool, backend, model }
+        StreamLabels {
+            route,
+            pool,
+            backend,
+            model,
+        }
     }
 
     /// Every model any pool serves, sorted.
@@ -113,7 +124,12 @@ impl Edge {
     /// `GET /v1/models` answered from the pools' models (OpenAI list shape).
     pub fn models_list_body(&self) -> Bytes {
         let mut data = Vec::new();
-        for p in self.upstreams.pools.iter().filter(|p| p.speaks(crate::api::Api::OpenAi)) {
+        for p in self
+            .upstreams
+            .pools
+            .iter()
+            .filter(|p| p.speaks(crate::api::Api::OpenAi))
+        {
             for m in p.models() {
                 data.push(serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": p.name}));
             }

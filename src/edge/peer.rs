@@ -18,7 +18,9 @@ pub fn next(edge: &Edge, ctx: &mut RequestCtx) -> Result<HttpPeer, EdgeError> {
             ctx.inflight = Some(backend.acquire());
             ctx.attempts += 1;
             if ctx.attempts > 1 {
-                let route = ctx.route.map_or("", |r| edge.routes.routes[r].name.as_str());
+                let route = ctx
+                    .route
+                    .map_or("", |r| edge.routes.routes[r].name.as_str());
                 edge.metrics
                     .retries
                     .with_label_values(&[route, ctx.retry_reason.unwrap_or("other")])
@@ -39,12 +41,23 @@ pub fn next(edge: &Edge, ctx: &mut RequestCtx) -> Result<HttpPeer, EdgeError> {
     }
     // Nothing left anywhere in the plan.
     let first = ctx.plan.first().map(|&p| &edge.upstreams.pools[p]);
-    let names: Vec<&str> = ctx.plan.iter().map(|&p| edge.upstreams.pools[p].name.as_str()).collect();
+    let names: Vec<&str> = ctx
+        .plan
+        .iter()
+        .map(|&p| edge.upstreams.pools[p].name.as_str())
+        .collect();
     let retry_after = first.map(|p| p.retry_after_secs());
     let message = if ctx.attempts == 0 {
-        format!("no healthy backend in pool(s) {}; retry later", names.join(", "))
+        format!(
+            "no healthy backend in pool(s) {}; retry later",
+            names.join(", ")
+        )
     } else {
-        format!("all {} attempt(s) failed in pool(s) {}; retry later", ctx.attempts, names.join(", "))
+        format!(
+            "all {} attempt(s) failed in pool(s) {}; retry later",
+            ctx.attempts,
+            names.join(", ")
+        )
     };
     Err(EdgeError {
         status: 503,

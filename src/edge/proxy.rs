@@ -35,10 +35,18 @@ impl ProxyHttp for Edge {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         peer::next(self, ctx).map(Box::new).map_err(|err| {
             let status = err.status;
-            Error::because(ErrorType::HTTPStatus(status), "no backend for the request", err)
+            Error::because(
+                ErrorType::HTTPStatus(status),
+                "no backend for the request",
+                err,
+            )
         })
     }
 
@@ -82,7 +90,12 @@ impl ProxyHttp for Edge {
         response::on_upstream_header(self, resp, ctx)
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         response::on_response_header(self, resp, ctx);
         Ok(())
     }
@@ -98,7 +111,13 @@ impl ProxyHttp for Edge {
         Ok(None)
     }
 
-    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
         failure::on_connect_error(self, session, ctx, e)
     }
 
@@ -113,7 +132,12 @@ impl ProxyHttp for Edge {
         failure::on_proxy_error(self, peer, session, ctx, e)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         failure::on_fail(self, session, e, ctx).await
     }
 

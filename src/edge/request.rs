@@ -96,7 +96,11 @@ pub async fn decide(edge: &Edge, session: &mut Session, ctx: &mut RequestCtx) ->
         model: ctx.model.as_deref(),
     };
     let Some(ri) = edge.routes.find(&q) else {
-        return Decision::Refuse(EdgeError::new(404, "no_route", format!("no route for {method} {path}")));
+        return Decision::Refuse(EdgeError::new(
+            404,
+            "no_route",
+            format!("no route for {method} {path}"),
+        ));
     };
     ctx.route = Some(ri);
     let route = &edge.routes.routes[ri];
@@ -131,7 +135,10 @@ pub async fn decide(edge: &Edge, session: &mut Session, ctx: &mut RequestCtx) ->
             Decision::Refuse(EdgeError::new(
                 404,
                 "model_not_found",
-                format!("The model `{m}` does not exist. Models served here: {}", edge.known_models().join(", ")),
+                format!(
+                    "The model `{m}` does not exist. Models served here: {}",
+                    edge.known_models().join(", ")
+                ),
             ))
         }
     }

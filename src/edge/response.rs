@@ -9,7 +9,11 @@ use std::time::Instant;
 
 /// `upstream_response_filter`: note the backend's health; turn a 502/503 into a retry while
 /// nothing has reached the client and another backend can take the request.
-pub fn on_upstream_header(edge: &Edge, resp: &ResponseHeader, ctx: &mut RequestCtx) -> pingora_error::Result<()> {
+pub fn on_upstream_header(
+    edge: &Edge,
+    resp: &ResponseHeader,
+    ctx: &mut RequestCtx,
+) -> pingora_error::Result<()> {
     let status = resp.status.as_u16();
     let Some((pi, bi)) = ctx.current else {
         return Ok(());
@@ -21,9 +25,17 @@ pub fn on_upstream_header(edge: &Edge, resp: &ResponseHeader, ctx: &mut RequestC
     } else {
         backend.record_success();
     }
-    if matches!(status, 502 | 503) && ctx.attempts < edge.max_attempts && edge.has_alternative(ctx) {
-        ctx.retry_reason = Some(if status == 502 { "status_502" } else { "status_503" });
-        let mut e = Error::explain(ErrorType::HTTPStatus(status), format!("backend {} answered {status}", backend.id));
+    if matches!(status, 502 | 503) && ctx.attempts < edge.max_attempts && edge.has_alternative(ctx)
+    {
+        ctx.retry_reason = Some(if status == 502 {
+            "status_502"
+        } else {
+            "status_503"
+        });
+        let mut e = Error::explain(
+            ErrorType::HTTPStatus(status),
+            format!("backend {} answered {status}", backend.id),
+        );
         e.set_retry(true);
         return Err(e);
     }
@@ -33,13 +45,20 @@ pub fn on_upstream_header(edge: &Edge, resp: &ResponseHeader, ctx: &mut RequestC
 /// `response_filter`: start the stream tap when the answer is a token stream.
 pub fn on_response_header(edge: &Edge, resp: &ResponseHeader, ctx: &mut RequestCtx) {
     ctx.status = resp.status.as_u16();
-    let ct = resp.headers.get(http::header::CONTENT_TYPE).map_or(&b""[..], |v| v.as_bytes());
+    let ct = resp
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .map_or(&b""[..], |v| v.as_bytes());
     let format = Format::from_content_type(ct);
     if format == Format::Opaque {
         return;
     }
     let labels = edge.stream_labels(ctx);
-    ctx.gap_hist = Some(edge.metrics.inter_token.with_label_values(&labels.as_refs()));
+    ctx.gap_hist = Some(
+        edge.metrics
+            .inter_token
+            .with_label_values(&labels.as_refs()),
+    );
     ctx.tap = Some(StreamTap::new(format, ctx.start));
 }
 
@@ -58,7 +77,10 @@ pub fn on_body(edge: &Edge, body: &Option<Bytes>, ctx: &mut RequestCtx) {
         if let Some(ttft) = tap.stats.ttft() {
             ctx.ttft_recorded = true;
             let labels = edge.stream_labels(ctx);
-            edge.metrics.ttft.with_label_values(&labels.as_refs()).observe(ttft.as_secs_f64());
+            edge.metrics
+                .ttft
+                .with_label_values(&labels.as_refs())
+                .observe(ttft.as_secs_f64());
         }
     }
 }

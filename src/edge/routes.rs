@@ -48,10 +48,22 @@ pub struct RouteQuery<'a> {
 impl Route {
     /// Whether all of this route's conditions hold.
     pub fn matches(&self, q: &RouteQuery<'_>) -> bool {
-        self.path_prefix.as_deref().is_none_or(|p| q.path.starts_with(p))
-            && self.host.as_deref().is_none_or(|h| q.host.is_some_and(|qh| qh.eq_ignore_ascii_case(h)))
-            && self.headers.iter().all(|(k, v)| q.headers.get(k).is_some_and(|hv| hv.as_bytes() == v.as_bytes()))
-            && self.model.as_ref().is_none_or(|g| q.model.is_some_and(|m| g.matches(m)))
+        self.path_prefix
+            .as_deref()
+            .is_none_or(|p| q.path.starts_with(p))
+            && self
+                .host
+                .as_deref()
+                .is_none_or(|h| q.host.is_some_and(|qh| qh.eq_ignore_ascii_case(h)))
+            && self.headers.iter().all(|(k, v)| {
+                q.headers
+                    .get(k)
+                    .is_some_and(|hv| hv.as_bytes() == v.as_bytes())
+            })
+            && self
+                .model
+                .as_ref()
+                .is_none_or(|g| q.model.is_some_and(|m| g.matches(m)))
     }
 
     /// Resolves the ordered list of pools to try for a request: target first, then fallbacks.
@@ -62,12 +74,16 @@ impl Route {
             Target::Pool(p) => plan.push(*p),
             Target::ByModel(cands) => {
                 let speaking: Vec<usize> = if cands.is_empty() {
-                    (0..up.pools.len()).filter(|&i| up.pools[i].speaks(api)).collect()
+                    (0..up.pools.len())
+                        .filter(|&i| up.pools[i].speaks(api))
+                        .collect()
                 } else {
                     cands.clone()
                 };
                 match model {
-                    Some(m) => plan.extend(speaking.iter().copied().filter(|&i| up.pools[i].serves(m))),
+                    Some(m) => {
+                        plan.extend(speaking.iter().copied().filter(|&i| up.pools[i].serves(m)))
+                    }
                     // No model (GET, WebSocket): the first candidate answers.
                     None => plan.extend(speaking.first().copied()),
                 }
@@ -114,12 +130,18 @@ impl RouteTable {
                         .matches
                         .headers
                         .iter()
-                        .filter_map(|(k, v)| Some((HeaderName::from_bytes(k.as_bytes()).ok()?, v.clone())))
+                        .filter_map(|(k, v)| {
+                            Some((HeaderName::from_bytes(k.as_bytes()).ok()?, v.clone()))
+                        })
                         .collect(),
                     model: r.matches.model.as_deref().map(Glob::new),
                     target,
                     fallback: r.fallback.iter().filter_map(|p| idx(&p.value)).collect(),
-                    filters: r.filters.iter().filter_map(|f| okome_filters::build(&f.value).ok()).collect(),
+                    filters: r
+                        .filters
+                        .iter()
+                        .filter_map(|f| okome_filters::build(&f.value).ok())
+                        .collect(),
                 }
             })
             .collect();

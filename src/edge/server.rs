@@ -41,7 +41,11 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
     let upstreams = Arc::new(Upstreams::new(cfg, &metrics));
 
     let admin = control
-        .block_on(crate::admin::serve(cfg.admin.address, metrics.clone(), upstreams.clone()))
+        .block_on(crate::admin::serve(
+            cfg.admin.address,
+            metrics.clone(),
+            upstreams.clone(),
+        ))
         .map_err(|source| StartError::Bind {
             addr: cfg.admin.address,
             what: "admin listener",
@@ -51,9 +55,18 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
     for p in &upstreams.pools {
         let healthy = p.backends.iter().filter(|b| b.eligible()).count();
         if healthy == 0 {
-            log::warn!("pool {} ({}): no healthy backend yet; requests get 503 until one passes its check", p.name, p.kind.as_str());
+            log::warn!(
+                "pool {} ({}): no healthy backend yet; requests get 503 until one passes its check",
+                p.name,
+                p.kind.as_str()
+            );
         } else {
-            log::info!("pool {} ({}): {healthy}/{} backends healthy", p.name, p.kind.as_str(), p.backends.len());
+            log::info!(
+                "pool {} ({}): {healthy}/{} backends healthy",
+                p.name,
+                p.kind.as_str(),
+                p.backends.len()
+            );
         }
     }
     {
@@ -61,7 +74,10 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
         health::spawn(upstreams.clone());
     }
 
-    let threads = cfg.server.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let threads = cfg
+        .server
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let conf = ServerConf {
         threads,
         grace_period_seconds: Some(cfg.server.grace_period.0.as_secs()),
@@ -75,7 +91,11 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
     let mut svc = pingora_proxy::http_proxy_service(&server.configuration, edge);
     for l in &cfg.listeners.value {
         svc.add_tcp(&l.address.to_string());
-        log::info!("edge listening on {} ({} worker threads)", l.address, threads);
+        log::info!(
+            "edge listening on {} ({} worker threads)",
+            l.address,
+            threads
+        );
     }
     log::info!("admin listening on http://{admin} (/metrics /healthz /readyz /status)");
     server.add_service(svc);

@@ -69,7 +69,9 @@ fn classify_sse(line: &[u8]) -> Event {
     };
     let data = data.strip_prefix(b" ").unwrap_or(data);
     if data == b"[DONE]" {
-        return Event::Done { completion_tokens: None };
+        return Event::Done {
+            completion_tokens: None,
+        };
     }
     if data.starts_with(b"{\"error\"") {
         return Event::Error;
@@ -89,9 +91,13 @@ fn classify_sse(line: &[u8]) -> Event {
         }
         if let Ok(Chunk { usage: Some(u) }) = serde_json::from_slice::<Chunk>(data) {
             return if token {
-                Event::TokenAndUsage { completion_tokens: u.completion_tokens }
+                Event::TokenAndUsage {
+                    completion_tokens: u.completion_tokens,
+                }
             } else {
-                Event::Usage { completion_tokens: u.completion_tokens }
+                Event::Usage {
+                    completion_tokens: u.completion_tokens,
+                }
             };
         }
     }
@@ -114,7 +120,9 @@ fn classify_ndjson(line: &[u8]) -> Event {
         struct Final {
             eval_count: Option<u64>,
         }
-        let completion_tokens = serde_json::from_slice::<Final>(line).ok().and_then(|f| f.eval_count);
+        let completion_tokens = serde_json::from_slice::<Final>(line)
+            .ok()
+            .and_then(|f| f.eval_count);
         return Event::Done { completion_tokens };
     }
     Event::Other
@@ -122,7 +130,8 @@ fn classify_ndjson(line: &[u8]) -> Event {
 
 /// Whether `key` occurs followed by a non-empty string value.
 fn has_nonempty(data: &[u8], key: &[u8]) -> bool {
-    memchr::memmem::find_iter(data, key).any(|pos| data.get(pos + key.len()).is_some_and(|&b| b != b'"'))
+    memchr::memmem::find_iter(data, key)
+        .any(|pos| data.get(pos + key.len()).is_some_and(|&b| b != b'"'))
 }
 
 #[cfg(test)]
@@ -131,16 +140,36 @@ mod tests {
 
     #[test]
     fn role_only_and_empty_deltas_are_not_tokens() {
-        assert_eq!(classify_sse(br#"data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#), Event::Other);
-        assert_eq!(classify_sse(br#"data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}"#), Event::Token);
-        assert_eq!(classify_sse(br#"data: {"choices":[{"index":0,"text":" world"}]}"#), Event::Token);
+        assert_eq!(
+            classify_sse(
+                br#"data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#
+            ),
+            Event::Other
+        );
+        assert_eq!(
+            classify_sse(br#"data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}"#),
+            Event::Token
+        );
+        assert_eq!(
+            classify_sse(br#"data: {"choices":[{"index":0,"text":" world"}]}"#),
+            Event::Token
+        );
         assert_eq!(classify_sse(b": keep-alive"), Event::Other);
     }
 
     #[test]
     fn content_types_pick_the_framing() {
-        assert_eq!(Format::from_content_type(b"text/event-stream; charset=utf-8"), Format::Sse);
-        assert_eq!(Format::from_content_type(b"application/x-ndjson"), Format::Ndjson);
-        assert_eq!(Format::from_content_type(b"application/json"), Format::Opaque);
+        assert_eq!(
+            Format::from_content_type(b"text/event-stream; charset=utf-8"),
+            Format::Sse
+        );
+        assert_eq!(
+            Format::from_content_type(b"application/x-ndjson"),
+            Format::Ndjson
+        );
+        assert_eq!(
+            Format::from_content_type(b"application/json"),
+            Format::Opaque
+        );
     }
 }

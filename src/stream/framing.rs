@@ -59,7 +59,10 @@ mod tests {
 
     #[test]
     fn lines_join_across_chunks() {
-        assert_eq!(lines(&[b"ab", b"c\nde\r\n", b"f", b"\n"]), vec![b"abc".to_vec(), b"de".to_vec(), b"f".to_vec()]);
+        assert_eq!(
+            lines(&[b"ab", b"c\nde\r\n", b"f", b"\n"]),
+            vec![b"abc".to_vec(), b"de".to_vec(), b"f".to_vec()]
+        );
         assert_eq!(lines(&[b"\n\n"]), vec![Vec::<u8>::new(), Vec::new()]);
     }
 

@@ -72,7 +72,9 @@ data: [DONE]\n\n";
             let mut tap = StreamTap::new(Format::Sse, start);
             let mut gaps = 0;
             for (i, c) in VLLM.chunks(size).enumerate() {
-                tap.feed(c, start + Duration::from_millis(i as u64), &mut |_| gaps += 1);
+                tap.feed(c, start + Duration::from_millis(i as u64), &mut |_| {
+                    gaps += 1
+                });
             }
             assert_eq!(tap.stats.token_events, 3, "chunk size {size}");
             assert_eq!(tap.stats.usage_completion_tokens, Some(3));
@@ -104,7 +106,11 @@ data: [DONE]\n\n";
         tap.feed(b"data: {\"error\": {\"message\": \"boom\", \"type\": \"BadRequestError\", \"param\": null, \"code\": 400}}\n\ndata: [DONE]\n\n", start, &mut |_| {});
         assert!(tap.stats.error);
         let mut tap = StreamTap::new(Format::Ndjson, start);
-        tap.feed(b"{\"error\":\"an error was encountered while running the model\"}\n", start, &mut |_| {});
+        tap.feed(
+            b"{\"error\":\"an error was encountered while running the model\"}\n",
+            start,
+            &mut |_| {},
+        );
         assert!(tap.stats.error);
     }
 
@@ -114,8 +120,13 @@ data: [DONE]\n\n";
         let mut tap = StreamTap::new(Format::Ndjson, start);
         let mut gaps = Vec::new();
         for i in 0..4u64 {
-            let line = b"{\"model\":\"m\",\"created_at\":\"x\",\"response\":\"a\",\"done\":false}\n";
-            tap.feed(line, start + Duration::from_millis(100 + 50 * i), &mut |g| gaps.push(g));
+            let line =
+                b"{\"model\":\"m\",\"created_at\":\"x\",\"response\":\"a\",\"done\":false}\n";
+            tap.feed(
+                line,
+                start + Duration::from_millis(100 + 50 * i),
+                &mut |g| gaps.push(g),
+            );
         }
         assert_eq!(tap.stats.ttft(), Some(Duration::from_millis(100)));
         assert_eq!(gaps, vec![Duration::from_millis(50); 3]);

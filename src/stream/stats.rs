@@ -47,7 +47,9 @@ impl StreamStats {
         match ev {
             Event::Other => {}
             Event::Token => self.token(now, on_gap),
-            Event::Usage { completion_tokens } => self.usage_completion_tokens = Some(completion_tokens),
+            Event::Usage { completion_tokens } => {
+                self.usage_completion_tokens = Some(completion_tokens)
+            }
             Event::TokenAndUsage { completion_tokens } => {
                 self.token(now, on_gap);
                 self.usage_completion_tokens = Some(completion_tokens);
@@ -82,12 +84,14 @@ impl StreamStats {
 
     /// Request accepted → first token relayed.
     pub fn ttft(&self) -> Option<Duration> {
-        self.first_token.map(|t| t.saturating_duration_since(self.start))
+        self.first_token
+            .map(|t| t.saturating_duration_since(self.start))
     }
 
     /// Standard deviation of the gaps (needs two gaps).
     pub fn jitter(&self) -> Option<Duration> {
-        (self.gaps >= 2).then(|| Duration::from_secs_f64((self.m2 / self.gaps as f64).max(0.0).sqrt()))
+        (self.gaps >= 2)
+            .then(|| Duration::from_secs_f64((self.m2 / self.gaps as f64).max(0.0).sqrt()))
     }
 
     /// Mean gap between tokens.

@@ -56,7 +56,9 @@ impl Backend {
 
     /// Milliseconds until an ejection ends (0 when not ejected).
     pub fn ejected_for_ms(&self) -> u64 {
-        self.ejected_until_ms.load(Relaxed).saturating_sub(self.now_ms())
+        self.ejected_until_ms
+            .load(Relaxed)
+            .saturating_sub(self.now_ms())
     }
 
     /// May get new requests: healthy and not ejected.
@@ -89,7 +91,13 @@ impl Backend {
     }
 
     /// Applies one active probe result with rise/fall thresholds; returns the new state if it changed.
-    pub fn probe_result(&self, ok: bool, healthy_after: u32, unhealthy_after: u32, why: &str) -> Option<bool> {
+    pub fn probe_result(
+        &self,
+        ok: bool,
+        healthy_after: u32,
+        unhealthy_after: u32,
+        why: &str,
+    ) -> Option<bool> {
         let was = self.healthy();
         let now = if ok {
             self.fail_streak.store(0, Relaxed);
@@ -108,7 +116,11 @@ impl Backend {
                 self.ejected_until_ms.store(0, Relaxed);
                 log::info!("backend {} in pool {} is healthy", self.id, self.pool);
             } else {
-                log::warn!("backend {} in pool {} is unhealthy: {why}", self.id, self.pool);
+                log::warn!(
+                    "backend {} in pool {} is unhealthy: {why}",
+                    self.id,
+                    self.pool
+                );
             }
         }
         self.publish_health();
@@ -158,7 +170,10 @@ impl Backend {
     /// Counts a request in flight until the guard drops.
     pub fn acquire(self: &Arc<Self>) -> InflightGuard {
         let n = self.inflight.fetch_add(1, Relaxed) + 1;
-        let gauge = self.metrics.backend_inflight.with_label_values(&[&self.pool, &self.id]);
+        let gauge = self
+            .metrics
+            .backend_inflight
+            .with_label_values(&[&self.pool, &self.id]);
         gauge.set(n as i64);
         InflightGuard {
             backend: Arc::clone(self),
@@ -183,7 +198,11 @@ impl InflightGuard {
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        let n = self.backend.inflight.fetch_sub(1, Relaxed).saturating_sub(1);
+        let n = self
+            .backend
+            .inflight
+            .fetch_sub(1, Relaxed)
+            .saturating_sub(1);
         self.gauge.set(n as i64);
     }
 }
@@ -195,7 +214,11 @@ mod tests {
     use std::time::Duration;
 
     fn b() -> Arc<Backend> {
-        Arc::new(Backend::new("p", "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!()), crate::metrics::Metrics::new()))
+        Arc::new(Backend::new(
+            "p",
+            "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!()),
+            crate::metrics::Metrics::new(),
+        ))
     }
 
     #[test]
@@ -214,7 +237,10 @@ mod tests {
     fn live_failures_eject_for_a_while() {
         let b = b();
         b.probe_result(true, 1, 1, "");
-        let ej = Ejection { failures: 2, duration: Dur(Duration::from_secs(60)) };
+        let ej = Ejection {
+            failures: 2,
+            duration: Dur(Duration::from_secs(60)),
+        };
         b.record_failure(&ej, "refused", false);
         assert!(b.eligible());
         b.record_failure(&ej, "refused", false);

@@ -77,16 +77,37 @@ async fn round(c: &HttpClient, pool: &Pool, discover: bool) {
 async fn probe(c: &HttpClient, pool: &Pool, b: &Backend) {
     let timeout = pool.health.timeout.0;
     let result = match pool.kind {
-        PoolKind::Vllm => get(c, b, pool.health.path.as_deref().unwrap_or("/health"), timeout).await.map(|_| ()),
-        PoolKind::Ollama => get(c, b, pool.health.path.as_deref().unwrap_or("/"), timeout).await.map(|_| ()),
-        PoolKind::Openai => get(c, b, pool.health.path.as_deref().unwrap_or("/v1/models"), timeout).await.map(|_| ()),
+        PoolKind::Vllm => get(
+            c,
+            b,
+            pool.health.path.as_deref().unwrap_or("/health"),
+            timeout,
+        )
+        .await
+        .map(|_| ()),
+        PoolKind::Ollama => get(c, b, pool.health.path.as_deref().unwrap_or("/"), timeout)
+            .await
+            .map(|_| ()),
+        PoolKind::Openai => get(
+            c,
+            b,
+            pool.health.path.as_deref().unwrap_or("/v1/models"),
+            timeout,
+        )
+        .await
+        .map(|_| ()),
         PoolKind::Tfserving => probe_tfserving(c, pool, b, timeout).await,
     };
     let (ok, why) = match result {
         Ok(()) => (true, String::new()),
         Err(e) => (false, e),
     };
-    b.probe_result(ok, pool.health.healthy_after, pool.health.unhealthy_after, &why);
+    b.probe_result(
+        ok,
+        pool.health.healthy_after,
+        pool.health.unhealthy_after,
+        &why,
+    );
     if ok && pool.kind == PoolKind::Vllm {
         if let Ok(text) = get(c, b, "/metrics", timeout).await {
             b.set_queue_depth(vllm_waiting(&text));
@@ -94,7 +115,12 @@ async fn probe(c: &HttpClient, pool: &Pool, b: &Backend) {
     }
 }
 
-async fn probe_tfserving(c: &HttpClient, pool: &Pool, b: &Backend, timeout: Duration) -> Result<(), String> {
+async fn probe_tfserving(
+    c: &HttpClient,
+    pool: &Pool,
+    b: &Backend,
+    timeout: Duration,
+) -> Result<(), String> {
     let path = match (&pool.health.path, pool.static_models.first()) {
         (Some(p), _) => p.clone(),
         (None, Some(m)) => format!("/v1/models/{m}"),
@@ -109,8 +135,12 @@ async fn probe_tfserving(c: &HttpClient, pool: &Pool, b: &Backend, timeout: Dura
     struct Version {
         state: String,
     }
-    let s: Status = serde_json::from_slice(&body).map_err(|e| format!("{path}: not a model status: {e}"))?;
-    if s.model_version_status.iter().any(|v| v.state == "AVAILABLE") {
+    let s: Status =
+        serde_json::from_slice(&body).map_err(|e| format!("{path}: not a model status: {e}"))?;
+    if s.model_version_status
+        .iter()
+        .any(|v| v.state == "AVAILABLE")
+    {
         Ok(())
     } else {
         Err(format!("{path}: no version is AVAILABLE"))
@@ -159,7 +189,9 @@ async fn discover_models(c: &HttpClient, pool: &Pool, b: &Backend) -> Option<Vec
 }
 
 async fn get(c: &HttpClient, b: &Backend, path: &str, timeout: Duration) -> Result<Bytes, String> {
-    let uri: http::Uri = format!("http://{}{}", b.addr, path).parse().map_err(|e| format!("{path}: {e}"))?;
+    let uri: http::Uri = format!("http://{}{}", b.addr, path)
+        .parse()
+        .map_err(|e| format!("{path}: {e}"))?;
     let fut = async {
         let resp = c.get(uri).await.map_err(|e| format!("GET {path}: {e}"))?;
         let status = resp.status();
@@ -195,7 +227,8 @@ mod tests {
 
     #[test]
     fn parses_the_waiting_gauge() {
-        let text = b"# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n\
+        let text =
+            b"# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n\
 # TYPE vllm:num_requests_waiting gauge\n\
 vllm:num_requests_waiting{engine=\"0\",model_name=\"m\"} 7.0\n\
 vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 3.0\n";

@@ -59,7 +59,11 @@ impl Pool {
     /// Replaces the learned model set (from discovery).
     pub fn set_learned(&self, models: BTreeSet<String>) {
         if **self.learned.load() != models {
-            log::info!("pool {} serves models: {}", self.name, models.iter().cloned().collect::<Vec<_>>().join(", "));
+            log::info!(
+                "pool {} serves models: {}",
+                self.name,
+                models.iter().cloned().collect::<Vec<_>>().join(", ")
+            );
             self.learned.store(Arc::new(models));
         }
     }
@@ -74,8 +78,10 @@ impl Pool {
         use crate::api::Api;
         matches!(
             (api, self.kind),
-            (Api::OpenAi, PoolKind::Vllm | PoolKind::Ollama | PoolKind::Openai)
-                | (Api::Ollama, PoolKind::Ollama)
+            (
+                Api::OpenAi,
+                PoolKind::Vllm | PoolKind::Ollama | PoolKind::Openai
+            ) | (Api::Ollama, PoolKind::Ollama)
                 | (Api::TfServing, PoolKind::Tfserving)
         )
     }
@@ -107,7 +113,11 @@ impl Upstreams {
     /// Builds all pools.
     pub fn new(cfg: &config::EdgeConfig, metrics: &crate::metrics::Metrics) -> Self {
         Upstreams {
-            pools: cfg.pools.iter().map(|(n, p)| Arc::new(Pool::new(n, &p.value, metrics))).collect(),
+            pools: cfg
+                .pools
+                .iter()
+                .map(|(n, p)| Arc::new(Pool::new(n, &p.value, metrics)))
+                .collect(),
         }
     }
 

@@ -24,7 +24,11 @@ pub fn pick(backends: &[Arc<Backend>], tried: impl Fn(usize) -> bool) -> Option<
                 b += 1;
             }
             let (a, b) = (nth(a)?, nth(b)?);
-            Some(if backends[b].load() < backends[a].load() { b } else { a })
+            Some(if backends[b].load() < backends[a].load() {
+                b
+            } else {
+                a
+            })
         }
     }
 }
@@ -37,7 +41,11 @@ mod tests {
         let m = crate::metrics::Metrics::new();
         (0..n)
             .map(|i| {
-                let b = Arc::new(Backend::new("p", std::net::SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)), m.clone()));
+                let b = Arc::new(Backend::new(
+                    "p",
+                    std::net::SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
+                    m.clone(),
+                ));
                 b.probe_result(true, 1, 1, "");
                 b
             })
@@ -76,6 +84,9 @@ mod tests {
                 seen[i] += 1;
             }
         }
-        assert!(seen.iter().all(|&c| c > 0), "every backend gets traffic: {seen:?}");
+        assert!(
+            seen.iter().all(|&c| c > 0),
+            "every backend gets traffic: {seen:?}"
+        );
     }
 }

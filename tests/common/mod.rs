@@ -55,7 +55,12 @@ impl EdgeProc {
 
     /// Sum of a metric's samples whose label set contains every `labels` pair.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let text = reqwest::get(self.admin_url("/metrics")).await.expect("metrics").text().await.expect("text");
+        let text = reqwest::get(self.admin_url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
         sum_metric(&text, name, labels)
     }
 }
@@ -64,8 +69,14 @@ impl EdgeProc {
 pub fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{') | Some(b' ')))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{') | Some(b' '))
+        })
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -97,10 +108,20 @@ pub async fn start_edge(yaml_body: &str) -> EdgeProc {
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("spawn okome edge");
-    let p = EdgeProc { child, addr, admin, dir, log };
+    let p = EdgeProc {
+        child,
+        addr,
+        admin,
+        dir,
+        log,
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "edge did not start; log:\n{}", p.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "edge did not start; log:\n{}",
+            p.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     p
@@ -137,7 +158,9 @@ pub fn post(path: &str, body: &str) -> Vec<u8> {
 
 /// Decodes a chunked HTTP/1.1 body (or returns a plain one) from a raw response.
 pub fn body_of(resp: &[u8]) -> Vec<u8> {
-    let Some(pos) = resp.windows(4).position(|w| w == b"\r\n\r\n") else { return Vec::new() };
+    let Some(pos) = resp.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Vec::new();
+    };
     let head = String::from_utf8_lossy(&resp[..pos]).to_ascii_lowercase();
     let mut rest = &resp[pos + 4..];
     if !head.contains("transfer-encoding: chunked") {
@@ -145,7 +168,8 @@ pub fn body_of(resp: &[u8]) -> Vec<u8> {
     }
     let mut out = Vec::new();
     while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).trim(), 16).unwrap_or(0);
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).trim(), 16).unwrap_or(0);
         if size == 0 || rest.len() < eol + 2 + size {
             break;
         }
@@ -157,5 +181,9 @@ pub fn body_of(resp: &[u8]) -> Vec<u8> {
 
 /// The status code of a raw response.
 pub fn status_of(resp: &[u8]) -> u16 {
-    String::from_utf8_lossy(resp).split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    String::from_utf8_lossy(resp)
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
