@@ -1,0 +1,231 @@
+//! `okome check -c FILE`: the real binary on the shipped configs and on broken ones; every
+//! problem names the file and the line.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs `okome check` with `-c` for each file.
+fn check(files: &[&Path]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_okome"));
+    cmd.arg("check");
+    for f in files {
+        cmd.arg("-c").arg(f);
+    }
+    cmd.output().expect("run okome check")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A valid edge config; line numbers below refer to it.
+const GOOD: &str = "\
+listeners:
+  - address: 127.0.0.1:8080
+pools:
+  vllm:
+    kind: vllm
+    backends: [\"127.0.0.1:8000\"]
+    health_check: { interval: 5s, timeout: 1s }
+routes:
+  - name: openai
+    match: { path_prefix: /v1/ }
+    pool: vllm
+";
+
+/// Writes `yaml` as `name` in a fresh directory.
+fn write(name: &str, yaml: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(name);
+    std::fs::write(&path, yaml).expect("write config");
+    (dir, path)
+}
+
+/// `GOOD` with one substitution, which must apply.
+fn broken(from: &str, to: &str) -> String {
+    assert!(GOOD.contains(from), "{from:?} not in the base config");
+    GOOD.replacen(from, to, 1)
+}
+
+/// Runs check on `yaml`, expects exit 1 and returns (path, stderr).
+fn fails(name: &str, yaml: &str) -> (PathBuf, String) {
+    let (dir, path) = write(name, yaml);
+    let out = check(&[&path]);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout: {}\nstderr: {stderr}",
+        text(&out.stdout)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing on stdout for a bad file: {}",
+        text(&out.stdout)
+    );
+    // Keep the file's directory alive until here; the path is only used in messages after.
+    drop(dir);
+    (path, stderr)
+}
+
+#[test]
+fn shipped_configs_pass() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (name, summary) in [
+        (
+            "conf/edge.yaml",
+            "edge config, 1 listener(s), 3 pool(s), 3 route(s)",
+        ),
+        (
+            "conf/demo.yaml",
+            "edge config, 1 listener(s), 3 pool(s), 3 route(s)",
+        ),
+    ] {
+        let path = root.join(name);
+        let out = check(&[&path]);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stdout),
+            format!("{}: ok ({summary})\n", path.display())
+        );
+    }
+}
+
+#[test]
+fn a_valid_config_passes() {
+    let (_dir, path) = write("good.yaml", GOOD);
+    let out = check(&[&path]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "{}: ok (edge config, 1 listener(s), 1 pool(s), 1 route(s))\n",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn unknown_pool_names_file_line_and_key() {
+    let (path, stderr) = fails(
+        "unknown-pool.yaml",
+        &broken("    pool: vllm\n", "    pool: nope\n"),
+    );
+    assert_eq!(
+        stderr,
+        format!(
+            "{}:11: routes[0].pool: unknown pool \"nope\" (pools: vllm)\n",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn bad_backend_address_names_file_line_and_key() {
+    let (path, stderr) = fails(
+        "bad-address.yaml",
+        &broken("127.0.0.1:8000", "localhost-8000"),
+    );
+    let want = format!(
+        "{}:6: pools.vllm.backends[0]: bad address \"localhost-8000\"",
+        path.display()
+    );
+    assert!(
+        stderr.starts_with(&want),
+        "want prefix {want:?}, got:\n{stderr}"
+    );
+    assert!(stderr.contains("IP:PORT"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn bad_duration_names_file_and_line() {
+    let (path, stderr) = fails(
+        "bad-duration.yaml",
+        &broken("interval: 5s", "interval: 5 parsecs"),
+    );
+    // Column 31: where the value `5 parsecs` starts.
+    let want = format!(
+        "{}: error: line 7 column 31: bad duration \"5 parsecs\"",
+        path.display()
+    );
+    assert!(
+        stderr.starts_with(&want),
+        "want prefix {want:?}, got:\n{stderr}"
+    );
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(first.contains("bad duration \"5 parsecs\""), "{stderr}");
+    assert!(first.contains("unknown time unit \"parsecs\""), "{stderr}");
+}
+
+#[test]
+fn unknown_key_names_file_line_and_the_key() {
+    let (path, stderr) = fails(
+        "unknown-key.yaml",
+        &broken("    kind: vllm\n", "    kind: vllm\n    weight: 3\n"),
+    );
+    let want = format!(
+        "{}: error: line 6 column 5: unknown field `weight`",
+        path.display()
+    );
+    assert!(
+        stderr.starts_with(&want),
+        "want prefix {want:?}, got:\n{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .contains("health_check"),
+        "lists the known keys: {stderr}"
+    );
+}
+
+#[test]
+fn yaml_syntax_error_names_file_and_line() {
+    // An unclosed flow sequence: the parser trips on the next mapping key, line 7.
+    let (path, stderr) = fails(
+        "syntax.yaml",
+        &broken(
+            "backends: [\"127.0.0.1:8000\"]",
+            "backends: [\"127.0.0.1:8000\"",
+        ),
+    );
+    let want = format!("{}: error: line 7 column 17: ", path.display());
+    assert!(
+        stderr.starts_with(&want),
+        "want prefix {want:?}, got:\n{stderr}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_and_one_bad_file_fails_the_run() {
+    let two = broken("    pool: vllm\n", "    pool: nope\n    fallback: [gone]\n");
+    let (_d1, bad) = write("two-problems.yaml", &two);
+    let (_d2, good) = write("good.yaml", GOOD);
+    let out = check(&[&good, &bad]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:11: routes[0].pool: unknown pool \"nope\"",
+            bad.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{}:12: routes[0].fallback[0]: unknown pool \"gone\"",
+            bad.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "{}: ok (edge config, 1 listener(s), 1 pool(s), 1 route(s))\n",
+            good.display()
+        )
+    );
+}
