@@ -369,7 +369,10 @@ pub fn load(path: &Path) -> Result<EdgeConfig, ConfigError> {
 pub fn parse(path: &Path, text: &str) -> Result<EdgeConfig, ConfigError> {
     let cfg: EdgeConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
         file: path.to_path_buf(),
-        message: e.to_string(),
+        // The parser labels its snippet `<input>`; name the real file instead.
+        message: e
+            .to_string()
+            .replace("<input>", &path.display().to_string()),
     })?;
     let problems = validate::validate(&cfg);
     if problems.is_empty() {

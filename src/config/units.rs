@@ -38,19 +38,20 @@ impl ByteSize {
         let n: u64 = num.parse().map_err(|_| {
             format!("bad size {s:?}: expected a number with an optional unit like \"16MiB\"")
         })?;
-        let mult: u64 =
-            match unit.trim().to_ascii_lowercase().as_str() {
-                "" | "b" => 1,
-                "kb" => 1_000,
-                "kib" | "k" => 1 << 10,
-                "mb" => 1_000_000,
-                "mib" | "m" => 1 << 20,
-                "gb" => 1_000_000_000,
-                "gib" | "g" => 1 << 30,
-                other => return Err(format!(
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1_000,
+            "kib" | "k" => 1 << 10,
+            "mb" => 1_000_000,
+            "mib" | "m" => 1 << 20,
+            "gb" => 1_000_000_000,
+            "gib" | "g" => 1 << 30,
+            other => {
+                return Err(format!(
                     "bad size {s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, KB, MB or GB)"
-                )),
-            };
+                ))
+            }
+        };
         n.checked_mul(mult)
             .map(ByteSize)
             .ok_or_else(|| format!("bad size {s:?}: too large"))

@@ -75,7 +75,6 @@ pub async fn on_fail(
     e: &Error,
     ctx: &mut RequestCtx,
 ) -> FailToProxy {
-    let _ = edge;
     if session.response_written().is_some() {
         // Mid-stream: the status line is gone; end the stream in its own framing.
         if *e.esource() != ErrorSource::Downstream {
@@ -106,7 +105,7 @@ pub async fn on_fail(
             can_reuse_downstream: false,
         };
     }
-    let err = classify(e, ctx);
+    let err = classify(edge, e, ctx);
     let code = respond::error(session, ctx, &err).await;
     FailToProxy {
         error_code: code,
@@ -121,7 +120,7 @@ fn is_timeout(e: &Error) -> bool {
     )
 }
 
-fn classify(e: &Error, ctx: &RequestCtx) -> EdgeError {
+fn classify(edge: &Edge, e: &Error, ctx: &RequestCtx) -> EdgeError {
     if let Some(own) = e.cause.as_ref().and_then(|c| c.downcast_ref::<EdgeError>()) {
         return own.clone();
     }
@@ -137,11 +136,23 @@ fn classify(e: &Error, ctx: &RequestCtx) -> EdgeError {
             "timeout",
             "the model server did not produce a first token in time",
         ),
-        ErrorType::ConnectTimedout => EdgeError::new(
-            502,
-            "upstream_unreachable",
-            format!("no model server could be reached ({tries} attempt(s)): connect timed out"),
-        ),
+        // Every backend the plan allowed was unreachable: the pool is down as far as this
+        // request can tell. 503 + Retry-After lets clients back off instead of hammering.
+        t @ (ErrorType::ConnectTimedout
+        | ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError) => EdgeError {
+            status: 503,
+            message: format!(
+                "no model server could be reached ({tries} attempt(s), last: {}); retry later",
+                t.as_str()
+            ),
+            code: "no_backend",
+            retry_after: ctx
+                .plan
+                .first()
+                .map(|&p| edge.upstreams.pools[p].retry_after_secs()),
+        },
         t if *e.esource() == ErrorSource::Upstream => EdgeError::new(
             502,
             "upstream_unreachable",

@@ -139,7 +139,10 @@ pub fn load_file(file: &std::path::Path) -> Result<SimFile, SimError> {
     })?;
     serde_saphyr::from_str::<SimFile>(&text).map_err(|e| SimError::Config {
         file: file.into(),
-        msg: e.to_string(),
+        // The parser labels its snippet `<input>`; name the real file instead.
+        msg: e
+            .to_string()
+            .replace("<input>", &file.display().to_string()),
     })
 }
 
