@@ -99,7 +99,10 @@ async fn main() {
         let _ = t.await;
     }
     let t = totals.lock().await;
-    let pct = |h: &Option<Histogram<u64>>, q: f64| h.as_ref().map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1e3);
+    let pct = |h: &Option<Histogram<u64>>, q: f64| {
+        h.as_ref()
+            .map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1e3)
+    };
     let out = serde_json::json!({
         "target": args.target.to_string(),
         "concurrency": args.concurrency,
@@ -143,7 +146,9 @@ async fn one(args: &Args) -> std::io::Result<(Duration, Vec<Duration>)> {
             match memchr::memmem::find(&carry, b"\r\n\r\n") {
                 Some(p) => {
                     if !carry.starts_with(b"HTTP/1.1 200") {
-                        return Err(std::io::Error::other(String::from_utf8_lossy(&carry[..p]).to_string()));
+                        return Err(std::io::Error::other(
+                            String::from_utf8_lossy(&carry[..p]).to_string(),
+                        ));
                     }
                     carry.drain(..p + 4);
                     in_body = true;
