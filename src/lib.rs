@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod api;
 pub mod check;
+pub mod control;
 pub mod config;
 pub mod demo;
 pub mod edge;

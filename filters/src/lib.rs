@@ -10,6 +10,7 @@
 mod glob;
 mod headers;
 mod models;
+pub mod policy;
 mod require_header;
 
 pub use glob::Glob;

@@ -1,0 +1,98 @@
+//! The policy model: what the control plane (OKOME) knows about tenants and model routes, and
+//! what the edge's filters decide on. These are also the control plane's wire types
+//! (`GET /v1/snapshot`, `GET /v1/keys/{sha256}`), serialized as JSON.
+
+use serde::{Deserialize, Serialize};
+
+/// How a tenant's requests are treated under pressure: `sheddable` first, `critical` last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Shed last.
+    Critical,
+    /// The default.
+    #[default]
+    Standard,
+    /// Shed first (batch jobs, free tiers).
+    Sheddable,
+}
+
+impl Priority {
+    /// Lower-case name, as in config and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::Standard => "standard",
+            Priority::Sheddable => "sheddable",
+        }
+    }
+}
+
+/// One tenant's policy, as the edge needs it for a request. Limits are cluster-wide; an edge
+/// divides them by [`Snapshot::edges`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantPolicy {
+    /// Tenant id.
+    pub id: String,
+    /// Shedding class.
+    #[serde(default)]
+    pub priority: Priority,
+    /// Model globs the tenant may use (`*` wildcard); empty means none.
+    #[serde(default = "all_models")]
+    pub models: Vec<String>,
+    /// Requests per minute, cluster-wide; none = unlimited.
+    #[serde(default)]
+    pub requests_per_minute: Option<u64>,
+    /// Generated tokens per minute, cluster-wide; none = unlimited.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    /// Streams open at once, cluster-wide; none = unlimited.
+    #[serde(default)]
+    pub max_concurrent_streams: Option<u64>,
+    /// Largest request body in bytes; none = the edge's own limit.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+}
+
+fn all_models() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+/// A model route: requests for models matching `model` go to `pool`, then `fallback` in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRoute {
+    /// Model glob.
+    pub model: String,
+    /// Target pool (a pool name of the edge config).
+    pub pool: String,
+    /// Pools tried in order when the target has no backend left.
+    #[serde(default)]
+    pub fallback: Vec<String>,
+}
+
+/// Everything an edge needs from the control plane besides keys. Versioned: a new version is
+/// published on every accepted change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Monotonic version.
+    pub version: u64,
+    /// Unix seconds when this version was published.
+    pub published_at: u64,
+    /// Number of edges sharing each tenant's cluster-wide limits (each edge enforces 1/edges).
+    pub edges: u32,
+    /// Model routes, first match wins.
+    pub routes: Vec<ModelRoute>,
+    /// Tenant policies (without keys), so edges can refresh cached policies on a change.
+    pub tenants: Vec<TenantPolicy>,
+}
+
+/// A key lookup's answer: the tenant the key belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// Snapshot version that answered.
+    pub version: u64,
+    /// The tenant's policy.
+    pub tenant: TenantPolicy,
+}
