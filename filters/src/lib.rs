@@ -7,16 +7,25 @@
 //!
 //! To write a filter: implement [`Filter`], add a variant to [`FilterSpec`] and a line to [`build`].
 
+mod auth;
 mod glob;
 mod headers;
+mod local_limits;
 mod models;
 pub mod policy;
+mod ratelimit;
 mod require_header;
+pub mod tenancy;
+mod tenant_policy;
 
 pub use glob::Glob;
 pub use headers::SetHeaders;
 pub use models::AllowModels;
 pub use require_header::RequireHeader;
+pub use auth::{presented_key, Auth};
+pub use local_limits::LocalLimits;
+pub use ratelimit::RateLimit;
+pub use tenant_policy::TenantPolicyFilter;
 
 use async_trait::async_trait;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -38,6 +47,8 @@ pub struct FilterRequest<'a> {
     pub body_len: usize,
     /// Name of the route that matched.
     pub route: &'a str,
+    /// The body's `max_tokens` (or `max_completion_tokens`, Ollama's `options.num_predict`).
+    pub max_tokens: Option<u64>,
 }
 
 /// Effects a filter asks for; the edge applies them before choosing a backend.
@@ -49,6 +60,12 @@ pub struct FilterEffects {
     pub remove_headers: Vec<HeaderName>,
     /// Key/value attributes for later filters, logs and metrics (e.g. a tenant id).
     pub attributes: BTreeMap<&'static str, String>,
+    /// The tenant, once `auth` resolved the key.
+    pub tenant: Option<std::sync::Arc<policy::TenantPolicy>>,
+    /// The control plane's model route, overriding the edge route's pool.
+    pub route: Option<policy::ModelRoute>,
+    /// The rate limiter's hold; the edge settles it with the real token count at the end.
+    pub admission: Option<Box<dyn tenancy::Admission>>,
 }
 
 /// A refusal, rendered by the edge in the client's API error shape.
@@ -100,6 +117,16 @@ pub enum FilterSpec {
         /// Globs, `*` matches any run of characters.
         models: Vec<String>,
     },
+    /// Resolve `Authorization: Bearer KEY` / `x-api-key` to a tenant via the control plane; 401 otherwise.
+    Auth,
+    /// Enforce the tenant's model allowlist and body limit; route by the control plane's model routes.
+    Policy,
+    /// Per-tenant requests/min, tokens/min and concurrent streams at this edge; 429 + Retry-After.
+    Ratelimit {
+        /// Tokens reserved at admission when the request sets no `max_tokens`.
+        #[serde(default = "default_reserve")]
+        default_reserve_tokens: u64,
+    },
     /// Refuse requests that lack a header (401), or whose value is not among `values` (403).
     RequireHeader {
         /// Header name.
@@ -119,11 +146,57 @@ pub enum FilterError {
     /// A list that must not be empty is.
     #[error("{0} must not be empty")]
     Empty(&'static str),
+    /// A tenant-aware filter on an edge without a control plane.
+    #[error("the `{0}` filter needs a `control:` section (the policy service) in the edge config")]
+    NeedsControl(&'static str),
+}
+
+fn default_reserve() -> u64 {
+    256
+}
+
+impl FilterSpec {
+    /// Whether this filter consults the control plane.
+    pub fn needs_control(&self) -> Option<&'static str> {
+        match self {
+            FilterSpec::Auth => Some("auth"),
+            FilterSpec::Policy => Some("policy"),
+            FilterSpec::Ratelimit { .. } => Some("ratelimit"),
+            _ => None,
+        }
+    }
+}
+
+/// What filters are built with: the edge's policy cache and rate counters.
+#[derive(Debug, Clone)]
+pub struct FilterEnv {
+    /// The policy cache; `None` on an edge without a `control:` section.
+    pub policy: Option<std::sync::Arc<dyn tenancy::PolicySource>>,
+    /// Rate and concurrency counters.
+    pub limits: std::sync::Arc<dyn tenancy::LimitStore>,
+}
+
+impl Default for FilterEnv {
+    fn default() -> Self {
+        FilterEnv {
+            policy: None,
+            limits: std::sync::Arc::new(LocalLimits::new()),
+        }
+    }
 }
 
 /// Builds a runnable filter from its spec.
-pub fn build(spec: &FilterSpec) -> Result<Box<dyn Filter>, FilterError> {
+pub fn build(spec: &FilterSpec, env: &FilterEnv) -> Result<Box<dyn Filter>, FilterError> {
+    let policy = || match (&env.policy, spec.needs_control()) {
+        (Some(p), _) => Ok(p.clone()),
+        (None, name) => Err(FilterError::NeedsControl(name.unwrap_or("?"))),
+    };
     Ok(match spec {
+        FilterSpec::Auth => Box::new(Auth::new(policy()?)),
+        FilterSpec::Policy => Box::new(TenantPolicyFilter::new(policy()?)),
+        FilterSpec::Ratelimit { default_reserve_tokens } => {
+            Box::new(RateLimit::new(policy()?, env.limits.clone(), *default_reserve_tokens))
+        }
         FilterSpec::SetHeaders { set, remove } => Box::new(SetHeaders::new(set, remove)?),
         FilterSpec::AllowModels { models } => Box::new(AllowModels::new(models)?),
         FilterSpec::RequireHeader { name, values } => Box::new(RequireHeader::new(name, values)?),

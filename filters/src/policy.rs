@@ -96,3 +96,21 @@ pub struct KeyInfo {
     /// The tenant's policy.
     pub tenant: TenantPolicy,
 }
+
+/// How keys are stored and looked up: lowercase hex SHA-256 of the key's bytes. The control
+/// plane stores only this; the edge hashes a presented key before asking for it.
+pub fn hash_key(key: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_hash_to_lowercase_hex_sha256() {
+        assert_eq!(
+            super::hash_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -40,6 +40,63 @@ pub struct EdgeConfig {
     pub pools: BTreeMap<String, Spanned<Pool>>,
     /// Routes, tried in order; the first match wins.
     pub routes: Spanned<Vec<Spanned<Route>>>,
+    /// The control plane (OKOME) this edge takes tenants, keys and model routes from; without
+    /// it there is no authentication and routes are the config's own.
+    #[serde(default)]
+    pub control: Option<Spanned<Control>>,
+}
+
+/// What to do with a key nobody can vouch for because the control plane is unreachable.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnavailable {
+    /// Refuse it (401): fail closed.
+    #[default]
+    Deny,
+    /// Let it through as tenant `unverified`, priority `sheddable`, no limits.
+    Allow,
+}
+
+/// The edge's view of the control plane and its policy cache.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    /// Control plane API `IP:PORT`.
+    pub address: SocketAddr,
+    /// Where the last known good snapshot and key hashes are kept across restarts.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// How long a resolved key is trusted before it is revalidated.
+    #[serde(default = "default_key_ttl")]
+    pub key_ttl: Dur,
+    /// How long an unknown key stays unknown before it is asked about again.
+    #[serde(default = "default_negative_ttl")]
+    pub negative_ttl: Dur,
+    /// How long past its TTL a key is still honoured while the control plane is unreachable.
+    #[serde(default = "default_stale_if_error")]
+    pub stale_if_error: Dur,
+    /// A key never seen while the control plane is down: `deny` (401) or `allow`.
+    #[serde(default)]
+    pub on_unavailable: OnUnavailable,
+    /// Per-call timeout to the control plane.
+    #[serde(default = "default_control_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/okome")
+}
+fn default_key_ttl() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn default_negative_ttl() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_stale_if_error() -> Dur {
+    Dur(Duration::from_secs(3600))
+}
+fn default_control_timeout() -> Dur {
+    Dur(Duration::from_secs(2))
 }
 
 /// A client-facing listener.

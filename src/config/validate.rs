@@ -211,13 +211,32 @@ pub fn validate(cfg: &EdgeConfig) -> Vec<Problem> {
             }
         }
         for (j, f) in r.filters.iter().enumerate() {
-            if let Err(e) = okome_filters::build(&f.value) {
+            if let Some(name) = f.value.needs_control() {
+                if cfg.control.is_none() {
+                    out.push(Problem {
+                        line: at(f),
+                        key: format!("{key}.filters[{j}]"),
+                        message: okome_filters::FilterError::NeedsControl(name).to_string(),
+                    });
+                }
+                continue;
+            }
+            if let Err(e) = okome_filters::build(&f.value, &okome_filters::FilterEnv::default()) {
                 out.push(Problem {
                     line: at(f),
                     key: format!("{key}.filters[{j}]"),
                     message: e.to_string(),
                 });
             }
+        }
+    }
+    if let Some(c) = &cfg.control {
+        if c.value.negative_ttl > c.value.key_ttl {
+            out.push(Problem {
+                line: at(c),
+                key: "control.negative_ttl".into(),
+                message: format!("{} is longer than key_ttl {}", c.value.negative_ttl, c.value.key_ttl),
+            });
         }
     }
     if cfg.routes.value.is_empty() {

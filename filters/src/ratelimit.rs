@@ -1,0 +1,64 @@
+//! `ratelimit`: per-tenant requests/min, tokens/min and concurrent streams at this edge.
+//!
+//! Tokens are charged while the stream runs: `max_tokens` (or a default) is reserved at
+//! admission and settled with the real count when the stream ends, disconnects included.
+
+use crate::tenancy::{LimitStore, Limits, PolicySource};
+use crate::{Filter, FilterEffects, FilterRequest, Rejection, Verdict};
+use async_trait::async_trait;
+use http::StatusCode;
+use std::sync::Arc;
+
+/// Admits or refuses (429 + Retry-After) by the tenant's limits.
+#[derive(Debug)]
+pub struct RateLimit {
+    policy: Arc<dyn PolicySource>,
+    store: Arc<dyn LimitStore>,
+    default_reserve: u64,
+}
+
+impl RateLimit {
+    /// A rate limiter; `default_reserve` tokens are reserved when a request sets no `max_tokens`.
+    pub fn new(policy: Arc<dyn PolicySource>, store: Arc<dyn LimitStore>, default_reserve: u64) -> Self {
+        RateLimit {
+            policy,
+            store,
+            default_reserve,
+        }
+    }
+}
+
+#[async_trait]
+impl Filter for RateLimit {
+    fn name(&self) -> &'static str {
+        "ratelimit"
+    }
+
+    async fn on_request(&self, req: &FilterRequest<'_>, effects: &mut FilterEffects) -> Verdict {
+        let Some(tenant) = effects.tenant.clone() else {
+            return Verdict::Reject(Rejection {
+                status: StatusCode::UNAUTHORIZED,
+                message: "no tenant for this request: put the `auth` filter before `ratelimit`".into(),
+                code: "no_tenant",
+                retry_after: None,
+            });
+        };
+        let limits = Limits::share_of(&tenant, self.policy.edges());
+        let reserve = req.max_tokens.unwrap_or(self.default_reserve);
+        match self.store.admit(&tenant.id, limits, reserve) {
+            Ok(a) => {
+                effects.admission = Some(a);
+                Verdict::Continue
+            }
+            Err(d) => Verdict::Reject(Rejection {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: format!(
+                    "rate limit reached for tenant `{}` ({}); retry in {} s",
+                    tenant.id, d.limit, d.retry_after
+                ),
+                code: "rate_limit_exceeded",
+                retry_after: Some(d.retry_after),
+            }),
+        }
+    }
+}

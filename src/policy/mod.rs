@@ -1,0 +1,260 @@
+//! The edge's policy cache: what the control plane says about tenants, keys and model routes,
+//! held locally so that no request waits on the control plane when the cache has an answer.
+//!
+//! - [`client`]: calls to the control plane.
+//! - [`keys`]: the key cache (TTL, negative entries, single-flight, stale-while-revalidate,
+//!   stale-if-error).
+//! - [`state`]: last known good snapshot and keys on disk.
+//! - [`PolicyCache::spawn_watch`]: the snapshot long-poll.
+
+pub mod client;
+pub mod keys;
+pub mod state;
+
+use crate::config::{self, OnUnavailable};
+use crate::metrics::Metrics;
+use arc_swap::ArcSwap;
+use client::ControlClient;
+use keys::{KeyEntry, KeyLookup, LookupCtx};
+use okome_filters::policy::{hash_key, ModelRoute, Priority, Snapshot, TenantPolicy};
+use okome_filters::tenancy::{KeyVerdict, PolicySource};
+use okome_filters::Glob;
+use parking_lot::Mutex;
+use pingora_memory_cache::{CacheStatus, RTCache};
+use state::StateDir;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+type KeyCache = RTCache<String, KeyEntry, KeyLookup, Arc<LookupCtx>>;
+
+/// Keys cached at most (TinyUFO evicts the least useful beyond this).
+const KEY_CACHE_SIZE: usize = 100_000;
+/// Long-poll wait per snapshot call.
+const POLL_WAIT: Duration = Duration::from_secs(30);
+
+/// A snapshot with its routes compiled for matching.
+#[derive(Debug)]
+struct Current {
+    snapshot: Snapshot,
+    routes: Vec<(Glob, ModelRoute)>,
+    tenants: HashMap<String, Arc<TenantPolicy>>,
+}
+
+impl Current {
+    fn new(snapshot: Snapshot) -> Self {
+        let routes = snapshot.routes.iter().map(|r| (Glob::new(&r.model), r.clone())).collect();
+        let tenants = snapshot.tenants.iter().map(|t| (t.id.clone(), Arc::new(t.clone()))).collect();
+        Current {
+            snapshot,
+            routes,
+            tenants,
+        }
+    }
+}
+
+/// The policy cache an edge's filters consult.
+pub struct PolicyCache {
+    current: ArcSwap<Current>,
+    keys: &'static KeyCache,
+    ctx: Arc<LookupCtx>,
+    cfg: config::Control,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for PolicyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyCache")
+            .field("control", &self.cfg.address)
+            .field("version", &self.current.load().snapshot.version)
+            .finish()
+    }
+}
+
+fn empty_snapshot() -> Snapshot {
+    Snapshot {
+        version: 0,
+        published_at: 0,
+        edges: 1,
+        routes: Vec::new(),
+        tenants: Vec::new(),
+    }
+}
+
+impl PolicyCache {
+    /// Fetches the snapshot (or falls back to the persisted one) and loads known keys.
+    /// Never fails: with no control plane and no state, it starts empty and says so.
+    pub async fn start(cfg: &config::Control, metrics: Metrics) -> Arc<Self> {
+        let client = ControlClient::new(cfg.address, cfg.timeout.0, metrics.clone());
+        let state = StateDir::new(&cfg.state_dir);
+        let snapshot = match client.snapshot(None, Duration::ZERO).await {
+            Ok(Some(s)) => {
+                log::info!("policy snapshot v{} from the control plane at {}", s.version, cfg.address);
+                state.save_snapshot(&s).await;
+                s
+            }
+            other => {
+                let why = match other {
+                    Err(e) => e.to_string(),
+                    _ => "no snapshot".to_owned(),
+                };
+                match state.load_snapshot() {
+                    Some(s) => {
+                        log::warn!(
+                            "{why}; serving the last known good policy snapshot v{} from {}",
+                            s.version,
+                            cfg.state_dir.display()
+                        );
+                        s
+                    }
+                    None => {
+                        log::warn!("{why}; no saved snapshot in {} either: starting with no model routes and no known keys", cfg.state_dir.display());
+                        empty_snapshot()
+                    }
+                }
+            }
+        };
+        let known = state.load_keys();
+        if !known.is_empty() {
+            log::info!("{} known key hash(es) loaded from {}", known.len(), cfg.state_dir.display());
+        }
+        let ctx = Arc::new(LookupCtx {
+            client,
+            key_ttl: cfg.key_ttl.0,
+            negative_ttl: cfg.negative_ttl.0,
+            stale_if_error: cfg.stale_if_error.0,
+            known: Mutex::new(known),
+            state,
+        });
+        // One cache per process, alive as long as the process: the stale-while-revalidate
+        // refresh runs in a spawned task and needs a 'static cache.
+        let keys: &'static KeyCache = Box::leak(Box::new(RTCache::new(KEY_CACHE_SIZE, Some(cfg.timeout.0), Some(cfg.timeout.0))));
+        let cache = Arc::new(PolicyCache {
+            current: ArcSwap::from_pointee(Current::new(snapshot)),
+            keys,
+            ctx,
+            cfg: cfg.clone(),
+            metrics,
+        });
+        cache.publish_snapshot_metrics();
+        cache
+    }
+
+    /// Watches the snapshot by long-poll and keeps the age gauge fresh; runs forever.
+    pub fn spawn_watch(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut failing = false;
+            let mut backoff = Duration::from_millis(250);
+            loop {
+                let since = me.current.load().snapshot.version;
+                match me.ctx.client.snapshot(Some(since), POLL_WAIT).await {
+                    Ok(Some(s)) => {
+                        if failing {
+                            log::info!("control plane at {} reachable again", me.cfg.address);
+                            failing = false;
+                        }
+                        backoff = Duration::from_millis(250);
+                        if s.version != since {
+                            log::info!("policy snapshot v{} → v{}", since, s.version);
+                            me.ctx.state.save_snapshot(&s).await;
+                            me.current.store(Arc::new(Current::new(s)));
+                            me.publish_snapshot_metrics();
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        if !failing {
+                            log::warn!("{e}; serving the last known good policy (v{since})");
+                            failing = true;
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                me.publish_snapshot_metrics();
+            }
+        });
+    }
+
+    fn publish_snapshot_metrics(&self) {
+        let cur = self.current.load();
+        self.metrics.policy_snapshot_version.set(cur.snapshot.version as i64);
+        let age = if cur.snapshot.published_at == 0 {
+            0.0
+        } else {
+            keys::now_secs().saturating_sub(cur.snapshot.published_at) as f64
+        };
+        self.metrics.policy_snapshot_age_seconds.set(age);
+    }
+
+    /// The current snapshot's version.
+    pub fn version(&self) -> u64 {
+        self.current.load().snapshot.version
+    }
+
+    fn count(&self, result: &str) {
+        self.metrics.policy_cache_requests.with_label_values(&[result]).inc();
+    }
+}
+
+#[async_trait::async_trait]
+impl PolicySource for PolicyCache {
+    async fn tenant_for_key(&self, key: &str) -> KeyVerdict {
+        let hash = hash_key(key);
+        let (res, status) = self
+            .keys
+            .get_stale_while_update(&hash, None, Some(&self.ctx), self.cfg.stale_if_error.0)
+            .await;
+        let result = match status {
+            CacheStatus::Hit | CacheStatus::LockHit => "hit",
+            CacheStatus::Stale(_) => "stale",
+            _ => "miss",
+        };
+        match res {
+            Ok(Some(t)) => {
+                self.count(result);
+                // A tenant's policy in a newer snapshot wins over the cached copy, so limit
+                // changes apply within a second rather than a key TTL.
+                let t = self.current.load().tenants.get(&t.id).cloned().unwrap_or(t);
+                KeyVerdict::Tenant(t)
+            }
+            Ok(None) => {
+                self.count("negative");
+                KeyVerdict::Unknown
+            }
+            Err(e) => {
+                self.count("error");
+                log::debug!("key lookup failed: {e}");
+                match self.cfg.on_unavailable {
+                    OnUnavailable::Deny => KeyVerdict::Unavailable,
+                    OnUnavailable::Allow => KeyVerdict::Tenant(Arc::new(TenantPolicy {
+                        id: "unverified".into(),
+                        priority: Priority::Sheddable,
+                        models: vec!["*".into()],
+                        requests_per_minute: None,
+                        tokens_per_minute: None,
+                        max_concurrent_streams: None,
+                        max_body_bytes: None,
+                    })),
+                }
+            }
+        }
+    }
+
+    fn route_for_model(&self, model: &str) -> Option<ModelRoute> {
+        let cur = self.current.load();
+        cur.routes.iter().find(|(g, _)| g.matches(model)).map(|(_, r)| r.clone())
+    }
+
+    fn edges(&self) -> u32 {
+        self.current.load().snapshot.edges.max(1)
+    }
+}
