@@ -146,7 +146,8 @@ fn if_none_match(headers: &HeaderMap) -> Option<u64> {
 fn parse_wait(s: &str) -> Option<Duration> {
     let s = s.trim();
     if let Ok(secs) = s.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)));
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| Duration::from_secs_f64(secs.min(3600.0)));
     }
     humantime::parse_duration(s).ok()
 }
@@ -201,11 +202,7 @@ async fn snapshot(
         }
         if current.version() == known {
             count(&s, "snapshot", StatusCode::NOT_MODIFIED);
-            return (
-                StatusCode::NOT_MODIFIED,
-                [(header::ETAG, etag(known))],
-            )
-                .into_response();
+            return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag(known))]).into_response();
         }
     }
     count(&s, "snapshot", StatusCode::OK);

@@ -9,7 +9,12 @@ use std::sync::Arc;
 #[derive(Debug, clap::Args)]
 pub struct ControlArgs {
     /// The control plane's config file.
-    #[arg(short = 'c', long = "config", value_name = "FILE", default_value = "conf/control.yaml")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "FILE",
+        default_value = "conf/control.yaml"
+    )]
     pub config: PathBuf,
     /// Without a subcommand, serve the control API.
     #[command(subcommand)]

@@ -88,6 +88,8 @@ pub enum ControlError {
         source: std::io::Error,
     },
     /// A file-backed store must be created inside a tokio runtime (its watcher runs there).
-    #[error("YamlStore::load must be called inside a tokio runtime (the file watcher is spawned on it)")]
+    #[error(
+        "YamlStore::load must be called inside a tokio runtime (the file watcher is spawned on it)"
+    )]
     NoRuntime,
 }

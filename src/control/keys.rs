@@ -73,8 +73,11 @@ fn append_entry(keys_path: &Path, sha256: &str, tenant: &str) -> Result<(), Cont
         Some(_) => {}
     }
     // A JSON string is a valid YAML double-quoted scalar, so any tenant id is quoted safely.
-    let tenant_q = serde_json::to_string(tenant).map_err(|e| write_err(std::io::Error::other(e)))?;
-    line.push_str(&format!("- {{ sha256: \"{sha256}\", tenant: {tenant_q} }}\n"));
+    let tenant_q =
+        serde_json::to_string(tenant).map_err(|e| write_err(std::io::Error::other(e)))?;
+    line.push_str(&format!(
+        "- {{ sha256: \"{sha256}\", tenant: {tenant_q} }}\n"
+    ));
     // Check the result still parses before touching the file.
     let mut after = existing.clone().unwrap_or_default();
     after.push_str(&line);

@@ -111,6 +111,8 @@ impl YamlStore {
     }
 
     /// An in-memory store from YAML text in the `control.yaml` shape (inline `keys:` only).
+    // Inherent as well as `FromStr`, so callers need no trait import.
+    #[allow(clippy::should_implement_trait)]
     pub fn from_str(text: &str) -> Result<YamlStore, ControlError> {
         Ok(Self::from_config(ControlPolicy::from_str(
             "<control config>",
@@ -255,6 +257,14 @@ impl Inner {
         // send_replace: succeeds even when no edge is waiting right now.
         self.tx.send_replace(v);
         v
+    }
+}
+
+impl std::str::FromStr for YamlStore {
+    type Err = ControlError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        YamlStore::from_str(text)
     }
 }
 
