@@ -505,6 +505,17 @@ async fn shutdown_closes_the_listener_and_open_long_polls() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "still listening after shutdown"
     );
+
+    // The control plane comes back on the same address (edges reconnect to it).
+    let s: Arc<dyn PolicyStore> = Arc::new(store.clone());
+    let again = control::start(s, addr).await.expect("rebind the same port");
+    let r = c
+        .get(format!("http://{addr}/v1/snapshot"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    again.shutdown().await;
 }
 
 #[tokio::test]
@@ -576,4 +587,52 @@ fn hash_key_is_lowercase_hex_sha256() {
     let k = control::generate_key();
     assert_eq!(k.len(), "okome-".len() + 64);
     assert!(control::config::is_sha256_hex(&hash_key(&k)));
+}
+
+#[test]
+fn cli_args_parse_and_add_key_runs() {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Okome {
+        #[command(flatten)]
+        control: control::ControlArgs,
+    }
+
+    let a = Okome::try_parse_from(["okome"]).unwrap().control;
+    assert_eq!(a.config, PathBuf::from("conf/control.yaml"));
+    assert!(a.command.is_none());
+
+    let fx = fixture();
+    let a = Okome::try_parse_from([
+        "okome",
+        "-c",
+        fx.config.to_str().unwrap(),
+        "add-key",
+        "--tenant",
+        "acme",
+    ])
+    .unwrap()
+    .control;
+    assert!(matches!(
+        &a.command,
+        Some(control::ControlCommand::AddKey { tenant }) if tenant == "acme"
+    ));
+    let before = std::fs::read_to_string(&fx.keys).unwrap().lines().count();
+    control::run(a).unwrap();
+    let after = std::fs::read_to_string(&fx.keys).unwrap();
+    assert_eq!(after.lines().count(), before + 1);
+    assert!(ControlPolicy::load(&fx.config).unwrap().file_keys.len() == 3);
+
+    let a = Okome::try_parse_from([
+        "okome",
+        "--config",
+        fx.config.to_str().unwrap(),
+        "add-key",
+        "--tenant",
+        "ghost",
+    ])
+    .unwrap()
+    .control;
+    assert!(control::run(a).is_err());
 }
