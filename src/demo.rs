@@ -7,6 +7,8 @@ use std::time::Duration;
 
 /// The built-in demo config (`conf/demo.yaml`).
 pub const DEMO_YAML: &str = include_str!("../conf/demo.yaml");
+/// The demo's control plane policy (`conf/demo-control.yaml`).
+pub const DEMO_CONTROL_YAML: &str = include_str!("../conf/demo-control.yaml");
 
 /// Why the demo could not start.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,17 @@ pub enum DemoError {
     /// The edge failed.
     #[error(transparent)]
     Edge(#[from] crate::edge::server::StartError),
+    /// The control plane failed.
+    #[error("demo control plane: {0}")]
+    Control(#[from] crate::control::ControlError),
+    /// The control plane's port is taken.
+    #[error("cannot start the demo control plane on {addr}: {source}")]
+    ControlBind {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
 }
 
 /// Runs the demo until Ctrl-C.
@@ -65,6 +78,17 @@ pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
             handles.push(h);
         }
     }
+    let mut key = None;
+    if let Some(c) = &cfg.control {
+        let store = crate::control::YamlStore::from_str(DEMO_CONTROL_YAML)?;
+        let k = crate::control::generate_key();
+        store.insert_key(&crate::control::hash_key(&k), "demo")?;
+        let addr = c.value.address;
+        control
+            .block_on(crate::control::start(std::sync::Arc::new(store), addr))
+            .map_err(|source| DemoError::ControlBind { addr, source })?;
+        key = Some(k);
+    }
     let listen = cfg
         .listeners
         .value
@@ -72,7 +96,10 @@ pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
         .map(|l| l.address.to_string())
         .unwrap_or_default();
     let admin = cfg.admin.address;
-    println!("{}", banner(&listen, &admin.to_string(), &handles));
+    println!(
+        "{}",
+        banner(&listen, &admin.to_string(), &handles, key.as_deref())
+    );
     crate::edge::server::run(&cfg, &control)?;
     for h in &handles {
         h.shutdown();
@@ -80,24 +107,31 @@ pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
     Ok(())
 }
 
-fn banner(listen: &str, admin: &str, sims: &[crate::sim::SimHandle]) -> String {
+fn banner(listen: &str, admin: &str, sims: &[crate::sim::SimHandle], key: Option<&str>) -> String {
     let engines: Vec<String> = sims
         .iter()
         .map(|h| format!("{} on {}", h.kind(), h.addr()))
         .collect();
+    let (key_line, auth) = match key {
+        Some(k) => (
+            format!("control plane on 127.0.0.1:7070; the demo tenant's API key: {k}\n"),
+            format!(" -H 'authorization: Bearer {k}'"),
+        ),
+        None => (String::new(), String::new()),
+    };
     format!(
         r#"
 okome demo — simulated engines: {engines}
 edge on http://{listen}, admin on http://{admin}
-
+{key_line}
 Try (tokens stream as they are generated):
 
   # OpenAI chat, streamed from the vLLM pool
-  curl -N http://{listen}/v1/chat/completions -H 'content-type: application/json' \
+  curl -N http://{listen}/v1/chat/completions -H 'content-type: application/json'{auth} \
     -d '{{"model":"Qwen/Qwen3-8B","stream":true,"messages":[{{"role":"user","content":"Hello!"}}]}}'
 
   # the same API, routed by model to the Ollama pool
-  curl -N http://{listen}/v1/chat/completions -H 'content-type: application/json' \
+  curl -N http://{listen}/v1/chat/completions -H 'content-type: application/json'{auth} \
     -d '{{"model":"llama3.2","stream":true,"messages":[{{"role":"user","content":"Hello!"}}]}}'
 
   # Ollama's native API (NDJSON)
@@ -108,6 +142,7 @@ Try (tokens stream as they are generated):
 
   # models, metrics, status
   curl http://{listen}/v1/models
+  curl -s http://{admin}/metrics | grep ^okome_policy
   curl -s http://{admin}/metrics | grep ^okome_ttft
   curl http://{admin}/status
 

@@ -6,11 +6,12 @@
 pub mod admin;
 pub mod api;
 pub mod check;
-pub mod control;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod edge;
 pub mod metrics;
+pub mod policy;
 pub mod runtime;
 pub mod sim;
 pub mod stream;

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 /// Start here:  okome demo            (simulated engines + edge on 127.0.0.1:8080, nothing to install)
 /// Production:  okome edge -c conf/edge.yaml
 /// Validate:    okome check -c conf/edge.yaml
+/// Policy:      okome control -c conf/control.yaml   (tenants, API keys, model routes)
 ///
 /// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug, RUST_LOG=okome::access=off) to tune them.
 #[derive(Parser, Debug)]
@@ -32,6 +33,9 @@ enum Cmd {
         )]
         config: PathBuf,
     },
+    /// Run the OKOME control plane: tenants, hashed API keys and model routes for the edges
+    /// (never in the token path). `okome control add-key --tenant T` mints a key.
+    Control(okome::control::ControlArgs),
     /// Run simulated model servers that speak vLLM's, Ollama's or TF Serving's real wire formats.
     Sim(okome::sim::SimArgs),
     /// Start simulated vLLM, Ollama and TF Serving engines plus the edge in one process and print
@@ -56,6 +60,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Edge { config } => run_edge(&config),
+        Cmd::Control(args) => match okome::control::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
         Cmd::Sim(args) => match okome::sim::cli::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),

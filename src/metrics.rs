@@ -31,6 +31,16 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// Requests by route and final status.
     pub requests: IntCounterVec,
+    /// Policy cache answers: hit, miss, stale, negative, error.
+    pub policy_cache_requests: IntCounterVec,
+    /// Calls to the control plane, by endpoint.
+    pub control_request_seconds: HistogramVec,
+    /// Version of the policy snapshot in use.
+    pub policy_snapshot_version: prometheus::IntGauge,
+    /// Seconds since that snapshot was published.
+    pub policy_snapshot_age_seconds: prometheus::Gauge,
+    /// Tokens charged to each tenant (settled counts).
+    pub tenant_tokens: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -121,28 +131,66 @@ impl Metrics {
             Opts::new("okome_requests_total", "Requests by route and status."),
             &["route", "status"],
         );
+        let policy_cache_requests = IntCounterVec::new(
+            Opts::new(
+                "okome_policy_cache_requests_total",
+                "Key lookups in the policy cache: hit, miss, stale, negative, error.",
+            ),
+            &["result"],
+        );
+        let control_request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "okome_control_request_seconds",
+                "Calls from this edge to the control plane.",
+            )
+            .buckets(exponential_buckets(0.0005, 2.0, 18).unwrap_or_default()),
+            &["endpoint"],
+        );
+        let policy_snapshot_version = prometheus::IntGauge::new(
+            "okome_policy_snapshot_version",
+            "Version of the policy snapshot in use.",
+        );
+        let policy_snapshot_age_seconds = prometheus::Gauge::new(
+            "okome_policy_snapshot_age_seconds",
+            "Seconds since the policy snapshot in use was published.",
+        );
+        let tenant_tokens = IntCounterVec::new(
+            Opts::new(
+                "okome_tenant_tokens_total",
+                "Tokens charged to tenants (the real counts, settled at the end of each stream).",
+            ),
+            &["tenant"],
+        );
 
         // Registration only fails on duplicate names or bad label names, both fixed at compile time here.
         let m = (|| -> prometheus::Result<Metrics> {
-            let (ttft, inter_token, jitter) = (ttft?, inter_token?, jitter?);
-            let (streams, tokens, requests, retries) = (streams?, tokens?, requests?, retries?);
-            let (backend_inflight, backend_healthy, backend_queue_depth, backend_ejections) = (
-                backend_inflight?,
-                backend_healthy?,
-                backend_queue_depth?,
-                backend_ejections?,
+            // Registers a collector and hands it back, so each metric is named once below.
+            fn reg<C: prometheus::core::Collector + Clone + 'static>(
+                r: &Registry,
+                c: prometheus::Result<C>,
+            ) -> prometheus::Result<C> {
+                let c = c?;
+                r.register(Box::new(c.clone()))?;
+                Ok(c)
+            }
+            let r = &registry;
+            let (ttft, inter_token, jitter) =
+                (reg(r, ttft)?, reg(r, inter_token)?, reg(r, jitter)?);
+            let (streams, tokens, requests, retries) = (
+                reg(r, streams)?,
+                reg(r, tokens)?,
+                reg(r, requests)?,
+                reg(r, retries)?,
             );
-            registry.register(Box::new(ttft.clone()))?;
-            registry.register(Box::new(inter_token.clone()))?;
-            registry.register(Box::new(jitter.clone()))?;
-            registry.register(Box::new(streams.clone()))?;
-            registry.register(Box::new(tokens.clone()))?;
-            registry.register(Box::new(backend_inflight.clone()))?;
-            registry.register(Box::new(backend_healthy.clone()))?;
-            registry.register(Box::new(backend_queue_depth.clone()))?;
-            registry.register(Box::new(backend_ejections.clone()))?;
-            registry.register(Box::new(retries.clone()))?;
-            registry.register(Box::new(requests.clone()))?;
+            let backend_inflight = reg(r, backend_inflight)?;
+            let backend_healthy = reg(r, backend_healthy)?;
+            let backend_queue_depth = reg(r, backend_queue_depth)?;
+            let backend_ejections = reg(r, backend_ejections)?;
+            let policy_cache_requests = reg(r, policy_cache_requests)?;
+            let control_request_seconds = reg(r, control_request_seconds)?;
+            let policy_snapshot_version = reg(r, policy_snapshot_version)?;
+            let policy_snapshot_age_seconds = reg(r, policy_snapshot_age_seconds)?;
+            let tenant_tokens = reg(r, tenant_tokens)?;
             Ok(Metrics {
                 registry: registry.clone(),
                 ttft,
@@ -156,6 +204,11 @@ impl Metrics {
                 backend_ejections,
                 retries,
                 requests,
+                policy_cache_requests,
+                control_request_seconds,
+                policy_snapshot_version,
+                policy_snapshot_age_seconds,
+                tenant_tokens,
             })
         })();
         #[allow(clippy::expect_used)]

@@ -18,13 +18,13 @@ mod require_header;
 pub mod tenancy;
 mod tenant_policy;
 
+pub use auth::{presented_key, Auth};
 pub use glob::Glob;
 pub use headers::SetHeaders;
-pub use models::AllowModels;
-pub use require_header::RequireHeader;
-pub use auth::{presented_key, Auth};
 pub use local_limits::LocalLimits;
+pub use models::AllowModels;
 pub use ratelimit::RateLimit;
+pub use require_header::RequireHeader;
 pub use tenant_policy::TenantPolicyFilter;
 
 use async_trait::async_trait;
@@ -194,9 +194,13 @@ pub fn build(spec: &FilterSpec, env: &FilterEnv) -> Result<Box<dyn Filter>, Filt
     Ok(match spec {
         FilterSpec::Auth => Box::new(Auth::new(policy()?)),
         FilterSpec::Policy => Box::new(TenantPolicyFilter::new(policy()?)),
-        FilterSpec::Ratelimit { default_reserve_tokens } => {
-            Box::new(RateLimit::new(policy()?, env.limits.clone(), *default_reserve_tokens))
-        }
+        FilterSpec::Ratelimit {
+            default_reserve_tokens,
+        } => Box::new(RateLimit::new(
+            policy()?,
+            env.limits.clone(),
+            *default_reserve_tokens,
+        )),
         FilterSpec::SetHeaders { set, remove } => Box::new(SetHeaders::new(set, remove)?),
         FilterSpec::AllowModels { models } => Box::new(AllowModels::new(models)?),
         FilterSpec::RequireHeader { name, values } => Box::new(RequireHeader::new(name, values)?),

@@ -25,7 +25,11 @@ impl Window {
         if index == self.index {
             return;
         }
-        self.prev = if index == self.index + 1 { self.curr } else { 0 };
+        self.prev = if index == self.index + 1 {
+            self.curr
+        } else {
+            0
+        };
         self.curr = 0;
         self.index = index;
     }
@@ -46,7 +50,11 @@ impl Window {
             (t - tau).max(0.0)
         } else {
             // Only the next window can make room: there, this window's count decays.
-            let t_next = if self.curr == 0 { 0.0 } else { WINDOW * (1.0 - room / self.curr as f64) };
+            let t_next = if self.curr == 0 {
+                0.0
+            } else {
+                WINDOW * (1.0 - room / self.curr as f64)
+            };
             (WINDOW - tau) + t_next.max(0.0)
         }
     }
@@ -137,7 +145,9 @@ impl LocalLimits {
             }
         }
         // A reservation larger than the whole budget could never pass: charge at most the budget.
-        let reserve = limits.tokens_per_minute.map_or(reserve, |tpm| reserve.min(tpm));
+        let reserve = limits
+            .tokens_per_minute
+            .map_or(reserve, |tpm| reserve.min(tpm));
         if let Some(tpm) = limits.tokens_per_minute {
             if tok.estimate(frac) + reserve as f64 > tpm as f64 {
                 let w = tok.wait_for(reserve, tpm, tau);
@@ -155,7 +165,12 @@ impl LocalLimits {
 }
 
 impl LimitStore for LocalLimits {
-    fn admit(&self, tenant: &str, limits: Limits, reserve_tokens: u64) -> Result<Box<dyn Admission>, Denied> {
+    fn admit(
+        &self,
+        tenant: &str,
+        limits: Limits,
+        reserve_tokens: u64,
+    ) -> Result<Box<dyn Admission>, Denied> {
         self.admit_at(tenant, limits, reserve_tokens, self.epoch.elapsed())
     }
 }
@@ -169,7 +184,11 @@ struct LocalAdmission {
 
 impl Admission for LocalAdmission {
     fn settle(self: Box<Self>, tokens: u64) {
-        let mut w = self.counters.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = self
+            .counters
+            .tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         // Correct the window the reservation was charged to, if it is still counted.
         let slot = if w.index == self.index {
             Some(&mut w.curr)
@@ -228,9 +247,15 @@ mod tests {
             ..Limits::default()
         };
         let a = l.admit_at("t", lim, 80, at(1.0)).expect("reserve 80");
-        assert!(l.admit_at("t", lim, 30, at(2.0)).is_err(), "80 + 30 > 100 while reserved");
+        assert!(
+            l.admit_at("t", lim, 30, at(2.0)).is_err(),
+            "80 + 30 > 100 while reserved"
+        );
         a.settle(10);
-        assert!(l.admit_at("t", lim, 30, at(3.0)).is_ok(), "10 + 30 <= 100 once settled");
+        assert!(
+            l.admit_at("t", lim, 30, at(3.0)).is_ok(),
+            "10 + 30 <= 100 once settled"
+        );
     }
 
     #[test]
@@ -241,7 +266,10 @@ mod tests {
             ..Limits::default()
         };
         let a = l.admit_at("t", lim, 0, at(1.0)).expect("first");
-        assert_eq!(l.admit_at("t", lim, 0, at(1.0)).expect_err("second").limit, "concurrent_streams");
+        assert_eq!(
+            l.admit_at("t", lim, 0, at(1.0)).expect_err("second").limit,
+            "concurrent_streams"
+        );
         drop(a);
         assert!(l.admit_at("t", lim, 0, at(1.0)).is_ok());
         // Other tenants are independent.

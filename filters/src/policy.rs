@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 /// How a tenant's requests are treated under pressure: `sheddable` first, `critical` last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     /// Shed last.

@@ -19,7 +19,11 @@ pub struct RateLimit {
 
 impl RateLimit {
     /// A rate limiter; `default_reserve` tokens are reserved when a request sets no `max_tokens`.
-    pub fn new(policy: Arc<dyn PolicySource>, store: Arc<dyn LimitStore>, default_reserve: u64) -> Self {
+    pub fn new(
+        policy: Arc<dyn PolicySource>,
+        store: Arc<dyn LimitStore>,
+        default_reserve: u64,
+    ) -> Self {
         RateLimit {
             policy,
             store,
@@ -38,7 +42,8 @@ impl Filter for RateLimit {
         let Some(tenant) = effects.tenant.clone() else {
             return Verdict::Reject(Rejection {
                 status: StatusCode::UNAUTHORIZED,
-                message: "no tenant for this request: put the `auth` filter before `ratelimit`".into(),
+                message: "no tenant for this request: put the `auth` filter before `ratelimit`"
+                    .into(),
                 code: "no_tenant",
                 retry_after: None,
             });

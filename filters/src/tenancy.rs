@@ -75,5 +75,10 @@ pub trait Admission: Send + Sync + Debug {
 /// shared store.
 pub trait LimitStore: Send + Sync + Debug {
     /// Admits one request reserving `reserve_tokens`, or says which limit refuses it.
-    fn admit(&self, tenant: &str, limits: Limits, reserve_tokens: u64) -> Result<Box<dyn Admission>, Denied>;
+    fn admit(
+        &self,
+        tenant: &str,
+        limits: Limits,
+        reserve_tokens: u64,
+    ) -> Result<Box<dyn Admission>, Denied>;
 }

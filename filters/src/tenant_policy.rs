@@ -39,7 +39,10 @@ impl Filter for TenantPolicyFilter {
             if req.body_len as u64 > limit {
                 return Verdict::Reject(Rejection {
                     status: StatusCode::PAYLOAD_TOO_LARGE,
-                    message: format!("request body of {} bytes is over your limit of {limit} bytes", req.body_len),
+                    message: format!(
+                        "request body of {} bytes is over your limit of {limit} bytes",
+                        req.body_len
+                    ),
                     code: "request_too_large",
                     retry_after: None,
                 });

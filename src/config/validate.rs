@@ -235,7 +235,10 @@ pub fn validate(cfg: &EdgeConfig) -> Vec<Problem> {
             out.push(Problem {
                 line: at(c),
                 key: "control.negative_ttl".into(),
-                message: format!("{} is longer than key_ttl {}", c.value.negative_ttl, c.value.key_ttl),
+                message: format!(
+                    "{} is longer than key_ttl {}",
+                    c.value.negative_ttl, c.value.key_ttl
+                ),
             });
         }
     }

@@ -99,7 +99,7 @@ pub async fn start(store: Arc<dyn PolicyStore>, listen: SocketAddr) -> io::Resul
     let mut graceful = stop_rx;
     let task = tokio::spawn(async move {
         let shutdown = async move {
-            let _ = graceful.wait_for(|s| *s).await;
+            stopped(&mut graceful).await;
         };
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -115,6 +115,14 @@ pub async fn start(store: Arc<dyn PolicyStore>, listen: SocketAddr) -> io::Resul
         stop: stop_tx,
         task,
     })
+}
+
+/// Resolves when `shutdown()` was called. A handle dropped without it leaves the server running
+/// for the life of the runtime, so a dropped sender must not read as "stop".
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 fn count(s: &ApiState, endpoint: &str, status: StatusCode) {
@@ -193,7 +201,7 @@ async fn snapshot(
                         }
                     }
                     _ = &mut deadline => break,
-                    _ = stop.wait_for(|s| *s) => {
+                    _ = stopped(&mut stop) => {
                         count(&s, "snapshot", StatusCode::SERVICE_UNAVAILABLE);
                         return error(StatusCode::SERVICE_UNAVAILABLE, "control plane shutting down");
                     }
@@ -278,7 +286,7 @@ impl axum::serve::Listener for KillableListener {
         let io = KillableStream {
             inner: stream,
             killed: Box::pin(async move {
-                let _ = stop.wait_for(|s| *s).await;
+                stopped(&mut stop).await;
             }),
             dead: false,
         };

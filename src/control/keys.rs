@@ -6,17 +6,15 @@
 use super::config::{parse_keys, ControlPolicy};
 use super::error::ControlError;
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::Path;
 
 /// Prefix of every generated key, so a leaked one is recognisable in secret scanners.
 pub const KEY_PREFIX: &str = "okome-";
 
-/// Lowercase hex SHA-256 of the key's bytes: the form stored and looked up.
-pub fn hash_key(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
-}
+/// Lowercase hex SHA-256 of the key's bytes: the form stored and looked up. Shared with the
+/// edge, which hashes presented keys the same way.
+pub use okome_filters::policy::hash_key;
 
 /// A new random key: `okome-` followed by 32 random bytes in hex (256 bits from the OS-seeded CSPRNG).
 pub fn generate_key() -> String {

@@ -45,6 +45,8 @@ pub struct RequestCtx {
     pub model: Option<String>,
     /// Whether the body asked for a stream.
     pub wants_stream: bool,
+    /// The body's token limit (`max_tokens`, `max_completion_tokens`, `options.num_predict`).
+    pub max_tokens: Option<u64>,
     /// The pre-read request body, replayed to every attempt.
     pub body: Option<Bytes>,
     /// Pools to try, in order (target, then fallbacks).
@@ -84,6 +86,7 @@ impl RequestCtx {
             route: None,
             model: None,
             wants_stream: false,
+            max_tokens: None,
             body: None,
             plan: Vec::new(),
             plan_pos: 0,

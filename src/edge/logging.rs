@@ -15,6 +15,7 @@ struct AccessLine<'a> {
     pool: Option<&'a str>,
     backend: Option<&'a str>,
     model: Option<&'a str>,
+    tenant: Option<&'a str>,
     attempts: u32,
     duration_ms: f64,
     ttft_ms: Option<f64>,
@@ -102,6 +103,7 @@ pub fn finish(
         pool,
         backend,
         model: ctx.model.as_deref(),
+        tenant: ctx.effects.tenant.as_deref().map(|t| t.id.as_str()),
         attempts: ctx.attempts,
         duration_ms: ms(ctx.start.elapsed()),
         ttft_ms: stats.and_then(|s| s.ttft()).map(ms),
@@ -114,6 +116,24 @@ pub fn finish(
     };
     if let Ok(json) = serde_json::to_string(&line) {
         log::info!(target: "okome::access", "{json}");
+    }
+    // Settle the tenant's token reservation with what was really generated: the tap's count for
+    // a stream (cut streams included), nothing for a request that never reached an engine, the
+    // reservation otherwise (a plain JSON answer is not parsed).
+    if let Some(adm) = ctx.effects.admission.take() {
+        let tokens = match (&ctx.tap, ctx.current) {
+            (Some(tap), _) => tap.stats.tokens(),
+            (None, None) => 0,
+            (None, Some(_)) if status >= 400 => 0,
+            (None, Some(_)) => adm.reserved(),
+        };
+        if let Some(t) = ctx.effects.tenant.as_ref() {
+            edge.metrics
+                .tenant_tokens
+                .with_label_values(&[&t.id])
+                .inc_by(tokens);
+        }
+        adm.settle(tokens);
     }
     // Release the backend slot now rather than when Pingora drops the context.
     ctx.inflight = None;

@@ -65,9 +65,14 @@ impl StreamLabels<'_> {
 
 impl Edge {
     /// Builds the proxy state from a validated config.
-    pub fn new(cfg: &EdgeConfig, metrics: Metrics, upstreams: Arc<Upstreams>) -> Self {
+    pub fn new(
+        cfg: &EdgeConfig,
+        metrics: Metrics,
+        upstreams: Arc<Upstreams>,
+        env: &okome_filters::FilterEnv,
+    ) -> Self {
         Edge {
-            routes: RouteTable::new(cfg, &upstreams),
+            routes: RouteTable::new(cfg, &upstreams, env),
             upstreams,
             metrics,
             timeouts: cfg.timeouts,

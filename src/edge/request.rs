@@ -26,6 +26,15 @@ struct Peek<'a> {
     #[serde(borrow)]
     model: Option<Cow<'a, str>>,
     stream: Option<bool>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    options: Option<PeekOptions>,
+}
+
+/// Ollama's generation options.
+#[derive(Deserialize)]
+struct PeekOptions {
+    num_predict: Option<i64>,
 }
 
 /// Runs the request phase.
@@ -67,6 +76,14 @@ pub async fn decide(edge: &Edge, session: &mut Session, ctx: &mut RequestCtx) ->
             if let Some(b) = ctx.body.as_ref().filter(|b| !b.is_empty()) {
                 match serde_json::from_slice::<Peek<'_>>(b) {
                     Ok(p) => {
+                        ctx.max_tokens = p
+                            .max_completion_tokens
+                            .or(p.max_tokens)
+                            // Ollama's -1/-2 mean "until done"/"fill the context": no number to reserve.
+                            .or(p
+                                .options
+                                .and_then(|o| o.num_predict)
+                                .and_then(|n| u64::try_from(n).ok()));
                         ctx.model = p.model.map(Cow::into_owned);
                         // Ollama streams unless told not to; OpenAI only when asked.
                         ctx.wants_stream = p.stream.unwrap_or(ctx.api == Api::Ollama);
@@ -113,6 +130,7 @@ pub async fn decide(edge: &Edge, session: &mut Session, ctx: &mut RequestCtx) ->
             model: ctx.model.as_deref(),
             body_len: ctx.body.as_ref().map_or(0, |b| b.len()),
             route: &route.name,
+            max_tokens: ctx.max_tokens,
         };
         if let Verdict::Reject(r) = f.on_request(&fr, &mut ctx.effects).await {
             log::debug!("filter {} refused {method} {path}: {}", f.name(), r.message);
@@ -122,6 +140,25 @@ pub async fn decide(edge: &Edge, session: &mut Session, ctx: &mut RequestCtx) ->
                 code: r.code,
                 retry_after: r.retry_after,
             });
+        }
+    }
+
+    // The control plane's model route, when the `policy` filter found one, decides the pools.
+    if let Some(mr) = ctx.effects.route.take() {
+        let mut plan = Vec::with_capacity(1 + mr.fallback.len());
+        for name in std::iter::once(&mr.pool).chain(mr.fallback.iter()) {
+            match edge.upstreams.index(name) {
+                Some(i) if !plan.contains(&i) => plan.push(i),
+                Some(_) => {}
+                None => log::warn!(
+                    "model route for {:?} names pool {name:?}, which this edge does not have",
+                    mr.model
+                ),
+            }
+        }
+        if !plan.is_empty() {
+            ctx.plan = plan;
+            return Decision::Proxy;
         }
     }
 

@@ -110,7 +110,7 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Compiles the routes; the config was validated, so names resolve.
-    pub fn new(cfg: &EdgeConfig, up: &Upstreams) -> Self {
+    pub fn new(cfg: &EdgeConfig, up: &Upstreams, env: &okome_filters::FilterEnv) -> Self {
         let idx = |name: &str| up.index(name);
         let routes = cfg
             .routes
@@ -140,7 +140,14 @@ impl RouteTable {
                     filters: r
                         .filters
                         .iter()
-                        .filter_map(|f| okome_filters::build(&f.value).ok())
+                        .filter_map(|f| match okome_filters::build(&f.value, env) {
+                            Ok(f) => Some(f),
+                            // Validation refuses configs where this can happen; say so if it does.
+                            Err(e) => {
+                                log::error!("route {}: filter dropped: {e}", r.name.value);
+                                None
+                            }
+                        })
                         .collect(),
                 }
             })

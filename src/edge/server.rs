@@ -87,7 +87,16 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let edge = Edge::new(cfg, metrics, upstreams);
+    let mut env = okome_filters::FilterEnv::default();
+    if let Some(c) = &cfg.control {
+        let cache = control.block_on(crate::policy::PolicyCache::start(&c.value, metrics.clone()));
+        {
+            let _guard = control.enter();
+            cache.spawn_watch();
+        }
+        env.policy = Some(cache);
+    }
+    let edge = Edge::new(cfg, metrics, upstreams, &env);
     let mut svc = pingora_proxy::http_proxy_service(&server.configuration, edge);
     for l in &cfg.listeners.value {
         svc.add_tcp(&l.address.to_string());

@@ -64,12 +64,26 @@ impl ControlClient {
         self.addr
     }
 
-    async fn get(&self, endpoint: &'static str, path: &str, timeout: Duration) -> Result<(u16, Bytes), ControlCallError> {
-        let unreachable = |why: String| ControlCallError::Unreachable { addr: self.addr, why };
-        let uri: http::Uri = format!("http://{}{}", self.addr, path).parse().map_err(|e| unreachable(format!("{e}")))?;
+    async fn get(
+        &self,
+        endpoint: &'static str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(u16, Bytes), ControlCallError> {
+        let unreachable = |why: String| ControlCallError::Unreachable {
+            addr: self.addr,
+            why,
+        };
+        let uri: http::Uri = format!("http://{}{}", self.addr, path)
+            .parse()
+            .map_err(|e| unreachable(format!("{e}")))?;
         let started = Instant::now();
         let call = async {
-            let resp = self.http.get(uri).await.map_err(|e| unreachable(e.to_string()))?;
+            let resp = self
+                .http
+                .get(uri)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
             let status = resp.status().as_u16();
             let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
                 .collect()
@@ -90,29 +104,43 @@ impl ControlClient {
 
     /// Who owns the key with this hash: `None` when the control plane does not know it.
     pub async fn key(&self, hash: &str) -> Result<Option<KeyInfo>, ControlCallError> {
-        let (status, body) = self.get("keys", &format!("/v1/keys/{hash}"), self.timeout).await?;
+        let (status, body) = self
+            .get("keys", &format!("/v1/keys/{hash}"), self.timeout)
+            .await?;
         match status {
-            200 => serde_json::from_slice(&body).map(Some).map_err(|e| self.bad(status, e.to_string())),
+            200 => serde_json::from_slice(&body)
+                .map(Some)
+                .map_err(|e| self.bad(status, e.to_string())),
             404 => Ok(None),
             s => Err(self.bad(s, String::from_utf8_lossy(&body).into_owned())),
         }
     }
 
     /// The snapshot, waiting up to `wait` for one newer than `since`; `None` when nothing changed.
-    pub async fn snapshot(&self, since: Option<u64>, wait: Duration) -> Result<Option<Snapshot>, ControlCallError> {
+    pub async fn snapshot(
+        &self,
+        since: Option<u64>,
+        wait: Duration,
+    ) -> Result<Option<Snapshot>, ControlCallError> {
         let path = match since {
             Some(v) => format!("/v1/snapshot?since={v}&wait={}s", wait.as_secs()),
             None => "/v1/snapshot".to_owned(),
         };
         let (status, body) = self.get("snapshot", &path, wait + self.timeout).await?;
         match status {
-            200 => serde_json::from_slice(&body).map(Some).map_err(|e| self.bad(status, e.to_string())),
+            200 => serde_json::from_slice(&body)
+                .map(Some)
+                .map_err(|e| self.bad(status, e.to_string())),
             304 => Ok(None),
             s => Err(self.bad(s, String::from_utf8_lossy(&body).into_owned())),
         }
     }
 
     fn bad(&self, status: u16, why: String) -> ControlCallError {
-        ControlCallError::BadAnswer { addr: self.addr, status, why }
+        ControlCallError::BadAnswer {
+            addr: self.addr,
+            status,
+            why,
+        }
     }
 }

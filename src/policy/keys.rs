@@ -32,7 +32,9 @@ pub struct LookupCtx {
 }
 
 pub(super) fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The lookup the cache runs on a miss (one per key at a time: the cache coalesces).
@@ -78,7 +80,9 @@ impl Lookup<String, KeyEntry, Arc<LookupCtx>> for KeyLookup {
                 // enough keeps working while it is unreachable.
                 let known = ctx.known.lock().get(hash).cloned();
                 match known {
-                    Some(k) if now_secs().saturating_sub(k.seen_at) <= ctx.stale_if_error.as_secs() => {
+                    Some(k)
+                        if now_secs().saturating_sub(k.seen_at) <= ctx.stale_if_error.as_secs() =>
+                    {
                         Ok((Some(k.tenant), Some(ctx.negative_ttl)))
                     }
                     _ => Err(Box::new(e)),

@@ -43,8 +43,16 @@ struct Current {
 
 impl Current {
     fn new(snapshot: Snapshot) -> Self {
-        let routes = snapshot.routes.iter().map(|r| (Glob::new(&r.model), r.clone())).collect();
-        let tenants = snapshot.tenants.iter().map(|t| (t.id.clone(), Arc::new(t.clone()))).collect();
+        let routes = snapshot
+            .routes
+            .iter()
+            .map(|r| (Glob::new(&r.model), r.clone()))
+            .collect();
+        let tenants = snapshot
+            .tenants
+            .iter()
+            .map(|t| (t.id.clone(), Arc::new(t.clone())))
+            .collect();
         Current {
             snapshot,
             routes,
@@ -89,7 +97,11 @@ impl PolicyCache {
         let state = StateDir::new(&cfg.state_dir);
         let snapshot = match client.snapshot(None, Duration::ZERO).await {
             Ok(Some(s)) => {
-                log::info!("policy snapshot v{} from the control plane at {}", s.version, cfg.address);
+                log::info!(
+                    "policy snapshot v{} from the control plane at {}",
+                    s.version,
+                    cfg.address
+                );
                 state.save_snapshot(&s).await;
                 s
             }
@@ -116,7 +128,11 @@ impl PolicyCache {
         };
         let known = state.load_keys();
         if !known.is_empty() {
-            log::info!("{} known key hash(es) loaded from {}", known.len(), cfg.state_dir.display());
+            log::info!(
+                "{} known key hash(es) loaded from {}",
+                known.len(),
+                cfg.state_dir.display()
+            );
         }
         let ctx = Arc::new(LookupCtx {
             client,
@@ -128,7 +144,11 @@ impl PolicyCache {
         });
         // One cache per process, alive as long as the process: the stale-while-revalidate
         // refresh runs in a spawned task and needs a 'static cache.
-        let keys: &'static KeyCache = Box::leak(Box::new(RTCache::new(KEY_CACHE_SIZE, Some(cfg.timeout.0), Some(cfg.timeout.0))));
+        let keys: &'static KeyCache = Box::leak(Box::new(RTCache::new(
+            KEY_CACHE_SIZE,
+            Some(cfg.timeout.0),
+            Some(cfg.timeout.0),
+        )));
         let cache = Arc::new(PolicyCache {
             current: ArcSwap::from_pointee(Current::new(snapshot)),
             keys,
@@ -186,7 +206,9 @@ impl PolicyCache {
 
     fn publish_snapshot_metrics(&self) {
         let cur = self.current.load();
-        self.metrics.policy_snapshot_version.set(cur.snapshot.version as i64);
+        self.metrics
+            .policy_snapshot_version
+            .set(cur.snapshot.version as i64);
         let age = if cur.snapshot.published_at == 0 {
             0.0
         } else {
@@ -201,7 +223,10 @@ impl PolicyCache {
     }
 
     fn count(&self, result: &str) {
-        self.metrics.policy_cache_requests.with_label_values(&[result]).inc();
+        self.metrics
+            .policy_cache_requests
+            .with_label_values(&[result])
+            .inc();
     }
 }
 
@@ -251,7 +276,10 @@ impl PolicySource for PolicyCache {
 
     fn route_for_model(&self, model: &str) -> Option<ModelRoute> {
         let cur = self.current.load();
-        cur.routes.iter().find(|(g, _)| g.matches(model)).map(|(_, r)| r.clone())
+        cur.routes
+            .iter()
+            .find(|(g, _)| g.matches(model))
+            .map(|(_, r)| r.clone())
     }
 
     fn edges(&self) -> u32 {

@@ -25,7 +25,9 @@ pub struct StateDir {
 impl StateDir {
     /// The state directory (created on first write).
     pub fn new(dir: &Path) -> Self {
-        StateDir { dir: dir.to_path_buf() }
+        StateDir {
+            dir: dir.to_path_buf(),
+        }
     }
 
     fn snapshot_path(&self) -> PathBuf {
@@ -52,7 +54,8 @@ impl StateDir {
 
     /// Writes the snapshot atomically (temp file + rename).
     pub async fn save_snapshot(&self, s: &Snapshot) {
-        self.save(self.snapshot_path(), serde_json::to_vec_pretty(s)).await;
+        self.save(self.snapshot_path(), serde_json::to_vec_pretty(s))
+            .await;
     }
 
     /// Writes the key hashes atomically.
@@ -70,7 +73,10 @@ impl StateDir {
         }
         .await;
         if let Err(e) = res {
-            log::warn!("cannot persist {}: {e} (last known good policy will not survive a restart)", path.display());
+            log::warn!(
+                "cannot persist {}: {e} (last known good policy will not survive a restart)",
+                path.display()
+            );
         }
     }
 }
