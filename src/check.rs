@@ -11,6 +11,9 @@ pub enum CheckError {
     /// A simulator config problem.
     #[error(transparent)]
     Sim(#[from] crate::sim::SimError),
+    /// A control plane config problem.
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
     /// Unreadable file.
     #[error("{0}: cannot read: {1}")]
     Read(String, std::io::Error),
@@ -24,6 +27,15 @@ pub fn file(path: &Path) -> Result<String, CheckError> {
     if text.lines().any(|l| l.starts_with("engines:")) {
         let f = crate::sim::cli::load_file(path)?;
         return Ok(format!("simulator config, {} engine(s)", f.engines.len()));
+    }
+    // A control plane file is the one with top-level `tenants:`.
+    if text.lines().any(|l| l.starts_with("tenants:")) {
+        let p = crate::control::ControlPolicy::load(path)?;
+        return Ok(format!(
+            "control plane config, {} tenant(s), {} model route(s)",
+            p.config.tenants.len(),
+            p.config.routes.len()
+        ));
     }
     let cfg = crate::config::parse(path, &text)?;
     Ok(format!(

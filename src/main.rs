@@ -49,7 +49,8 @@ enum Cmd {
     /// Validate a config file without starting anything (like `nginx -t`): exit 0 when usable,
     /// else exit 1 with file, line and key of every problem.
     Check {
-        /// Config file(s) to check: an edge config, or a simulator config (`engines:`).
+        /// Config file(s) to check: an edge config, a control plane config (`tenants:`), or a
+        /// simulator config (`engines:`).
         #[arg(short = 'c', long = "config", value_name = "FILE", required = true)]
         config: Vec<PathBuf>,
     },
