@@ -36,6 +36,9 @@ struct Args {
     /// Requests per connection.
     #[arg(long, default_value_t = 10)]
     requests: usize,
+    /// Extra request header, `Name: value` (repeatable), e.g. an API key.
+    #[arg(long = "header", value_name = "HEADER")]
+    headers: Vec<String>,
 }
 
 #[derive(Default)]
@@ -120,8 +123,9 @@ async fn main() {
 async fn one(args: &Args) -> std::io::Result<(Duration, Vec<Duration>)> {
     let mut s = TcpStream::connect(args.target).await?;
     s.set_nodelay(true)?;
+    let extra: String = args.headers.iter().map(|h| format!("{h}\r\n")).collect();
     let req = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{}",
         args.path,
         args.target,
         args.body.len(),

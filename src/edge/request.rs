@@ -148,7 +148,9 @@ pub async fn decide(edge: &Edge, session: &mut Session, ctx: &mut RequestCtx) ->
         let mut plan = Vec::with_capacity(1 + mr.fallback.len());
         for name in std::iter::once(&mr.pool).chain(mr.fallback.iter()) {
             match edge.upstreams.index(name) {
-                Some(i) if !plan.contains(&i) => plan.push(i),
+                // A model route names pools by model; a pool that does not speak the client's API
+                // (an Ollama-native request and a vLLM pool, say) cannot serve it.
+                Some(i) if !plan.contains(&i) && edge.upstreams.pools[i].speaks(ctx.api) => plan.push(i),
                 Some(_) => {}
                 None => log::warn!(
                     "model route for {:?} names pool {name:?}, which this edge does not have",
