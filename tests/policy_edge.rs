@@ -873,3 +873,51 @@ async fn restarted_edge_serves_from_persisted_state_with_the_control_plane_down(
     assert_eq!(status_of(&r), 401, "{}", String::from_utf8_lossy(&r));
     assert_openai_error(&r, "key_unverifiable");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A catch-all model route does not send requests to a pool that cannot speak their API
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_all_model_route_keeps_ollama_native_requests_on_an_ollama_pool() {
+    let v = sim(SimKind::Vllm, |_| {}).await;
+    let o = sim(SimKind::Ollama, |_| {}).await;
+    // Every model → vllm: an Ollama-native /api/chat cannot be answered there.
+    let (_store, ctl) = memory_control(ACME, "  - { model: \"*\", pool: vllm }\n", "acme").await;
+    let state = tempfile::tempdir().unwrap();
+    let pools = format!(
+        "{}{}",
+        pool("vllm", "vllm", &[v.addr()]),
+        pool("ollama", "ollama", &[o.addr()])
+    );
+    let edge = start_edge(&edge_yaml(
+        &pools,
+        &format!("{}{}", ollama_route(), openai_route("")),
+        ctl.addr(),
+        state.path(),
+        "",
+    ))
+    .await;
+    let r = raw(
+        edge.addr,
+        &request("/api/chat", &ollama_chat(LLAMA, 3), Some(KEY)),
+    )
+    .await;
+    assert_eq!(
+        status_of(&r),
+        200,
+        "{}\nlog:\n{}",
+        String::from_utf8_lossy(&r),
+        edge.log_text()
+    );
+    assert_eq!(o.stats().requests, 1, "served by the Ollama pool");
+    assert_eq!(v.stats().requests, 0, "never sent to the vLLM pool");
+    // The OpenAI API still follows the model route.
+    let r = raw(
+        edge.addr,
+        &request("/v1/chat/completions", &chat(QWEN, 3), Some(KEY)),
+    )
+    .await;
+    assert_eq!(status_of(&r), 200, "{}", String::from_utf8_lossy(&r));
+    assert_eq!(v.stats().requests, 1);
+}

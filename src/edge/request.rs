@@ -150,7 +150,9 @@ pub async fn decide(edge: &Edge, session: &mut Session, ctx: &mut RequestCtx) ->
             match edge.upstreams.index(name) {
                 // A model route names pools by model; a pool that does not speak the client's API
                 // (an Ollama-native request and a vLLM pool, say) cannot serve it.
-                Some(i) if !plan.contains(&i) && edge.upstreams.pools[i].speaks(ctx.api) => plan.push(i),
+                Some(i) if !plan.contains(&i) && edge.upstreams.pools[i].speaks(ctx.api) => {
+                    plan.push(i)
+                }
                 Some(_) => {}
                 None => log::warn!(
                     "model route for {:?} names pool {name:?}, which this edge does not have",

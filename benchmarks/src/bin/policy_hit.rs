@@ -31,9 +31,12 @@ async fn main() {
     store
         .insert_key(&hash_key(key), "bench")
         .unwrap_or_else(|e| panic!("key: {e}"));
-    let control = start(Arc::new(store), "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()))
-        .await
-        .unwrap_or_else(|e| panic!("control: {e}"));
+    let control = start(
+        Arc::new(store),
+        "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("control: {e}"));
     let dir = std::env::temp_dir().join(format!("okome-policy-hit-{}", std::process::id()));
     let cfg = Control {
         address: control.addr(),
@@ -45,7 +48,10 @@ async fn main() {
         timeout: Dur(Duration::from_secs(2)),
     };
     let cache = PolicyCache::start(&cfg, Metrics::new()).await;
-    assert!(matches!(cache.tenant_for_key(key).await, KeyVerdict::Tenant(_)), "warm-up");
+    assert!(
+        matches!(cache.tenant_for_key(key).await, KeyVerdict::Tenant(_)),
+        "warm-up"
+    );
     let before = control.key_lookups();
 
     let n = 1_000_000u32;
