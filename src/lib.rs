@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod arbiter;
 pub mod check;
 pub mod config;
 pub mod control;

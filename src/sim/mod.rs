@@ -10,6 +10,7 @@ mod faults;
 mod gen;
 mod ollama;
 mod openai;
+pub mod pressure;
 mod server;
 mod stats;
 mod tfserving;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 pub use cli::{SimArgs, SimError};
 pub use config::{SimConfig, SimFile, SimKind};
 pub use faults::Faults;
+pub use pressure::{Pressure, SimGpu};
 pub use stats::SimStats;
 
 /// Starts a simulator on the current tokio runtime; returns once it is listening.
@@ -75,6 +77,11 @@ impl SimHandle {
     /// Changes how many sequences generate at once (queued requests start if slots opened).
     pub fn set_max_concurrent(&self, n: usize) {
         self.shared.sched.set_max(n);
+    }
+
+    /// Makes the engine report extra load (queue, KV cache, GPU memory); see [`Pressure`].
+    pub fn set_pressure(&self, p: Pressure) {
+        *self.shared.pressure.write() = p;
     }
 
     /// Stops listening and closes every connection mid-response (the engine died).

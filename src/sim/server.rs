@@ -39,9 +39,32 @@ pub(crate) struct Shared {
     seq: AtomicU64,
     refuse_tx: watch::Sender<bool>,
     shutdown_tx: watch::Sender<bool>,
+    pub pressure: RwLock<super::pressure::Pressure>,
 }
 
 impl Shared {
+    /// The simulated GPU as a fake NVML device.
+    pub(crate) fn gpu(&self) -> super::pressure::SimGpu {
+        use super::pressure::{SimGpu, SimGpuProcess, DEFAULT_GPU_BYTES};
+        let p = self.pressure.read();
+        let total = p.gpu_memory_total_bytes.unwrap_or(DEFAULT_GPU_BYTES);
+        let used = p.gpu_memory_used_bytes.min(total);
+        let (running, _) = self.sched.load();
+        let util = (running as f64 / self.sched.max().max(1) as f64 * 100.0).min(100.0) as u32;
+        SimGpu {
+            uuid: format!("GPU-sim-{}", self.addr.port()),
+            name: "okome-sim GPU".into(),
+            memory_total_bytes: total,
+            memory_used_bytes: used,
+            memory_free_bytes: total - used,
+            utilization_percent: util,
+            processes: vec![SimGpuProcess {
+                pid: std::process::id(),
+                used_bytes: used,
+            }],
+        }
+    }
+
     /// Current decode speed.
     pub(crate) fn tps(&self) -> f64 {
         f64::from_bits(self.tps_bits.load(Relaxed))
@@ -132,6 +155,7 @@ pub(crate) async fn start(cfg: SimConfig) -> io::Result<Arc<Shared>> {
         seq: AtomicU64::new(1),
         refuse_tx,
         shutdown_tx,
+        pressure: RwLock::new(Default::default()),
         cfg,
     });
     tokio::spawn(accept_loop(
@@ -254,6 +278,19 @@ async fn control(sim: &Shared, req: Request<Incoming>) -> Response<Body> {
             }
             Err(e) => text(StatusCode::BAD_REQUEST, "text/plain", e.to_string()),
         },
+        (&Method::GET, "/_sim/pressure") => {
+            json(StatusCode::OK, "application/json", &*sim.pressure.read())
+        }
+        (&Method::PUT, "/_sim/pressure") => {
+            match serde_json::from_slice::<super::pressure::Pressure>(&body) {
+                Ok(p) => {
+                    *sim.pressure.write() = p;
+                    json(StatusCode::OK, "application/json", &*sim.pressure.read())
+                }
+                Err(e) => text(StatusCode::BAD_REQUEST, "text/plain", e.to_string()),
+            }
+        }
+        (&Method::GET, "/_sim/gpu") => json(StatusCode::OK, "application/json", &sim.gpu()),
         (&Method::PUT, "/_sim/config") => match serde_json::from_slice::<ConfigPatch>(&body) {
             Ok(p) => {
                 if let Some(t) = p.tokens_per_second {

@@ -59,6 +59,11 @@ pub(crate) fn render(sim: &Shared) -> String {
         .unwrap_or(0.0);
     let (running, waiting) = sim.sched.load();
     let max = sim.sched.max().max(1);
+    let (extra_waiting, kv_override) = {
+        let p = sim.pressure.read();
+        (p.extra_waiting, p.kv_cache_usage)
+    };
+    let waiting = waiting + extra_waiting as usize;
     let mut o = String::with_capacity(8192);
     let gauge = |o: &mut String, name: &str, help: &str, v: f64| {
         let _ = write!(
@@ -83,7 +88,7 @@ pub(crate) fn render(sim: &Shared) -> String {
         &mut o,
         "vllm:kv_cache_usage_perc",
         "KV-cache usage. 1 means 100 percent usage.",
-        running as f64 / max as f64,
+        kv_override.unwrap_or(running as f64 / max as f64),
     );
     let counter = |o: &mut String, base: &str, help: &str, v: u64| {
         let _ = write!(
