@@ -41,6 +41,12 @@ pub struct Metrics {
     pub policy_snapshot_age_seconds: prometheus::Gauge,
     /// Tokens charged to each tenant (settled counts).
     pub tenant_tokens: IntCounterVec,
+    /// Requests refused because the arbiter said the backends are saturated.
+    pub shed: IntCounterVec,
+    /// 1 while an arbiter's state is fresh enough to obey.
+    pub arbiter_fresh: IntGaugeVec,
+    /// The arbiter's decision per backend (0 ok, 1 pressured, 2 shedding, 3 down).
+    pub backend_arbiter_state: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -154,6 +160,24 @@ impl Metrics {
             "okome_policy_snapshot_age_seconds",
             "Seconds since the policy snapshot in use was published.",
         );
+        let shed = IntCounterVec::new(
+            Opts::new(
+                "okome_shed_total",
+                "Requests answered 503 because every eligible backend was shedding, by the arbiter's rule and the tenant's priority.",
+            ),
+            &["reason", "priority"],
+        );
+        let arbiter_fresh = IntGaugeVec::new(
+            Opts::new("okome_arbiter_fresh", "1 while the arbiter's state is fresh enough to obey; 0 means the edge routes on its own signals."),
+            &["arbiter"],
+        );
+        let backend_arbiter_state = IntGaugeVec::new(
+            Opts::new(
+                "okome_backend_arbiter_state",
+                "The arbiter's decision per backend: 0 ok, 1 pressured, 2 shedding, 3 down.",
+            ),
+            BACKEND_LABELS,
+        );
         let tenant_tokens = IntCounterVec::new(
             Opts::new(
                 "okome_tenant_tokens_total",
@@ -191,6 +215,9 @@ impl Metrics {
             let policy_snapshot_version = reg(r, policy_snapshot_version)?;
             let policy_snapshot_age_seconds = reg(r, policy_snapshot_age_seconds)?;
             let tenant_tokens = reg(r, tenant_tokens)?;
+            let shed = reg(r, shed)?;
+            let arbiter_fresh = reg(r, arbiter_fresh)?;
+            let backend_arbiter_state = reg(r, backend_arbiter_state)?;
             Ok(Metrics {
                 registry: registry.clone(),
                 ttft,
@@ -209,6 +236,9 @@ impl Metrics {
                 policy_snapshot_version,
                 policy_snapshot_age_seconds,
                 tenant_tokens,
+                shed,
+                arbiter_fresh,
+                backend_arbiter_state,
             })
         })();
         #[allow(clippy::expect_used)]

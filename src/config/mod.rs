@@ -44,6 +44,25 @@ pub struct EdgeConfig {
     /// it there is no authentication and routes are the config's own.
     #[serde(default)]
     pub control: Option<Spanned<Control>>,
+    /// The GPU arbiter(s) whose per-backend decisions (ok / pressured / shedding / down) this edge
+    /// obeys; without it the edge routes on its own health checks and in-flight counts.
+    #[serde(default)]
+    pub arbiter: Option<Spanned<ArbiterSection>>,
+}
+
+/// Where the edge learns the arbiters' decisions.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ArbiterSection {
+    /// Arbiter APIs `IP:PORT` (one per GPU node).
+    pub addresses: Vec<SocketAddr>,
+    /// Decisions not confirmed for this long are ignored: the edge falls back to its own signals.
+    #[serde(default = "default_arbiter_max_age")]
+    pub max_age: Dur,
+}
+
+fn default_arbiter_max_age() -> Dur {
+    Dur(Duration::from_secs(3))
 }
 
 /// What to do with a key nobody can vouch for because the control plane is unreachable.

@@ -242,6 +242,27 @@ pub fn validate(cfg: &EdgeConfig) -> Vec<Problem> {
             });
         }
     }
+    if let Some(a) = &cfg.arbiter {
+        if a.value.addresses.is_empty() {
+            push(
+                &mut out,
+                at(a),
+                "arbiter.addresses".into(),
+                "name at least one arbiter `IP:PORT`".into(),
+            );
+        }
+        if a.value.max_age.0 < std::time::Duration::from_millis(200) {
+            push(
+                &mut out,
+                at(a),
+                "arbiter.max_age".into(),
+                format!(
+                    "{} is too short to confirm state by long-poll (min 200ms)",
+                    a.value.max_age
+                ),
+            );
+        }
+    }
     if cfg.routes.value.is_empty() {
         out.push(Problem {
             line: at(&cfg.routes),

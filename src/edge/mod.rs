@@ -19,9 +19,11 @@ pub mod server;
 
 use crate::config::{EdgeConfig, Timeouts};
 use crate::metrics::Metrics;
+use crate::upstream::arbiter::{ArbiterFeeds, Verdict};
 use crate::upstream::{select, Upstreams};
 use bytes::Bytes;
 use ctx::RequestCtx;
+use okome_filters::policy::Priority;
 use routes::RouteTable;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -41,6 +43,8 @@ pub struct Edge {
     pub max_attempts: u32,
     /// Largest body routed.
     pub max_body: u64,
+    /// The arbiters' decisions, when the config names arbiters.
+    pub arbiters: Option<Arc<ArbiterFeeds>>,
 }
 
 /// Label values of a stream's metrics.
@@ -78,6 +82,7 @@ impl Edge {
             timeouts: cfg.timeouts,
             max_attempts: cfg.retry.max_attempts,
             max_body: cfg.limits.max_body.0,
+            arbiters: None,
         }
     }
 
@@ -89,8 +94,30 @@ impl Edge {
             .skip(ctx.plan_pos)
             .any(|(_, &pi)| {
                 let pool = &self.upstreams.pools[pi];
-                select::pick(&pool.backends, |b| ctx.tried.contains(&(pi, b))).is_some()
+                select::pick(&pool.backends, |b| self.skip(ctx, pi, b)).is_some()
             })
+    }
+
+    /// The priority class of the request (its tenant's, `standard` without one).
+    pub fn priority(ctx: &RequestCtx) -> Priority {
+        ctx.effects
+            .tenant
+            .as_ref()
+            .map_or(Priority::Standard, |t| t.priority)
+    }
+
+    /// The arbiter's refusal of backend `b` of pool `pi` for this request, if it refuses it.
+    pub fn arbiter_refusal(&self, ctx: &RequestCtx, pi: usize, b: usize) -> Option<Arc<Verdict>> {
+        let feeds = self.arbiters.as_ref()?;
+        feeds
+            .verdict(&self.upstreams.pools[pi].backends[b])
+            .filter(|v| !v.admits(Self::priority(ctx)))
+    }
+
+    /// Whether backend `b` of pool `pi` is out for this request: tried already, or refused by
+    /// the arbiter for the request's priority.
+    pub fn skip(&self, ctx: &RequestCtx, pi: usize, b: usize) -> bool {
+        ctx.tried.contains(&(pi, b)) || self.arbiter_refusal(ctx, pi, b).is_some()
     }
 
     /// Labels for the request's stream metrics.

@@ -2,16 +2,19 @@
 
 use super::respond::EdgeError;
 use super::{ctx::RequestCtx, Edge};
+use crate::upstream::arbiter::Verdict;
 use crate::upstream::select;
 use pingora_core::upstreams::peer::HttpPeer;
+use std::sync::Arc;
 
 /// Chooses the backend for the next attempt, or says why there is none.
 pub fn next(edge: &Edge, ctx: &mut RequestCtx) -> Result<HttpPeer, EdgeError> {
     ctx.inflight = None;
+    // The arbiter refusal with the soonest Retry-After, for the 503 if nothing takes the request.
+    let mut shed: Option<Arc<Verdict>> = None;
     while let Some(&pi) = ctx.plan.get(ctx.plan_pos) {
         let pool = &edge.upstreams.pools[pi];
-        let tried = &ctx.tried;
-        if let Some(bi) = select::pick(&pool.backends, |b| tried.contains(&(pi, b))) {
+        if let Some(bi) = select::pick(&pool.backends, |b| edge.skip(ctx, pi, b)) {
             let backend = &pool.backends[bi];
             ctx.tried.push((pi, bi));
             ctx.current = Some((pi, bi));
@@ -37,7 +40,45 @@ pub fn next(edge: &Edge, ctx: &mut RequestCtx) -> Result<HttpPeer, EdgeError> {
             peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
             return Ok(peer);
         }
+        for b in 0..pool.backends.len() {
+            if !pool.backends[b].eligible() || ctx.tried.contains(&(pi, b)) {
+                continue;
+            }
+            if let Some(v) = edge.arbiter_refusal(ctx, pi, b) {
+                if shed
+                    .as_ref()
+                    .is_none_or(|s| v.status.retry_after_secs < s.status.retry_after_secs)
+                {
+                    shed = Some(v);
+                }
+            }
+        }
+        if shed.is_some() {
+            log::debug!(
+                "pool {} is shedding for this request; trying the next pool of the plan",
+                pool.name
+            );
+        }
         ctx.plan_pos += 1;
+    }
+    if let Some(v) = shed {
+        let priority = Edge::priority(ctx);
+        edge.metrics
+            .shed
+            .with_label_values(&[v.status.rule.as_str(), priority.as_str()])
+            .inc();
+        let retry_after = v.status.retry_after_secs.clamp(1, 3600);
+        return Err(EdgeError {
+            status: 503,
+            message: format!(
+                "the model servers are saturated ({} is {}: {}); retry in {retry_after} s",
+                v.status.backend,
+                v.status.state.as_str(),
+                v.status.reason
+            ),
+            code: "overloaded",
+            retry_after: Some(retry_after),
+        });
     }
     // Nothing left anywhere in the plan.
     let first = ctx.plan.first().map(|&p| &edge.upstreams.pools[p]);

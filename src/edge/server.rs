@@ -96,7 +96,19 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
         }
         env.policy = Some(cache);
     }
-    let edge = Edge::new(cfg, metrics, upstreams, &env);
+    let mut edge = Edge::new(cfg, metrics.clone(), upstreams.clone(), &env);
+    if let Some(a) = &cfg.arbiter {
+        let feeds = crate::upstream::arbiter::ArbiterFeeds::new(
+            &a.value.addresses,
+            a.value.max_age.0,
+            metrics,
+        );
+        {
+            let _guard = control.enter();
+            feeds.spawn_watch(upstreams);
+        }
+        edge.arbiters = Some(feeds);
+    }
     let mut svc = pingora_proxy::http_proxy_service(&server.configuration, edge);
     for l in &cfg.listeners.value {
         svc.add_tcp(&l.address.to_string());

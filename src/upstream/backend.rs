@@ -24,6 +24,7 @@ pub struct Backend {
     ejected_until_ms: AtomicU64,
     epoch: Instant,
     metrics: crate::metrics::Metrics,
+    verdict: arc_swap::ArcSwapOption<super::arbiter::Verdict>,
 }
 
 impl Backend {
@@ -42,11 +43,22 @@ impl Backend {
             ejected_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             metrics,
+            verdict: arc_swap::ArcSwapOption::empty(),
         }
     }
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The arbiter's last decision about it (fresh or not: see `ArbiterFeeds::verdict`).
+    pub fn verdict(&self) -> Option<Arc<super::arbiter::Verdict>> {
+        self.verdict.load_full()
+    }
+
+    /// Stores the arbiter's decision.
+    pub fn set_verdict(&self, v: Arc<super::arbiter::Verdict>) {
+        self.verdict.store(Some(v));
     }
 
     /// Passes health checks.

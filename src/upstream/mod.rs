@@ -5,7 +5,9 @@
 //! - [`pool`]: a set of interchangeable backends of one kind, and the models they serve.
 //! - [`select`]: power-of-two-choices on in-flight plus the engine's queue.
 //! - [`health`]: active probes per engine kind, queue scraping and model discovery.
+//! - [`arbiter`]: the GPU arbiter's decisions, long-polled and attached to backends.
 
+pub mod arbiter;
 pub mod backend;
 pub mod health;
 pub mod pool;
