@@ -41,6 +41,10 @@ pub struct Metrics {
     pub policy_snapshot_age_seconds: prometheus::Gauge,
     /// Tokens charged to each tenant (settled counts).
     pub tenant_tokens: IntCounterVec,
+    /// vLLM prefix-cache queries (tokens), re-exported from the engine's `/metrics`.
+    pub backend_prefix_queries: IntCounterVec,
+    /// vLLM prefix-cache hits (tokens), re-exported from the engine's `/metrics`.
+    pub backend_prefix_hits: IntCounterVec,
     /// Requests refused because the arbiter said the backends are saturated.
     pub shed: IntCounterVec,
     /// 1 while an arbiter's state is fresh enough to obey.
@@ -160,6 +164,20 @@ impl Metrics {
             "okome_policy_snapshot_age_seconds",
             "Seconds since the policy snapshot in use was published.",
         );
+        let backend_prefix_queries = IntCounterVec::new(
+            Opts::new(
+                "okome_backend_prefix_cache_queries_total",
+                "vLLM prefix cache queries in tokens, scraped from the engine (vllm:prefix_cache_queries_total).",
+            ),
+            BACKEND_LABELS,
+        );
+        let backend_prefix_hits = IntCounterVec::new(
+            Opts::new(
+                "okome_backend_prefix_cache_hits_total",
+                "vLLM prefix cache hits in tokens, scraped from the engine (vllm:prefix_cache_hits_total).",
+            ),
+            BACKEND_LABELS,
+        );
         let shed = IntCounterVec::new(
             Opts::new(
                 "okome_shed_total",
@@ -216,6 +234,8 @@ impl Metrics {
             let policy_snapshot_age_seconds = reg(r, policy_snapshot_age_seconds)?;
             let tenant_tokens = reg(r, tenant_tokens)?;
             let shed = reg(r, shed)?;
+            let backend_prefix_queries = reg(r, backend_prefix_queries)?;
+            let backend_prefix_hits = reg(r, backend_prefix_hits)?;
             let arbiter_fresh = reg(r, arbiter_fresh)?;
             let backend_arbiter_state = reg(r, backend_arbiter_state)?;
             Ok(Metrics {
@@ -237,6 +257,8 @@ impl Metrics {
                 policy_snapshot_age_seconds,
                 tenant_tokens,
                 shed,
+                backend_prefix_queries,
+                backend_prefix_hits,
                 arbiter_fresh,
                 backend_arbiter_state,
             })

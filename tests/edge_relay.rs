@@ -922,3 +922,41 @@ async fn websocket_upgrade_passes_through_and_relays_bytes_both_ways() {
     let msgs = [b"first".to_vec(), b"second message".to_vec()];
     futures::future::join_all(keys.iter().map(|k| ws_tunnel_roundtrip(&edge, k, &msgs))).await;
 }
+
+/// vLLM's prefix-cache counters are scraped with the health probes and re-exported per backend
+/// (queries and hits grow by what the engine counted while the edge watched).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vllm_prefix_cache_counters_are_re_exported_per_backend() {
+    let s = sim(SimKind::Vllm, |_| {}).await;
+    let edge = start_edge(&format!(
+        "pools:\n{}routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\n",
+        pool("vllm", "vllm", &[s.addr()])
+    ))
+    .await;
+    // Let one scrape record the engine's starting point.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let body = r#"{"model":"Qwen/Qwen3-8B","max_tokens":2,"messages":[{"role":"user","content":"the same long prompt, twice"}]}"#;
+    for _ in 0..2 {
+        let r = raw(edge.addr, &post("/v1/chat/completions", body)).await;
+        assert_eq!(status_of(&r), 200, "{}", String::from_utf8_lossy(&r));
+    }
+    let labels = [("pool", "vllm")];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let q = edge
+            .metric("okome_backend_prefix_cache_queries_total", &labels)
+            .await;
+        let h = edge
+            .metric("okome_backend_prefix_cache_hits_total", &labels)
+            .await;
+        if q > 0.0 && h > 0.0 {
+            assert!(h <= q, "hits {h} cannot exceed queries {q}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "prefix cache counters never grew: queries {q}, hits {h}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

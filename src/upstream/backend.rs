@@ -25,6 +25,8 @@ pub struct Backend {
     epoch: Instant,
     metrics: crate::metrics::Metrics,
     verdict: arc_swap::ArcSwapOption<super::arbiter::Verdict>,
+    /// Last scraped vLLM prefix-cache counters (queries, hits), to re-export as deltas.
+    prefix_seen: parking_lot::Mutex<Option<(u64, u64)>>,
 }
 
 impl Backend {
@@ -44,6 +46,7 @@ impl Backend {
             epoch: Instant::now(),
             metrics,
             verdict: arc_swap::ArcSwapOption::empty(),
+            prefix_seen: parking_lot::Mutex::new(None),
         }
     }
 
@@ -100,6 +103,32 @@ impl Backend {
             .backend_queue_depth
             .with_label_values(&[&self.pool, &self.id])
             .set(depth as i64);
+    }
+
+    /// Re-exports the engine's prefix-cache counters (queries, hits) as our own counters,
+    /// adding what grew since the last scrape (a restarted engine starts again from zero).
+    pub fn set_prefix_cache(&self, queries: Option<u64>, hits: Option<u64>) {
+        let (Some(q), Some(h)) = (queries, hits) else {
+            return;
+        };
+        let mut seen = self.prefix_seen.lock();
+        let (dq, dh) = match *seen {
+            Some((pq, ph)) if q >= pq && h >= ph => (q - pq, h - ph),
+            // First scrape: the engine's history before this edge started is not ours to count.
+            None => (0, 0),
+            Some(_) => (q, h),
+        };
+        *seen = Some((q, h));
+        drop(seen);
+        let labels = [self.pool.as_str(), self.id.as_str()];
+        self.metrics
+            .backend_prefix_queries
+            .with_label_values(&labels)
+            .inc_by(dq);
+        self.metrics
+            .backend_prefix_hits
+            .with_label_values(&labels)
+            .inc_by(dh);
     }
 
     /// Applies one active probe result with rise/fall thresholds; returns the new state if it changed.

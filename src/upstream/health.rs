@@ -111,6 +111,10 @@ async fn probe(c: &HttpClient, pool: &Pool, b: &Backend) {
     if ok && pool.kind == PoolKind::Vllm {
         if let Ok(text) = get(c, b, "/metrics", timeout).await {
             b.set_queue_depth(vllm_waiting(&text));
+            b.set_prefix_cache(
+                vllm_sum(&text, "vllm:prefix_cache_queries_total"),
+                vllm_sum(&text, "vllm:prefix_cache_hits_total"),
+            );
         }
     }
 }
@@ -213,12 +217,24 @@ async fn get(c: &HttpClient, b: &Backend, path: &str, timeout: Duration) -> Resu
 
 /// Sums `vllm:num_requests_waiting` over its label sets (one per model/engine).
 pub fn vllm_waiting(metrics: &[u8]) -> u64 {
+    vllm_sum(metrics, "vllm:num_requests_waiting").unwrap_or(0)
+}
+
+/// Sums one vLLM metric over its label sets; `None` when the engine does not export it.
+pub fn vllm_sum(metrics: &[u8], name: &str) -> Option<u64> {
     let text = String::from_utf8_lossy(metrics);
-    text.lines()
-        .filter(|l| l.starts_with("vllm:num_requests_waiting"))
+    let mut found = false;
+    let sum = text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .inspect(|_| found = true)
         .map(|v| v.max(0.0) as u64)
-        .sum()
+        .sum();
+    found.then_some(sum)
 }
 
 #[cfg(test)]
@@ -233,5 +249,6 @@ mod tests {
 vllm:num_requests_waiting{engine=\"0\",model_name=\"m\"} 7.0\n\
 vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 3.0\n";
         assert_eq!(vllm_waiting(text), 7);
+        assert_eq!(super::vllm_sum(text, "vllm:prefix_cache_hits_total"), None);
     }
 }
