@@ -58,39 +58,6 @@ async fn exchange(addr: SocketAddr, request: Vec<u8>) -> Vec<u8> {
     out
 }
 
-/// A header's value from a raw response (case-insensitive name).
-fn header_of(resp: &[u8], name: &str) -> Option<String> {
-    let end = resp.windows(4).position(|w| w == b"\r\n\r\n")?;
-    String::from_utf8_lossy(&resp[..end])
-        .lines()
-        .skip(1)
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
-        })
-}
-
-/// A streaming OpenAI chat request for `model`.
-fn chat(model: &str, max_tokens: u32) -> String {
-    format!(
-        r#"{{"model":"{model}","stream":true,"max_tokens":{max_tokens},"messages":[{{"role":"user","content":"hi"}}]}}"#
-    )
-}
-
-/// A streaming Ollama native chat request.
-fn ollama_chat(model: &str, num_predict: u32) -> String {
-    format!(
-        r#"{{"model":"{model}","options":{{"num_predict":{num_predict}}},"messages":[{{"role":"user","content":"hi"}}]}}"#
-    )
-}
-
-/// Tokens in an OpenAI SSE body (content deltas, not the role preamble).
-fn sse_tokens(body: &str) -> usize {
-    body.matches(r#""delta":{"content":""#).count()
-}
-
 /// The JSON of each `data:` event in an SSE body (`[DONE]` comes back as a string).
 fn sse_events(body: &str) -> Vec<serde_json::Value> {
     body.split("\n\n")
@@ -118,24 +85,6 @@ fn norm(b: &[u8]) -> String {
     out
 }
 
-/// Polls `f` until it holds or `secs` pass; returns whether it held.
-async fn eventually<F, Fut>(secs: u64, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if f().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits until the edge's `okome_streams_total{outcome}` reaches `n` (the access-log phase
 /// runs just after the client saw the end of the stream).
 async fn wait_outcome(edge: &EdgeProc, outcome: &str, n: f64) -> f64 {
@@ -147,28 +96,6 @@ async fn wait_outcome(edge: &EdgeProc, outcome: &str, n: f64) -> f64 {
     .await;
     edge.metric("okome_streams_total", &[("outcome", outcome)])
         .await
-}
-
-/// Asserts an OpenAI-shaped error body with `code`.
-fn assert_openai_error(body: &[u8], code: &str) {
-    let v: serde_json::Value = serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)));
-    let err = &v["error"];
-    assert!(
-        err["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{v}"
-    );
-    assert!(err["type"].is_string(), "{v}");
-    assert!(err.get("param").is_some_and(|p| p.is_null()), "{v}");
-    assert_eq!(err["code"], code, "{v}");
-}
-
-/// Asserts Ollama's `{"error":"..."}` body.
-fn assert_ollama_error(body: &[u8]) {
-    let v: serde_json::Value = serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)));
-    assert!(v["error"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-    assert_eq!(v.as_object().map(|o| o.len()), Some(1), "{v}");
 }
 
 /// Waits until `addr` refuses connections. `SimHandle::shutdown` and `refuse_connections` only

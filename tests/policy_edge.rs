@@ -119,25 +119,6 @@ fn request(path: &str, body: &str, key: Option<&str>) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A streaming OpenAI chat request.
-fn chat(model: &str, max_tokens: u32) -> String {
-    format!(
-        r#"{{"model":"{model}","stream":true,"max_tokens":{max_tokens},"messages":[{{"role":"user","content":"hi"}}]}}"#
-    )
-}
-
-/// A streaming Ollama native chat request.
-fn ollama_chat(model: &str, num_predict: u32) -> String {
-    format!(
-        r#"{{"model":"{model}","options":{{"num_predict":{num_predict}}},"messages":[{{"role":"user","content":"hi"}}]}}"#
-    )
-}
-
-/// Tokens in an OpenAI SSE body (content deltas, not the role preamble).
-fn sse_tokens(body: &str) -> usize {
-    body.matches(r#""delta":{"content":""#).count()
-}
-
 /// One authenticated chat completion through the edge; the raw response.
 async fn chat_once(edge: &EdgeProc, key: Option<&str>, model: &str, max_tokens: u32) -> Vec<u8> {
     raw(
@@ -159,63 +140,6 @@ fn assert_streamed(resp: &[u8], tokens: usize, edge: &EdgeProc) {
     );
     assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
     assert_eq!(sse_tokens(&body), tokens, "{body}");
-}
-
-/// A header's value from a raw response (case-insensitive name).
-fn header_of(resp: &[u8], name: &str) -> Option<String> {
-    let end = resp.windows(4).position(|w| w == b"\r\n\r\n")?;
-    String::from_utf8_lossy(&resp[..end])
-        .lines()
-        .skip(1)
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
-        })
-}
-
-/// Polls `f` until it holds or `secs` pass; returns whether it held.
-async fn eventually<F, Fut>(secs: u64, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if f().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Asserts an OpenAI-shaped error body `{"error":{"message","type","param","code"}}` with `code`.
-fn assert_openai_error(resp: &[u8], code: &str) {
-    let body = body_of(resp);
-    let v: serde_json::Value = serde_json::from_slice(&body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(resp)));
-    let err = &v["error"];
-    assert!(
-        err["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{v}"
-    );
-    assert!(err["type"].as_str().is_some_and(|t| !t.is_empty()), "{v}");
-    assert!(err.get("param").is_some(), "param missing: {v}");
-    assert_eq!(err["code"], code, "{v}");
-    assert_eq!(v.as_object().map(|o| o.len()), Some(1), "{v}");
-}
-
-/// Asserts Ollama's `{"error":"..."}` body.
-fn assert_ollama_error(resp: &[u8]) {
-    let body = body_of(resp);
-    let v: serde_json::Value = serde_json::from_slice(&body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(resp)));
-    assert!(v["error"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-    assert_eq!(v.as_object().map(|o| o.len()), Some(1), "{v}");
 }
 
 /// Asserts `Retry-After` is an integer number of seconds ≥ 1.
@@ -476,7 +400,7 @@ async fn revoked_key_is_refused_within_its_ttl() {
         edge.log_text()
     );
     eprintln!("revoked key refused {took:?} after the keys file changed");
-    assert_openai_error(&last, "invalid_api_key");
+    assert_openai_error(&body_of(&last), "invalid_api_key");
     // And it stays refused.
     let again = chat_once(&edge, Some(KEY), QWEN, 4).await;
     assert_eq!(status_of(&again), 401);
@@ -678,24 +602,24 @@ async fn tenant_errors_use_the_api_shape_of_the_client() {
     // 401: no key, a bad key.
     let r = openai(None).await;
     assert_eq!(status_of(&r), 401, "{}", String::from_utf8_lossy(&r));
-    assert_openai_error(&r, "missing_api_key");
+    assert_openai_error(&body_of(&r), "missing_api_key");
     let r = openai(Some("okome-not-a-key")).await;
     assert_eq!(status_of(&r), 401, "{}", String::from_utf8_lossy(&r));
-    assert_openai_error(&r, "invalid_api_key");
+    assert_openai_error(&body_of(&r), "invalid_api_key");
     let r = ollama(None, LLAMA).await;
     assert_eq!(status_of(&r), 401, "{}", String::from_utf8_lossy(&r));
-    assert_ollama_error(&r);
+    assert_ollama_error(&body_of(&r));
     let r = ollama(Some("okome-not-a-key"), LLAMA).await;
     assert_eq!(status_of(&r), 401, "{}", String::from_utf8_lossy(&r));
-    assert_ollama_error(&r);
+    assert_ollama_error(&body_of(&r));
 
     // 403: tenant `llamas` asks for Qwen; its llama requests pass.
     let r = openai(Some(KEY_LLAMAS)).await;
     assert_eq!(status_of(&r), 403, "{}", String::from_utf8_lossy(&r));
-    assert_openai_error(&r, "model_not_allowed");
+    assert_openai_error(&body_of(&r), "model_not_allowed");
     let r = ollama(Some(KEY_LLAMAS), QWEN).await;
     assert_eq!(status_of(&r), 403, "{}", String::from_utf8_lossy(&r));
-    assert_ollama_error(&r);
+    assert_ollama_error(&body_of(&r));
     let r = ollama(Some(KEY_LLAMAS), LLAMA).await;
     assert_eq!(
         status_of(&r),
@@ -709,11 +633,11 @@ async fn tenant_errors_use_the_api_shape_of_the_client() {
     assert_streamed(&openai(Some(KEY_SLOW)).await, 4, &edge);
     let r = openai(Some(KEY_SLOW)).await;
     assert_eq!(status_of(&r), 429, "{}", String::from_utf8_lossy(&r));
-    assert_openai_error(&r, "rate_limit_exceeded");
+    assert_openai_error(&body_of(&r), "rate_limit_exceeded");
     assert_retry_after(&r);
     let r = ollama(Some(KEY_SLOW), LLAMA).await;
     assert_eq!(status_of(&r), 429, "{}", String::from_utf8_lossy(&r));
-    assert_ollama_error(&r);
+    assert_ollama_error(&body_of(&r));
     assert_retry_after(&r);
 
     // Nothing refused reached an engine: one Qwen stream, one llama stream.
@@ -871,7 +795,7 @@ async fn restarted_edge_serves_from_persisted_state_with_the_control_plane_down(
     // An unknown key is still refused (fail closed by default).
     let r = chat_once(&edge, Some("okome-never-seen"), QWEN, 4).await;
     assert_eq!(status_of(&r), 401, "{}", String::from_utf8_lossy(&r));
-    assert_openai_error(&r, "key_unverifiable");
+    assert_openai_error(&body_of(&r), "key_unverifiable");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -187,3 +187,77 @@ pub fn status_of(resp: &[u8]) -> u16 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
 }
+
+/// A header's value from a raw response (first match, name case-insensitive).
+pub fn header_of(resp: &[u8], name: &str) -> Option<String> {
+    let end = resp.windows(4).position(|w| w == b"\r\n\r\n")?;
+    String::from_utf8_lossy(&resp[..end])
+        .lines()
+        .skip(1)
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+}
+
+/// Polls `f` until it holds or `secs` pass; returns whether it held.
+pub async fn eventually<F, Fut>(secs: u64, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A streaming OpenAI chat request for `model`.
+pub fn chat(model: &str, max_tokens: u32) -> String {
+    format!(
+        r#"{{"model":"{model}","stream":true,"max_tokens":{max_tokens},"messages":[{{"role":"user","content":"hi"}}]}}"#
+    )
+}
+
+/// A streaming Ollama native chat request.
+pub fn ollama_chat(model: &str, num_predict: u32) -> String {
+    format!(
+        r#"{{"model":"{model}","options":{{"num_predict":{num_predict}}},"messages":[{{"role":"user","content":"hi"}}]}}"#
+    )
+}
+
+/// Tokens in an OpenAI SSE body (content deltas, not the role preamble).
+pub fn sse_tokens(body: &str) -> usize {
+    body.matches(r#""delta":{"content":""#).count()
+}
+
+/// Asserts an OpenAI-shaped error body `{"error":{"message","type","param":null,"code"}}`.
+pub fn assert_openai_error(body: &[u8], code: &str) {
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)));
+    let err = &v["error"];
+    assert!(
+        err["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+    assert!(err["type"].as_str().is_some_and(|t| !t.is_empty()), "{v}");
+    assert!(err.get("param").is_some_and(|p| p.is_null()), "{v}");
+    assert_eq!(err["code"], code, "{v}");
+    assert_eq!(v.as_object().map(|o| o.len()), Some(1), "{v}");
+}
+
+/// Asserts Ollama's (and TF Serving's) `{"error":"..."}` body.
+pub fn assert_ollama_error(body: &[u8]) {
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)));
+    assert!(v["error"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert_eq!(v.as_object().map(|o| o.len()), Some(1), "{v}");
+}
