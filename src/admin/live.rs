@@ -103,8 +103,8 @@ struct Snapshot {
 /// the window.
 #[derive(Serialize, Debug, Default, Clone)]
 pub struct Live {
-    /// Seconds the figures cover.
-    pub window_seconds: f64,
+    /// Seconds the figures cover (about [`WINDOW`]); `None`: everything since the edge started.
+    pub window_seconds: Option<f64>,
     /// Streams that produced a first token in the window.
     pub streams: u64,
     /// Streams that produced a first token since the edge started.
@@ -134,19 +134,25 @@ impl LiveFigures {
         let now = Instant::now();
         let cur = gather(metrics);
         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        // Keep the newest snapshot that is at least WINDOW old, and everything after it.
         while ring
-            .front()
-            .is_some_and(|s| now.duration_since(s.at) > WINDOW + SNAPSHOT_EVERY)
+            .get(1)
+            .is_some_and(|s| now.duration_since(s.at) >= WINDOW)
         {
             ring.pop_front();
         }
-        let base = ring.front().map(|s| (s.at, &s.series));
-        let window = base.map_or(Duration::ZERO, |(at, _)| now.duration_since(at));
+        // The base is a snapshot about WINDOW old; until there is one, the figures cover
+        // everything since the edge started.
+        let base = ring
+            .front()
+            .filter(|s| now.duration_since(s.at) >= WINDOW)
+            .map(|s| (s.at, &s.series));
+        let window = base.map(|(at, _)| now.duration_since(at).as_secs_f64());
         let mut out: HashMap<(String, String), Live> = HashMap::new();
         for ((kind, pool, backend), b) in &cur {
             let d = b.minus(base.and_then(|(_, s)| s.get(&(*kind, pool.clone(), backend.clone()))));
             let l = out.entry((pool.clone(), backend.clone())).or_default();
-            l.window_seconds = window.as_secs_f64();
+            l.window_seconds = window;
             match kind {
                 Kind::Ttft => {
                     l.streams = d.count;

@@ -61,14 +61,14 @@ pub const PAGE: &str = r##"<!doctype html>
   <div class="kpi"><b id="requests-total">0</b><span>requests</span></div>
   <div class="kpi"><b id="req-rate">–</b><span>req/s</span></div>
   <div class="kpi"><b id="tokens-total">0</b><span>tokens</span></div>
-  <div class="kpi"><b id="edge-ttft">–</b><span>TTFT p50 / p95 (1 min)</span></div>
+  <div class="kpi"><b id="edge-ttft">–</b><span>TTFT p50 / p95 (last min)</span></div>
   <div class="kpi"><b id="edge-gap">–</b><span>gap p95 / p99 (1 min)</span></div>
   <div class="kpi"><b id="edge-jitter">–</b><span>jitter p50 (1 min)</span></div>
   <div class="kpi"><svg class="spark" id="spark" width="160" height="32" viewBox="0 0 160 32"></svg><span>requests/s, last 2 min</span></div>
 </header>
 <main id="pools"><p class="dim">loading /status …</p></main>
 <footer>refreshed every second from <code>/status</code> · polls: <span id="polls">0</span> ·
-  up <span id="uptime">–</span> · <span id="err"></span>
+  up <span id="uptime">–</span> <span id="err"></span>
   · metrics at <a href="metrics" style="color:var(--accent)">/metrics</a></footer>
 <script>
 "use strict";
