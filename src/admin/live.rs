@@ -229,7 +229,7 @@ mod tests {
     }
 
     #[test]
-    fn window_subtracts_the_old_snapshot() {
+    fn figures_cover_everything_until_a_snapshot_is_a_window_old() {
         let m = Metrics::new();
         let labels = ["r", "p", "b", "m"];
         m.ttft.with_label_values(&labels).observe(5.0);
