@@ -1,4 +1,10 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/status`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/status`, and the live status page
+//! at `/` and `/ui` (one self-contained HTML page that polls `/status`).
+
+mod live;
+mod ui;
+
+pub use live::{Live, LiveFigures};
 
 use crate::metrics::Metrics;
 use crate::upstream::Upstreams;
@@ -17,6 +23,7 @@ struct AdminState {
     metrics: Metrics,
     upstreams: Arc<Upstreams>,
     started: Instant,
+    live: LiveFigures,
 }
 
 /// Binds the admin listener and serves it on the current runtime.
@@ -29,12 +36,15 @@ pub async fn serve(
         metrics,
         upstreams,
         started: Instant::now(),
+        live: LiveFigures::default(),
     });
     let app = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
+        .route("/", get(ui::page))
+        .route("/ui", get(ui::page))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
@@ -83,6 +93,12 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
 struct Status {
     uptime_seconds: f64,
     ready: bool,
+    /// Every request this edge answered (`okome_requests_total`, all routes and statuses).
+    requests_total: u64,
+    /// Tokens relayed (`okome_tokens_total`).
+    tokens_total: u64,
+    /// Edge-wide live figures (all pools and backends).
+    live: Live,
     pools: Vec<PoolStatus>,
 }
 
@@ -92,6 +108,10 @@ struct PoolStatus {
     kind: &'static str,
     healthy_backends: usize,
     models: Vec<String>,
+    /// In flight and queued over the pool's backends.
+    inflight: u64,
+    queue_depth: u64,
+    live: Live,
     backends: Vec<BackendStatus>,
 }
 
@@ -99,37 +119,76 @@ struct PoolStatus {
 struct BackendStatus {
     address: String,
     healthy: bool,
+    /// `ok`, `ejected` (passive ejection after live failures) or `down` (failing its health check).
+    state: &'static str,
     ejected_for_seconds: f64,
     inflight: u64,
     queue_depth: u64,
+    live: Live,
 }
 
 async fn status(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    let mut live = s.live.compute(&s.metrics);
+    let mut take = |pool: &str, backend: &str| {
+        live.remove(&(pool.to_owned(), backend.to_owned()))
+            .unwrap_or_default()
+    };
     let pools: Vec<PoolStatus> = s
         .upstreams
         .pools
         .iter()
-        .map(|p| PoolStatus {
-            name: p.name.clone(),
-            kind: p.kind.as_str(),
-            healthy_backends: p.backends.iter().filter(|b| b.eligible()).count(),
-            models: p.models().into_iter().collect(),
-            backends: p
+        .map(|p| {
+            let backends: Vec<BackendStatus> = p
                 .backends
                 .iter()
-                .map(|b| BackendStatus {
-                    address: b.id.clone(),
-                    healthy: b.healthy(),
-                    ejected_for_seconds: b.ejected_for_ms() as f64 / 1e3,
-                    inflight: b.inflight(),
-                    queue_depth: b.queue_depth(),
+                .map(|b| {
+                    let ejected_ms = b.ejected_for_ms();
+                    BackendStatus {
+                        address: b.id.clone(),
+                        healthy: b.healthy(),
+                        state: if !b.healthy() {
+                            "down"
+                        } else if ejected_ms > 0 {
+                            "ejected"
+                        } else {
+                            "ok"
+                        },
+                        ejected_for_seconds: ejected_ms as f64 / 1e3,
+                        inflight: b.inflight(),
+                        queue_depth: b.queue_depth(),
+                        live: take(&p.name, &b.id),
+                    }
                 })
-                .collect(),
+                .collect();
+            PoolStatus {
+                name: p.name.clone(),
+                kind: p.kind.as_str(),
+                healthy_backends: p.backends.iter().filter(|b| b.eligible()).count(),
+                models: p.models().into_iter().collect(),
+                inflight: backends.iter().map(|b| b.inflight).sum(),
+                queue_depth: backends.iter().map(|b| b.queue_depth).sum(),
+                live: take(&p.name, ""),
+                backends,
+            }
         })
         .collect();
+    let edge_live = take("", "");
     Json(Status {
         uptime_seconds: s.started.elapsed().as_secs_f64(),
         ready: pools.iter().all(|p| p.healthy_backends > 0),
+        requests_total: counter_sum(&s.metrics.requests),
+        tokens_total: counter_sum(&s.metrics.tokens),
+        live: edge_live,
         pools,
     })
+}
+
+/// Sum of every series of an integer counter vector.
+fn counter_sum(v: &prometheus::IntCounterVec) -> u64 {
+    use prometheus::core::Collector;
+    v.collect()
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
 }
