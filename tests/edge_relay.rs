@@ -880,3 +880,55 @@ async fn vllm_prefix_cache_counters_are_re_exported_per_backend() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// A client's W3C `traceparent` reaches the engine unchanged and its trace id is in the access
+/// log; with `tracing.generate_traceparent` the edge starts a trace for requests without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traceparent_is_passed_through_or_generated() {
+    let s = sim(SimKind::Vllm, |_| {}).await;
+    let edge = start_edge(&format!(
+        "pools:\n{}routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\ntracing:\n  generate_traceparent: true\n",
+        pool("vllm", "vllm", &[s.addr()])
+    ))
+    .await;
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let body = chat("Qwen/Qwen3-8B", 2);
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\ntraceparent: {tp}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let r = raw(edge.addr, req.as_bytes()).await;
+    assert_eq!(status_of(&r), 200, "{}", String::from_utf8_lossy(&r));
+    assert_eq!(
+        s.stats().last_traceparent.as_deref(),
+        Some(tp),
+        "passed through unchanged"
+    );
+    assert!(
+        eventually(5, || async {
+            edge.log_text()
+                .contains("\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\"")
+        })
+        .await,
+        "trace id logged:\n{}",
+        edge.log_text()
+    );
+
+    // No traceparent from the client: the edge starts one.
+    let r = raw(edge.addr, &post("/v1/chat/completions", &body)).await;
+    assert_eq!(status_of(&r), 200);
+    let generated = s
+        .stats()
+        .last_traceparent
+        .expect("the engine got a traceparent");
+    assert_ne!(generated, tp);
+    let id = &generated[3..35];
+    assert!(
+        eventually(5, || async {
+            edge.log_text().contains(&format!("\"trace_id\":\"{id}\""))
+        })
+        .await,
+        "generated trace id {id} logged:\n{}",
+        edge.log_text()
+    );
+}

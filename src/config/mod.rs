@@ -48,6 +48,19 @@ pub struct EdgeConfig {
     /// obeys; without it the edge routes on its own health checks and in-flight counts.
     #[serde(default)]
     pub arbiter: Option<Spanned<ArbiterSection>>,
+    /// Distributed tracing.
+    #[serde(default)]
+    pub tracing: Tracing,
+}
+
+/// W3C trace context handling. A client's `traceparent` always reaches the engine unchanged and
+/// its trace id is logged.
+#[derive(Debug, Deserialize, Clone, Copy, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// Start a trace (send a new `traceparent` to the engine) when the client sent none.
+    #[serde(default)]
+    pub generate_traceparent: bool,
 }
 
 /// Where the edge learns the arbiters' decisions.

@@ -45,6 +45,8 @@ pub struct Edge {
     pub max_body: u64,
     /// The arbiters' decisions, when the config names arbiters.
     pub arbiters: Option<Arc<ArbiterFeeds>>,
+    /// Start a W3C trace for requests that come without a `traceparent`.
+    pub generate_traceparent: bool,
 }
 
 /// Label values of a stream's metrics.
@@ -83,6 +85,7 @@ impl Edge {
             max_attempts: cfg.retry.max_attempts,
             max_body: cfg.limits.max_body.0,
             arbiters: None,
+            generate_traceparent: cfg.tracing.generate_traceparent,
         }
     }
 

@@ -37,12 +37,35 @@ struct PeekOptions {
     num_predict: Option<i64>,
 }
 
+/// Records the client's W3C `traceparent` (it reaches the engine unchanged), or starts a trace
+/// when `tracing.generate_traceparent` is on and the client sent none.
+fn trace(edge: &Edge, req: &pingora_http::RequestHeader, ctx: &mut RequestCtx) {
+    use super::logging::{new_traceparent, trace_id_of, TRACE_ID_ATTRIBUTE};
+    let sent = req.headers.get("traceparent").and_then(|v| v.to_str().ok());
+    if let Some(id) = sent.and_then(trace_id_of) {
+        ctx.effects
+            .attributes
+            .insert(TRACE_ID_ATTRIBUTE, id.to_owned());
+    } else if edge.generate_traceparent {
+        let tp = new_traceparent();
+        if let (Some(id), Ok(v)) = (trace_id_of(&tp), http::HeaderValue::from_str(&tp)) {
+            ctx.effects
+                .attributes
+                .insert(TRACE_ID_ATTRIBUTE, id.to_owned());
+            ctx.effects
+                .set_headers
+                .push((http::HeaderName::from_static("traceparent"), v));
+        }
+    }
+}
+
 /// Runs the request phase.
 pub async fn decide(edge: &Edge, session: &mut Session, ctx: &mut RequestCtx) -> Decision {
     let req = session.req_header();
     let path = req.uri.path().to_owned();
     ctx.api = Api::from_path(&path);
     let method = req.method.clone();
+    trace(edge, req, ctx);
 
     if method == http::Method::GET && path == "/v1/models" {
         return Decision::ListModels;

@@ -118,7 +118,7 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
             threads
         );
     }
-    log::info!("admin listening on http://{admin} (/metrics /healthz /readyz /status)");
+    log::info!("admin listening on http://{admin} (/ /ui /metrics /healthz /readyz /status)");
     server.add_service(svc);
     server.run(RunArgs::default());
     Ok(())

@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     refuse_tx: watch::Sender<bool>,
     shutdown_tx: watch::Sender<bool>,
     pub pressure: RwLock<super::pressure::Pressure>,
+    /// The W3C `traceparent` of the last engine request (tests check trace propagation).
+    pub last_traceparent: RwLock<Option<String>>,
 }
 
 impl Shared {
@@ -123,6 +125,7 @@ impl Shared {
             waiting: waiting as u64,
             last_body_len: c.last_body_len.load(Relaxed),
             last_body_hash: c.last_body_hash.load(Relaxed),
+            last_traceparent: self.last_traceparent.read().clone(),
         }
     }
 
@@ -156,6 +159,7 @@ pub(crate) async fn start(cfg: SimConfig) -> io::Result<Arc<Shared>> {
         refuse_tx,
         shutdown_tx,
         pressure: RwLock::new(Default::default()),
+        last_traceparent: RwLock::new(None),
         cfg,
     });
     tokio::spawn(accept_loop(
@@ -245,6 +249,17 @@ async fn serve_conn(
 async fn handle(sim: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, io::Error> {
     if req.uri().path().starts_with("/_sim/") {
         return Ok(control(&sim, req).await);
+    }
+    if !matches!(
+        req.uri().path(),
+        "/health" | "/metrics" | "/" | "/v1/models" | "/api/tags"
+    ) {
+        let tp = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        *sim.last_traceparent.write() = tp;
     }
     match sim.cfg.kind {
         SimKind::Vllm => vllm::route(sim, req).await,

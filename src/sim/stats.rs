@@ -27,6 +27,9 @@ pub struct SimStats {
     pub last_body_len: u64,
     /// `DefaultHasher` hash of the last generation request's body.
     pub last_body_hash: u64,
+    /// The `traceparent` header of the last API request, if it had one.
+    #[serde(default)]
+    pub last_traceparent: Option<String>,
 }
 
 /// Why a generation finished, as in vLLM's `finished_reason` label.
