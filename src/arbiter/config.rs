@@ -267,7 +267,8 @@ impl<'de> Deserialize<'de> for Budget {
     }
 }
 
-/// How to find an engine's processes among NVML's (all that are given must match one).
+/// How to find an engine's processes among NVML's: any one that matches counts (the port
+/// defaults to the port of `address`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessMatch {
