@@ -11,6 +11,9 @@ pub enum CheckError {
     /// A simulator config problem.
     #[error(transparent)]
     Sim(#[from] crate::sim::SimError),
+    /// An arbiter config problem.
+    #[error(transparent)]
+    Arbiter(#[from] crate::arbiter::ArbiterError),
     /// A control plane config problem.
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
@@ -23,8 +26,15 @@ pub enum CheckError {
 pub fn file(path: &Path) -> Result<String, CheckError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CheckError::Read(path.display().to_string(), e))?;
+    let top = |key: &str| text.lines().any(|l| l.starts_with(key));
+    // An arbiter file lists engines and says how to judge them or the GPU.
+    if top("engines:") && (top("rules:") || top("gpu:") || top("mode:") || top("gpus:")) {
+        let cfg = crate::arbiter::ArbiterConfig::load(path)?;
+        let plan = crate::arbiter::plan::plan(&cfg, None)?;
+        return Ok(format!("arbiter config, {} engine(s); memory plan fits", plan.engines.len()));
+    }
     // A simulator file is the one with a top-level `engines:` list.
-    if text.lines().any(|l| l.starts_with("engines:")) {
+    if top("engines:") {
         let f = crate::sim::cli::load_file(path)?;
         return Ok(format!("simulator config, {} engine(s)", f.engines.len()));
     }

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 /// Production:  okome edge -c conf/edge.yaml
 /// Validate:    okome check -c conf/edge.yaml
 /// Policy:      okome control -c conf/control.yaml   (tenants, API keys, model routes)
+/// GPU:         okome arbiter -c conf/arbiter.yaml   (memory plan, load shedding)
 ///
 /// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug, RUST_LOG=okome::access=off) to tune them.
 #[derive(Parser, Debug)]
@@ -36,6 +37,10 @@ enum Cmd {
     /// Run the OKOME control plane: tenants, hashed API keys and model routes for the edges
     /// (never in the token path). `okome control add-key --tenant T` mints a key.
     Control(okome::control::ControlArgs),
+    /// Run the GPU arbiter on the core node: watches the GPU (NVML) and the engines, decides per
+    /// backend ok / pressured / shedding / down, and publishes it to the edges.
+    /// `okome arbiter plan` validates the GPU memory plan and emits each engine's settings.
+    Arbiter(okome::arbiter::ArbiterArgs),
     /// Run simulated model servers that speak vLLM's, Ollama's or TF Serving's real wire formats.
     Sim(okome::sim::SimArgs),
     /// Start simulated vLLM, Ollama and TF Serving engines plus the edge in one process and print
@@ -49,8 +54,9 @@ enum Cmd {
     /// Validate a config file without starting anything (like `nginx -t`): exit 0 when usable,
     /// else exit 1 with file, line and key of every problem.
     Check {
-        /// Config file(s) to check: an edge config, a control plane config (`tenants:`), or a
-        /// simulator config (`engines:`).
+        /// Config file(s) to check: an edge config, a control plane config (`tenants:`), an
+        /// arbiter config (`engines:` with `rules:`, `gpu:` or `mode:`) or a simulator config
+        /// (`engines:`).
         #[arg(short = 'c', long = "config", value_name = "FILE", required = true)]
         config: Vec<PathBuf>,
     },
@@ -62,6 +68,10 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Edge { config } => run_edge(&config),
         Cmd::Control(args) => match okome::control::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+        Cmd::Arbiter(args) => match okome::arbiter::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },

@@ -12,6 +12,7 @@ pub struct ArbiterArgs {
     #[arg(
         short = 'c',
         long = "config",
+        global = true,
         value_name = "FILE",
         default_value = "conf/arbiter.yaml"
     )]
@@ -60,7 +61,7 @@ fn plan(cfg: &ArbiterConfig, out: Option<PathBuf>) -> Result<(), ArbiterError> {
         None
     };
     let plan = super::plan::plan(cfg, nvml.as_deref())?;
-    print!("{}", plan.render());
+    println!("{}", plan.render().trim_end());
     if let Some(dir) = out {
         for p in plan.write(&dir)? {
             println!("wrote {}", p.display());

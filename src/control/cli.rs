@@ -12,6 +12,7 @@ pub struct ControlArgs {
     #[arg(
         short = 'c',
         long = "config",
+        global = true,
         value_name = "FILE",
         default_value = "conf/control.yaml"
     )]
