@@ -31,7 +31,10 @@ pub fn file(path: &Path) -> Result<String, CheckError> {
     if top("engines:") && (top("rules:") || top("gpu:") || top("mode:") || top("gpus:")) {
         let cfg = crate::arbiter::ArbiterConfig::load(path)?;
         let plan = crate::arbiter::plan::plan(&cfg, None)?;
-        return Ok(format!("arbiter config, {} engine(s); memory plan fits", plan.engines.len()));
+        return Ok(format!(
+            "arbiter config, {} engine(s); memory plan fits",
+            plan.engines.len()
+        ));
     }
     // A simulator file is the one with a top-level `engines:` list.
     if top("engines:") {

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 /// The built-in demo config (`conf/demo.yaml`).
 pub const DEMO_YAML: &str = include_str!("../conf/demo.yaml");
+/// The demo's GPU arbiter (`conf/demo-arbiter.yaml`).
+pub const DEMO_ARBITER_YAML: &str = include_str!("../conf/demo-arbiter.yaml");
 /// The demo's control plane policy (`conf/demo-control.yaml`).
 pub const DEMO_CONTROL_YAML: &str = include_str!("../conf/demo-control.yaml");
 
@@ -35,6 +37,17 @@ pub enum DemoError {
     /// The control plane failed.
     #[error("demo control plane: {0}")]
     Control(#[from] crate::control::ControlError),
+    /// The arbiter failed.
+    #[error("demo arbiter: {0}")]
+    Arbiter(#[from] crate::arbiter::ArbiterError),
+    /// The arbiter's port is taken.
+    #[error("cannot start the demo arbiter on {addr}: {source}")]
+    ArbiterBind {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
     /// The control plane's port is taken.
     #[error("cannot start the demo control plane on {addr}: {source}")]
     ControlBind {
@@ -78,6 +91,18 @@ pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
             handles.push(h);
         }
     }
+    let mut arbiter = None;
+    if cfg.arbiter.is_some() {
+        let acfg = crate::arbiter::ArbiterConfig::from_str(
+            "conf/demo-arbiter.yaml (built in)",
+            DEMO_ARBITER_YAML,
+        )?;
+        let addr = acfg.listen;
+        let h = control
+            .block_on(crate::arbiter::start(acfg, addr))
+            .map_err(|source| DemoError::ArbiterBind { addr, source })?;
+        arbiter = Some(h.addr());
+    }
     let mut key = None;
     if let Some(c) = &cfg.control {
         let store = crate::control::YamlStore::from_str(DEMO_CONTROL_YAML)?;
@@ -100,6 +125,9 @@ pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
         "{}",
         banner(&listen, &admin.to_string(), &handles, key.as_deref())
     );
+    if let Some(a) = arbiter {
+        println!("{}", arbiter_banner(&listen, a, &handles, key.as_deref()));
+    }
     crate::edge::server::run(&cfg, &control)?;
     for h in &handles {
         h.shutdown();
@@ -149,5 +177,38 @@ Try (tokens stream as they are generated):
 Ctrl-C stops everything.
 "#,
         engines = engines.join(", ")
+    )
+}
+
+fn arbiter_banner(
+    listen: &str,
+    arbiter: std::net::SocketAddr,
+    sims: &[crate::sim::SimHandle],
+    key: Option<&str>,
+) -> String {
+    let vllm: Vec<String> = sims
+        .iter()
+        .filter(|h| h.kind() == SimKind::Vllm)
+        .map(|h| h.addr().to_string())
+        .collect();
+    let auth = key
+        .map(|k| format!(" -H 'authorization: Bearer {k}'"))
+        .unwrap_or_default();
+    let push: String = vllm
+        .iter()
+        .map(|a| format!("  curl -X PUT http://{a}/_sim/pressure -d '{{\"extra_waiting\":40}}'\n"))
+        .collect();
+    let release: String = vllm
+        .iter()
+        .map(|a| format!("  curl -X PUT http://{a}/_sim/pressure -d '{{}}'\n"))
+        .collect();
+    format!(
+        r#"GPU arbiter on http://{arbiter} (GET /v1/state). Push the vLLM engines into shedding (a queue of
+40 waiting requests) and watch the edge answer 503 with a Retry-After computed from the queue:
+{push}  curl -s http://{arbiter}/v1/state
+  curl -i http://{listen}/v1/chat/completions -H 'content-type: application/json'{auth} \
+    -d '{{"model":"Qwen/Qwen3-8B","messages":[{{"role":"user","content":"Hello!"}}]}}'
+Release them:
+{release}"#
     )
 }
