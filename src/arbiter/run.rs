@@ -522,11 +522,11 @@ pub(crate) async fn run_loop(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = super::api::stopped(&mut stop) => return,
+            _ = crate::longpoll::stopped(&mut stop) => return,
         }
         let state = tokio::select! {
             s = arb.round() => s,
-            _ = super::api::stopped(&mut stop) => return,
+            _ = crate::longpoll::stopped(&mut stop) => return,
         };
         tx.send_replace(Arc::new(state));
     }

@@ -1,0 +1,145 @@
+//! Versioned state over HTTP with long-poll, as the control plane (`/v1/snapshot`) and the
+//! arbiter (`/v1/state`) serve it: ETag = version, `?since=V&wait=30s` waits for a change, a
+//! listener whose connections are cut on shutdown (a dying server does not linger on open polls).
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Longest a long-poll may wait, whatever `wait` asks for.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Resolves when `shutdown()` was called. A handle dropped without it leaves the server running
+/// for the life of the runtime, so a dropped sender must not read as "stop".
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// `"V"`: the ETag of version `V`.
+pub fn etag(version: u64) -> HeaderValue {
+    // A decimal number in quotes is always a valid header value.
+    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+/// The version named by `If-None-Match: "V"` (or `W/"V"`), if it names exactly one.
+pub fn if_none_match(headers: &HeaderMap) -> Option<u64> {
+    let v = headers.get(header::IF_NONE_MATCH)?.to_str().ok()?.trim();
+    let v = v.strip_prefix("W/").unwrap_or(v);
+    v.strip_prefix('"')?.strip_suffix('"')?.parse().ok()
+}
+
+/// `30s`, `500ms`, or a bare number of seconds.
+pub fn parse_wait(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| Duration::from_secs_f64(secs.min(3600.0)));
+    }
+    humantime::parse_duration(s).ok()
+}
+
+/// A JSON `{"error": message}` answer.
+pub fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// A TCP listener whose connections are cut when `stop` turns true: graceful shutdown alone
+/// would wait for open long-polls and keep-alive connections, and a dying server does not.
+pub struct KillableListener {
+    /// The bound socket.
+    pub inner: TcpListener,
+    /// Turns true on `shutdown()`.
+    pub stop: watch::Receiver<bool>,
+}
+
+impl axum::serve::Listener for KillableListener {
+    type Io = KillableStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        let _ = stream.set_nodelay(true);
+        let mut stop = self.stop.clone();
+        let io = KillableStream {
+            inner: stream,
+            killed: Box::pin(async move {
+                stopped(&mut stop).await;
+            }),
+            dead: false,
+        };
+        (io, addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A connection that reads EOF and fails writes once the server stops.
+pub struct KillableStream {
+    inner: TcpStream,
+    killed: Pin<Box<dyn Future<Output = ()> + Send>>,
+    dead: bool,
+}
+
+impl KillableStream {
+    /// Polls the stop signal; registering the waker makes an idle connection wake on stop.
+    fn is_dead(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.dead && self.killed.as_mut().poll(cx).is_ready() {
+            self.dead = true;
+        }
+        self.dead
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "server stopped")
+}
+
+impl AsyncRead for KillableStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.is_dead(cx) {
+            return Poll::Ready(Ok(())); // EOF: the server hangs up.
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for KillableStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.is_dead(cx) {
+            return Poll::Ready(Err(gone()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.is_dead(cx) {
+            return Poll::Ready(Err(gone()));
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
