@@ -7,6 +7,7 @@ mod ui;
 pub use live::{Live, LiveFigures};
 
 use crate::metrics::Metrics;
+use crate::upstream::arbiter::ArbiterFeeds;
 use crate::upstream::Upstreams;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -24,6 +25,7 @@ struct AdminState {
     upstreams: Arc<Upstreams>,
     started: Instant,
     live: LiveFigures,
+    arbiters: Option<Arc<ArbiterFeeds>>,
 }
 
 /// Binds the admin listener and serves it on the current runtime.
@@ -31,12 +33,14 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Metrics,
     upstreams: Arc<Upstreams>,
+    arbiters: Option<Arc<ArbiterFeeds>>,
 ) -> std::io::Result<SocketAddr> {
     let state = Arc::new(AdminState {
         metrics,
         upstreams,
         started: Instant::now(),
         live: LiveFigures::default(),
+        arbiters,
     });
     let app = Router::new()
         .route("/metrics", get(metrics_page))
@@ -99,7 +103,29 @@ struct Status {
     tokens_total: u64,
     /// Edge-wide live figures (all pools and backends).
     live: Live,
+    /// The GPU arbiters this edge obeys, and whether their state is fresh enough to obey.
+    arbiters: Vec<ArbiterLink>,
     pools: Vec<PoolStatus>,
+}
+
+#[derive(Serialize)]
+struct ArbiterLink {
+    address: String,
+    /// False when unreachable or silent longer than `arbiter.max_age`: the edge then routes on
+    /// its own health checks and in-flight counts.
+    fresh: bool,
+    version: u64,
+}
+
+/// The arbiter's decision about a backend, as this edge holds it.
+#[derive(Serialize)]
+struct ArbiterView {
+    state: &'static str,
+    reason: String,
+    rule: String,
+    retry_after_secs: u64,
+    /// Whether the edge obeys it now (its arbiter is fresh).
+    obeyed: bool,
 }
 
 #[derive(Serialize)]
@@ -125,6 +151,7 @@ struct BackendStatus {
     inflight: u64,
     queue_depth: u64,
     live: Live,
+    arbiter: Option<ArbiterView>,
 }
 
 async fn status(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
@@ -157,6 +184,13 @@ async fn status(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
                         inflight: b.inflight(),
                         queue_depth: b.queue_depth(),
                         live: take(&p.name, &b.id),
+                        arbiter: b.verdict().map(|v| ArbiterView {
+                            state: v.status.state.as_str(),
+                            reason: v.status.reason.clone(),
+                            rule: v.status.rule.clone(),
+                            retry_after_secs: v.status.retry_after_secs,
+                            obeyed: s.arbiters.as_ref().is_some_and(|a| a.fresh(v.feed)),
+                        }),
                     }
                 })
                 .collect();
@@ -179,6 +213,20 @@ async fn status(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         requests_total: counter_sum(&s.metrics.requests),
         tokens_total: counter_sum(&s.metrics.tokens),
         live: edge_live,
+        arbiters: s
+            .arbiters
+            .as_ref()
+            .map(|a| {
+                a.summary()
+                    .into_iter()
+                    .map(|(address, fresh, version)| ArbiterLink {
+                        address: address.to_string(),
+                        fresh,
+                        version,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         pools,
     })
 }

@@ -40,11 +40,22 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
     let metrics = Metrics::new();
     let upstreams = Arc::new(Upstreams::new(cfg, &metrics));
 
+    let arbiters = cfg.arbiter.as_ref().map(|a| {
+        let feeds = crate::upstream::arbiter::ArbiterFeeds::new(
+            &a.value.addresses,
+            a.value.max_age.0,
+            metrics.clone(),
+        );
+        let _guard = control.enter();
+        feeds.spawn_watch(upstreams.clone());
+        feeds
+    });
     let admin = control
         .block_on(crate::admin::serve(
             cfg.admin.address,
             metrics.clone(),
             upstreams.clone(),
+            arbiters.clone(),
         ))
         .map_err(|source| StartError::Bind {
             addr: cfg.admin.address,
@@ -97,18 +108,7 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
         env.policy = Some(cache);
     }
     let mut edge = Edge::new(cfg, metrics.clone(), upstreams.clone(), &env);
-    if let Some(a) = &cfg.arbiter {
-        let feeds = crate::upstream::arbiter::ArbiterFeeds::new(
-            &a.value.addresses,
-            a.value.max_age.0,
-            metrics,
-        );
-        {
-            let _guard = control.enter();
-            feeds.spawn_watch(upstreams);
-        }
-        edge.arbiters = Some(feeds);
-    }
+    edge.arbiters = arbiters;
     let mut svc = pingora_proxy::http_proxy_service(&server.configuration, edge);
     for l in &cfg.listeners.value {
         svc.add_tcp(&l.address.to_string());
