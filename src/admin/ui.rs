@@ -48,6 +48,8 @@ pub const PAGE: &str = r##"<!doctype html>
   .s-ok { background:rgba(63,185,80,.15); color:var(--ok); }
   .s-ejected { background:rgba(210,153,34,.15); color:var(--warn); }
   .s-down { background:rgba(248,81,73,.15); color:var(--bad); }
+  .s-pressured { background:rgba(210,153,34,.15); color:var(--warn); }
+  .s-shedding { background:rgba(248,81,73,.15); color:var(--bad); }
   .dim { color:var(--dim); }
   #err { color:var(--bad); }
   svg.spark { vertical-align:middle; }
@@ -106,7 +108,9 @@ function backendRow(b) {
   const l = b.live || {};
   return "<tr data-backend=\"" + esc(b.address) + "\"><td>" + esc(b.address) + "</td>" +
     "<td><span class=\"state s-" + esc(b.state) + "\">" + esc(b.state) + "</span>" +
-    (b.ejected_for_seconds > 0 ? " <span class=dim>" + b.ejected_for_seconds.toFixed(1) + " s</span>" : "") + "</td>" +
+    (b.ejected_for_seconds > 0 ? " <span class=dim>" + b.ejected_for_seconds.toFixed(1) + " s</span>" : "") +
+    (b.arbiter && b.arbiter.state !== "ok" ? " <span class=\"state s-" + esc(b.arbiter.state) + "\" title=\"arbiter: " +
+      esc(b.arbiter.reason) + (b.arbiter.obeyed ? "" : " (stale, ignored)") + "\">arbiter: " + esc(b.arbiter.state) + "</span>" : "") + "</td>" +
     "<td class=inflight>" + b.inflight + "</td><td class=queue>" + b.queue_depth + "</td>" +
     "<td>" + pair(l.ttft_p50, l.ttft_p95) + "</td><td>" + pair(l.gap_p95, l.gap_p99) + "</td>" +
     "<td>" + ms(l.jitter_p50) + "</td><td class=streams>" + (l.streams || 0) + " <span class=dim>/ " + (l.streams_total || 0) + "</span></td></tr>";
