@@ -1,6 +1,7 @@
 //! Observability: the shipped Prometheus rules and config pass `promtool`; a real Prometheus
 //! scraping a real edge with traffic from the simulator evaluates the TTFT p95 recording rule; and
-//! every query of the Grafana dashboard names a metric that the edge or the control plane exports.
+//! every query of the Grafana dashboard names a metric that the edge, the control plane or the
+//! arbiter exports.
 //!
 //! Needs Debian's `prometheus` package (`prometheus` and `promtool` on PATH); `.ci/run` installs it.
 
@@ -17,18 +18,9 @@ use std::time::{Duration, Instant};
 
 const KEY: &str = "okome-test-key-observability";
 
-/// Metrics the dashboard and the rules already use but that land with other work. They are
-/// excluded from the "names an exported metric" check until then; remove each line when its
-/// metric exists.
-const PENDING: &[&str] = &[
-    // The arbiter (its own issue): per-backend state, GPU memory, decisions.
-    "okome_arbiter_backend_state",
-    "okome_arbiter_gpu_memory_bytes",
-    "okome_arbiter_decisions_total",
-    // The edge exports this once it has shed something; no arbiter drives the edge in this test
-    // (tests/arbiter_*.rs exercise it).
-    "okome_shed_total",
-];
+/// Metrics the dashboard and the rules may use before anything exports them (none today): they
+/// are excluded from the "names an exported metric" check.
+const PENDING: &[&str] = &[];
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -189,7 +181,7 @@ async fn every_dashboard_query_names_an_exported_metric() {
         "SLO: caches",
         "SLO: shedding, retries, backends",
         "Pool: $pool",
-        "Arbiter (lands with the arbiter issue)",
+        "Arbiter",
     ] {
         assert!(
             rows.iter().any(|r| r.starts_with(want)),
@@ -215,15 +207,32 @@ async fn every_dashboard_query_names_an_exported_metric() {
     let a = sim(SimKind::Vllm, |_| {}).await;
     let b = sim(SimKind::Vllm, |_| {}).await;
     let state = tempfile::tempdir().expect("state dir");
+    // An arbiter over engine `a`, with the simulator's fake GPU where NVML would be.
+    let arbiter_cfg = okome::arbiter::ArbiterConfig::from_str(
+        "arbiter.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\ninterval: 100ms\ngpu: {{ source: fake, reserve: 2GiB }}\nmode: shared\n\
+             gpus: [{{ uuid: GPU-sim-{port}, memory: 80GiB }}]\n\
+             engines: [{{ name: a, kind: vllm, address: \"{addr}\", budget: 30GiB }}]\n\
+             rules: {{ hysteresis: {{ min_hold: 500ms }} }}\n",
+            port = a.addr().port(),
+            addr = a.addr()
+        ),
+    )
+    .expect("arbiter config");
+    let arbiter = okome::arbiter::start(arbiter_cfg, "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("arbiter");
     // A long health interval, so the refusing engine is found by live traffic (retry + ejection).
     let edge = start_edge(&format!(
         "pools:\n  vllm:\n    kind: vllm\n    backends: [\"{}\", \"{}\"]\n    health_check: {{ interval: 60s, timeout: 500ms }}\n\
          routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\n    filters: [{{ type: auth }}, {{ type: policy }}, {{ type: ratelimit }}]\n\
-         control:\n  address: {}\n  state_dir: {}\n",
+         control:\n  address: {}\n  state_dir: {}\narbiter:\n  addresses: [\"{}\"]\n  max_age: 2s\n",
         a.addr(),
         b.addr(),
         ctl.addr(),
-        state.path().display()
+        state.path().display(),
+        arbiter.addr()
     ))
     .await;
     traffic(&edge, 3, Some(KEY)).await;
@@ -240,6 +249,30 @@ async fn every_dashboard_query_names_an_exported_metric() {
         traffic(&edge, 1, Some(KEY)).await;
         sent += 1;
     }
+    // The arbiter puts `a` (the only engine left) into shedding: the edge sheds a request.
+    a.set_pressure(okome::sim::Pressure {
+        extra_waiting: 40,
+        ..Default::default()
+    });
+    let mut tries = 0;
+    while edge.metric("okome_shed_total", &[]).await < 1.0 {
+        assert!(tries < 100, "the edge never shed:\n{}", edge.log_text());
+        // Not `traffic()`: this request is meant to be refused.
+        let body = chat("Qwen/Qwen3-8B", 2);
+        let req = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nAuthorization: Bearer {KEY}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        raw(edge.addr, req.as_bytes()).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tries += 1;
+    }
+    let arbiter_text = reqwest::get(format!("http://{}/metrics", arbiter.addr()))
+        .await
+        .expect("arbiter metrics")
+        .text()
+        .await
+        .expect("text");
     let edge_text = reqwest::get(edge.admin_url("/metrics"))
         .await
         .expect("edge metrics")
@@ -254,6 +287,7 @@ async fn every_dashboard_query_names_an_exported_metric() {
         .expect("text");
     let mut exported = names(&edge_text);
     exported.extend(names(&ctl_text));
+    exported.extend(names(&arbiter_text));
 
     let mut queries = Vec::new();
     dashboard_queries(&dash, "", &mut queries);

@@ -218,7 +218,7 @@ panels += [
 advance()
 
 # ---------------------------------------------------------------------------------------------
-panels.append(row("Arbiter (lands with the arbiter issue)"))
+panels.append(row("Arbiter"))
 state_map = [{"type": "value", "options": {
     "0": {"text": "ok", "color": "green", "index": 0},
     "1": {"text": "pressured", "color": "yellow", "index": 1},
