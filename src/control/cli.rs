@@ -72,25 +72,9 @@ fn serve(config: &std::path::Path) -> Result<(), ControlError> {
                 context: format!("cannot listen on {listen}"),
                 source,
             })?;
-        wait_for_signal().await;
+        crate::runtime::shutdown_signal().await;
         log::info!("control plane stopping");
         handle.shutdown().await;
         Ok(())
     })
-}
-
-/// Ctrl-C, or SIGTERM on Unix (what systemd sends).
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

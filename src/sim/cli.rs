@@ -165,7 +165,7 @@ pub fn run(args: SimArgs) -> Result<(), SimError> {
             println!("okome sim: {} listening on http://{}", h.kind(), h.addr());
             handles.push(h);
         }
-        let _ = tokio::signal::ctrl_c().await;
+        crate::runtime::shutdown_signal().await;
         for h in &handles {
             h.shutdown();
         }
