@@ -1,33 +1,8 @@
 //! The arbiter's errors: every config message names the file, line and key, with numbers.
 
-use std::fmt;
 use std::path::PathBuf;
 
-/// One thing wrong with `arbiter.yaml` or its plan.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The file the problem is in.
-    pub file: PathBuf,
-    /// 1-based line in that file (1 when the key was defaulted).
-    pub line: u64,
-    /// Dotted path of the key, e.g. `engines[1].budget`.
-    pub key: String,
-    /// What is wrong, with the numbers that do not fit.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}: {}: {}",
-            self.file.display(),
-            self.line,
-            self.key,
-            self.message
-        )
-    }
-}
+pub use crate::config::LocatedProblem as Problem;
 
 /// Why the arbiter could not load, plan or serve.
 #[derive(Debug, thiserror::Error)]

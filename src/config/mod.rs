@@ -3,9 +3,11 @@
 //! Parsing reports the file, line and key of each problem; [`load`] also runs the semantic
 //! checks of [`validate`] (unknown pools, duplicate names, impossible limits).
 
+mod problem;
 mod units;
 pub mod validate;
 
+pub use problem::LocatedProblem;
 pub use units::{ByteSize, Dur};
 
 use serde::Deserialize;

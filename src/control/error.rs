@@ -1,33 +1,8 @@
 //! The control plane's errors: every message an operator sees names the file, line and key.
 
-use std::fmt;
 use std::path::PathBuf;
 
-/// One thing wrong with `control.yaml` or its keys file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The file the problem is in.
-    pub file: PathBuf,
-    /// 1-based line in that file.
-    pub line: u64,
-    /// Dotted path of the key, e.g. `keys[2].tenant`.
-    pub key: String,
-    /// What is wrong, in words an operator can act on.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}: {}: {}",
-            self.file.display(),
-            self.line,
-            self.key,
-            self.message
-        )
-    }
-}
+pub use crate::config::LocatedProblem as Problem;
 
 /// Why the control plane could not load, reload, serve or add a key.
 #[derive(Debug, thiserror::Error)]
