@@ -37,6 +37,7 @@ for b in "$OKOME" "$LOAD" "$REPORT"; do
   [ -x "$b" ] || { echo "missing $b: cargo build --release -p okome -p okome-benchmarks" >&2; exit 2; }
 done
 ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+FDS=$(ulimit -n)
 
 if [ "$SMOKE" = 1 ]; then
   ROUNDS=1
@@ -44,7 +45,7 @@ if [ "$SMOKE" = 1 ]; then
   : "${C_CONC:=4}" "${C_SECS:=1}" "${D_STREAMS:=4}" "${D_SECS:=1}" "${A_RAMP:=100ms}" "${B_RAMP:=200ms}"
   [ -n "$CONTENDERS" ] || CONTENDERS=direct,okome
 else
-  : "${A_STREAMS:=1000}" "${A_TOKENS:=200}" "${A_TPS:=50}" "${B_SIZES:=1000 4000 10000}" "${B_TOKENS:=10}" "${B_TPS:=1}"
+  : "${A_STREAMS:=1000}" "${A_TOKENS:=200}" "${A_TPS:=50}" "${B_SIZES:=1000 4000 9000}" "${B_TOKENS:=10}" "${B_TPS:=1}"
   : "${C_CONC:=64}" "${C_SECS:=5}" "${D_STREAMS:=100}" "${D_SECS:=5}" "${A_RAMP:=1s}" "${B_RAMP:=3s}"
   [ -n "$CONTENDERS" ] || CONTENDERS=direct,okome,nginx,haproxy,litellm
 fi
@@ -60,6 +61,7 @@ for c in nginx haproxy litellm; do
 done
 
 NOTES+=("Load average when the run started: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs; anything else running on the machine shows up in every contender's numbers alike (rounds are interleaved).")
+[ "$FDS" -lt 25000 ] && NOTES+=("Open files limited to $FDS per process (hard limit, not raisable here): a proxy holds 2 descriptors per stream, so workload b stops at ${B_SIZES##* } streams, not 10,000.")
 WORK=$(mktemp -d)
 RAW=$WORK/raw; mkdir -p "$RAW" "$OUT"
 : > "$RAW/runs.jsonl"
@@ -124,7 +126,7 @@ start_all() { # sim flags...
   fi
   if has litellm && [ "${LITELLM_THIS:-1}" = 1 ]; then
     fill litellm.yaml $SIM "${ADDR[litellm]}"
-    LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_LOG=ERROR litellm --config "$WORK/litellm.yaml" \
+    LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_LOG=ERROR LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY=true litellm --config "$WORK/litellm.yaml" \
       --host 127.0.0.1 --port "${ADDR[litellm]#*:}" --num_workers "$WORKERS" > "$WORK/litellm.log" 2>&1 &
     PID[litellm]=$!; PIDS+=($!)
     wait_port "${ADDR[litellm]}" || { NOTES+=("LiteLLM did not start: see its log."); tail -5 "$WORK/litellm.log" >&2; }
@@ -277,6 +279,6 @@ jq -n -c \
   --argjson notes "$notes_json" \
   '{date:$date, commit:$commit, machine:$machine, kernel:$kernel, workers:$workers, rounds:$rounds, versions:$versions, mode:$mode, a_desc:$a_desc, b_desc:$b_desc, c_desc:$c_desc, d_desc:$d_desc, e_desc:$e_desc, notes:$notes}' \
   > "$RAW/meta.json"
-cp "$RAW/runs.jsonl" "$OUT/runs.jsonl"
+cp "$RAW/runs.jsonl" "$RAW/meta.json" "$OUT/"
 "$REPORT" "$RAW" "$OUT"
 echo "wrote $OUT/RESULTS.md and plots" >&2

@@ -140,6 +140,8 @@ fn markdown(meta: &Value, runs: &Runs) -> String {
          (lower is better for times and memory, higher for rates).\n"
     );
 
+    goals(&mut s, runs);
+
     // a. 1,000 concurrent streams.
     let w = "a";
     let _ = writeln!(
@@ -303,6 +305,97 @@ fn markdown(meta: &Value, runs: &Runs) -> String {
     let _ = writeln!(s, "## e. Shedding\n\n{}\n", m("e_desc"));
     let _ = writeln!(s, "## Raw\n\nEvery run: `runs.jsonl` next to this file.");
     s
+}
+
+/// The issue's goals for okome, each met or missed with its figure.
+fn goals(s: &mut String, runs: &Runs) {
+    let _ = writeln!(
+        s,
+        "## Goals (okome)\n\n| goal | figure | met |\n|---|---|---|"
+    );
+    let mut row = |goal: &str, fig: Option<f64>, unit: &str, ok: Option<bool>| {
+        let _ = writeln!(
+            s,
+            "| {goal} | {}{unit} | {} |",
+            f(fig, 2),
+            match ok {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "not measured",
+            }
+        );
+    };
+    let t = added(runs, "a", "okome", "load.ttft_ms.p99");
+    row(
+        "added TTFT p99 ≤ 1 ms (workload a)",
+        t,
+        " ms",
+        t.map(|v| v <= 1.0),
+    );
+    let g = added(runs, "a", "okome", "load.gap_ms.p99");
+    row(
+        "added gap p99 ≤ 0.5 ms (workload a)",
+        g,
+        " ms",
+        g.map(|v| v <= 0.5),
+    );
+    let top = runs
+        .iter()
+        .filter(|r| r["w"] == "b")
+        .filter_map(|r| r["streams"].as_i64())
+        .max();
+    let per = |c: &str| {
+        median(
+            of(runs, "b", c)
+                .filter(|r| r["streams"].as_i64() == top)
+                .filter_map(|r| {
+                    Some((get(r, "rss_peak_kb")? - get(r, "rss_base_kb")?) / get(r, "streams")?)
+                })
+                .collect(),
+        )
+    };
+    let (o, n) = (per("okome"), per("nginx"));
+    row(
+        "memory per stream ≤ nginx's (workload b, largest size; okome / nginx)",
+        o.zip(n).map(|(o, n)| o / n),
+        "×",
+        o.zip(n).map(|(o, n)| o <= n),
+    );
+    let (o, n) = (
+        med(runs, "c", "okome", "load.rps"),
+        med(runs, "c", "nginx", "load.rps"),
+    );
+    row(
+        "requests/s ≥ nginx's (workload c; okome / nginx)",
+        o.zip(n).map(|(o, n)| o / n),
+        "×",
+        o.zip(n).map(|(o, n)| o >= n),
+    );
+    let (o, n) = (
+        med(runs, "d", "okome", "load.tokens_per_sec"),
+        med(runs, "d", "nginx", "load.tokens_per_sec"),
+    );
+    row(
+        "tokens/s on one worker ≥ nginx's (workload d; okome / nginx)",
+        o.zip(n).map(|(o, n)| o / n),
+        "×",
+        o.zip(n).map(|(o, n)| o >= n),
+    );
+    let cpu = |c: &str| {
+        median(
+            of(runs, "d", c)
+                .filter_map(|r| Some(get(r, "cpu_s")? / get(r, "load.tokens")? * 1e6))
+                .collect(),
+        )
+    };
+    let (o, n) = (cpu("okome"), cpu("nginx"));
+    row(
+        "CPU per token ≤ nginx's (workload d, CPU s per 1M tokens; okome / nginx)",
+        o.zip(n).map(|(o, n)| o / n),
+        "×",
+        o.zip(n).map(|(o, n)| o <= n),
+    );
+    let _ = writeln!(s);
 }
 
 fn plot_cdf(
