@@ -1,24 +1,30 @@
-//! `okome-load`: a closed-loop streaming load generator.
+//! `okome-load`: a streaming load generator over raw HTTP/1.1.
 //!
-//! N connections each send requests back to back over raw HTTP/1.1 and time, per stream, the
-//! first token (TTFT) and every gap between token events (SSE `data:` lines or NDJSON lines) as
-//! they arrive on the socket. Prints percentiles as JSON. Run it against an engine directly and
-//! through the edge to see what the proxy adds.
+//! Closed loop (default): `--concurrency` connections each send `--requests` streamed requests
+//! back to back (or until `--duration`). Open loop: `--rate` new streams per second for
+//! `--duration`, each on its own tokio task, whatever the server's speed. Every stream is timed
+//! as its bytes arrive on the socket: TTFT (request written → first token line), every gap
+//! between token lines (SSE `data: {` lines or NDJSON `{` lines), per-stream jitter (standard
+//! deviation of that stream's gaps) and total time, into HDR histograms. Prints one JSON object;
+//! `--cdf` adds percentile curves for plots. One process holds tens of thousands of streams
+//! (one task each; `--source-ips` spreads client sockets over 127.0.0.x to avoid running out of
+//! ephemeral ports).
 
 use clap::Parser;
 use hdrhistogram::Histogram;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Mutex;
 
-/// Closed-loop streaming load: TTFT and inter-token gaps as the client sees them.
+/// Streaming load: TTFT, inter-token gaps, jitter and total time as the client sees them.
 #[derive(Parser, Debug)]
 #[command(name = "okome-load", version, about)]
 struct Args {
-    /// Target `IP:PORT` (the engine itself, or the edge).
+    /// Target `IP:PORT` (the engine itself, or a proxy).
     #[arg(long)]
     target: SocketAddr,
     /// Request path.
@@ -30,24 +36,99 @@ struct Args {
         default_value = r#"{"model":"Qwen/Qwen3-8B","stream":true,"max_tokens":50,"messages":[{"role":"user","content":"hello"}]}"#
     )]
     body: String,
-    /// Concurrent connections.
+    /// Concurrent connections (closed loop).
     #[arg(long, default_value_t = 10)]
     concurrency: usize,
-    /// Requests per connection.
+    /// Requests per connection (closed loop; ignored when `--duration` is set).
     #[arg(long, default_value_t = 10)]
     requests: usize,
     /// Extra request header, `Name: value` (repeatable), e.g. an API key.
     #[arg(long = "header", value_name = "HEADER")]
     headers: Vec<String>,
+    /// Open loop: start this many streams per second (for `--duration`), each on its own task.
+    #[arg(long, value_name = "PER_SEC")]
+    rate: Option<f64>,
+    /// Run for this long (open loop: arrivals stop then and running streams finish; closed
+    /// loop: connections stop starting new requests), e.g. `10s`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Spread the closed-loop connections' first requests over this long (avoids a SYN flood
+    /// against listen backlogs at 10,000 streams), e.g. `2s`.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    ramp: Duration,
+    /// Stream framing to count tokens in: `sse` (`data: {` lines), `ndjson` (`{` lines), or
+    /// `auto` (both).
+    #[arg(long, default_value = "auto")]
+    format: Format,
+    /// Bind client sockets to 127.0.0.2 .. 127.0.0.(1+N), round robin (0: let the kernel pick).
+    #[arg(long, default_value_t = 0)]
+    source_ips: u8,
+    /// Add percentile curves (`ttft_cdf`, `gap_cdf`: `[percentile, ms]` pairs) to the output.
+    #[arg(long)]
+    cdf: bool,
+    /// Print the first failures' messages to stderr (at most this many).
+    #[arg(long, default_value_t = 5)]
+    show_errors: u64,
 }
 
-#[derive(Default)]
-struct Totals {
-    ttft: Option<Histogram<u64>>,
-    gaps: Option<Histogram<u64>>,
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Format {
+    Auto,
+    Sse,
+    Ndjson,
+}
+
+/// Per-task histograms and counters, merged at the end.
+struct Stats {
+    ttft: Histogram<u64>,
+    gaps: Histogram<u64>,
+    jitter: Histogram<u64>,
+    total: Histogram<u64>,
     streams: u64,
     errors: u64,
     tokens: u64,
+    bytes: u64,
+}
+
+impl Stats {
+    fn new() -> Self {
+        Self {
+            ttft: hist(),
+            gaps: hist(),
+            jitter: hist(),
+            total: hist(),
+            streams: 0,
+            errors: 0,
+            tokens: 0,
+            bytes: 0,
+        }
+    }
+
+    fn record(&mut self, s: &StreamTimes) {
+        self.streams += 1;
+        self.tokens += s.tokens;
+        self.bytes += s.bytes;
+        let _ = self.ttft.record(us(s.ttft));
+        let _ = self.total.record(us(s.total));
+        if s.gap_n > 0 {
+            let _ = self.jitter.record(s.jitter_us().round().max(1.0) as u64);
+        }
+    }
+
+    fn merge(&mut self, o: &Stats) {
+        let _ = self.ttft.add(&o.ttft);
+        let _ = self.gaps.add(&o.gaps);
+        let _ = self.jitter.add(&o.jitter);
+        let _ = self.total.add(&o.total);
+        self.streams += o.streams;
+        self.errors += o.errors;
+        self.tokens += o.tokens;
+        self.bytes += o.bytes;
+    }
+}
+
+fn us(d: Duration) -> u64 {
+    (d.as_micros() as u64).clamp(1, 100_000_000)
 }
 
 fn hist() -> Histogram<u64> {
@@ -55,101 +136,201 @@ fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000, 3).unwrap_or_else(|_| unreachable!())
 }
 
-#[tokio::main]
-async fn main() {
-    let args = Arc::new(Args::parse());
-    let totals = Arc::new(Mutex::new(Totals {
-        ttft: Some(hist()),
-        gaps: Some(hist()),
-        ..Totals::default()
-    }));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
-        let (args, totals) = (args.clone(), totals.clone());
-        tasks.push(tokio::spawn(async move {
-            let (mut ttft, mut gaps) = (hist(), hist());
-            let (mut ok, mut err, mut toks) = (0u64, 0u64, 0u64);
-            for _ in 0..args.requests {
-                match one(&args).await {
-                    Ok((t, g)) => {
-                        ok += 1;
-                        toks += g.len() as u64 + 1;
-                        let _ = ttft.record(t.as_micros() as u64);
-                        for gap in g {
-                            let _ = gaps.record(gap.as_micros().max(1) as u64);
-                        }
-                    }
-                    Err(e) => {
-                        err += 1;
-                        eprintln!("request failed: {e}");
-                    }
-                }
-            }
-            let mut t = totals.lock().await;
-            if let Some(h) = t.ttft.as_mut() {
-                let _ = h.add(&ttft);
-            }
-            if let Some(h) = t.gaps.as_mut() {
-                let _ = h.add(&gaps);
-            }
-            t.streams += ok;
-            t.errors += err;
-            t.tokens += toks;
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let t = totals.lock().await;
-    let pct = |h: &Option<Histogram<u64>>, q: f64| {
-        h.as_ref()
-            .map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1e3)
-    };
-    let out = serde_json::json!({
-        "target": args.target.to_string(),
-        "concurrency": args.concurrency,
-        "streams": t.streams,
-        "errors": t.errors,
-        "tokens": t.tokens,
-        "seconds": started.elapsed().as_secs_f64(),
-        "ttft_ms": {"p50": pct(&t.ttft, 0.5), "p90": pct(&t.ttft, 0.9), "p99": pct(&t.ttft, 0.99), "max": pct(&t.ttft, 1.0)},
-        "gap_ms": {"p50": pct(&t.gaps, 0.5), "p90": pct(&t.gaps, 0.9), "p99": pct(&t.gaps, 0.99), "max": pct(&t.gaps, 1.0)},
-    });
-    println!("{out}");
+/// What one stream measured.
+struct StreamTimes {
+    ttft: Duration,
+    total: Duration,
+    tokens: u64,
+    bytes: u64,
+    gap_n: u64,
+    gap_sum: f64,
+    gap_sq: f64,
 }
 
-/// One streamed request on a fresh connection; returns TTFT and the gaps between token lines.
-async fn one(args: &Args) -> std::io::Result<(Duration, Vec<Duration>)> {
-    let mut s = TcpStream::connect(args.target).await?;
-    s.set_nodelay(true)?;
+impl StreamTimes {
+    /// Standard deviation of this stream's gaps, in microseconds.
+    fn jitter_us(&self) -> f64 {
+        let n = self.gap_n as f64;
+        let mean = self.gap_sum / n;
+        (self.gap_sq / n - mean * mean).max(0.0).sqrt()
+    }
+}
+
+struct Shared {
+    args: Args,
+    request: Vec<u8>,
+    next_ip: AtomicUsize,
+    errors_shown: AtomicU64,
+    totals: Mutex<Stats>,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
     let extra: String = args.headers.iter().map(|h| format!("{h}\r\n")).collect();
-    let req = format!(
+    let request = format!(
         "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{}",
         args.path,
         args.target,
         args.body.len(),
         args.body
-    );
+    )
+    .into_bytes();
+    let sh = Arc::new(Shared {
+        args,
+        request,
+        next_ip: AtomicUsize::new(0),
+        errors_shown: AtomicU64::new(0),
+        totals: Mutex::new(Stats::new()),
+    });
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let mut peak = 0usize;
+    if let Some(rate) = sh.args.rate {
+        // Open loop: arrivals on a fixed schedule, independent of completions.
+        let dur = sh.args.duration.unwrap_or(Duration::from_secs(10));
+        let n = (rate * dur.as_secs_f64()).round() as u64;
+        let live = Arc::new(AtomicUsize::new(0));
+        for i in 0..n {
+            let at = started + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(at.into()).await;
+            let (sh, live) = (sh.clone(), live.clone());
+            peak = peak.max(live.fetch_add(1, Ordering::Relaxed) + 1);
+            tasks.push(tokio::spawn(async move {
+                let mut st = Stats::new();
+                one_recorded(&sh, &mut st).await;
+                live.fetch_sub(1, Ordering::Relaxed);
+                sh.totals.lock().await.merge(&st);
+            }));
+        }
+    } else {
+        let c = sh.args.concurrency.max(1);
+        peak = c;
+        for i in 0..c {
+            let sh = sh.clone();
+            let delay = sh.args.ramp.mul_f64(i as f64 / c as f64);
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let mut st = Stats::new();
+                let mut done = 0usize;
+                loop {
+                    match sh.args.duration {
+                        Some(d) if started.elapsed() >= d => break,
+                        None if done >= sh.args.requests => break,
+                        _ => {}
+                    }
+                    one_recorded(&sh, &mut st).await;
+                    done += 1;
+                }
+                sh.totals.lock().await.merge(&st);
+            }));
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let t = sh.totals.lock().await;
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
+    let summary = |h: &Histogram<u64>| {
+        serde_json::json!({"p50": ms(h, 0.5), "p90": ms(h, 0.9), "p99": ms(h, 0.99),
+            "p999": ms(h, 0.999), "max": ms(h, 1.0), "mean": h.mean() / 1e3, "count": h.len()})
+    };
+    let mut out = serde_json::json!({
+        "target": sh.args.target.to_string(),
+        "mode": if sh.args.rate.is_some() { "open" } else { "closed" },
+        "concurrency": sh.args.concurrency,
+        "rate": sh.args.rate,
+        "peak_streams": peak,
+        "streams": t.streams,
+        "errors": t.errors,
+        "tokens": t.tokens,
+        "bytes": t.bytes,
+        "seconds": secs,
+        "tokens_per_sec": t.tokens as f64 / secs,
+        "ttft_ms": summary(&t.ttft),
+        "gap_ms": summary(&t.gaps),
+        "jitter_ms": summary(&t.jitter),
+        "total_ms": summary(&t.total),
+    });
+    if sh.args.cdf {
+        let curve = |h: &Histogram<u64>| {
+            let qs = [
+                0.0, 1.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 97.5,
+                99.0, 99.5, 99.9, 99.99, 100.0,
+            ];
+            qs.iter()
+                .map(|q| serde_json::json!([q, ms(h, q / 100.0)]))
+                .collect::<Vec<_>>()
+        };
+        out["ttft_cdf"] = serde_json::json!(curve(&t.ttft));
+        out["gap_cdf"] = serde_json::json!(curve(&t.gaps));
+    }
+    println!("{out}");
+}
+
+async fn one_recorded(sh: &Shared, st: &mut Stats) {
+    match one(sh, &mut st.gaps).await {
+        Ok(s) => st.record(&s),
+        Err(e) => {
+            st.errors += 1;
+            if sh.errors_shown.fetch_add(1, Ordering::Relaxed) < sh.args.show_errors {
+                eprintln!("request failed: {e}");
+            }
+        }
+    }
+}
+
+async fn connect(sh: &Shared) -> std::io::Result<TcpStream> {
+    if sh.args.source_ips == 0 || !sh.args.target.is_ipv4() {
+        return TcpStream::connect(sh.args.target).await;
+    }
+    let i = sh.next_ip.fetch_add(1, Ordering::Relaxed) % sh.args.source_ips as usize;
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8)),
+        0,
+    ))?;
+    sock.connect(sh.args.target).await
+}
+
+/// One streamed request on a fresh connection; gaps go straight into `gaps`.
+async fn one(sh: &Shared, gaps: &mut Histogram<u64>) -> std::io::Result<StreamTimes> {
+    let mut s = connect(sh).await?;
+    s.set_nodelay(true)?;
     let start = Instant::now();
-    s.write_all(req.as_bytes()).await?;
-    let mut buf = vec![0u8; 64 * 1024];
+    s.write_all(&sh.request).await?;
+    // Small buffer: a stream's chunks are small, and 10,000 streams must fit in memory.
+    let mut buf = vec![0u8; 8 * 1024];
     let mut carry: Vec<u8> = Vec::new();
     let mut last: Option<Instant> = None;
-    let mut ttft = None;
-    let mut gaps = Vec::new();
+    let mut st = StreamTimes {
+        ttft: Duration::ZERO,
+        total: Duration::ZERO,
+        tokens: 0,
+        bytes: 0,
+        gap_n: 0,
+        gap_sum: 0.0,
+        gap_sq: 0.0,
+    };
     let mut in_body = false;
+    let (sse, ndjson) = match sh.args.format {
+        Format::Auto => (true, true),
+        Format::Sse => (true, false),
+        Format::Ndjson => (false, true),
+    };
     loop {
         let n = s.read(&mut buf).await?;
         if n == 0 {
             break;
         }
         let now = Instant::now();
+        st.bytes += n as u64;
         carry.extend_from_slice(&buf[..n]);
         if !in_body {
             match memchr::memmem::find(&carry, b"\r\n\r\n") {
                 Some(p) => {
-                    if !carry.starts_with(b"HTTP/1.1 200") {
+                    if !carry.starts_with(b"HTTP/1.1 200") && !carry.starts_with(b"HTTP/1.0 200") {
                         return Err(std::io::Error::other(
                             String::from_utf8_lossy(&carry[..p]).to_string(),
                         ));
@@ -165,18 +346,30 @@ async fn one(args: &Args) -> std::io::Result<(Duration, Vec<Duration>)> {
         while let Some(nl) = memchr::memchr(b'\n', &carry[consumed..]) {
             let line = &carry[consumed..consumed + nl];
             consumed += nl + 1;
-            let token = (line.starts_with(b"data: {") && !line.starts_with(b"data: {\"error\""))
-                || line.starts_with(b"{\"model\"");
+            let token =
+                (sse && line.starts_with(b"data: {") && !line.starts_with(b"data: {\"error\""))
+                    || (ndjson && line.starts_with(b"{") && !line.starts_with(b"{\"error\""));
             if token {
+                st.tokens += 1;
                 match last {
-                    None => ttft = Some(now - start),
-                    Some(prev) => gaps.push(now - prev),
+                    None => st.ttft = now - start,
+                    Some(prev) => {
+                        let g = now - prev;
+                        let _ = gaps.record(us(g));
+                        let g = g.as_secs_f64() * 1e6;
+                        st.gap_n += 1;
+                        st.gap_sum += g;
+                        st.gap_sq += g * g;
+                    }
                 }
                 last = Some(now);
             }
         }
         carry.drain(..consumed);
     }
-    let ttft = ttft.ok_or_else(|| std::io::Error::other("no token in the response"))?;
-    Ok((ttft, gaps))
+    if st.tokens == 0 {
+        return Err(std::io::Error::other("no token in the response"));
+    }
+    st.total = start.elapsed();
+    Ok(st)
 }
