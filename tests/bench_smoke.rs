@@ -76,7 +76,11 @@ fn compare_smoke_runs_every_workload() {
             assert!(!sel.is_empty(), "no {w}/{c} run:\n{log}");
             for r in sel {
                 let l = &r["load"];
-                assert_eq!(l["errors"].as_f64(), Some(0.0), "{w}/{c} errors: {r}\n{log}");
+                assert_eq!(
+                    l["errors"].as_f64(),
+                    Some(0.0),
+                    "{w}/{c} errors: {r}\n{log}"
+                );
                 if w == "c" {
                     assert!(l["rps"].as_f64().unwrap_or(0.0) > 0.0, "{w}/{c}: {r}");
                 } else {

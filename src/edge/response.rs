@@ -45,6 +45,9 @@ pub fn on_upstream_header(
 /// `response_filter`: start the stream tap when the answer is a token stream.
 pub fn on_response_header(edge: &Edge, resp: &ResponseHeader, ctx: &mut RequestCtx) {
     ctx.status = resp.status.as_u16();
+    // The response is about to reach the client: no more retries, so the pre-read request body
+    // (megabytes for a long prompt) need not live as long as the stream.
+    ctx.body = None;
     let ct = resp
         .headers
         .get(http::header::CONTENT_TYPE)
