@@ -7,7 +7,11 @@ use crate::metrics::Metrics;
 use crate::upstream::{health, Upstreams};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use std::net::SocketAddr;
+
+/// Read buffer per client connection (Pingora's default is 64 KiB).
+const CLIENT_READ_BUFFER: usize = 4 * 1024;
 use std::sync::Arc;
 
 /// Why the edge could not start.
@@ -111,7 +115,12 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
     edge.arbiters = arbiters;
     let mut svc = pingora_proxy::http_proxy_service(&server.configuration, edge);
     for l in &cfg.listeners.value {
-        svc.add_tcp(&l.address.to_string());
+        // Pingora buffers 64 KiB of reads per client connection for TLS's sake; a plaintext token
+        // stream holds its connection for minutes and reads only the request, so that buffer was
+        // most of the edge's memory per stream. Larger reads (request bodies) bypass it.
+        svc.add_listener(
+            ListenerConfig::tcp(l.address.to_string()).l4_buffer(L4BufferSettings::default().read(CLIENT_READ_BUFFER)),
+        );
         log::info!(
             "edge listening on {} ({} worker threads)",
             l.address,
