@@ -8,7 +8,7 @@
 #   benchmarks/compare.sh --smoke --out /tmp/smoke       # seconds; direct + okome only (CI)
 #
 # Options: --smoke, --out DIR (default benchmarks/), --rounds N (default 3), --workers N (worker
-# processes / threads for every proxy, default 1), --only a,b,c,d, --contenders LIST.
+# processes / threads for every proxy, default 1), --only a,b,c,d,e, --contenders LIST.
 # Environment: OKOME_BIN, LOAD_BIN, REPORT_BIN override the binaries (default
 # $CARGO_TARGET_DIR/release or target/release); sizes: A_STREAMS, A_TOKENS, B_SIZES, B_TOKENS,
 # C_CONC, C_SECS, D_STREAMS, D_SECS, A_RAMP, B_RAMP, LITELLM_A_STREAMS. Needs jq and curl.
@@ -20,7 +20,7 @@ LOAD=${LOAD_BIN:-$TARGET/release/okome-load}
 REPORT=${REPORT_BIN:-$TARGET/release/okome-report}
 CONF=$ROOT/benchmarks/conf
 OUT=$ROOT/benchmarks
-ROUNDS=3; WORKERS=1; SMOKE=0; ONLY=a,b,c,d; CONTENDERS=""
+ROUNDS=3; WORKERS=1; SMOKE=0; ONLY=a,b,c,d,e; CONTENDERS=""
 while [ $# -gt 0 ]; do
   case $1 in
     --smoke) SMOKE=1 ;;
@@ -258,11 +258,18 @@ if want d; then
   stop_all; WORKERS=$WORKERS_SAVED
 fi
 
+# --- e. shedding (okome only) -------------------------------------------------------------------
+E_DESC="Not measured in this run (okome not among the contenders, smoke mode, or wrk missing)."
+if want e && has okome && [ "$SMOKE" = 0 ] && command -v wrk >/dev/null; then
+  E_OUT=$(OKOME_BIN="$OKOME" bash "$ROOT/benchmarks/shed_rate.sh" 5 64 2>/dev/null | grep -v '^\[' || true)
+  E_DESC=$(printf 'okome only (benchmarks/shed_rate.sh): a real `okome arbiter` marks the only pool shedding (the simulated vLLM reports a queue of 40); the edge, 1 worker, answers 503 with Retry-After; wrk, 64 connections, 5 s.\n\n```\n%s\n```' "$E_OUT")
+fi
+
 # --- meta and report --------------------------------------------------------------------------
 notes_json=$(printf '%s\n' "${NOTES[@]:-}" | jq -R . | jq -s -c 'map(select(length > 0))')
 vers="okome $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo ?)"
 command -v nginx >/dev/null && vers="$vers; $(nginx -v 2>&1 | sed 's/.*: //')"
-command -v haproxy >/dev/null && vers="$vers; HAProxy $(haproxy -v | head -1 | awk '{print $3}')"
+command -v haproxy >/dev/null && vers="$vers; HAProxy $(haproxy -v 2>/dev/null | awk 'NR == 1 {print $3}')"
 command -v litellm >/dev/null && vers="$vers; LiteLLM $(pip show litellm 2>/dev/null | awk '/^Version/ {print $2}')"
 jq -n -c \
   --arg date "$(date -u +%Y-%m-%dT%H:%MZ)" \
@@ -275,7 +282,7 @@ jq -n -c \
   --arg b_desc "Closed loop, $B_SIZES concurrent streams (ramped over $B_RAMP), $B_TOKENS tokens at $B_TPS token/s each: long-lived, mostly idle streams." \
   --arg c_desc "Non-streaming POST /v1/chat/completions, max_tokens 1, engine prefill 0, fixed concurrency $C_CONC." \
   --arg d_desc "$D_STREAMS closed-loop streams of 2000 tokens each, engine as fast as it goes, ${D_SECS}s per run, every proxy on one worker. tokens/s counts SSE events delivered to the client; the engine on the other core is the ceiling (see direct)." \
-  --arg e_desc "Not measured: the arbiter-driven shedding workload needs a pool marked shedding, which this harness does not drive yet." \
+  --arg e_desc "$E_DESC" \
   --argjson notes "$notes_json" \
   '{date:$date, commit:$commit, machine:$machine, kernel:$kernel, workers:$workers, rounds:$rounds, versions:$versions, mode:$mode, a_desc:$a_desc, b_desc:$b_desc, c_desc:$c_desc, d_desc:$d_desc, e_desc:$e_desc, notes:$notes}' \
   > "$RAW/meta.json"
