@@ -99,34 +99,37 @@ pub fn finish(
         }
     }
 
-    let stats = ctx.tap.as_ref().map(|t| &t.stats);
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-    let line = AccessLine {
-        method,
-        path,
-        status,
-        route,
-        pool,
-        backend,
-        model: ctx.model.as_deref(),
-        tenant: ctx.effects.tenant.as_deref().map(|t| t.id.as_str()),
-        attempts: ctx.attempts,
-        duration_ms: ms(ctx.start.elapsed()),
-        ttft_ms: stats.and_then(|s| s.ttft()).map(ms),
-        tokens: stats.map(|s| s.tokens()),
-        gap_mean_ms: stats.and_then(|s| s.mean_gap()).map(ms),
-        gap_max_ms: stats.map(|s| ms(s.max_gap())),
-        jitter_ms: stats.and_then(|s| s.jitter()).map(ms),
-        trace_id: ctx
-            .effects
-            .attributes
-            .get(TRACE_ID_ATTRIBUTE)
-            .map(String::as_str),
-        outcome: line_outcome,
-        error: ctx.edge_error.clone().or_else(|| e.map(|e| e.to_string())),
-    };
-    if let Ok(json) = serde_json::to_string(&line) {
-        log::info!(target: "okome::access", "{json}");
+    // Build the line only when the access log is on: serializing it is wasted work otherwise.
+    if log::log_enabled!(target: "okome::access", log::Level::Info) {
+        let stats = ctx.tap.as_ref().map(|t| &t.stats);
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let line = AccessLine {
+            method,
+            path,
+            status,
+            route,
+            pool,
+            backend,
+            model: ctx.model.as_deref(),
+            tenant: ctx.effects.tenant.as_deref().map(|t| t.id.as_str()),
+            attempts: ctx.attempts,
+            duration_ms: ms(ctx.start.elapsed()),
+            ttft_ms: stats.and_then(|s| s.ttft()).map(ms),
+            tokens: stats.map(|s| s.tokens()),
+            gap_mean_ms: stats.and_then(|s| s.mean_gap()).map(ms),
+            gap_max_ms: stats.map(|s| ms(s.max_gap())),
+            jitter_ms: stats.and_then(|s| s.jitter()).map(ms),
+            trace_id: ctx
+                .effects
+                .attributes
+                .get(TRACE_ID_ATTRIBUTE)
+                .map(String::as_str),
+            outcome: line_outcome,
+            error: ctx.edge_error.clone().or_else(|| e.map(|e| e.to_string())),
+        };
+        if let Ok(json) = serde_json::to_string(&line) {
+            log::info!(target: "okome::access", "{json}");
+        }
     }
     // Settle the tenant's token reservation with what was really generated: the tap's count for
     // a stream (cut streams included), nothing for a request that never reached an engine, the

@@ -5,9 +5,9 @@ use super::Edge;
 use crate::config::EdgeConfig;
 use crate::metrics::Metrics;
 use crate::upstream::{health, Upstreams};
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
-use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use std::net::SocketAddr;
 
 /// Read buffer per client connection (Pingora's default is 64 KiB).
@@ -119,7 +119,8 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
         // stream holds its connection for minutes and reads only the request, so that buffer was
         // most of the edge's memory per stream. Larger reads (request bodies) bypass it.
         svc.add_listener(
-            ListenerConfig::tcp(l.address.to_string()).l4_buffer(L4BufferSettings::default().read(CLIENT_READ_BUFFER)),
+            ListenerConfig::tcp(l.address.to_string())
+                .l4_buffer(L4BufferSettings::default().read(CLIENT_READ_BUFFER)),
         );
         log::info!(
             "edge listening on {} ({} worker threads)",
