@@ -176,7 +176,7 @@ fn markdown(meta: &Value, runs: &Runs) -> String {
     }
     let _ = writeln!(
         s,
-        "\nPlots: `ttft_cdf.png`, `gap_cdf.png` (x: percentile 0–100, y: milliseconds, last round; \
+        "\nPlots: `ttft_cdf.png`, `gap_cdf.png` (x: percentile 0–100, y: milliseconds on a log scale from 0.01 ms, grid lines at powers of ten, last round; \
          colours: direct black, okome red, nginx blue, HAProxy green, LiteLLM magenta).\n"
     );
     if let Some(c) = meta["a_cpu"].as_str() {
@@ -398,6 +398,9 @@ fn goals(s: &mut String, runs: &Runs) {
     let _ = writeln!(s);
 }
 
+/// Lowest value on the CDF plots' log axis, in ms (a "0" gap is drawn there).
+const LOG_FLOOR_MS: f64 = 0.01;
+
 fn plot_cdf(
     runs: &Runs,
     w: &str,
@@ -432,9 +435,12 @@ fn plot_cdf(
         .margin(20)
         .x_label_area_size(0)
         .y_label_area_size(0)
-        .build_cartesian_2d(0f64..100f64, 0f64..ymax)?;
+        // Log scale: contenders differ by orders of magnitude (LiteLLM's seconds would flatten
+        // everyone else's milliseconds on a linear axis).
+        .build_cartesian_2d(0f64..100f64, (LOG_FLOOR_MS..ymax).log_scale())?;
     chart.configure_mesh().disable_x_mesh().draw()?;
     for (pts, colour) in curves {
+        let pts = pts.into_iter().map(|(x, y)| (x, y.max(LOG_FLOOR_MS)));
         chart.draw_series(LineSeries::new(pts, colour.stroke_width(3)))?;
     }
     root.present()?;
