@@ -26,6 +26,33 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
+/// Serves `app` on `listener` until `stop` turns true, then cuts every open connection (long-polls
+/// included) as a dying server would; `what` names the server in the log.
+pub fn serve_killable(
+    listener: TcpListener,
+    app: axum::Router,
+    stop: watch::Receiver<bool>,
+    what: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    let addr = listener.local_addr().ok();
+    let listener = KillableListener {
+        inner: listener,
+        stop: stop.clone(),
+    };
+    let mut graceful = stop;
+    tokio::spawn(async move {
+        let shutdown = async move {
+            stopped(&mut graceful).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            log::error!("{what} on {addr:?} stopped: {e}");
+        }
+    })
+}
+
 /// `"V"`: the ETag of version `V`.
 pub fn etag(version: u64) -> HeaderValue {
     // A decimal number in quotes is always a valid header value.

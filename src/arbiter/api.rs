@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use crate::longpoll::MAX_WAIT;
-use crate::longpoll::{error, etag, if_none_match, parse_wait, stopped, KillableListener};
+use crate::longpoll::{error, etag, if_none_match, parse_wait, serve_killable, stopped};
 
 struct ApiState {
     state: watch::Receiver<Arc<ArbiterState>>,
@@ -101,22 +101,7 @@ pub async fn start(cfg: ArbiterConfig, listen: SocketAddr) -> io::Result<Arbiter
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_page))
         .with_state(api);
-    let listener = KillableListener {
-        inner: listener,
-        stop: stop_rx.clone(),
-    };
-    let mut graceful = stop_rx;
-    let api_task = tokio::spawn(async move {
-        let shutdown = async move {
-            stopped(&mut graceful).await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            log::error!("arbiter API on {addr} stopped: {e}");
-        }
-    });
+    let api_task = serve_killable(listener, app, stop_rx, "arbiter API");
     log::info!("arbiter API listening on {addr}");
     Ok(ArbiterHandle {
         addr,

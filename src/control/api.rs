@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use crate::longpoll::MAX_WAIT;
-use crate::longpoll::{error, etag, if_none_match, parse_wait, stopped, KillableListener};
+use crate::longpoll::{error, etag, if_none_match, parse_wait, serve_killable, stopped};
 
 struct ApiState {
     store: Arc<dyn PolicyStore>,
@@ -88,22 +88,7 @@ pub async fn start(store: Arc<dyn PolicyStore>, listen: SocketAddr) -> io::Resul
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_page))
         .with_state(state);
-    let listener = KillableListener {
-        inner: listener,
-        stop: stop_rx.clone(),
-    };
-    let mut graceful = stop_rx;
-    let task = tokio::spawn(async move {
-        let shutdown = async move {
-            stopped(&mut graceful).await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            log::error!("control API on {addr} stopped: {e}");
-        }
-    });
+    let task = serve_killable(listener, app, stop_rx, "control API");
     log::info!("control API listening on {addr}");
     Ok(ControlHandle {
         addr,
