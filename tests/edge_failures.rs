@@ -68,23 +68,6 @@ fn sse_events(body: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Blanks the per-stream ids and timestamps of an OpenAI SSE body (as the relay test does).
-fn norm(b: &[u8]) -> String {
-    let s = String::from_utf8_lossy(b).to_string();
-    let mut out = String::new();
-    for line in s.split_inclusive('\n') {
-        let mut l = line.to_string();
-        if let Some(i) = l.find("\"id\":\"chatcmpl-") {
-            l.replace_range(i + 15..i + 31, "X".repeat(16).as_str());
-        }
-        if let Some(i) = l.find("\"created\":") {
-            l.replace_range(i + 10..i + 20, "0000000000");
-        }
-        out.push_str(&l);
-    }
-    out
-}
-
 /// Waits until the edge's `okome_streams_total{outcome}` reaches `n` (the access-log phase
 /// runs just after the client saw the end of the stream).
 async fn wait_outcome(edge: &EdgeProc, outcome: &str, n: f64) -> f64 {
@@ -622,14 +605,14 @@ async fn vllm_dies_mid_stream_ends_with_a_terminal_sse_error() {
     let s = sim(SimKind::Vllm, |c| c.faults.drop_after_tokens = Some(3)).await;
     let edge = edge_for(&s, "vllm", "").await;
     let body = chat("Qwen/Qwen3-8B", 8);
-    let direct = norm(&body_of(
+    let direct = normalize(&body_of(
         &raw(s.addr(), &post("/v1/chat/completions", &body)).await,
     ));
     assert_eq!(sse_tokens(&direct), 3, "{direct}");
 
     let resp = raw(edge.addr, &post("/v1/chat/completions", &body)).await;
     assert_eq!(status_of(&resp), 200, "{}", String::from_utf8_lossy(&resp));
-    let via = norm(&body_of(&resp));
+    let via = normalize(&body_of(&resp));
     // The tokens that made it, byte for byte, then the edge's terminal error.
     let rest = via
         .strip_prefix(direct.as_str())
@@ -691,14 +674,14 @@ async fn engine_error_event_is_relayed_as_is_and_counted_as_upstream_error() {
     let s = sim(SimKind::Vllm, |c| c.faults.error_after_tokens = Some(3)).await;
     let edge = edge_for(&s, "vllm", "").await;
     let body = chat("Qwen/Qwen3-8B", 8);
-    let direct = norm(&body_of(
+    let direct = normalize(&body_of(
         &raw(s.addr(), &post("/v1/chat/completions", &body)).await,
     ));
     assert_eq!(sse_tokens(&direct), 3, "{direct}");
     assert!(direct.contains("data: {\"error\": "), "{direct}");
     let resp = raw(edge.addr, &post("/v1/chat/completions", &body)).await;
     assert_eq!(status_of(&resp), 200);
-    assert_eq!(norm(&body_of(&resp)), direct);
+    assert_eq!(normalize(&body_of(&resp)), direct);
     assert_eq!(
         wait_outcome(&edge, "upstream_error", 1.0).await,
         1.0,

@@ -261,3 +261,50 @@ pub fn assert_ollama_error(body: &[u8]) {
     assert!(v["error"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     assert_eq!(v.as_object().map(|o| o.len()), Some(1), "{v}");
 }
+
+/// JSON keys whose values differ per request (ids, clocks, measured durations).
+pub const VOLATILE_KEYS: &[&str] = &[
+    "id",
+    "created",
+    "created_at",
+    "total_duration",
+    "load_duration",
+    "prompt_eval_duration",
+    "eval_duration",
+];
+
+/// Replaces the value after each `"key":` of [`VOLATILE_KEYS`] (a string or a number) with a
+/// placeholder; every other byte is kept as is.
+pub fn normalize(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b).to_string();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    'outer: while i < s.len() {
+        for k in VOLATILE_KEYS {
+            let pat = format!("\"{k}\":");
+            if s[i..].starts_with(&pat) {
+                out.push_str(&pat);
+                i += pat.len();
+                let rest = &s[i..];
+                if let Some(r) = rest.strip_prefix('"') {
+                    let end = r.find('"').map_or(rest.len(), |e| e + 2);
+                    out.push_str("\"X\"");
+                    i += end;
+                } else {
+                    let end = rest
+                        .find(|c: char| {
+                            !(c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | 'e' | 'E'))
+                        })
+                        .unwrap_or(rest.len());
+                    out.push('0');
+                    i += end;
+                }
+                continue 'outer;
+            }
+        }
+        let c = s[i..].chars().next().unwrap_or(' ');
+        out.push(c);
+        i += c.len_utf8();
+    }
+    out
+}
