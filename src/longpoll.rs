@@ -53,6 +53,39 @@ pub fn serve_killable(
     })
 }
 
+/// The long-poll query: `?since=V&wait=30s`.
+#[derive(Debug, serde::Deserialize)]
+pub struct LongPollQuery {
+    /// The version the client holds.
+    pub since: Option<u64>,
+    /// How long to wait for a newer one.
+    pub wait: Option<String>,
+}
+
+impl LongPollQuery {
+    /// The wait asked for, capped at [`MAX_WAIT`]; `None` when it is malformed (answer
+    /// [`bad_wait`]).
+    pub fn wait(&self) -> Option<Duration> {
+        match self.wait.as_deref() {
+            None => Some(Duration::ZERO),
+            Some(w) => parse_wait(w).map(|d| d.min(MAX_WAIT)),
+        }
+    }
+
+    /// The version the client holds: `since`, else `If-None-Match`.
+    pub fn known(&self, headers: &HeaderMap) -> Option<u64> {
+        self.since.or_else(|| if_none_match(headers))
+    }
+}
+
+/// The 400 for a malformed `wait`.
+pub fn bad_wait() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "bad wait: write it like \"30s\" or \"500ms\"",
+    )
+}
+
 /// `"V"`: the ETag of version `V`.
 pub fn etag(version: u64) -> HeaderValue {
     // A decimal number in quotes is always a valid header value.

@@ -15,7 +15,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use crate::longpoll::MAX_WAIT;
-use crate::longpoll::{error, etag, if_none_match, parse_wait, serve_killable, stopped};
+use crate::longpoll::{bad_wait, error, etag, serve_killable, stopped, LongPollQuery};
 
 struct ApiState {
     state: watch::Receiver<Arc<ArbiterState>>,
@@ -111,28 +110,16 @@ pub async fn start(cfg: ArbiterConfig, listen: SocketAddr) -> io::Result<Arbiter
     })
 }
 
-#[derive(Debug, Deserialize)]
-struct StateQuery {
-    since: Option<u64>,
-    wait: Option<String>,
-}
-
 async fn state_page(
     State(s): State<Arc<ApiState>>,
-    Query(q): Query<StateQuery>,
+    Query(q): Query<LongPollQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let wait = match q.wait.as_deref().map(parse_wait) {
-        None => Duration::ZERO,
-        Some(Some(d)) => d.min(MAX_WAIT),
-        Some(None) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad wait: write it like \"30s\" or \"500ms\"",
-            )
-        }
+    let wait = match q.wait() {
+        Some(w) => w,
+        None => return bad_wait(),
     };
-    let known = q.since.or_else(|| if_none_match(&headers));
+    let known = q.known(&headers);
     let mut rx = s.state.clone();
     let mut current = rx.borrow_and_update().clone();
     if let Some(known) = known {

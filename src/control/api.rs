@@ -12,7 +12,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use crate::longpoll::MAX_WAIT;
-use crate::longpoll::{error, etag, if_none_match, parse_wait, serve_killable, stopped};
+use crate::longpoll::{bad_wait, error, etag, serve_killable, stopped, LongPollQuery};
 
 struct ApiState {
     store: Arc<dyn PolicyStore>,
@@ -105,29 +104,19 @@ fn count(s: &ApiState, endpoint: &str, status: StatusCode) {
         .inc();
 }
 
-#[derive(Debug, Deserialize)]
-struct SnapshotQuery {
-    since: Option<u64>,
-    wait: Option<String>,
-}
-
 async fn snapshot(
     State(s): State<Arc<ApiState>>,
-    Query(q): Query<SnapshotQuery>,
+    Query(q): Query<LongPollQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let wait = match q.wait.as_deref().map(parse_wait) {
-        None => Duration::ZERO,
-        Some(Some(d)) => d.min(MAX_WAIT),
-        Some(None) => {
+    let wait = match q.wait() {
+        Some(w) => w,
+        None => {
             count(&s, "snapshot", StatusCode::BAD_REQUEST);
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad wait: write it like \"30s\" or \"500ms\"",
-            );
+            return bad_wait();
         }
     };
-    let known = q.since.or_else(|| if_none_match(&headers));
+    let known = q.known(&headers);
     // Subscribe before reading the version, so a publication in between is not missed.
     let mut changes = s.store.watch();
     let mut current = s.store.current();
