@@ -22,8 +22,26 @@ pub enum CheckError {
     Read(String, std::io::Error),
 }
 
-/// Checks one file; returns a one-line summary of what it configures.
-pub fn file(path: &Path) -> Result<String, CheckError> {
+/// What a file that passed configures, and what its operator should know.
+#[derive(Debug)]
+pub struct Report {
+    /// One line: what kind of file, how much it configures.
+    pub summary: String,
+    /// Things that work but are risky (e.g. an unauthenticated control plane API).
+    pub warnings: Vec<String>,
+}
+
+impl From<String> for Report {
+    fn from(summary: String) -> Self {
+        Report {
+            summary,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Checks one file; returns what it configures and any warnings.
+pub fn file(path: &Path) -> Result<Report, CheckError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CheckError::Read(path.display().to_string(), e))?;
     let top = |key: &str| text.lines().any(|l| l.starts_with(key));
@@ -34,27 +52,43 @@ pub fn file(path: &Path) -> Result<String, CheckError> {
         return Ok(format!(
             "arbiter config, {} engine(s); memory plan fits",
             plan.engines.len()
-        ));
+        )
+        .into());
     }
     // A simulator file is the one with a top-level `engines:` list.
     if top("engines:") {
         let f = crate::sim::cli::load_file(path)?;
-        return Ok(format!("simulator config, {} engine(s)", f.engines.len()));
+        return Ok(format!("simulator config, {} engine(s)", f.engines.len()).into());
     }
     // A control plane file is the one with top-level `tenants:`.
     if text.lines().any(|l| l.starts_with("tenants:")) {
         let p = crate::control::ControlPolicy::load(path)?;
-        return Ok(format!(
-            "control plane config, {} tenant(s), {} model route(s)",
-            p.config.tenants.len(),
-            p.config.routes.len()
-        ));
+        let mut warnings = Vec::new();
+        if p.config.api_token.is_none() {
+            warnings.push(
+                "api_token is not set: anyone who can reach the control API can read every tenant, \
+                 its limits and look up keys; set `api_token: { file: control.token }` and give edges \
+                 the same token (`control.token`)"
+                    .to_owned(),
+            );
+        }
+        return Ok(Report {
+            summary: format!(
+                "control plane config, {} tenant(s), {} model route(s)",
+                p.config.tenants.len(),
+                p.config.routes.len()
+            ),
+            warnings,
+        });
     }
     let cfg = crate::config::parse(path, &text)?;
-    Ok(format!(
-        "edge config, {} listener(s), {} pool(s), {} route(s)",
-        cfg.listeners.value.len(),
-        cfg.pools.len(),
-        cfg.routes.value.len()
-    ))
+    Ok(Report {
+        summary: format!(
+            "edge config, {} listener(s), {} pool(s), {} route(s)",
+            cfg.listeners.value.len(),
+            cfg.pools.len(),
+            cfg.routes.value.len()
+        ),
+        warnings: crate::config::validate::warnings(&cfg),
+    })
 }

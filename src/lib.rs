@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod edge;
+pub mod fuzzing;
 pub mod longpoll;
 pub mod metrics;
 pub mod policy;

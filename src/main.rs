@@ -97,6 +97,9 @@ fn run_edge(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    for w in okome::config::validate::warnings(&cfg) {
+        log::warn!("{}: {w}", path.display());
+    }
     let control = match okome::runtime::control() {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
@@ -111,7 +114,12 @@ fn check(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for f in files {
         match okome::check::file(f) {
-            Ok(summary) => println!("{}: ok ({summary})", f.display()),
+            Ok(report) => {
+                for w in &report.warnings {
+                    eprintln!("{}: warning: {w}", f.display());
+                }
+                println!("{}: ok ({})", f.display(), report.summary);
+            }
             Err(e) => {
                 ok = false;
                 eprintln!("{e}");

@@ -757,12 +757,32 @@ async fn ws_tunnel_roundtrip(edge: &EdgeProc, key: &str, msgs: &[Vec<u8>]) {
     }
 }
 
+/// A route opens WebSocket upgrades only when it says `websocket: true`; elsewhere the upgrade
+/// request is an ordinary GET, checked against the route's surface like any other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_upgrade_passes_through_and_relays_bytes_both_ways() {
+async fn websocket_upgrades_need_a_route_that_allows_them() {
     let echo = ws_echo_server().await;
     let edge = start_edge(&one_pool_config(
         &pool("ws", "openai", &[echo]),
         &[("/ws", "ws")],
+    ))
+    .await;
+    let r = raw(
+        edge.addr,
+        b"GET /ws/echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&r), 404, "{}", String::from_utf8_lossy(&r));
+    assert_openai_error(&body_of(&r), "endpoint_not_allowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_passes_through_and_relays_bytes_both_ways() {
+    let echo = ws_echo_server().await;
+    let edge = start_edge(&format!(
+        "{}    websocket: true\n",
+        one_pool_config(&pool("ws", "openai", &[echo]), &[("/ws", "ws")])
     ))
     .await;
 

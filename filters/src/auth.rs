@@ -55,6 +55,10 @@ impl Filter for Auth {
         "auth"
     }
 
+    fn phase(&self) -> crate::Phase {
+        crate::Phase::Headers
+    }
+
     async fn on_request(&self, req: &FilterRequest<'_>, effects: &mut FilterEffects) -> Verdict {
         let Some(key) = presented_key(req.headers) else {
             return unauthorized(

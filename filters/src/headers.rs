@@ -42,6 +42,10 @@ impl Filter for SetHeaders {
         "set_headers"
     }
 
+    fn phase(&self) -> crate::Phase {
+        crate::Phase::Headers
+    }
+
     async fn on_request(&self, _req: &FilterRequest<'_>, effects: &mut FilterEffects) -> Verdict {
         effects.set_headers.extend(self.set.iter().cloned());
         effects.remove_headers.extend(self.remove.iter().cloned());

@@ -1,9 +1,13 @@
 //! Request filters for the okome edge.
 //!
-//! A filter looks at a request after routing has read its body's `"model"` and before a backend
-//! is chosen. It may let it through, change the headers sent upstream, attach attributes for
-//! later filters, or reject it; the edge renders a rejection in the error shape of the API the
-//! client speaks. Filters run in the order a route lists them.
+//! A filter looks at a request before a backend is chosen. It may let it through, change the
+//! headers sent upstream, attach attributes for later filters, or reject it; the edge renders a
+//! rejection in the error shape of the API the client speaks.
+//!
+//! Filters run in two phases ([`Phase`]): header filters (`auth`, `require_header`,
+//! `set_headers`) before the request body is read, so an unauthenticated body is never
+//! buffered; body filters (`policy`, `allow_models`, `ratelimit`) after the body's `"model"` is
+//! known. Within a phase, in the order the route lists them.
 //!
 //! To write a filter: implement [`Filter`], add a variant to [`FilterSpec`] and a line to [`build`].
 
@@ -90,11 +94,34 @@ pub enum Verdict {
     Reject(Rejection),
 }
 
+/// When a filter runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// On the request head, before the body is read (`model` and `max_tokens` are not known).
+    Headers,
+    /// After the body is read and its `"model"` is known.
+    Body,
+}
+
 /// A request filter.
 #[async_trait]
 pub trait Filter: Send + Sync + std::fmt::Debug {
     /// Short name for logs.
     fn name(&self) -> &'static str;
+    /// When it runs; body filters by default.
+    fn phase(&self) -> Phase {
+        Phase::Body
+    }
+    /// Whether it limits which models may be used. On a route with such a filter a request that
+    /// names no model is refused (or given the route's `default_model`), never guessed at.
+    fn restricts_models(&self) -> bool {
+        false
+    }
+    /// Whether `model` may be used, given what earlier filters found (e.g. the tenant); used to
+    /// list only the models a caller may use.
+    fn allows_model(&self, _model: &str, _effects: &FilterEffects) -> bool {
+        true
+    }
     /// Decides on a request; may record effects.
     async fn on_request(&self, req: &FilterRequest<'_>, effects: &mut FilterEffects) -> Verdict;
 }

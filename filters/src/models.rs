@@ -28,10 +28,19 @@ impl Filter for AllowModels {
         "allow_models"
     }
 
+    fn restricts_models(&self) -> bool {
+        true
+    }
+
+    fn allows_model(&self, model: &str, _effects: &FilterEffects) -> bool {
+        self.globs.iter().any(|g| g.matches(model))
+    }
+
     async fn on_request(&self, req: &FilterRequest<'_>, _effects: &mut FilterEffects) -> Verdict {
         match req.model {
             Some(m) if self.globs.iter().any(|g| g.matches(m)) => Verdict::Continue,
-            // Requests without a model (e.g. listing) are not this filter's business.
+            // Listing requests name no model; the edge refuses any other request without one on
+            // a route that has this filter (`restricts_models`), before filters run.
             None => Verdict::Continue,
             Some(m) => Verdict::Reject(Rejection {
                 status: StatusCode::FORBIDDEN,

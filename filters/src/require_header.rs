@@ -29,6 +29,10 @@ impl Filter for RequireHeader {
         "require_header"
     }
 
+    fn phase(&self) -> crate::Phase {
+        crate::Phase::Headers
+    }
+
     async fn on_request(&self, req: &FilterRequest<'_>, _effects: &mut FilterEffects) -> Verdict {
         let Some(v) = req.headers.get(&self.name) else {
             return Verdict::Reject(Rejection {

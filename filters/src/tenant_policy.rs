@@ -26,6 +26,17 @@ impl Filter for TenantPolicyFilter {
         "policy"
     }
 
+    fn restricts_models(&self) -> bool {
+        true
+    }
+
+    fn allows_model(&self, model: &str, effects: &FilterEffects) -> bool {
+        effects
+            .tenant
+            .as_ref()
+            .is_some_and(|t| t.models.iter().any(|g| Glob::new(g).matches(model)))
+    }
+
     async fn on_request(&self, req: &FilterRequest<'_>, effects: &mut FilterEffects) -> Verdict {
         let Some(tenant) = effects.tenant.clone() else {
             return Verdict::Reject(Rejection {

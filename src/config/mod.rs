@@ -4,10 +4,12 @@
 //! checks of [`validate`] (unknown pools, duplicate names, impossible limits).
 
 mod problem;
+pub mod secret;
 mod units;
 pub mod validate;
 
 pub use problem::LocatedProblem;
+pub use secret::{Secret, SecretSource};
 pub use units::{ByteSize, Dur};
 
 use serde::Deserialize;
@@ -53,6 +55,18 @@ pub struct EdgeConfig {
     /// Distributed tracing.
     #[serde(default)]
     pub tracing: Tracing,
+    /// Secrets named by the config, read when it was loaded (never part of the YAML).
+    #[serde(skip)]
+    pub secrets: LoadedSecrets,
+}
+
+/// The secrets a config names, read from their files or variables at load time.
+#[derive(Debug, Default, Clone)]
+pub struct LoadedSecrets {
+    /// The token this edge presents to the control plane.
+    pub control_token: Option<Secret>,
+    /// Per pool name: the API key sent upstream as `Authorization: Bearer …`.
+    pub pool_keys: BTreeMap<String, Secret>,
 }
 
 /// W3C trace context handling. A client's `traceparent` always reaches the engine unchanged and
@@ -115,6 +129,10 @@ pub struct Control {
     /// Per-call timeout to the control plane.
     #[serde(default = "default_control_timeout")]
     pub timeout: Dur,
+    /// The shared token the control plane requires (`api_token` in its config):
+    /// `{ file: PATH }` or `{ env: VAR }`.
+    #[serde(default)]
+    pub token: Option<SecretSource>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -306,6 +324,10 @@ pub struct Pool {
     /// Passive ejection after failures seen on live traffic.
     #[serde(default)]
     pub ejection: Ejection,
+    /// The pool's own API key, sent upstream as `Authorization: Bearer …` (clients' keys never
+    /// are): `{ file: PATH }` or `{ env: VAR }`.
+    #[serde(default)]
+    pub api_key: Option<SecretSource>,
 }
 
 /// Active health check settings.
@@ -398,9 +420,24 @@ pub struct Route {
     /// Pools tried in order when the target pool has no backend left.
     #[serde(default)]
     pub fallback: Vec<Spanned<String>>,
-    /// Request filters, applied in order.
+    /// Request filters: header filters (`auth`, `require_header`, `set_headers`) run before the
+    /// body is read, the others after; each group in the order listed.
     #[serde(default)]
     pub filters: Vec<Spanned<okome_filters::FilterSpec>>,
+    /// Endpoints exposed, as `"METHOD[|METHOD] /path-glob"` or `default` (the inference and
+    /// listing endpoints of the request's API). Absent: `[default]`.
+    #[serde(default)]
+    pub allow: Option<Vec<Spanned<String>>>,
+    /// Endpoints refused even when `allow` covers them.
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+    /// Let real WebSocket upgrades (GET with `Connection: upgrade`) through this route.
+    #[serde(default)]
+    pub websocket: bool,
+    /// The model used when a request on a model-restricted route names none (it must pass the
+    /// route's filters like any other); without it such requests get 400.
+    #[serde(default)]
+    pub default_model: Option<Spanned<String>>,
 }
 
 /// Route conditions.
@@ -465,7 +502,13 @@ pub fn parse(path: &Path, text: &str) -> Result<EdgeConfig, ConfigError> {
             .to_string()
             .replace("<input>", &path.display().to_string()),
     })?;
-    let problems = validate::validate(&cfg);
+    let mut cfg = cfg;
+    let mut problems = validate::validate(&cfg);
+    if problems.is_empty() {
+        let (secrets, secret_problems) = validate::load_secrets(&cfg, path.parent());
+        cfg.secrets = secrets;
+        problems = secret_problems;
+    }
     if problems.is_empty() {
         Ok(cfg)
     } else {

@@ -24,6 +24,100 @@ fn at<T>(s: &Spanned<T>) -> u64 {
     s.referenced.line()
 }
 
+/// Checks a route's `allow`/`deny` rules, and that model management is opened only behind `auth`
+/// when the edge has a control plane.
+fn check_surface(r: &super::Route, key: &str, has_control: bool, out: &mut Vec<Problem>) {
+    use crate::edge::surface::{AllowEntry, EndpointRule};
+    let mut opens_management = None;
+    for (j, rule) in r.allow.iter().flatten().enumerate() {
+        match AllowEntry::parse(&rule.value) {
+            Ok(AllowEntry::Rule(e)) if e.opens_model_management() => {
+                opens_management.get_or_insert((at(rule), j));
+            }
+            Ok(_) => {}
+            Err(e) => out.push(Problem {
+                line: at(rule),
+                key: format!("{key}.allow[{j}]"),
+                message: e.to_string(),
+            }),
+        }
+    }
+    for (j, rule) in r.deny.iter().enumerate() {
+        if let Err(e) = EndpointRule::parse(&rule.value) {
+            out.push(Problem {
+                line: at(rule),
+                key: format!("{key}.deny[{j}]"),
+                message: e.to_string(),
+            });
+        }
+    }
+    let has_auth = r
+        .filters
+        .iter()
+        .any(|f| matches!(f.value, okome_filters::FilterSpec::Auth));
+    if let Some((line, j)) = opens_management {
+        if has_control && !has_auth {
+            out.push(Problem {
+                line,
+                key: format!("{key}.allow[{j}]"),
+                message: "this opens the engines' model management (pull, delete, …): \
+                          the route needs `{type: auth}` when the edge has a control plane"
+                    .into(),
+            });
+        }
+    }
+}
+
+/// Reads the secrets the config names (control plane token, pools' API keys); `base` is the
+/// config file's folder, for relative paths.
+pub fn load_secrets(
+    cfg: &EdgeConfig,
+    base: Option<&std::path::Path>,
+) -> (super::LoadedSecrets, Vec<Problem>) {
+    let mut secrets = super::LoadedSecrets::default();
+    let mut out = Vec::new();
+    if let Some(c) = &cfg.control {
+        if let Some(src) = &c.value.token {
+            match src.load(base) {
+                Ok(s) => secrets.control_token = Some(s),
+                Err(e) => push(&mut out, at(c), "control.token".into(), e.to_string()),
+            }
+        }
+    }
+    for (name, pool) in &cfg.pools {
+        if let Some(src) = &pool.value.api_key {
+            match src.load(base) {
+                Ok(s) => {
+                    secrets.pool_keys.insert(name.clone(), s);
+                }
+                Err(e) => push(
+                    &mut out,
+                    at(pool),
+                    format!("pools.{name}.api_key"),
+                    e.to_string(),
+                ),
+            }
+        }
+    }
+    (secrets, out)
+}
+
+/// Things that work but an operator should know about: printed by `okome check` and logged at
+/// start.
+pub fn warnings(cfg: &EdgeConfig) -> Vec<String> {
+    let mut w = Vec::new();
+    if let Some(c) = &cfg.control {
+        if c.value.token.is_none() {
+            w.push(format!(
+                "line {}: control.token is not set: the control plane's API (tenants, limits, key lookups) \
+                 must then be open to anyone who can reach it; set `api_token` there and `token` here",
+                at(c)
+            ));
+        }
+    }
+    w
+}
+
 /// Returns every problem found (empty when the config is usable).
 pub fn validate(cfg: &EdgeConfig) -> Vec<Problem> {
     let mut out = Vec::new();
@@ -210,7 +304,25 @@ pub fn validate(cfg: &EdgeConfig) -> Vec<Problem> {
                 });
             }
         }
+        check_surface(r, &key, cfg.control.is_some(), &mut out);
+        let mut auth_seen = false;
         for (j, f) in r.filters.iter().enumerate() {
+            match &f.value {
+                okome_filters::FilterSpec::Auth => auth_seen = true,
+                okome_filters::FilterSpec::Policy | okome_filters::FilterSpec::Ratelimit { .. }
+                    if !auth_seen =>
+                {
+                    out.push(Problem {
+                        line: at(f),
+                        key: format!("{key}.filters[{j}]"),
+                        message: format!(
+                            "`{}` needs the tenant that `auth` finds: put `{{type: auth}}` before it",
+                            f.value.needs_control().unwrap_or("this filter")
+                        ),
+                    });
+                }
+                _ => {}
+            }
             if let Some(name) = f.value.needs_control() {
                 if cfg.control.is_none() {
                     out.push(Problem {

@@ -29,6 +29,25 @@ struct ApiState {
     key_lookups: Arc<AtomicU64>,
     /// Flips to true on shutdown: long-polls end and connections are cut.
     stop: watch::Receiver<bool>,
+    /// Required on `/v1/*` when set.
+    token: Option<crate::config::Secret>,
+}
+
+/// Whether the caller presented the API token (always true when none is configured).
+fn authorized(s: &ApiState, headers: &HeaderMap, endpoint: &str) -> Result<(), Response> {
+    match &s.token {
+        Some(t) if !t.matches_bearer(headers.get(header::AUTHORIZATION)) => {
+            count(s, endpoint, StatusCode::UNAUTHORIZED);
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "this control plane requires its API token: `Authorization: Bearer TOKEN` (api_token)",
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            Err(r)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A running control API. Dropping it leaves the server running; call [`shutdown`](Self::shutdown)
@@ -75,11 +94,16 @@ pub async fn start(store: Arc<dyn PolicyStore>, listen: SocketAddr) -> io::Resul
     let (stop_tx, stop_rx) = watch::channel(false);
     let key_lookups = Arc::new(AtomicU64::new(0));
     let metrics = store.metrics().unwrap_or_default();
+    let token = store.api_token();
+    if token.is_none() {
+        log::warn!("control API has no api_token: anyone who can reach {listen} can read tenants and limits");
+    }
     let state = Arc::new(ApiState {
         store,
         metrics,
         key_lookups: key_lookups.clone(),
         stop: stop_rx.clone(),
+        token,
     });
     let app = Router::new()
         .route("/v1/snapshot", get(snapshot))
@@ -109,6 +133,9 @@ async fn snapshot(
     Query(q): Query<LongPollQuery>,
     headers: HeaderMap,
 ) -> Response {
+    if let Err(r) = authorized(&s, &headers, "snapshot") {
+        return r;
+    }
     let wait = match q.wait() {
         Some(w) => w,
         None => {
@@ -160,8 +187,15 @@ async fn snapshot(
         .into_response()
 }
 
-async fn key(State(s): State<Arc<ApiState>>, Path(hash): Path<String>) -> Response {
+async fn key(
+    State(s): State<Arc<ApiState>>,
+    Path(hash): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     s.key_lookups.fetch_add(1, Ordering::Relaxed);
+    if let Err(r) = authorized(&s, &headers, "keys") {
+        return r;
+    }
     let hash = hash.to_ascii_lowercase();
     if !super::config::is_sha256_hex(&hash) {
         count(&s, "keys", StatusCode::BAD_REQUEST);

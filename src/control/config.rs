@@ -36,6 +36,11 @@ pub struct ControlConfig {
     /// Inline keys, same shape as the keys file's entries.
     #[serde(default)]
     pub keys: Vec<Spanned<KeyEntry>>,
+    /// The shared token edges and operators must present (`Authorization: Bearer …`) to read
+    /// snapshots and look up keys: `{ file: PATH }` (relative to this file) or `{ env: VAR }`.
+    /// Without it the API is open to anyone who can reach it (`okome check` warns).
+    #[serde(default)]
+    pub api_token: Option<Spanned<crate::config::SecretSource>>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -113,6 +118,8 @@ pub struct ControlPolicy {
     pub keys_path: Option<PathBuf>,
     /// Entries of the keys file (empty when it is absent or not yet created).
     pub file_keys: Vec<Spanned<KeyEntry>>,
+    /// The API token, read from where `api_token` says (checked by validation).
+    pub api_token: Option<crate::config::Secret>,
 }
 
 /// True when `s` is 64 lowercase hex digits, the only form stored and looked up.
@@ -176,6 +183,7 @@ impl ControlPolicy {
             path: path.to_path_buf(),
             keys_path,
             file_keys,
+            api_token: None,
         })
     }
 
@@ -189,11 +197,23 @@ impl ControlPolicy {
             path,
             keys_path: None,
             file_keys: Vec::new(),
+            api_token: None,
         })
     }
 
-    fn validated(p: ControlPolicy) -> Result<ControlPolicy, ControlError> {
-        let problems = p.validate();
+    fn validated(mut p: ControlPolicy) -> Result<ControlPolicy, ControlError> {
+        let mut problems = p.validate();
+        if let Some(src) = &p.config.api_token {
+            match src.value.load(p.path.parent()) {
+                Ok(t) => p.api_token = Some(t),
+                Err(e) => problems.push(Problem {
+                    file: p.path.clone(),
+                    line: src.referenced.line(),
+                    key: "api_token".into(),
+                    message: e.to_string(),
+                }),
+            }
+        }
         if problems.is_empty() {
             Ok(p)
         } else {

@@ -63,6 +63,11 @@ pub trait PolicyStore: Send + Sync {
     fn metrics(&self) -> Option<ControlMetrics> {
         None
     }
+
+    /// The token callers must present to read snapshots and keys; `None` leaves the API open.
+    fn api_token(&self) -> Option<crate::config::Secret> {
+        None
+    }
 }
 
 /// The YAML-backed store: `control.yaml` plus its keys file, watched and hot-reloaded, or an
@@ -83,6 +88,8 @@ pub(crate) struct Inner {
     pub(crate) path: Option<PathBuf>,
     listen: SocketAddr,
     pub(crate) metrics: ControlMetrics,
+    /// Read once at start; rotating it takes a restart (edges and operators change with it).
+    api_token: Option<crate::config::Secret>,
 }
 
 #[derive(Debug)]
@@ -130,6 +137,7 @@ impl YamlStore {
                 current: arc_swap::ArcSwap::from_pointee(first),
                 tx,
                 listen: policy.config.listen,
+                api_token: policy.api_token.clone(),
                 publish: Mutex::new(PublishState {
                     extra_keys: HashMap::new(),
                     policy,
@@ -279,5 +287,9 @@ impl PolicyStore for YamlStore {
 
     fn metrics(&self) -> Option<ControlMetrics> {
         Some(self.inner.metrics.clone())
+    }
+
+    fn api_token(&self) -> Option<crate::config::Secret> {
+        self.inner.api_token.clone()
     }
 }

@@ -152,6 +152,7 @@ fn classify(edge: &Edge, e: &Error, ctx: &RequestCtx) -> EdgeError {
                 .plan
                 .first()
                 .map(|&p| edge.upstreams.pools[p].retry_after_secs()),
+            close: false,
         },
         t if *e.esource() == ErrorSource::Upstream => EdgeError::new(
             502,

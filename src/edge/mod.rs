@@ -1,14 +1,18 @@
 //! The stream plane: a Pingora proxy that routes LLM requests to engine pools and relays token
 //! streams chunk by chunk.
 //!
-//! One file per proxy phase: [`request`] (API, body, route, filters), [`peer`] (backend for each
-//! attempt), [`body`] (replaying the pre-read body), [`response`] (retry on 502/503, stream tap),
-//! [`failure`] (retry policy, errors in the client's shape), [`logging`] (metrics, access log).
+//! One file per proxy phase: [`request`] (head checks, route, header filters, body, body
+//! filters), [`peer`] (backend for each attempt), [`body`] (replaying the pre-read body),
+//! [`upstream_request`] (what the engine is sent: credentials stripped, framing normalised),
+//! [`response`] (retry on 502/503, stream tap), [`failure`] (retry policy, errors in the
+//! client's shape), [`logging`] (metrics, access log). What a route exposes is [`surface`];
+//! reading the body's model is [`peek`].
 
 pub mod body;
 pub mod ctx;
 pub mod failure;
 pub mod logging;
+pub mod peek;
 pub mod peer;
 pub mod proxy;
 pub mod request;
@@ -16,6 +20,8 @@ pub mod respond;
 pub mod response;
 pub mod routes;
 pub mod server;
+pub mod surface;
+pub mod upstream_request;
 
 use crate::config::{EdgeConfig, Timeouts};
 use crate::metrics::Metrics;
@@ -47,6 +53,8 @@ pub struct Edge {
     pub arbiters: Option<Arc<ArbiterFeeds>>,
     /// Start a W3C trace for requests that come without a `traceparent`.
     pub generate_traceparent: bool,
+    /// Per pool (by index): the `Authorization` value sent upstream, when the pool has a key.
+    pub pool_auth: Vec<Option<http::HeaderValue>>,
 }
 
 /// Label values of a stream's metrics.
@@ -70,15 +78,32 @@ impl StreamLabels<'_> {
 }
 
 impl Edge {
-    /// Builds the proxy state from a validated config.
+    /// Builds the proxy state from a validated config; fails rather than drop anything.
     pub fn new(
         cfg: &EdgeConfig,
         metrics: Metrics,
         upstreams: Arc<Upstreams>,
         env: &okome_filters::FilterEnv,
-    ) -> Self {
-        Edge {
-            routes: RouteTable::new(cfg, &upstreams, env),
+    ) -> Result<Self, String> {
+        let pool_auth = upstreams
+            .pools
+            .iter()
+            .map(|p| {
+                cfg.secrets
+                    .pool_keys
+                    .get(&p.name)
+                    .map(|k| {
+                        let mut v = http::HeaderValue::from_str(&format!("Bearer {}", k.expose()))
+                            .map_err(|_| format!("pools.{}.api_key: not a valid header value", p.name))?;
+                        v.set_sensitive(true);
+                        Ok::<_, String>(v)
+                    })
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Edge {
+            routes: RouteTable::new(cfg, &upstreams, env)?,
+            pool_auth,
             upstreams,
             metrics,
             timeouts: cfg.timeouts,
@@ -86,7 +111,7 @@ impl Edge {
             max_body: cfg.limits.max_body.0,
             arbiters: None,
             generate_traceparent: cfg.tracing.generate_traceparent,
-        }
+        })
     }
 
     /// Whether another attempt could find a backend (this pool or a later one in the plan).
@@ -156,17 +181,20 @@ impl Edge {
         all.into_iter().collect()
     }
 
-    /// `GET /v1/models` answered from the pools' models (OpenAI list shape).
-    pub fn models_list_body(&self) -> Bytes {
+    /// `GET /v1/models` answered from the models of `pools` that `allowed` lets through
+    /// (OpenAI list shape), each model once.
+    pub fn models_list_body(&self, pools: &[usize], allowed: impl Fn(&str) -> bool) -> Bytes {
         let mut data = Vec::new();
-        for p in self
-            .upstreams
-            .pools
+        let mut seen = BTreeSet::new();
+        for p in pools
             .iter()
+            .map(|&i| &self.upstreams.pools[i])
             .filter(|p| p.speaks(crate::api::Api::OpenAi))
         {
             for m in p.models() {
-                data.push(serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": p.name}));
+                if allowed(&m) && seen.insert(m.clone()) {
+                    data.push(serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": p.name}));
+                }
             }
         }
         Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())

@@ -78,6 +78,7 @@ pub fn next(edge: &Edge, ctx: &mut RequestCtx) -> Result<HttpPeer, EdgeError> {
             ),
             code: "overloaded",
             retry_after: Some(retry_after),
+            close: false,
         });
     }
     // Nothing left anywhere in the plan.
@@ -105,5 +106,6 @@ pub fn next(edge: &Edge, ctx: &mut RequestCtx) -> Result<HttpPeer, EdgeError> {
         message,
         code: "no_backend",
         retry_after,
+        close: false,
     })
 }

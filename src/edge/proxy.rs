@@ -2,7 +2,7 @@
 
 use super::ctx::RequestCtx;
 use super::request::Decision;
-use super::{body, failure, logging, peer, request, respond, response, Edge};
+use super::{body, failure, logging, peer, request, respond, response, upstream_request, Edge};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -26,8 +26,7 @@ impl ProxyHttp for Edge {
                 respond::error(session, ctx, &err).await;
                 Ok(true)
             }
-            Decision::ListModels => {
-                let body = self.models_list_body();
+            Decision::ListModels(body) => {
                 ctx.status = 200;
                 respond::json(session, 200, body, &[]).await?;
                 Ok(true)
@@ -67,18 +66,7 @@ impl ProxyHttp for Edge {
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // Engines bound to loopback (Ollama) refuse foreign Host headers: speak as a local client.
-        if let Some((pi, bi)) = ctx.current {
-            let id = &self.upstreams.pools[pi].backends[bi].id;
-            req.insert_header(http::header::HOST, id.as_str())?;
-        }
-        for name in &ctx.effects.remove_headers {
-            req.remove_header(name);
-        }
-        for (name, value) in &ctx.effects.set_headers {
-            req.insert_header(name.clone(), value.clone())?;
-        }
-        Ok(())
+        upstream_request::prepare(self, req, ctx)
     }
 
     async fn upstream_response_filter(

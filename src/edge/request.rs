@@ -1,14 +1,24 @@
-//! `request_filter`: decide the API, read the body, pick the route and its pool plan, run the
-//! route's filters. Everything that can be refused is refused here, before any upstream work.
+//! `request_filter`: everything that can be refused is refused here, before any upstream work,
+//! in an order that never buffers what it does not have to:
+//!
+//! 1. the head: `Host` present, a clean path, a real upgrade or none;
+//! 2. the route its path, host and headers select, and what that route exposes ([`surface`]);
+//! 3. header filters (`auth`, …): an unauthenticated body is never read;
+//! 4. the body, up to the tenant's limit once the tenant is known, and its `"model"` ([`peek`]);
+//! 5. the final route (a route may match on the model), the model requirement, body filters;
+//! 6. the pools to try.
+//!
+//! [`surface`]: super::surface
+//! [`peek`]: super::peek
 
 use super::body::{self, BodyError};
+use super::peek::{peek, PeekError};
 use super::respond::EdgeError;
+use super::surface::{path_is_clean, Refusal};
 use super::{ctx::RequestCtx, routes::RouteQuery, Edge};
 use crate::api::Api;
-use okome_filters::{FilterRequest, Verdict};
+use okome_filters::{FilterEffects, FilterRequest, Phase, Verdict};
 use pingora_proxy::Session;
-use serde::Deserialize;
-use std::borrow::Cow;
 
 /// What the request decided: go upstream, or the edge answers itself.
 #[derive(Debug)]
@@ -17,118 +27,263 @@ pub enum Decision {
     Proxy,
     /// Answer with this error.
     Refuse(EdgeError),
-    /// Answer `GET /v1/models` from what the pools serve.
-    ListModels,
-}
-
-#[derive(Deserialize)]
-struct Peek<'a> {
-    #[serde(borrow)]
-    model: Option<Cow<'a, str>>,
-    stream: Option<bool>,
-    max_tokens: Option<u64>,
-    max_completion_tokens: Option<u64>,
-    options: Option<PeekOptions>,
-}
-
-/// Ollama's generation options.
-#[derive(Deserialize)]
-struct PeekOptions {
-    num_predict: Option<i64>,
+    /// Answer `GET /v1/models` with this list body (the route's models the caller may use).
+    ListModels(bytes::Bytes),
 }
 
 /// Records the client's W3C `traceparent` (it reaches the engine unchanged), or starts a trace
 /// when `tracing.generate_traceparent` is on and the client sent none.
-fn trace(edge: &Edge, req: &pingora_http::RequestHeader, ctx: &mut RequestCtx) {
+fn trace(edge: &Edge, req: &pingora_http::RequestHeader, effects: &mut FilterEffects) {
     use super::logging::{new_traceparent, trace_id_of, TRACE_ID_ATTRIBUTE};
     let sent = req.headers.get("traceparent").and_then(|v| v.to_str().ok());
     if let Some(id) = sent.and_then(trace_id_of) {
-        ctx.effects
-            .attributes
-            .insert(TRACE_ID_ATTRIBUTE, id.to_owned());
+        effects.attributes.insert(TRACE_ID_ATTRIBUTE, id.to_owned());
     } else if edge.generate_traceparent {
         let tp = new_traceparent();
         if let (Some(id), Ok(v)) = (trace_id_of(&tp), http::HeaderValue::from_str(&tp)) {
-            ctx.effects
-                .attributes
-                .insert(TRACE_ID_ATTRIBUTE, id.to_owned());
-            ctx.effects
+            effects.attributes.insert(TRACE_ID_ATTRIBUTE, id.to_owned());
+            effects
                 .set_headers
                 .push((http::HeaderName::from_static("traceparent"), v));
         }
     }
 }
 
+/// Whether a header's comma-separated tokens include `token` (case-insensitive).
+fn has_token(req: &pingora_http::RequestHeader, name: http::HeaderName, token: &str) -> bool {
+    req.headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Whether the request head announces a body.
+fn declares_body(req: &pingora_http::RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|n| n.trim() != "0"))
+}
+
+/// Makes a request that is not a real upgrade an ordinary one: drops `Upgrade` and the
+/// `upgrade` token of `Connection`, so neither Pingora nor the engine treats it as one.
+fn strip_upgrade(session: &mut Session) {
+    let req = session.req_header_mut();
+    req.remove_header(&http::header::UPGRADE);
+    let kept: Vec<String> = req
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("upgrade"))
+        .map(str::to_owned)
+        .collect();
+    req.remove_header(&http::header::CONNECTION);
+    if !kept.is_empty() {
+        // Built from tokens of a valid header value, so it is one too.
+        let _ = req.insert_header(http::header::CONNECTION, kept.join(", "));
+    }
+}
+
+fn bad_request(code: &'static str, message: impl Into<String>) -> EdgeError {
+    EdgeError::new(400, code, message).closing()
+}
+
+fn surface_refusal(r: Refusal, method: &http::Method, path: &str, route: &str) -> EdgeError {
+    match r {
+        Refusal::Path => EdgeError::new(
+            404,
+            "endpoint_not_allowed",
+            format!("{method} {path} is not exposed on route `{route}`"),
+        ),
+        Refusal::Method => EdgeError::new(
+            405,
+            "method_not_allowed",
+            format!("{method} is not allowed for {path} on route `{route}`"),
+        ),
+    }
+}
+
+/// Runs the filters of `phase` of route `ri`; the first refusal ends the request.
+async fn run_filters(
+    edge: &Edge,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    ri: usize,
+    phase: Phase,
+) -> Result<(), EdgeError> {
+    let route = &edge.routes.routes[ri];
+    let req = session.req_header();
+    let path = req.uri.path();
+    for f in route.filters_of(phase) {
+        let fr = FilterRequest {
+            method: &req.method,
+            path,
+            headers: &req.headers,
+            model: ctx.model.as_deref(),
+            body_len: ctx.body.as_ref().map_or(0, |b| b.len()),
+            route: &route.name,
+            max_tokens: ctx.max_tokens,
+        };
+        if let Verdict::Reject(r) = f.on_request(&fr, &mut ctx.effects).await {
+            log::debug!(
+                "filter {} refused {} {path}: {}",
+                f.name(),
+                req.method,
+                r.message
+            );
+            return Err(EdgeError {
+                status: r.status.as_u16(),
+                message: r.message,
+                code: r.code,
+                retry_after: r.retry_after,
+                close: false,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The body with `"model": model` set; `None` when it is not a JSON object.
+fn with_model(body: &[u8], model: &str) -> Option<bytes::Bytes> {
+    let mut obj: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    obj.insert("model".into(), serde_json::Value::String(model.to_owned()));
+    serde_json::to_vec(&obj).ok().map(bytes::Bytes::from)
+}
+
 /// Runs the request phase.
 pub async fn decide(edge: &Edge, session: &mut Session, ctx: &mut RequestCtx) -> Decision {
+    match decide_inner(edge, session, ctx).await {
+        Ok(d) => d,
+        Err(e) => Decision::Refuse(e),
+    }
+}
+
+async fn decide_inner(
+    edge: &Edge,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<Decision, EdgeError> {
     let req = session.req_header();
     let path = req.uri.path().to_owned();
-    ctx.api = Api::from_path(&path);
     let method = req.method.clone();
-    trace(edge, req, ctx);
+    ctx.api = Api::from_path(&path);
+    trace(edge, req, &mut ctx.effects);
 
-    if method == http::Method::GET && path == "/v1/models" {
-        return Decision::ListModels;
+    // 1. The head.
+    if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
+        return Err(bad_request(
+            "missing_host",
+            "HTTP/1.1 requests need a Host header",
+        ));
     }
-
-    let is_upgrade = session.is_upgrade_req();
-    if method == http::Method::POST && !is_upgrade {
-        match body::read_all(session, edge.max_body).await {
-            Ok(b) => ctx.body = Some(b),
-            Err(BodyError::TooLarge { limit }) => {
-                return Decision::Refuse(EdgeError::new(
-                    413,
-                    "request_too_large",
-                    format!("request body is larger than this edge's limit of {limit} bytes (limits.max_body)"),
-                ))
-            }
-            Err(BodyError::LengthRequired) => {
-                return Decision::Refuse(EdgeError::new(
-                    411,
-                    "length_required",
-                    "chunked request bodies over 64 KiB need a Content-Length header",
-                ))
-            }
-            Err(e @ BodyError::Read(_)) => return Decision::Refuse(EdgeError::new(400, "bad_request", e.to_string())),
-        }
+    if !path_is_clean(&path) {
+        return Err(bad_request(
+            "bad_path",
+            "the request path has dot segments, empty segments or encoded separators",
+        ));
     }
+    let wants_upgrade = session.is_upgrade_req();
+    let real_upgrade = wants_upgrade
+        && method == http::Method::GET
+        && has_token(req, http::header::CONNECTION, "upgrade");
 
-    match ctx.api {
-        Api::TfServing => ctx.model = Api::tf_model(&path).map(str::to_owned),
-        Api::OpenAi | Api::Ollama => {
-            if let Some(b) = ctx.body.as_ref().filter(|b| !b.is_empty()) {
-                match serde_json::from_slice::<Peek<'_>>(b) {
-                    Ok(p) => {
-                        ctx.max_tokens = p
-                            .max_completion_tokens
-                            .or(p.max_tokens)
-                            // Ollama's -1/-2 mean "until done"/"fill the context": no number to reserve.
-                            .or(p
-                                .options
-                                .and_then(|o| o.num_predict)
-                                .and_then(|n| u64::try_from(n).ok()));
-                        ctx.model = p.model.map(Cow::into_owned);
-                        // Ollama streams unless told not to; OpenAI only when asked.
-                        ctx.wants_stream = p.stream.unwrap_or(ctx.api == Api::Ollama);
-                    }
-                    Err(e) => {
-                        return Decision::Refuse(EdgeError::new(
-                            400,
-                            "invalid_json",
-                            format!("the request body is not valid JSON: {e}"),
-                        ))
-                    }
-                }
-            }
-        }
-    }
-
-    let req = session.req_header();
-    let host = req
+    // 2. The route the head selects, and what it exposes.
+    let host: Option<String> = req
         .headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name));
+        .map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name).to_owned());
+    let host = host.as_deref();
+    let q = RouteQuery {
+        path: &path,
+        host,
+        headers: &req.headers,
+        model: None,
+    };
+    let Some(head_route) = edge.routes.find_head(&q) else {
+        return Err(EdgeError::new(
+            404,
+            "no_route",
+            format!("no route for {method} {path}"),
+        ));
+    };
+    let route = &edge.routes.routes[head_route];
+    let upgrade = real_upgrade && route.surface.websocket;
+    if upgrade {
+        if declares_body(req) {
+            return Err(bad_request(
+                "upgrade_with_body",
+                "an upgrade request carries no body",
+            ));
+        }
+    } else {
+        if wants_upgrade {
+            // Not a real upgrade, or not on a WebSocket route: an ordinary request, checked whole.
+            strip_upgrade(session);
+        }
+        route
+            .surface
+            .check(ctx.api, &method, &path)
+            .map_err(|r| surface_refusal(r, &method, &path, &route.name))?;
+    }
+    ctx.route = Some(head_route);
+
+    // 3. Header filters: who is asking, before anything is buffered for them.
+    run_filters(edge, session, ctx, head_route, Phase::Headers).await?;
+
+    // 4. The body, up to the edge's limit or the tenant's, whichever is smaller.
+    let req = session.req_header();
+    if !upgrade && declares_body(req) {
+        let tenant_limit = ctx.effects.tenant.as_ref().and_then(|t| t.max_body_bytes);
+        let limit = tenant_limit.map_or(edge.max_body, |t| t.min(edge.max_body));
+        match body::read_all(session, limit).await {
+            Ok(b) => ctx.body = Some(b),
+            Err(BodyError::TooLarge { limit }) => {
+                let whose = if tenant_limit.is_some_and(|t| t <= edge.max_body) {
+                    "your key's limit"
+                } else {
+                    "this edge's limit (limits.max_body)"
+                };
+                return Err(EdgeError::new(
+                    413,
+                    "request_too_large",
+                    format!("request body is larger than {whose} of {limit} bytes"),
+                )
+                .closing());
+            }
+            Err(BodyError::LengthRequired) => {
+                return Err(EdgeError::new(
+                    411,
+                    "length_required",
+                    "chunked request bodies over 64 KiB need a Content-Length header",
+                )
+                .closing())
+            }
+            Err(e @ BodyError::Read(_)) => return Err(bad_request("bad_request", e.to_string())),
+        }
+    }
+    match ctx.api {
+        Api::TfServing => ctx.model = Api::tf_model(&path).map(str::to_owned),
+        Api::OpenAi | Api::Ollama => {
+            let p = peek(ctx.api, ctx.body.as_deref().unwrap_or_default()).map_err(|e| match e {
+                PeekError::Invalid(_) => EdgeError::new(400, "invalid_json", e.to_string()),
+                PeekError::Ambiguous(..) => EdgeError::new(400, "ambiguous_model", e.to_string()),
+            })?;
+            ctx.model = p.model;
+            ctx.wants_stream = p.wants_stream;
+            ctx.max_tokens = p.max_tokens;
+        }
+    }
+
+    // 5. The final route: a route may match on the model, which only the body tells.
+    let req = session.req_header();
     let q = RouteQuery {
         path: &path,
         host,
@@ -136,37 +291,59 @@ pub async fn decide(edge: &Edge, session: &mut Session, ctx: &mut RequestCtx) ->
         model: ctx.model.as_deref(),
     };
     let Some(ri) = edge.routes.find(&q) else {
-        return Decision::Refuse(EdgeError::new(
+        return Err(EdgeError::new(
             404,
             "no_route",
             format!("no route for {method} {path}"),
         ));
     };
-    ctx.route = Some(ri);
-    let route = &edge.routes.routes[ri];
-
-    for f in &route.filters {
-        let fr = FilterRequest {
-            method: &method,
-            path: &path,
-            headers: &session.req_header().headers,
-            model: ctx.model.as_deref(),
-            body_len: ctx.body.as_ref().map_or(0, |b| b.len()),
-            route: &route.name,
-            max_tokens: ctx.max_tokens,
-        };
-        if let Verdict::Reject(r) = f.on_request(&fr, &mut ctx.effects).await {
-            log::debug!("filter {} refused {method} {path}: {}", f.name(), r.message);
-            return Decision::Refuse(EdgeError {
-                status: r.status.as_u16(),
-                message: r.message,
-                code: r.code,
-                retry_after: r.retry_after,
-            });
+    if ri != head_route {
+        let route = &edge.routes.routes[ri];
+        if !upgrade {
+            route
+                .surface
+                .check(ctx.api, &method, &path)
+                .map_err(|r| surface_refusal(r, &method, &path, &route.name))?;
         }
+        if route.header_specs != edge.routes.routes[head_route].header_specs {
+            // This route authenticates differently: start over with its own header filters.
+            ctx.effects = FilterEffects::default();
+            trace(edge, session.req_header(), &mut ctx.effects);
+            run_filters(edge, session, ctx, ri, Phase::Headers).await?;
+        }
+        ctx.route = Some(ri);
+    }
+    let route = &edge.routes.routes[ri];
+    let listing = matches!(method, http::Method::GET | http::Method::HEAD);
+    if ctx.model.is_none() && !listing && route.restricts_models() {
+        let injected = route.default_model.as_ref().and_then(|m| {
+            let b = with_model(ctx.body.as_deref().filter(|b| !b.is_empty())?, m)?;
+            Some((m.clone(), b))
+        });
+        let Some((model, body)) = injected else {
+            return Err(EdgeError::new(
+                400,
+                "model_required",
+                format!(
+                    "route `{}` only serves some models: name one in the request's \"model\"",
+                    route.name
+                ),
+            ));
+        };
+        ctx.model = Some(model);
+        ctx.body = Some(body);
+    }
+    run_filters(edge, session, ctx, ri, Phase::Body).await?;
+
+    if ctx.api == Api::OpenAi && listing && path == "/v1/models" {
+        let pools = route.reachable_pools(&edge.upstreams, ctx.api);
+        let effects = &ctx.effects;
+        return Ok(Decision::ListModels(
+            edge.models_list_body(&pools, |m| route.allows_model(m, effects)),
+        ));
     }
 
-    // The control plane's model route, when the `policy` filter found one, decides the pools.
+    // 6. The pools to try. The control plane's model route, when `policy` found one, decides.
     if let Some(mr) = ctx.effects.route.take() {
         let mut plan = Vec::with_capacity(1 + mr.fallback.len());
         for name in std::iter::once(&mr.pool).chain(mr.fallback.iter()) {
@@ -185,18 +362,18 @@ pub async fn decide(edge: &Edge, session: &mut Session, ctx: &mut RequestCtx) ->
         }
         if !plan.is_empty() {
             ctx.plan = plan;
-            return Decision::Proxy;
+            return Ok(Decision::Proxy);
         }
     }
 
     match route.plan(&edge.upstreams, ctx.api, ctx.model.as_deref()) {
         Some(plan) => {
             ctx.plan = plan;
-            Decision::Proxy
+            Ok(Decision::Proxy)
         }
         None => {
             let m = ctx.model.as_deref().unwrap_or_default();
-            Decision::Refuse(EdgeError::new(
+            Err(EdgeError::new(
                 404,
                 "model_not_found",
                 format!(

@@ -16,6 +16,8 @@ pub struct EdgeError {
     pub code: &'static str,
     /// `Retry-After` seconds.
     pub retry_after: Option<u64>,
+    /// Close the connection after answering (framing in doubt, or a body left unread).
+    pub close: bool,
 }
 
 impl EdgeError {
@@ -26,7 +28,14 @@ impl EdgeError {
             message: message.into(),
             code,
             retry_after: None,
+            close: false,
         }
+    }
+
+    /// The same error, answered with `Connection: close`.
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
     }
 }
 
@@ -38,6 +47,9 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &EdgeError)
     let mut extra: Vec<(&'static str, String)> = Vec::new();
     if let Some(s) = err.retry_after {
         extra.push(("retry-after", s.to_string()));
+    }
+    if err.close {
+        extra.push(("connection", "close".to_owned()));
     }
     match json(session, err.status, body, &extra).await {
         Ok(()) => err.status,

@@ -1,10 +1,11 @@
 //! The route table: which requests go where, compiled from the config for the hot path.
 
+use super::surface::{AllowEntry, EndpointRule, Surface};
 use crate::api::Api;
 use crate::config::EdgeConfig;
 use crate::upstream::Upstreams;
 use http::HeaderName;
-use okome_filters::{Filter, Glob};
+use okome_filters::{Filter, FilterSpec, Glob, Phase};
 
 /// Where a route sends requests.
 #[derive(Debug)]
@@ -30,6 +31,12 @@ pub struct Route {
     pub fallback: Vec<usize>,
     /// Filters, in order.
     pub filters: Vec<Box<dyn Filter>>,
+    /// The specs of the header-phase filters, to tell whether two routes authenticate alike.
+    pub header_specs: Vec<FilterSpec>,
+    /// Methods and paths this route exposes.
+    pub surface: Surface,
+    /// Model for requests that name none on a model-restricted route.
+    pub default_model: Option<String>,
 }
 
 /// What a request looks like to route matching.
@@ -46,8 +53,43 @@ pub struct RouteQuery<'a> {
 }
 
 impl Route {
-    /// Whether all of this route's conditions hold.
-    pub fn matches(&self, q: &RouteQuery<'_>) -> bool {
+    /// Filters of one phase, in route order.
+    pub fn filters_of(&self, phase: Phase) -> impl Iterator<Item = &dyn Filter> {
+        self.filters
+            .iter()
+            .map(|f| f.as_ref())
+            .filter(move |f| f.phase() == phase)
+    }
+
+    /// Whether a filter of this route limits which models may be used.
+    pub fn restricts_models(&self) -> bool {
+        self.filters.iter().any(|f| f.restricts_models())
+    }
+
+    /// Whether this route's filters let `model` through, given what the filters found so far.
+    pub fn allows_model(&self, model: &str, effects: &okome_filters::FilterEffects) -> bool {
+        self.filters.iter().all(|f| f.allows_model(model, effects))
+    }
+
+    /// Pools this route can send to: the target (or its candidates), then fallbacks.
+    pub fn reachable_pools(&self, up: &Upstreams, api: Api) -> Vec<usize> {
+        let mut out: Vec<usize> = match &self.target {
+            Target::Pool(p) => vec![*p],
+            Target::ByModel(c) if c.is_empty() => (0..up.pools.len())
+                .filter(|&i| up.pools[i].speaks(api))
+                .collect(),
+            Target::ByModel(c) => c.clone(),
+        };
+        for f in &self.fallback {
+            if !out.contains(f) {
+                out.push(*f);
+            }
+        }
+        out
+    }
+
+    /// Whether the conditions other than the model hold: what can be known before the body.
+    pub fn matches_head(&self, q: &RouteQuery<'_>) -> bool {
         self.path_prefix
             .as_deref()
             .is_none_or(|p| q.path.starts_with(p))
@@ -60,6 +102,11 @@ impl Route {
                     .get(k)
                     .is_some_and(|hv| hv.as_bytes() == v.as_bytes())
             })
+    }
+
+    /// Whether all of this route's conditions hold.
+    pub fn matches(&self, q: &RouteQuery<'_>) -> bool {
+        self.matches_head(q)
             && self
                 .model
                 .as_ref()
@@ -109,50 +156,92 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Compiles the routes; the config was validated, so names resolve.
-    pub fn new(cfg: &EdgeConfig, up: &Upstreams, env: &okome_filters::FilterEnv) -> Self {
-        let idx = |name: &str| up.index(name);
-        let routes = cfg
-            .routes
-            .value
-            .iter()
-            .map(|r| {
-                let r = &r.value;
-                let target = match &r.pool {
-                    Some(p) => idx(&p.value).map_or(Target::ByModel(Vec::new()), Target::Pool),
-                    None => Target::ByModel(r.pools.iter().filter_map(|p| idx(&p.value)).collect()),
-                };
-                Route {
-                    name: r.name.value.clone(),
-                    path_prefix: r.matches.path_prefix.clone(),
-                    host: r.matches.host.clone(),
-                    headers: r
-                        .matches
-                        .headers
+    /// Compiles the routes of a validated config. Fails (never drops a filter or a pool) when
+    /// something cannot be built exactly as written.
+    pub fn new(
+        cfg: &EdgeConfig,
+        up: &Upstreams,
+        env: &okome_filters::FilterEnv,
+    ) -> Result<Self, String> {
+        let idx = |name: &str, what: &str, route: &str| {
+            up.index(name)
+                .ok_or_else(|| format!("route {route}: {what} names unknown pool {name:?}"))
+        };
+        let mut routes = Vec::with_capacity(cfg.routes.value.len());
+        for r in &cfg.routes.value {
+            let r = &r.value;
+            let rn = r.name.value.as_str();
+            let target = match &r.pool {
+                Some(p) => Target::Pool(idx(&p.value, "pool", rn)?),
+                None => Target::ByModel(
+                    r.pools
                         .iter()
-                        .filter_map(|(k, v)| {
-                            Some((HeaderName::from_bytes(k.as_bytes()).ok()?, v.clone()))
-                        })
-                        .collect(),
-                    model: r.matches.model.as_deref().map(Glob::new),
-                    target,
-                    fallback: r.fallback.iter().filter_map(|p| idx(&p.value)).collect(),
-                    filters: r
-                        .filters
-                        .iter()
-                        .filter_map(|f| match okome_filters::build(&f.value, env) {
-                            Ok(f) => Some(f),
-                            // Validation refuses configs where this can happen; say so if it does.
-                            Err(e) => {
-                                log::error!("route {}: filter dropped: {e}", r.name.value);
-                                None
-                            }
-                        })
-                        .collect(),
+                        .map(|p| idx(&p.value, "pools", rn))
+                        .collect::<Result<_, _>>()?,
+                ),
+            };
+            let mut filters = Vec::with_capacity(r.filters.len());
+            let mut header_specs = Vec::new();
+            for f in &r.filters {
+                let built = okome_filters::build(&f.value, env)
+                    .map_err(|e| format!("route {rn}: filter {:?}: {e}", f.value))?;
+                if built.phase() == Phase::Headers {
+                    header_specs.push(f.value.clone());
                 }
-            })
-            .collect();
-        RouteTable { routes }
+                filters.push(built);
+            }
+            let allow = r
+                .allow
+                .as_ref()
+                .map(|rules| {
+                    rules
+                        .iter()
+                        .map(|a| AllowEntry::parse(&a.value))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()
+                .map_err(|e| format!("route {rn}: allow: {e}"))?;
+            let deny = r
+                .deny
+                .iter()
+                .map(|d| EndpointRule::parse(&d.value))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("route {rn}: deny: {e}"))?;
+            let headers = r
+                .matches
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    HeaderName::from_bytes(k.as_bytes())
+                        .map(|h| (h, v.clone()))
+                        .map_err(|_| format!("route {rn}: bad header name {k:?}"))
+                })
+                .collect::<Result<_, _>>()?;
+            routes.push(Route {
+                name: r.name.value.clone(),
+                path_prefix: r.matches.path_prefix.clone(),
+                host: r.matches.host.clone(),
+                headers,
+                model: r.matches.model.as_deref().map(Glob::new),
+                target,
+                fallback: r
+                    .fallback
+                    .iter()
+                    .map(|p| idx(&p.value, "fallback", rn))
+                    .collect::<Result<_, _>>()?,
+                filters,
+                header_specs,
+                surface: Surface::new(allow, deny, r.websocket),
+                default_model: r.default_model.as_ref().map(|m| m.value.clone()),
+            });
+        }
+        Ok(RouteTable { routes })
+    }
+
+    /// The first route whose conditions other than the model hold (the route a request is
+    /// authenticated on before its body is read).
+    pub fn find_head(&self, q: &RouteQuery<'_>) -> Option<usize> {
+        self.routes.iter().position(|r| r.matches_head(q))
     }
 
     /// The first route that matches.

@@ -27,6 +27,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The routes or filters could not be built exactly as configured.
+    #[error("cannot build the routes: {0}")]
+    Routes(String),
 }
 
 /// Starts the admin listener and health probes on `control`, then runs the proxy on this thread
@@ -104,14 +107,19 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
     server.bootstrap();
     let mut env = okome_filters::FilterEnv::default();
     if let Some(c) = &cfg.control {
-        let cache = control.block_on(crate::policy::PolicyCache::start(&c.value, metrics.clone()));
+        let cache = control.block_on(crate::policy::PolicyCache::start(
+            &c.value,
+            cfg.secrets.control_token.clone(),
+            metrics.clone(),
+        ));
         {
             let _guard = control.enter();
             cache.spawn_watch();
         }
         env.policy = Some(cache);
     }
-    let mut edge = Edge::new(cfg, metrics.clone(), upstreams.clone(), &env);
+    let mut edge =
+        Edge::new(cfg, metrics.clone(), upstreams.clone(), &env).map_err(StartError::Routes)?;
     edge.arbiters = arbiters;
     let mut svc = pingora_proxy::http_proxy_service(&server.configuration, edge);
     for l in &cfg.listeners.value {

@@ -42,12 +42,26 @@ pub struct ControlClient {
     addr: SocketAddr,
     http: Client<HttpConnector, Empty<Bytes>>,
     timeout: Duration,
+    /// `Authorization` sent with every call, when the control plane requires a token.
+    auth: Option<http::HeaderValue>,
     metrics: Metrics,
 }
 
 impl ControlClient {
     /// A client for the control plane at `addr`.
-    pub fn new(addr: SocketAddr, timeout: Duration, metrics: Metrics) -> Self {
+    pub fn new(
+        addr: SocketAddr,
+        timeout: Duration,
+        token: Option<crate::config::Secret>,
+        metrics: Metrics,
+    ) -> Self {
+        // A token that is not a valid header value cannot be sent; calls then go without one and
+        // the control plane answers 401, which is logged with its reason.
+        let auth = token.and_then(|t| {
+            let mut v = http::HeaderValue::from_str(&format!("Bearer {}", t.expose())).ok()?;
+            v.set_sensitive(true);
+            Some(v)
+        });
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(timeout));
@@ -55,6 +69,7 @@ impl ControlClient {
             addr,
             http: Client::builder(TokioExecutor::new()).build(conn),
             timeout,
+            auth,
             metrics,
         }
     }
@@ -79,9 +94,16 @@ impl ControlClient {
             .map_err(|e| unreachable(format!("{e}")))?;
         let started = Instant::now();
         let call = async {
+            let mut req = http::Request::get(uri);
+            if let Some(a) = &self.auth {
+                req = req.header(http::header::AUTHORIZATION, a.clone());
+            }
+            let req = req
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| unreachable(e.to_string()))?;
             let resp = self
                 .http
-                .get(uri)
+                .request(req)
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
             let status = resp.status().as_u16();

@@ -92,8 +92,12 @@ fn empty_snapshot() -> Snapshot {
 impl PolicyCache {
     /// Fetches the snapshot (or falls back to the persisted one) and loads known keys.
     /// Never fails: with no control plane and no state, it starts empty and says so.
-    pub async fn start(cfg: &config::Control, metrics: Metrics) -> Arc<Self> {
-        let client = ControlClient::new(cfg.address, cfg.timeout.0, metrics.clone());
+    pub async fn start(
+        cfg: &config::Control,
+        token: Option<crate::config::Secret>,
+        metrics: Metrics,
+    ) -> Arc<Self> {
+        let client = ControlClient::new(cfg.address, cfg.timeout.0, token, metrics.clone());
         let state = StateDir::new(&cfg.state_dir);
         let snapshot = match client.snapshot(None, Duration::ZERO).await {
             Ok(Some(s)) => {

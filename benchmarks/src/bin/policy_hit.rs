@@ -46,8 +46,9 @@ async fn main() {
         stale_if_error: Dur(Duration::from_secs(3600)),
         on_unavailable: OnUnavailable::Deny,
         timeout: Dur(Duration::from_secs(2)),
+        token: None,
     };
-    let cache = PolicyCache::start(&cfg, Metrics::new()).await;
+    let cache = PolicyCache::start(&cfg, None, Metrics::new()).await;
     assert!(
         matches!(cache.tenant_for_key(key).await, KeyVerdict::Tenant(_)),
         "warm-up"

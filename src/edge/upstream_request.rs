@@ -1,0 +1,59 @@
+//! `upstream_request_filter`: what the engine is sent. The client's credentials never leave the
+//! edge (a pool may send its own key), the framing is one the engine cannot read two ways, and
+//! the target is origin-form.
+
+use super::{ctx::RequestCtx, Edge};
+use pingora_error::Result;
+use pingora_http::RequestHeader;
+
+/// Headers that carry a client's credentials; removed from every upstream request.
+const CLIENT_CREDENTIALS: [http::HeaderName; 3] = [
+    http::header::AUTHORIZATION,
+    http::header::PROXY_AUTHORIZATION,
+    http::HeaderName::from_static("x-api-key"),
+];
+
+/// Rewrites the upstream request of the current attempt.
+pub fn prepare(edge: &Edge, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    // Engines bound to loopback (Ollama) refuse foreign Host headers: speak as a local client.
+    if let Some((pi, bi)) = ctx.current {
+        let id = &edge.upstreams.pools[pi].backends[bi].id;
+        req.insert_header(http::header::HOST, id.as_str())?;
+    }
+    for name in &CLIENT_CREDENTIALS {
+        req.remove_header(name);
+    }
+    if let Some(auth) = ctx
+        .current
+        .and_then(|(pi, _)| edge.pool_auth.get(pi))
+        .and_then(Option::as_ref)
+    {
+        req.insert_header(http::header::AUTHORIZATION, auth.clone())?;
+    }
+    // Absolute-form targets (Pingora checked their authority against Host) go out origin-form.
+    if req.uri.scheme().is_some() || req.uri.authority().is_some() {
+        let origin = req
+            .uri
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str)
+            .to_owned();
+        if let Ok(uri) = origin.parse::<http::Uri>() {
+            req.set_uri(uri);
+        }
+    }
+    // One Content-Length, the length of what is actually sent (the pre-read body, possibly
+    // rewritten), instead of the client's duplicates or list.
+    if !req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        if let Some(b) = &ctx.body {
+            req.remove_header(&http::header::CONTENT_LENGTH);
+            req.insert_header(http::header::CONTENT_LENGTH, b.len().to_string())?;
+        }
+    }
+    for name in &ctx.effects.remove_headers {
+        req.remove_header(name);
+    }
+    for (name, value) in &ctx.effects.set_headers {
+        req.insert_header(name.clone(), value.clone())?;
+    }
+    Ok(())
+}

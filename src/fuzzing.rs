@@ -1,0 +1,371 @@
+//! Entry points for the fuzz targets in `fuzz/` and for replaying their corpora in `cargo test`:
+//! each takes arbitrary bytes and must never panic.
+//!
+//! A panic is a finding: either a parser panicked on hostile input, or one of the oracles
+//! (`assert!`s) below saw two views of the same input disagree.
+
+use crate::api::Api;
+use crate::stream::classify::{classify, Event};
+use crate::stream::framing::LineFramer;
+use crate::stream::{Format, StreamTap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Tiny deterministic PRNG (xorshift64*), so a seed byte string always splits the same way.
+#[derive(Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng((seed ^ 0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A value in `0..n` (`n > 0`).
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Everything a tap exposes about what it classified, independent of arrival times.
+#[derive(Debug, PartialEq, Eq)]
+struct TapView {
+    token_events: u64,
+    usage_completion_tokens: Option<u64>,
+    error: bool,
+    done: bool,
+    tokens: u64,
+    started: bool,
+    gaps: u64,
+}
+
+fn view(tap: &StreamTap, gaps: u64) -> TapView {
+    let s = &tap.stats;
+    TapView {
+        token_events: s.token_events,
+        usage_completion_tokens: s.usage_completion_tokens,
+        error: s.error,
+        done: s.done,
+        tokens: s.tokens(),
+        started: s.started(),
+        gaps,
+    }
+}
+
+/// Feeds `chunks` to a fresh tap, each chunk at `times[i]` after the start.
+fn run_tap<'a>(
+    format: Format,
+    chunks: impl IntoIterator<Item = (&'a [u8], Duration)>,
+) -> (StreamTap, u64) {
+    let start = Instant::now();
+    let mut tap = StreamTap::new(format, start);
+    let mut gaps = 0u64;
+    for (chunk, at) in chunks {
+        tap.feed(chunk, start + at, &mut |_| gaps += 1);
+    }
+    (tap, gaps)
+}
+
+/// Cuts `payload` into chunks at seed-derived positions (empty chunks included), each tagged
+/// with a non-decreasing arrival time.
+fn split<'a>(payload: &'a [u8], seed: u64) -> Vec<(&'a [u8], Duration)> {
+    let mut rng = Rng::new(seed);
+    // The seed also picks the scale of the chunks: tiny ones stress the carry-over.
+    let max = [1usize, 2, 3, 8, 64, 1024][rng.below(6)];
+    let mut out = Vec::new();
+    let mut at = Duration::ZERO;
+    let mut rest = payload;
+    while !rest.is_empty() {
+        let n = if rng.below(16) == 0 {
+            0
+        } else {
+            1 + rng.below(max)
+        };
+        let (head, tail) = rest.split_at(n.min(rest.len()));
+        out.push((head, at));
+        at += Duration::from_micros(rng.next() % 5_000_000);
+        rest = tail;
+    }
+    out
+}
+
+/// The reference model of the tap: every `\n`-terminated line (less a trailing `\r`),
+/// classified; the unterminated tail is not a line.
+fn reference_events(format: Format, payload: &[u8]) -> Vec<Event> {
+    if format == Format::Opaque {
+        return Vec::new();
+    }
+    let mut lines: Vec<&[u8]> = payload.split(|&b| b == b'\n').collect();
+    lines.pop();
+    lines
+        .into_iter()
+        .map(|l| classify(format, l.strip_suffix(b"\r").unwrap_or(l)))
+        .collect()
+}
+
+/// What a tap fed the reference events would report.
+fn reference_view(events: &[Event]) -> TapView {
+    let start = Instant::now();
+    let mut stats = crate::stream::StreamStats::new(start);
+    let mut gaps = 0u64;
+    for ev in events {
+        stats.record(*ev, start, &mut |_| gaps += 1);
+    }
+    TapView {
+        token_events: stats.token_events,
+        usage_completion_tokens: stats.usage_completion_tokens,
+        error: stats.error,
+        done: stats.done,
+        tokens: stats.tokens(),
+        started: stats.started(),
+        gaps,
+    }
+}
+
+/// Stream tap: SSE/NDJSON framing and classification must not depend on how the bytes were
+/// chunked (whole, seed-split, byte by byte) and must match a line-by-line reference model.
+///
+/// Layout: `[format selector][8-byte chunking seed][payload…]`.
+pub fn stream_tap(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let format = match sel % 8 {
+        7 => Format::Opaque,
+        x if x % 2 == 0 => Format::Sse,
+        _ => Format::Ndjson,
+    };
+    let mut seed = [0u8; 8];
+    let n = rest.len().min(8);
+    seed[..n].copy_from_slice(&rest[..n]);
+    let seed = u64::from_le_bytes(seed);
+    let payload = &rest[n..];
+
+    let (whole, whole_gaps) = run_tap(format, [(payload, Duration::ZERO)]);
+    let (parts, parts_gaps) = run_tap(format, split(payload, seed));
+    let (bytes, bytes_gaps) = run_tap(
+        format,
+        payload
+            .chunks(1)
+            .enumerate()
+            .map(|(i, c)| (c, Duration::from_millis(i as u64))),
+    );
+    let whole_v = view(&whole, whole_gaps);
+    assert_eq!(
+        whole_v,
+        view(&parts, parts_gaps),
+        "whole vs seed-split ({format:?})"
+    );
+    assert_eq!(
+        whole_v,
+        view(&bytes, bytes_gaps),
+        "whole vs byte by byte ({format:?})"
+    );
+    assert_eq!(
+        whole_v,
+        reference_view(&reference_events(format, payload)),
+        "tap vs reference ({format:?})"
+    );
+    assert_eq!(whole_v.gaps, whole_v.token_events.saturating_sub(1));
+
+    // The framer alone: the same lines whatever the chunking.
+    if format != Format::Opaque {
+        let mut whole_lines = Vec::new();
+        LineFramer::default().feed(payload, |l| whole_lines.push(l.to_vec()));
+        let mut split_lines = Vec::new();
+        let mut framer = LineFramer::default();
+        for (c, _) in split(payload, seed.rotate_left(17)) {
+            framer.feed(c, |l| split_lines.push(l.to_vec()));
+        }
+        assert_eq!(whole_lines, split_lines, "framer: whole vs split");
+    }
+
+    // Timing with real (fuzzed) gaps: no panic, and sane relations.
+    for tap in [&parts, &bytes] {
+        let s = &tap.stats;
+        let _ = s.ttft();
+        let max = s.max_gap();
+        let slack = Duration::from_micros(1);
+        if let Some(mean) = s.mean_gap() {
+            assert!(mean <= max + slack, "mean gap {mean:?} > max gap {max:?}");
+        }
+        if let Some(j) = s.jitter() {
+            assert!(j <= max + slack, "jitter {j:?} > max gap {max:?}");
+        }
+    }
+}
+
+/// Request-body peek: never panics; a model it reports is non-empty and is the one a JSON
+/// parser that keeps the last duplicate (as the engines' Python does) reads.
+///
+/// Layout: `[API selector][body…]`.
+pub fn body_peek(data: &[u8]) {
+    let Some((&sel, body)) = data.split_first() else {
+        return;
+    };
+    let api = match sel % 3 {
+        0 => Api::OpenAi,
+        1 => Api::Ollama,
+        _ => Api::TfServing,
+    };
+    let res = crate::edge::peek::peek(api, body);
+    let blank = body.iter().all(u8::is_ascii_whitespace);
+    if api == Api::TfServing || blank {
+        assert_eq!(
+            res.as_ref().map(|p| p.model.as_deref()),
+            Ok(None),
+            "{api:?}: body must not be read"
+        );
+        return;
+    }
+    let Ok(p) = res else {
+        return;
+    };
+    if let Some(m) = &p.model {
+        assert!(!m.is_empty(), "peek returned an empty model");
+    }
+    // What a full JSON parse of the same bytes says. `peek` skips unknown fields without
+    // parsing them (their UTF-8, depth and number range are not checked), so a full parse may
+    // fail where `peek` succeeds; when both succeed they must agree.
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return;
+    };
+    assert!(v.is_object(), "peek accepted a non-object: {v}");
+    let nonempty = |k: &str| v.get(k).and_then(|x| x.as_str()).filter(|s| !s.is_empty());
+    let expect_model = nonempty("model").or(if api == Api::Ollama {
+        nonempty("name")
+    } else {
+        None
+    });
+    assert_eq!(p.model.as_deref(), expect_model, "model differs from a full parse");
+    let stream = v
+        .get("stream")
+        .and_then(|s| s.as_bool())
+        .unwrap_or(api == Api::Ollama);
+    assert_eq!(p.wants_stream, stream, "stream flag differs from a full parse");
+    let u = |k: &str| v.get(k).and_then(|x| x.as_u64());
+    let max = u("max_completion_tokens").or(u("max_tokens")).or(v
+        .get("options")
+        .and_then(|o| o.get("num_predict"))
+        .and_then(|n| n.as_i64())
+        .and_then(|n| u64::try_from(n).ok()));
+    assert_eq!(p.max_tokens, max, "token limit differs from a full parse");
+}
+
+/// Config compile: the edge, control-plane, keys-file and arbiter YAML parsers and validators
+/// never panic on any text, and what validates compiles (pools, routes, the published snapshot,
+/// the arbiter's plan) without panicking.
+///
+/// No I/O: the edge and control configs are parsed and validated here without reading the
+/// secrets they name (`{ file: … }` could be `/dev/zero` or a FIFO), which `config::parse` and
+/// `ControlPolicy::from_str` do after validating.
+pub fn edge_config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+
+    if let Ok(cfg) = serde_saphyr::from_str::<crate::config::EdgeConfig>(text) {
+        if crate::config::validate::validate(&cfg).is_empty() {
+            let metrics = crate::metrics::Metrics::default();
+            let up = crate::upstream::Upstreams::new(&cfg, &metrics);
+            let env = okome_filters::FilterEnv::default();
+            let _ = crate::edge::routes::RouteTable::new(&cfg, &up, &env);
+        }
+    }
+
+    if let Ok(config) = serde_saphyr::from_str::<crate::control::ControlConfig>(text) {
+        let policy = crate::control::ControlPolicy {
+            config,
+            path: "fuzz-control.yaml".into(),
+            keys_path: None,
+            file_keys: Vec::new(),
+            api_token: None,
+        };
+        if policy.validate().is_empty() {
+            let published = policy.publish(1);
+            // What the control plane would serve must come back the same from the wire.
+            if let Ok(json) = serde_json::to_vec(&published.snapshot) {
+                let back = serde_json::from_slice::<okome_filters::policy::Snapshot>(&json);
+                assert_eq!(
+                    back.as_ref().ok(),
+                    Some(&published.snapshot),
+                    "snapshot round trip"
+                );
+            }
+        }
+    }
+    let _ = crate::control::config::parse_keys(Path::new("fuzz-keys.yaml"), text);
+
+    if let Ok(cfg) = crate::arbiter::ArbiterConfig::from_str("fuzz-arbiter.yaml", text) {
+        if let Ok(plan) = crate::arbiter::plan::plan(&cfg, None) {
+            let _ = plan.render();
+        }
+        let gpu = crate::arbiter::GpuReading {
+            status: crate::arbiter::GpuStatus {
+                uuid: "GPU-aaaa".into(),
+                name: "NVIDIA H200".into(),
+                memory_total_bytes: 143_771_336_704,
+                memory_used_bytes: 1 << 30,
+                memory_free_bytes: 143_771_336_704 - (1 << 30),
+                utilization_percent: Some(3),
+            },
+            parent: None,
+            processes: Vec::new(),
+        };
+        if let Ok(plan) = crate::arbiter::plan::plan(&cfg, Some(&[gpu])) {
+            let _ = plan.render();
+        }
+    }
+}
+
+/// Deserializes `data` as `T`; when it does, the value must survive a JSON round trip.
+fn round_trip<T>(data: &[u8])
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let Ok(v) = serde_json::from_slice::<T>(data) else {
+        return;
+    };
+    let json = serde_json::to_vec(&v);
+    let Ok(json) = json else {
+        panic!("{}: deserialized but does not serialize", std::any::type_name::<T>());
+    };
+    let back = serde_json::from_slice::<T>(&json);
+    assert_eq!(
+        back.as_ref().ok(),
+        Some(&v),
+        "{}: JSON round trip via {}",
+        std::any::type_name::<T>(),
+        String::from_utf8_lossy(&json)
+    );
+}
+
+/// Control-plane and arbiter wire types (`/v1/snapshot`, `/v1/keys/…`, `/v1/state`) round-trip
+/// through JSON; the arbiter's Prometheus scrapers and the long-poll `wait`/`If-None-Match`
+/// parsers never panic.
+pub fn wire_types(data: &[u8]) {
+    round_trip::<okome_filters::policy::Snapshot>(data);
+    round_trip::<okome_filters::policy::KeyInfo>(data);
+    round_trip::<okome_filters::policy::TenantPolicy>(data);
+    round_trip::<crate::arbiter::ArbiterState>(data);
+
+    let text = String::from_utf8_lossy(data);
+    let _ = crate::arbiter::signals::parse_vllm_metrics(&text);
+    let _ = crate::arbiter::signals::parse_tfserving_requests(&text);
+    if data.len() <= 64 {
+        let _ = crate::longpoll::parse_wait(&text);
+        if let Ok(v) = http::HeaderValue::from_bytes(data) {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::IF_NONE_MATCH, v);
+            let _ = crate::longpoll::if_none_match(&h);
+        }
+    }
+}
