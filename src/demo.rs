@@ -60,10 +60,15 @@ pub enum DemoError {
 
 /// Runs the demo until Ctrl-C.
 pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
-    let cfg = match path {
+    let mut cfg = match path {
         Some(p) => config::load(p)?,
         None => config::parse(&PathBuf::from("conf/demo.yaml (built in)"), DEMO_YAML)?,
     };
+    // The demo's control plane and edge share a token minted now, so its API is never open.
+    let control_token = crate::config::Secret::new(crate::control::generate_key());
+    cfg.secrets
+        .control_token
+        .get_or_insert_with(|| control_token.clone());
     let control = crate::runtime::control().map_err(DemoError::Runtime)?;
     let mut handles = Vec::new();
     for pool in cfg.pools.values() {
@@ -105,7 +110,12 @@ pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
     }
     let mut key = None;
     if let Some(c) = &cfg.control {
-        let store = crate::control::YamlStore::from_str(DEMO_CONTROL_YAML)?;
+        let mut policy = crate::control::ControlPolicy::from_str(
+            "conf/demo-control.yaml (built in)",
+            DEMO_CONTROL_YAML,
+        )?;
+        policy.api_token = cfg.secrets.control_token.clone();
+        let store = crate::control::YamlStore::from_config(policy);
         let k = crate::control::generate_key();
         store.insert_key(&crate::control::hash_key(&k), "demo")?;
         let addr = c.value.address;

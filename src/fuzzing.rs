@@ -76,7 +76,7 @@ fn run_tap<'a>(
 
 /// Cuts `payload` into chunks at seed-derived positions (empty chunks included), each tagged
 /// with a non-decreasing arrival time.
-fn split<'a>(payload: &'a [u8], seed: u64) -> Vec<(&'a [u8], Duration)> {
+fn split(payload: &[u8], seed: u64) -> Vec<(&[u8], Duration)> {
     let mut rng = Rng::new(seed);
     // The seed also picks the scale of the chunks: tiny ones stress the carry-over.
     let max = [1usize, 2, 3, 8, 64, 1024][rng.below(6)];
@@ -245,12 +245,19 @@ pub fn body_peek(data: &[u8]) {
     } else {
         None
     });
-    assert_eq!(p.model.as_deref(), expect_model, "model differs from a full parse");
+    assert_eq!(
+        p.model.as_deref(),
+        expect_model,
+        "model differs from a full parse"
+    );
     let stream = v
         .get("stream")
         .and_then(|s| s.as_bool())
         .unwrap_or(api == Api::Ollama);
-    assert_eq!(p.wants_stream, stream, "stream flag differs from a full parse");
+    assert_eq!(
+        p.wants_stream, stream,
+        "stream flag differs from a full parse"
+    );
     let u = |k: &str| v.get(k).and_then(|x| x.as_u64());
     let max = u("max_completion_tokens").or(u("max_tokens")).or(v
         .get("options")
@@ -336,7 +343,10 @@ where
     };
     let json = serde_json::to_vec(&v);
     let Ok(json) = json else {
-        panic!("{}: deserialized but does not serialize", std::any::type_name::<T>());
+        panic!(
+            "{}: deserialized but does not serialize",
+            std::any::type_name::<T>()
+        );
     };
     let back = serde_json::from_slice::<T>(&json);
     assert_eq!(

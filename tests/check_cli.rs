@@ -229,3 +229,60 @@ fn every_problem_is_reported_and_one_bad_file_fails_the_run() {
         )
     );
 }
+
+/// Security settings are checked: filters in an order that would answer every request 401,
+/// model management opened without `auth`, bad endpoint rules, unreadable secrets; a control
+/// plane (or an edge's `control:`) without a token passes with a warning.
+#[test]
+fn security_settings_are_checked_and_open_control_apis_warned_about() {
+    let with_control = |route_extra: &str, control_extra: &str| {
+        format!(
+            "{GOOD}{route_extra}control:\n  address: 127.0.0.1:7070\n  state_dir: /tmp/okome-check-test\n{control_extra}"
+        )
+    };
+    let (path, stderr) = fails(
+        "order.yaml",
+        &with_control("    filters: [{type: policy}, {type: auth}]\n", ""),
+    );
+    assert!(
+        stderr.contains(&format!("{}:12: routes[0].filters[0]:", path.display()))
+            && stderr.contains("put `{type: auth}` before it"),
+        "{stderr}"
+    );
+    let (path, stderr) = fails(
+        "manage.yaml",
+        &with_control("    allow: [default, \"POST /api/pull\"]\n", ""),
+    );
+    assert!(
+        stderr.contains(&format!("{}:12: routes[0].allow[1]:", path.display()))
+            && stderr.contains("needs `{type: auth}`"),
+        "{stderr}"
+    );
+    let (_, stderr) = fails("rule.yaml", &format!("{GOOD}    deny: [\"/api/pull\"]\n"));
+    assert!(stderr.contains("routes[0].deny[0]"), "{stderr}");
+    let (_, stderr) = fails(
+        "secret.yaml",
+        &with_control("", "  token: { file: /nonexistent/okome.token }\n"),
+    );
+    assert!(
+        stderr.contains("control.token: cannot read secret file /nonexistent/okome.token"),
+        "{stderr}"
+    );
+
+    let (_dir, path) = write("open.yaml", &with_control("", ""));
+    let out = check(&[&path]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("warning: line 13: control.token is not set"),
+        "{}",
+        text(&out.stderr)
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = check(&[&root.join("conf/control.yaml")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("warning: api_token is not set"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -54,30 +54,3 @@ fn edge_config_corpus() {
 fn wire_types_corpus() {
     replay("wire_types", okome::fuzzing::wire_types);
 }
-
-#[test]
-#[ignore]
-fn tmp_seed_status() {
-    use std::path::Path as P;
-    for f in inputs("corpus", "edge_config") {
-        let t = std::fs::read_to_string(&f).unwrap_or_default();
-        let e = okome::config::parse(P::new("x.yaml"), &t).map(|_| ()).map_err(|e| e.to_string());
-        let c = okome::control::ControlPolicy::from_str("c", &t).map(|_| ()).map_err(|e| e.to_string());
-        let a = okome::arbiter::ArbiterConfig::from_str("a", &t).map(|c| okome::arbiter::plan::plan(&c, None).is_ok()).map_err(|e| e.to_string());
-        let k = okome::control::config::parse_keys(P::new("k"), &t).map(|v| v.len()).map_err(|e| e.to_string());
-        println!("{}\n  edge {:?}\n  control {:?}\n  arbiter {:?}\n  keys {:?}", f.display(), e.err().map(|s| s.chars().take(150).collect::<String>()), c.err().map(|s| s.chars().take(150).collect::<String>()), a.map_err(|s| s.chars().take(150).collect::<String>()), k.map_err(|s| s.chars().take(80).collect::<String>()));
-    }
-    for f in inputs("corpus", "wire_types") {
-        let d = std::fs::read(&f).unwrap_or_default();
-        println!("{} snap {} key {} tenant {} state {:?}", f.display(),
-            serde_json::from_slice::<okome_filters::policy::Snapshot>(&d).is_ok(),
-            serde_json::from_slice::<okome_filters::policy::KeyInfo>(&d).is_ok(),
-            serde_json::from_slice::<okome_filters::policy::TenantPolicy>(&d).is_ok(),
-            serde_json::from_slice::<okome::arbiter::ArbiterState>(&d).map(|_| ()).map_err(|e| e.to_string()).err());
-    }
-    for f in inputs("corpus", "body_peek") {
-        let d = std::fs::read(&f).unwrap_or_default();
-        let api = [okome::api::Api::OpenAi, okome::api::Api::Ollama, okome::api::Api::TfServing][d[0] as usize % 3];
-        println!("{} {:?}", f.display(), okome::edge::peek::peek(api, &d[1..]));
-    }
-}

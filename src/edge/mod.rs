@@ -53,8 +53,6 @@ pub struct Edge {
     pub arbiters: Option<Arc<ArbiterFeeds>>,
     /// Start a W3C trace for requests that come without a `traceparent`.
     pub generate_traceparent: bool,
-    /// Per pool (by index): the `Authorization` value sent upstream, when the pool has a key.
-    pub pool_auth: Vec<Option<http::HeaderValue>>,
 }
 
 /// Label values of a stream's metrics.
@@ -85,25 +83,8 @@ impl Edge {
         upstreams: Arc<Upstreams>,
         env: &okome_filters::FilterEnv,
     ) -> Result<Self, String> {
-        let pool_auth = upstreams
-            .pools
-            .iter()
-            .map(|p| {
-                cfg.secrets
-                    .pool_keys
-                    .get(&p.name)
-                    .map(|k| {
-                        let mut v = http::HeaderValue::from_str(&format!("Bearer {}", k.expose()))
-                            .map_err(|_| format!("pools.{}.api_key: not a valid header value", p.name))?;
-                        v.set_sensitive(true);
-                        Ok::<_, String>(v)
-                    })
-                    .transpose()
-            })
-            .collect::<Result<_, _>>()?;
         Ok(Edge {
             routes: RouteTable::new(cfg, &upstreams, env)?,
-            pool_auth,
             upstreams,
             metrics,
             timeouts: cfg.timeouts,

@@ -25,8 +25,7 @@ pub fn prepare(edge: &Edge, req: &mut RequestHeader, ctx: &RequestCtx) -> Result
     }
     if let Some(auth) = ctx
         .current
-        .and_then(|(pi, _)| edge.pool_auth.get(pi))
-        .and_then(Option::as_ref)
+        .and_then(|(pi, _)| edge.upstreams.pools[pi].auth.as_ref())
     {
         req.insert_header(http::header::AUTHORIZATION, auth.clone())?;
     }

@@ -83,6 +83,8 @@ pub struct SimConfig {
     pub max_queue: Option<usize>,
     /// Failures to inject.
     pub faults: Faults,
+    /// Like vLLM's `--api-key`: `/v1/*` requests without `Authorization: Bearer KEY` get 401.
+    pub api_key: Option<String>,
 }
 
 impl SimConfig {
@@ -104,6 +106,7 @@ impl SimConfig {
                 _ => None,
             },
             faults: Faults::default(),
+            api_key: None,
         }
     }
 
@@ -145,6 +148,7 @@ struct RawSimConfig {
     max_concurrent: Option<usize>,
     max_queue: Option<usize>,
     faults: Option<Faults>,
+    api_key: Option<String>,
 }
 
 impl TryFrom<RawSimConfig> for SimConfig {
@@ -164,6 +168,7 @@ impl TryFrom<RawSimConfig> for SimConfig {
             max_concurrent: r.max_concurrent.unwrap_or(d.max_concurrent),
             max_queue: r.max_queue.or(d.max_queue),
             faults: r.faults.unwrap_or_default(),
+            api_key: r.api_key,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     pub pressure: RwLock<super::pressure::Pressure>,
     /// The W3C `traceparent` of the last engine request (tests check trace propagation).
     pub last_traceparent: RwLock<Option<String>>,
+    /// Credential headers of the last engine request (tests check that clients' keys stay at the edge).
+    pub last_credentials: RwLock<Vec<String>>,
 }
 
 impl Shared {
@@ -126,6 +128,7 @@ impl Shared {
             last_body_len: c.last_body_len.load(Relaxed),
             last_body_hash: c.last_body_hash.load(Relaxed),
             last_traceparent: self.last_traceparent.read().clone(),
+            last_credentials: self.last_credentials.read().clone(),
         }
     }
 
@@ -160,6 +163,7 @@ pub(crate) async fn start(cfg: SimConfig) -> io::Result<Arc<Shared>> {
         shutdown_tx,
         pressure: RwLock::new(Default::default()),
         last_traceparent: RwLock::new(None),
+        last_credentials: RwLock::new(Vec::new()),
         cfg,
     });
     tokio::spawn(accept_loop(
@@ -260,6 +264,27 @@ async fn handle(sim: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bod
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         *sim.last_traceparent.write() = tp;
+        *sim.last_credentials.write() = ["authorization", "x-api-key", "proxy-authorization"]
+            .iter()
+            .filter_map(|h| {
+                let v = req.headers().get(*h)?;
+                Some(format!("{h}: {}", String::from_utf8_lossy(v.as_bytes())))
+            })
+            .collect();
+    }
+    // vLLM's --api-key guards every /v1 path with exactly this check and answer.
+    if let Some(key) = &sim.cfg.api_key {
+        let ok = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .is_some_and(|v| v.as_bytes() == format!("Bearer {key}").as_bytes());
+        if req.uri().path().starts_with("/v1") && !ok {
+            return Ok(json(
+                StatusCode::UNAUTHORIZED,
+                "application/json",
+                &serde_json::json!({"error": "Unauthorized"}),
+            ));
+        }
     }
     match sim.cfg.kind {
         SimKind::Vllm => vllm::route(sim, req).await,

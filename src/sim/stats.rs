@@ -30,6 +30,10 @@ pub struct SimStats {
     /// The `traceparent` header of the last API request, if it had one.
     #[serde(default)]
     pub last_traceparent: Option<String>,
+    /// The credential headers (`authorization`, `x-api-key`, `proxy-authorization`) of the last
+    /// API request, as `name: value` lines; empty when it carried none.
+    #[serde(default)]
+    pub last_credentials: Vec<String>,
 }
 
 /// Why a generation finished, as in vLLM's `finished_reason` label.

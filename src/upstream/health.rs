@@ -79,17 +79,19 @@ async fn probe(c: &HttpClient, pool: &Pool, b: &Backend) {
     let result = match pool.kind {
         PoolKind::Vllm => get(
             c,
+            pool.auth.as_ref(),
             b,
             pool.health.path.as_deref().unwrap_or("/health"),
             timeout,
         )
         .await
         .map(|_| ()),
-        PoolKind::Ollama => get(c, b, pool.health.path.as_deref().unwrap_or("/"), timeout)
+        PoolKind::Ollama => get(c, pool.auth.as_ref(), b, pool.health.path.as_deref().unwrap_or("/"), timeout)
             .await
             .map(|_| ()),
         PoolKind::Openai => get(
             c,
+            pool.auth.as_ref(),
             b,
             pool.health.path.as_deref().unwrap_or("/v1/models"),
             timeout,
@@ -109,7 +111,7 @@ async fn probe(c: &HttpClient, pool: &Pool, b: &Backend) {
         &why,
     );
     if ok && pool.kind == PoolKind::Vllm {
-        if let Ok(text) = get(c, b, "/metrics", timeout).await {
+        if let Ok(text) = get(c, pool.auth.as_ref(), b, "/metrics", timeout).await {
             b.set_queue_depth(vllm_waiting(&text));
             b.set_prefix_cache(
                 vllm_sum(&text, "vllm:prefix_cache_queries_total"),
@@ -130,7 +132,7 @@ async fn probe_tfserving(
         (None, Some(m)) => format!("/v1/models/{m}"),
         (None, None) => return Err("no model to probe".into()),
     };
-    let body = get(c, b, &path, timeout).await?;
+    let body = get(c, pool.auth.as_ref(), b, &path, timeout).await?;
     #[derive(serde::Deserialize)]
     struct Status {
         model_version_status: Vec<Version>,
@@ -163,7 +165,7 @@ async fn discover_models(c: &HttpClient, pool: &Pool, b: &Backend) -> Option<Vec
             struct Item {
                 id: String,
             }
-            let body = get(c, b, "/v1/models", timeout).await.ok()?;
+            let body = get(c, pool.auth.as_ref(), b, "/v1/models", timeout).await.ok()?;
             let l: List = serde_json::from_slice(&body).ok()?;
             Some(l.data.into_iter().map(|i| i.id).collect())
         }
@@ -176,7 +178,7 @@ async fn discover_models(c: &HttpClient, pool: &Pool, b: &Backend) -> Option<Vec
             struct Tag {
                 name: String,
             }
-            let body = get(c, b, "/api/tags", timeout).await.ok()?;
+            let body = get(c, pool.auth.as_ref(), b, "/api/tags", timeout).await.ok()?;
             let t: Tags = serde_json::from_slice(&body).ok()?;
             let mut out = Vec::new();
             for tag in t.models {
@@ -192,12 +194,29 @@ async fn discover_models(c: &HttpClient, pool: &Pool, b: &Backend) -> Option<Vec
     }
 }
 
-async fn get(c: &HttpClient, b: &Backend, path: &str, timeout: Duration) -> Result<Bytes, String> {
+/// `GET path` on a backend, with the pool's own credentials when it has them.
+async fn get(
+    c: &HttpClient,
+    auth: Option<&http::HeaderValue>,
+    b: &Backend,
+    path: &str,
+    timeout: Duration,
+) -> Result<Bytes, String> {
     let uri: http::Uri = format!("http://{}{}", b.addr, path)
         .parse()
         .map_err(|e| format!("{path}: {e}"))?;
     let fut = async {
-        let resp = c.get(uri).await.map_err(|e| format!("GET {path}: {e}"))?;
+        let mut req = http::Request::get(uri);
+        if let Some(a) = auth {
+            req = req.header(http::header::AUTHORIZATION, a.clone());
+        }
+        let req = req
+            .body(Default::default())
+            .map_err(|e| format!("GET {path}: {e}"))?;
+        let resp = c
+            .request(req)
+            .await
+            .map_err(|e| format!("GET {path}: {e}"))?;
         let status = resp.status();
         let body = http_body_util::Limited::new(resp.into_body(), MAX_PROBE_BODY)
             .collect()

@@ -22,11 +22,26 @@ pub struct Pool {
     pub health: config::HealthCheck,
     /// Passive ejection settings.
     pub ejection: config::Ejection,
+    /// `Authorization` for this pool's engines (its `api_key`), on requests and probes.
+    pub auth: Option<http::HeaderValue>,
 }
 
 impl Pool {
     /// Builds a pool from its config; addresses were validated by `config::validate`.
-    pub fn new(name: &str, cfg: &config::Pool, metrics: &crate::metrics::Metrics) -> Self {
+    pub fn new(
+        name: &str,
+        cfg: &config::Pool,
+        key: Option<&config::Secret>,
+        metrics: &crate::metrics::Metrics,
+    ) -> Self {
+        // A key that is not a valid header value would be sent as nothing: fail closed to a
+        // value the engine refuses rather than to no credentials at all.
+        let auth = key.map(|k| {
+            let mut v = http::HeaderValue::from_str(&format!("Bearer {}", k.expose()))
+                .unwrap_or_else(|_| http::HeaderValue::from_static("Bearer invalid-api-key"));
+            v.set_sensitive(true);
+            v
+        });
         let backends = cfg
             .backends
             .iter()
@@ -41,6 +56,7 @@ impl Pool {
             learned: ArcSwap::from_pointee(BTreeSet::new()),
             health: cfg.health_check.clone(),
             ejection: cfg.ejection,
+            auth,
         }
     }
 
@@ -116,7 +132,14 @@ impl Upstreams {
             pools: cfg
                 .pools
                 .iter()
-                .map(|(n, p)| Arc::new(Pool::new(n, &p.value, metrics)))
+                .map(|(n, p)| {
+                    Arc::new(Pool::new(
+                        n,
+                        &p.value,
+                        cfg.secrets.pool_keys.get(n),
+                        metrics,
+                    ))
+                })
                 .collect(),
         }
     }
