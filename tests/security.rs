@@ -124,7 +124,11 @@ async fn an_upgrade_header_on_a_post_skips_no_check() {
     let edge = edge(&v, &o, ctl.addr(), "[{type: auth}, {type: policy}]", "", "").await;
     let upgrade = format!("{}Upgrade: x\r\n", bearer());
 
-    let r = raw(edge.addr, &post_with("/v1/chat/completions", &chat(LLAMA, 2), &upgrade)).await;
+    let r = raw(
+        edge.addr,
+        &post_with("/v1/chat/completions", &chat(LLAMA, 2), &upgrade),
+    )
+    .await;
     assert_eq!(status_of(&r), 403, "{}", String::from_utf8_lossy(&r));
     assert_openai_error(&body_of(&r), "model_not_allowed");
 
@@ -133,12 +137,20 @@ async fn an_upgrade_header_on_a_post_skips_no_check() {
         r#"{{"model":"{QWEN}","messages":[{{"role":"user","content":"{}"}}]}}"#,
         "x".repeat(2 << 20)
     );
-    let r = raw(edge.addr, &post_with("/v1/chat/completions", &big, &upgrade)).await;
+    let r = raw(
+        edge.addr,
+        &post_with("/v1/chat/completions", &big, &upgrade),
+    )
+    .await;
     assert_eq!(status_of(&r), 413, "{}", String::from_utf8_lossy(&r));
     assert_eq!(engine_requests(&[&v, &o]), 0, "nothing reached an engine");
 
     // An allowed model is served as the ordinary request it is.
-    let r = raw(edge.addr, &post_with("/v1/chat/completions", &chat(QWEN, 2), &upgrade)).await;
+    let r = raw(
+        edge.addr,
+        &post_with("/v1/chat/completions", &chat(QWEN, 2), &upgrade),
+    )
+    .await;
     assert_eq!(status_of(&r), 200, "{}", String::from_utf8_lossy(&r));
     assert_eq!(v.stats().requests, 1);
     assert_eq!(v.stats().last_body_len, chat(QWEN, 2).len() as u64);
@@ -157,13 +169,26 @@ async fn a_request_without_a_model_is_refused_on_a_model_restricted_route() {
         r#"{"model":"","messages":[{"role":"user","content":"hi"}]}"#,
         "",
     ] {
-        let r = raw(edge.addr, &post_with("/v1/chat/completions", body, &bearer())).await;
-        assert_eq!(status_of(&r), 400, "{body}: {}", String::from_utf8_lossy(&r));
+        let r = raw(
+            edge.addr,
+            &post_with("/v1/chat/completions", body, &bearer()),
+        )
+        .await;
+        assert_eq!(
+            status_of(&r),
+            400,
+            "{body}: {}",
+            String::from_utf8_lossy(&r)
+        );
         assert_openai_error(&body_of(&r), "model_required");
     }
     // Two different models for one request: refused, whichever the engine would have read.
     let dup = format!(r#"{{"model":"{QWEN}","model":"{LLAMA}","messages":[]}}"#);
-    let r = raw(edge.addr, &post_with("/v1/chat/completions", &dup, &bearer())).await;
+    let r = raw(
+        edge.addr,
+        &post_with("/v1/chat/completions", &dup, &bearer()),
+    )
+    .await;
     assert_eq!(status_of(&r), 400, "{}", String::from_utf8_lossy(&r));
     assert_eq!(engine_requests(&[&v, &o]), 0);
 }
@@ -183,7 +208,11 @@ async fn a_route_default_model_is_injected_and_checked() {
     )
     .await;
     let body = r#"{"max_tokens":2,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-    let r = raw(edge.addr, &post_with("/v1/chat/completions", body, &bearer())).await;
+    let r = raw(
+        edge.addr,
+        &post_with("/v1/chat/completions", body, &bearer()),
+    )
+    .await;
     assert_eq!(status_of(&r), 200, "{}", String::from_utf8_lossy(&r));
     assert!(String::from_utf8_lossy(&body_of(&r)).contains(QWEN));
     assert_eq!(v.stats().requests, 1);
@@ -205,9 +234,9 @@ async fn bodies_are_not_read_before_auth_and_the_tenant_limit() {
         "",
     )
     .await;
-    let answers = futures::future::join_all((0..30).map(|_| {
-        partial_body(edge.addr, "", 15 << 20, 1024, Duration::from_secs(5))
-    }))
+    let answers = futures::future::join_all(
+        (0..30).map(|_| partial_body(edge.addr, "", 15 << 20, 1024, Duration::from_secs(5))),
+    )
     .await;
     for r in &answers {
         assert_eq!(status_of(r), 401, "{}", String::from_utf8_lossy(r));
@@ -241,13 +270,25 @@ async fn client_credentials_stay_at_the_edge_and_pools_send_their_own() {
         state.path().display()
     ))
     .await;
-    let creds = format!("{}x-api-key: {KEY}\r\nProxy-Authorization: Basic eDp5\r\n", bearer());
+    let creds = format!(
+        "{}x-api-key: {KEY}\r\nProxy-Authorization: Basic eDp5\r\n",
+        bearer()
+    );
     let ok = eventually(5, || async {
-        status_of(&raw(edge.addr, &post_with("/v1/chat/completions", &chat(QWEN, 2), &creds)).await)
-            == 200
+        status_of(
+            &raw(
+                edge.addr,
+                &post_with("/v1/chat/completions", &chat(QWEN, 2), &creds),
+            )
+            .await,
+        ) == 200
     })
     .await;
-    assert!(ok, "the vLLM pool's models were never learned with its key; log:\n{}", edge.log_text());
+    assert!(
+        ok,
+        "the vLLM pool's models were never learned with its key; log:\n{}",
+        edge.log_text()
+    );
     assert_eq!(
         v.stats().last_credentials,
         vec!["authorization: Bearer engine-secret".to_owned()]
@@ -259,7 +300,11 @@ async fn client_credentials_stay_at_the_edge_and_pools_send_their_own() {
         pool("ollama", "ollama", &[o.addr()]),
     ))
     .await;
-    let r = raw(edge2.addr, &post_with("/api/chat", &ollama_chat(LLAMA, 2), &creds)).await;
+    let r = raw(
+        edge2.addr,
+        &post_with("/api/chat", &ollama_chat(LLAMA, 2), &creds),
+    )
+    .await;
     assert_eq!(status_of(&r), 200, "{}", String::from_utf8_lossy(&r));
     assert_eq!(o.stats().last_credentials, Vec::<String>::new());
 }
@@ -280,8 +325,16 @@ async fn model_management_is_closed_unless_a_route_opens_it() {
         ("DELETE", "/api/delete", r#"{"model":"llama3.2:latest"}"#),
         ("POST", "/api/pull", r#"{"model":"llama3.2:latest"}"#),
         ("POST", "/api/push", r#"{"model":"llama3.2:latest"}"#),
-        ("POST", "/api/create", r#"{"model":"x","from":"llama3.2:latest"}"#),
-        ("POST", "/api/copy", r#"{"source":"llama3.2:latest","destination":"x"}"#),
+        (
+            "POST",
+            "/api/create",
+            r#"{"model":"x","from":"llama3.2:latest"}"#,
+        ),
+        (
+            "POST",
+            "/api/copy",
+            r#"{"source":"llama3.2:latest","destination":"x"}"#,
+        ),
         ("POST", "/api/blobs/sha256:00", ""),
     ] {
         let req = format!(
@@ -289,19 +342,40 @@ async fn model_management_is_closed_unless_a_route_opens_it() {
             body.len()
         );
         let r = raw(edge.addr, req.as_bytes()).await;
-        assert_eq!(status_of(&r), 404, "{method} {path}: {}", String::from_utf8_lossy(&r));
+        assert_eq!(
+            status_of(&r),
+            404,
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&r)
+        );
         assert_ollama_error(&body_of(&r));
     }
     // Wrong method on an exposed path: 405.
-    let r = raw(edge.addr, b"GET /api/chat HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
+    let r = raw(
+        edge.addr,
+        b"GET /api/chat HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(status_of(&r), 405, "{}", String::from_utf8_lossy(&r));
     // Inference and listing work.
-    let r = raw(edge.addr, &post_with("/api/chat", &ollama_chat(LLAMA, 2), "")).await;
+    let r = raw(
+        edge.addr,
+        &post_with("/api/chat", &ollama_chat(LLAMA, 2), ""),
+    )
+    .await;
     assert_eq!(status_of(&r), 200, "{}", String::from_utf8_lossy(&r));
-    let r = raw(edge.addr, b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
+    let r = raw(
+        edge.addr,
+        b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(status_of(&r), 200, "{}", String::from_utf8_lossy(&r));
     // A route that opens one management endpoint exposes that one only.
-    let r = raw(edge.addr, &post_with("/admin-api/chat", &ollama_chat(LLAMA, 2), "")).await;
+    let r = raw(
+        edge.addr,
+        &post_with("/admin-api/chat", &ollama_chat(LLAMA, 2), ""),
+    )
+    .await;
     assert_eq!(status_of(&r), 404, "{}", String::from_utf8_lossy(&r));
 }
 
@@ -357,7 +431,14 @@ async fn the_control_plane_api_requires_its_token() {
             .unwrap();
         assert_eq!(r.status(), 200, "{path}");
     }
-    assert_eq!(c.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     let (v, o) = engines().await;
     let dir = tempfile::tempdir().unwrap();
@@ -372,11 +453,19 @@ async fn the_control_plane_api_requires_its_token() {
         &format!("  token: {{ file: {} }}\n", token_file.display()),
     )
     .await;
-    let r = raw(with.addr, &post_with("/v1/chat/completions", &chat(QWEN, 2), &bearer())).await;
+    let r = raw(
+        with.addr,
+        &post_with("/v1/chat/completions", &chat(QWEN, 2), &bearer()),
+    )
+    .await;
     assert_eq!(status_of(&r), 200, "{}", String::from_utf8_lossy(&r));
 
     let without = edge(&v, &o, ctl.addr(), "[{type: auth}, {type: policy}]", "", "").await;
-    let r = raw(without.addr, &post_with("/v1/chat/completions", &chat(QWEN, 2), &bearer())).await;
+    let r = raw(
+        without.addr,
+        &post_with("/v1/chat/completions", &chat(QWEN, 2), &bearer()),
+    )
+    .await;
     assert_eq!(status_of(&r), 401, "{}", String::from_utf8_lossy(&r));
     assert_openai_error(&body_of(&r), "key_unverifiable");
 }

@@ -34,7 +34,7 @@ struct ApiState {
 }
 
 /// Whether the caller presented the API token (always true when none is configured).
-fn authorized(s: &ApiState, headers: &HeaderMap, endpoint: &str) -> Result<(), Response> {
+fn authorized(s: &ApiState, headers: &HeaderMap, endpoint: &str) -> Result<(), Box<Response>> {
     match &s.token {
         Some(t) if !t.matches_bearer(headers.get(header::AUTHORIZATION)) => {
             count(s, endpoint, StatusCode::UNAUTHORIZED);
@@ -44,7 +44,7 @@ fn authorized(s: &ApiState, headers: &HeaderMap, endpoint: &str) -> Result<(), R
             );
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            Err(r)
+            Err(Box::new(r))
         }
         _ => Ok(()),
     }
@@ -134,7 +134,7 @@ async fn snapshot(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = authorized(&s, &headers, "snapshot") {
-        return r;
+        return *r;
     }
     let wait = match q.wait() {
         Some(w) => w,
@@ -194,7 +194,7 @@ async fn key(
 ) -> Response {
     s.key_lookups.fetch_add(1, Ordering::Relaxed);
     if let Err(r) = authorized(&s, &headers, "keys") {
-        return r;
+        return *r;
     }
     let hash = hash.to_ascii_lowercase();
     if !super::config::is_sha256_hex(&hash) {

@@ -145,7 +145,10 @@ mod tests {
                 max_tokens: Some(7)
             })
         );
-        let p = peek(Api::Ollama, br#"{"model":"m","options":{"num_predict":-1}}"#);
+        let p = peek(
+            Api::Ollama,
+            br#"{"model":"m","options":{"num_predict":-1}}"#,
+        );
         assert_eq!(
             p,
             Ok(Peeked {
@@ -158,7 +161,12 @@ mod tests {
 
     #[test]
     fn missing_null_and_empty_models_are_none() {
-        for b in [&br#"{}"#[..], br#"{"model":null}"#, br#"{"model":""}"#, b"  "] {
+        for b in [
+            &br#"{}"#[..],
+            br#"{"model":null}"#,
+            br#"{"model":""}"#,
+            b"  ",
+        ] {
             assert_eq!(peek(Api::OpenAi, b).map(|p| p.model), Ok(None), "{b:?}");
         }
     }

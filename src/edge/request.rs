@@ -272,10 +272,13 @@ async fn decide_inner(
     match ctx.api {
         Api::TfServing => ctx.model = Api::tf_model(&path).map(str::to_owned),
         Api::OpenAi | Api::Ollama => {
-            let p = peek(ctx.api, ctx.body.as_deref().unwrap_or_default()).map_err(|e| match e {
-                PeekError::Invalid(_) => EdgeError::new(400, "invalid_json", e.to_string()),
-                PeekError::Ambiguous(..) => EdgeError::new(400, "ambiguous_model", e.to_string()),
-            })?;
+            let p =
+                peek(ctx.api, ctx.body.as_deref().unwrap_or_default()).map_err(|e| match e {
+                    PeekError::Invalid(_) => EdgeError::new(400, "invalid_json", e.to_string()),
+                    PeekError::Ambiguous(..) => {
+                        EdgeError::new(400, "ambiguous_model", e.to_string())
+                    }
+                })?;
             ctx.model = p.model;
             ctx.wants_stream = p.wants_stream;
             ctx.max_tokens = p.max_tokens;

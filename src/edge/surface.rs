@@ -220,7 +220,10 @@ pub fn path_is_clean(path: &str) -> bool {
         return false;
     }
     let lower = path.to_ascii_lowercase();
-    if ["%2f", "%2e", "%5c", "%00"].iter().any(|e| lower.contains(e)) {
+    if ["%2f", "%2e", "%5c", "%00"]
+        .iter()
+        .any(|e| lower.contains(e))
+    {
         return false;
     }
     !path.split('/').any(|seg| seg == "." || seg == "..")
@@ -272,7 +275,11 @@ mod tests {
             Err(Refusal::Path)
         );
         assert_eq!(
-            ok(Api::TfServing, Method::POST, "/v1/models/m/versions/2:predict"),
+            ok(
+                Api::TfServing,
+                Method::POST,
+                "/v1/models/m/versions/2:predict"
+            ),
             Ok(())
         );
         assert_eq!(ok(Api::TfServing, Method::GET, "/v1/models/m"), Ok(()));
@@ -314,7 +321,12 @@ mod tests {
         ] {
             assert!(!path_is_clean(p), "{p}");
         }
-        for p in ["/v1/chat/completions", "/v1/models/m:predict", "/", "/api/tags"] {
+        for p in [
+            "/v1/chat/completions",
+            "/v1/models/m:predict",
+            "/",
+            "/api/tags",
+        ] {
             assert!(path_is_clean(p), "{p}");
         }
     }

@@ -30,7 +30,8 @@ pub fn prepare(edge: &Edge, req: &mut RequestHeader, ctx: &RequestCtx) -> Result
         req.insert_header(http::header::AUTHORIZATION, auth.clone())?;
     }
     // Absolute-form targets (Pingora checked their authority against Host) go out origin-form.
-    if req.uri.scheme().is_some() || req.uri.authority().is_some() {
+    // Pingora keeps the scheme and authority only in the raw target, not in `uri`.
+    if !req.raw_path().starts_with(b"/") && req.method != http::Method::OPTIONS {
         let origin = req
             .uri
             .path_and_query()

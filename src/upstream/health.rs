@@ -86,9 +86,15 @@ async fn probe(c: &HttpClient, pool: &Pool, b: &Backend) {
         )
         .await
         .map(|_| ()),
-        PoolKind::Ollama => get(c, pool.auth.as_ref(), b, pool.health.path.as_deref().unwrap_or("/"), timeout)
-            .await
-            .map(|_| ()),
+        PoolKind::Ollama => get(
+            c,
+            pool.auth.as_ref(),
+            b,
+            pool.health.path.as_deref().unwrap_or("/"),
+            timeout,
+        )
+        .await
+        .map(|_| ()),
         PoolKind::Openai => get(
             c,
             pool.auth.as_ref(),
@@ -165,7 +171,9 @@ async fn discover_models(c: &HttpClient, pool: &Pool, b: &Backend) -> Option<Vec
             struct Item {
                 id: String,
             }
-            let body = get(c, pool.auth.as_ref(), b, "/v1/models", timeout).await.ok()?;
+            let body = get(c, pool.auth.as_ref(), b, "/v1/models", timeout)
+                .await
+                .ok()?;
             let l: List = serde_json::from_slice(&body).ok()?;
             Some(l.data.into_iter().map(|i| i.id).collect())
         }
@@ -178,7 +186,9 @@ async fn discover_models(c: &HttpClient, pool: &Pool, b: &Backend) -> Option<Vec
             struct Tag {
                 name: String,
             }
-            let body = get(c, pool.auth.as_ref(), b, "/api/tags", timeout).await.ok()?;
+            let body = get(c, pool.auth.as_ref(), b, "/api/tags", timeout)
+                .await
+                .ok()?;
             let t: Tags = serde_json::from_slice(&body).ok()?;
             let mut out = Vec::new();
             for tag in t.models {
