@@ -15,6 +15,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const KEY: &str = "okome-test-key-small";
+/// Tenant `one`: any model, one stream at a time.
+const KEY_ONE: &str = "okome-test-key-one";
 const QWEN: &str = "Qwen/Qwen3-8B";
 const LLAMA: &str = "llama3.2:latest";
 const TOKEN: &str = "control-plane-token-for-tests";
@@ -22,11 +24,13 @@ const TOKEN: &str = "control-plane-token-for-tests";
 /// A control plane with tenant `small` (Qwen models only, 1 MiB bodies) owning `KEY`; with
 /// `token`, its API requires it.
 async fn control_plane(token: Option<&str>) -> ControlHandle {
-    let yaml = "listen: 127.0.0.1:0\nedges: 1\ntenants:\n  - id: small\n    models: [\"Qwen/*\"]\n    max_body: 1MiB\nroutes: []\n";
+    let yaml = "listen: 127.0.0.1:0\nedges: 1\ntenants:\n  - id: small\n    models: [\"Qwen/*\"]\n    max_body: 1MiB\n\
+                \x20 - id: one\n    max_concurrent_streams: 1\nroutes: []\n";
     let mut policy = ControlPolicy::from_str("control.yaml", yaml).expect("control config");
     policy.api_token = token.map(okome::config::Secret::new);
     let store = YamlStore::from_config(policy);
     store.insert_key(&hash_key(KEY), "small").expect("key");
+    store.insert_key(&hash_key(KEY_ONE), "one").expect("key");
     let s: Arc<dyn PolicyStore> = Arc::new(store);
     control::start(s, "127.0.0.1:0".parse().unwrap())
         .await
@@ -246,6 +250,42 @@ async fn bodies_are_not_read_before_auth_and_the_tenant_limit() {
     assert_eq!(status_of(&r), 413, "{}", String::from_utf8_lossy(&r));
     assert!(String::from_utf8_lossy(&body_of(&r)).contains("your key's limit"));
     assert_eq!(engine_requests(&[&v, &o]), 0);
+}
+
+/// A tenant already holding all its streams is refused on the request head: its next body is
+/// not read (the 429 comes while the body is still unsent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_at_its_stream_limit_is_refused_before_its_body_is_read() {
+    let v = sim(SimKind::Vllm, |c| c.tokens_per_second = 5.0).await;
+    let o = sim(SimKind::Ollama, |_| {}).await;
+    let ctl = control_plane(None).await;
+    let edge = edge(
+        &v,
+        &o,
+        ctl.addr(),
+        "[{type: auth}, {type: policy}, {type: ratelimit}]",
+        "",
+        "",
+    )
+    .await;
+    let one = format!("Authorization: Bearer {KEY_ONE}\r\n");
+    // A stream of 20 tokens at 5/s holds the tenant's only slot for ~4 s.
+    let mut held = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    held.write_all(&post_with("/v1/chat/completions", &chat(QWEN, 20), &one))
+        .await
+        .unwrap();
+    let mut first = [0u8; 64];
+    let n = held.read(&mut first).await.unwrap();
+    assert!(
+        first[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&first[..n])
+    );
+    let r = partial_body(edge.addr, &one, 4 << 20, 1024, Duration::from_secs(3)).await;
+    assert_eq!(status_of(&r), 429, "{}", String::from_utf8_lossy(&r));
+    assert_openai_error(&body_of(&r), "rate_limit_exceeded");
+    assert!(header_of(&r, "retry-after").is_some());
+    drop(held);
 }
 
 /// Reproduction: the tenant's API key was forwarded to the engines verbatim. Now clients'

@@ -122,6 +122,11 @@ pub trait Filter: Send + Sync + std::fmt::Debug {
     fn allows_model(&self, _model: &str, _effects: &FilterEffects) -> bool {
         true
     }
+    /// A body filter's early word, on the head, after the header filters ran (e.g. a tenant
+    /// already at its stream limit): refusing here saves reading the body.
+    async fn precheck(&self, _effects: &FilterEffects) -> Verdict {
+        Verdict::Continue
+    }
     /// Decides on a request; may record effects.
     async fn on_request(&self, req: &FilterRequest<'_>, effects: &mut FilterEffects) -> Verdict;
 }

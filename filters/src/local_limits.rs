@@ -173,6 +173,14 @@ impl LimitStore for LocalLimits {
     ) -> Result<Box<dyn Admission>, Denied> {
         self.admit_at(tenant, limits, reserve_tokens, self.epoch.elapsed())
     }
+
+    fn streams_full(&self, tenant: &str, limits: Limits) -> Option<Denied> {
+        let max = limits.concurrent?;
+        (self.counters(tenant).inflight.load(Relaxed) >= max).then_some(Denied {
+            limit: "concurrent_streams",
+            retry_after: 1,
+        })
+    }
 }
 
 #[derive(Debug)]

@@ -38,6 +38,17 @@ impl Filter for RateLimit {
         "ratelimit"
     }
 
+    async fn precheck(&self, effects: &FilterEffects) -> Verdict {
+        let Some(tenant) = effects.tenant.as_ref() else {
+            return Verdict::Continue;
+        };
+        let limits = Limits::share_of(tenant, self.policy.edges());
+        match self.store.streams_full(&tenant.id, limits) {
+            Some(d) => refuse(&tenant.id, d),
+            None => Verdict::Continue,
+        }
+    }
+
     async fn on_request(&self, req: &FilterRequest<'_>, effects: &mut FilterEffects) -> Verdict {
         let Some(tenant) = effects.tenant.clone() else {
             return Verdict::Reject(Rejection {
@@ -55,15 +66,20 @@ impl Filter for RateLimit {
                 effects.admission = Some(a);
                 Verdict::Continue
             }
-            Err(d) => Verdict::Reject(Rejection {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                message: format!(
-                    "rate limit reached for tenant `{}` ({}); retry in {} s",
-                    tenant.id, d.limit, d.retry_after
-                ),
-                code: "rate_limit_exceeded",
-                retry_after: Some(d.retry_after),
-            }),
+            Err(d) => refuse(&tenant.id, d),
         }
     }
+}
+
+/// 429 with `Retry-After` for a denied admission.
+fn refuse(tenant: &str, d: crate::tenancy::Denied) -> Verdict {
+    Verdict::Reject(Rejection {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        message: format!(
+            "rate limit reached for tenant `{tenant}` ({}); retry in {} s",
+            d.limit, d.retry_after
+        ),
+        code: "rate_limit_exceeded",
+        retry_after: Some(d.retry_after),
+    })
 }

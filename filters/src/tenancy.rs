@@ -81,4 +81,11 @@ pub trait LimitStore: Send + Sync + Debug {
         limits: Limits,
         reserve_tokens: u64,
     ) -> Result<Box<dyn Admission>, Denied>;
+
+    /// Whether the tenant already holds all its concurrent streams: checked on the request head,
+    /// so a tenant at its limit is refused before its body is read. [`admit`](Self::admit)
+    /// still decides atomically.
+    fn streams_full(&self, _tenant: &str, _limits: Limits) -> Option<Denied> {
+        None
+    }
 }

@@ -235,8 +235,20 @@ async fn decide_inner(
     }
     ctx.route = Some(head_route);
 
-    // 3. Header filters: who is asking, before anything is buffered for them.
+    // 3. Header filters: who is asking, before anything is buffered for them; then the body
+    // filters' early word (a tenant already at its stream limit).
     run_filters(edge, session, ctx, head_route, Phase::Headers).await?;
+    for f in edge.routes.routes[head_route].filters_of(Phase::Body) {
+        if let Verdict::Reject(r) = f.precheck(&ctx.effects).await {
+            return Err(EdgeError {
+                status: r.status.as_u16(),
+                message: r.message,
+                code: r.code,
+                retry_after: r.retry_after,
+                close: false,
+            });
+        }
+    }
 
     // 4. The body, up to the edge's limit or the tenant's, whichever is smaller.
     let req = session.req_header();
