@@ -12,12 +12,44 @@ use std::process::ExitCode;
 /// Policy:      okome control -c conf/control.yaml   (tenants, API keys, model routes)
 /// GPU:         okome arbiter -c conf/arbiter.yaml   (memory plan, load shedding)
 ///
-/// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug, RUST_LOG=okome::access=off) to tune them.
+/// Logs go to stderr (`--log-format json` for one JSON object per line); RUST_LOG tunes them
+/// (e.g. RUST_LOG=debug). The edge's access log is configured in its file (`access_log:`).
 #[derive(Parser, Debug)]
 #[command(name = "okome", version, about, long_about, verbatim_doc_comment)]
 struct Cli {
+    /// Process log format on stderr: `text` for people, `json` (one object per line with ts,
+    /// level, target, msg) for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// How process logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// `[ts LEVEL target] message`.
+    Text,
+    /// `{"ts":…,"level":…,"target":…,"msg":…}`.
+    Json,
+}
+
+/// Starts the process logger on stderr.
+fn init_logging(format: LogFormat) {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if format == LogFormat::Json {
+        b.format(|buf, record| {
+            use std::io::Write;
+            let line = serde_json::json!({
+                "ts": buf.timestamp_millis().to_string(),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    b.init();
 }
 
 #[derive(Subcommand, Debug)]
@@ -63,8 +95,8 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     match cli.cmd {
         Cmd::Edge { config } => run_edge(&config),
         Cmd::Control(args) => match okome::control::run(args) {

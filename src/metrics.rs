@@ -5,6 +5,61 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// Bucket boundaries dense where SLOs live and coarse outside: 24 per decade (each bound ~10 %
+/// above the last, so a quantile interpolated inside a bucket is off by a few percent, ≤ 10 %)
+/// from `dense_lo` to `dense_hi`, then the `tail` bounds. Rounded to three significant digits so
+/// the `le` labels read well.
+pub fn slo_buckets(head: &[f64], dense_lo: f64, dense_hi: f64, tail: &[f64]) -> Vec<f64> {
+    const PER_DECADE: f64 = 24.0;
+    let mut out: Vec<f64> = head.to_vec();
+    let first = (dense_lo.log10() * PER_DECADE).round() as i32;
+    let last = (dense_hi.log10() * PER_DECADE).round() as i32;
+    for k in first..=last {
+        let v = 10f64.powf(f64::from(k) / PER_DECADE);
+        let digits = 2 - v.log10().floor() as i32;
+        let scale = 10f64.powi(digits);
+        out.push((v * scale).round() / scale);
+    }
+    out.extend_from_slice(tail);
+    out.dedup_by(|a, b| (*a - *b).abs() <= f64::EPSILON * b.abs());
+    out
+}
+
+/// TTFT: 5 ms to 10 s densely (thresholds at 0.5 s and 2 s), then up to 10 minutes of queueing.
+pub fn ttft_buckets() -> Vec<f64> {
+    slo_buckets(
+        &[0.001, 0.0025],
+        0.005,
+        10.0,
+        &[15.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0],
+    )
+}
+
+/// Inter-token gaps: 1 ms to 2.5 s densely (thresholds at 100 ms and 250 ms), then seconds.
+pub fn gap_buckets() -> Vec<f64> {
+    slo_buckets(&[0.00025, 0.0005], 0.001, 2.5, &[5.0, 10.0, 30.0, 60.0])
+}
+
+/// Per-stream jitter (std-dev of gaps): 0.1 ms to 1 s densely (threshold at 50 ms).
+pub fn jitter_buckets() -> Vec<f64> {
+    slo_buckets(&[0.00005], 0.0001, 1.0, &[2.5, 5.0, 10.0])
+}
+
+/// Whole-request duration: 1 ms (a refusal) to 10 minutes (a long generation).
+pub fn duration_buckets() -> Vec<f64> {
+    slo_buckets(&[0.0005], 0.001, 60.0, &[120.0, 300.0, 600.0, 1800.0])
+}
+
+/// Adds the process collector (CPU seconds, resident and virtual memory, open and max fds,
+/// threads, start time) to `registry`; every okome component exports it.
+pub fn register_process_metrics(registry: &Registry) {
+    let pc = prometheus::process_collector::ProcessCollector::for_self();
+    // Fails only if registered twice on one registry; each component registers it once.
+    if let Err(e) = registry.register(Box::new(pc)) {
+        log::debug!("process metrics not registered: {e}");
+    }
+}
+
 /// All collectors the edge updates.
 #[derive(Clone)]
 pub struct Metrics {
@@ -31,6 +86,10 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// Requests by route and final status.
     pub requests: IntCounterVec,
+    /// Every request, streamed or not: accepted → last byte written (or refused).
+    pub request_duration: HistogramVec,
+    /// Response body bytes written to clients.
+    pub response_bytes: IntCounterVec,
     /// Policy cache answers: hit, miss, stale, negative, error.
     pub policy_cache_requests: IntCounterVec,
     /// Calls to the control plane, by endpoint.
@@ -66,13 +125,12 @@ impl Metrics {
     /// Creates and registers every collector.
     pub fn new() -> Self {
         let registry = Registry::new();
-        // Buckets: 1 ms .. ~65 s for TTFT, 0.5 ms .. ~16 s for gaps.
         let ttft = HistogramVec::new(
             HistogramOpts::new(
                 "okome_ttft_seconds",
                 "Request accepted to first token written to the client.",
             )
-            .buckets(exponential_buckets(0.001, 2.0, 17).unwrap_or_default()),
+            .buckets(ttft_buckets()),
             STREAM_LABELS,
         );
         let inter_token = HistogramVec::new(
@@ -80,7 +138,7 @@ impl Metrics {
                 "okome_inter_token_seconds",
                 "Gap between two consecutive tokens as relayed to the client.",
             )
-            .buckets(exponential_buckets(0.0005, 2.0, 16).unwrap_or_default()),
+            .buckets(gap_buckets()),
             STREAM_LABELS,
         );
         let jitter = HistogramVec::new(
@@ -88,7 +146,7 @@ impl Metrics {
                 "okome_stream_jitter_seconds",
                 "Per stream: standard deviation of its inter-token gaps.",
             )
-            .buckets(exponential_buckets(0.0001, 2.0, 16).unwrap_or_default()),
+            .buckets(jitter_buckets()),
             STREAM_LABELS,
         );
         let streams = IntCounterVec::new(
@@ -140,6 +198,21 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new("okome_requests_total", "Requests by route and status."),
             &["route", "status"],
+        );
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "okome_request_duration_seconds",
+                "Every request, streamed or not: accepted to the last byte written, by route, pool and status class (2xx, 4xx, 5xx; 0 = the client left first).",
+            )
+            .buckets(duration_buckets()),
+            &["route", "pool", "status_class"],
+        );
+        let response_bytes = IntCounterVec::new(
+            Opts::new(
+                "okome_response_bytes_total",
+                "Response body bytes written to clients.",
+            ),
+            &["route", "pool"],
         );
         let policy_cache_requests = IntCounterVec::new(
             Opts::new(
@@ -224,6 +297,8 @@ impl Metrics {
                 reg(r, requests)?,
                 reg(r, retries)?,
             );
+            let request_duration = reg(r, request_duration)?;
+            let response_bytes = reg(r, response_bytes)?;
             let backend_inflight = reg(r, backend_inflight)?;
             let backend_healthy = reg(r, backend_healthy)?;
             let backend_queue_depth = reg(r, backend_queue_depth)?;
@@ -251,6 +326,8 @@ impl Metrics {
                 backend_ejections,
                 retries,
                 requests,
+                request_duration,
+                response_bytes,
                 policy_cache_requests,
                 control_request_seconds,
                 policy_snapshot_version,
@@ -264,7 +341,65 @@ impl Metrics {
             })
         })();
         #[allow(clippy::expect_used)]
-        m.expect("metric definitions are static and valid")
+        let m = m.expect("metric definitions are static and valid");
+        register_process_metrics(&m.registry);
+        m
+    }
+
+    /// Creates every series whose labels are known up front at 0, so dashboards, `rate()` and
+    /// `absent()` see them before the first event: per route and pool the stream outcomes, tokens,
+    /// request durations and bytes; per route the statuses and retry reasons; per backend the
+    /// ejections; shed reasons × priorities; policy cache results. Bounded: routes × pools.
+    pub fn init_series(&self, routes: &[(&str, Vec<&str>)], backends: &[(&str, &str)]) {
+        const OUTCOMES: [&str; 4] = [
+            "completed",
+            "client_disconnect",
+            "upstream_error",
+            "timeout",
+        ];
+        const STATUSES: [&str; 10] = [
+            "200", "400", "401", "403", "404", "413", "429", "502", "503", "504",
+        ];
+        const RETRY_REASONS: [&str; 4] = ["connect", "upstream_error", "status_502", "status_503"];
+        // The arbiter's rules (`arbiter::rules::Rule`), as the edge labels a shed request.
+        const SHED_REASONS: [&str; 6] = [
+            "queue_depth",
+            "kv_cache",
+            "gpu_headroom",
+            "over_budget",
+            "health",
+            "none",
+        ];
+        for (route, pools) in routes {
+            for s in STATUSES {
+                self.requests.with_label_values(&[route, s]);
+            }
+            for r in RETRY_REASONS {
+                self.retries.with_label_values(&[route, r]);
+            }
+            // Refusals before a pool is chosen are counted under pool "".
+            for pool in pools.iter().copied().chain(std::iter::once("")) {
+                for o in OUTCOMES {
+                    self.streams.with_label_values(&[route, pool, o]);
+                }
+                for c in ["2xx", "4xx", "5xx"] {
+                    self.request_duration.with_label_values(&[route, pool, c]);
+                }
+                self.response_bytes.with_label_values(&[route, pool]);
+                self.tokens.with_label_values(&[route, pool, "other"]);
+            }
+        }
+        for (pool, backend) in backends {
+            self.backend_ejections.with_label_values(&[pool, backend]);
+        }
+        for reason in SHED_REASONS {
+            for p in ["critical", "standard", "sheddable"] {
+                self.shed.with_label_values(&[reason, p]);
+            }
+        }
+        for r in ["hit", "miss", "stale", "negative", "error"] {
+            self.policy_cache_requests.with_label_values(&[r]);
+        }
     }
 
     /// Prometheus text exposition of everything.

@@ -78,6 +78,7 @@ impl ArbiterMetrics {
             )?;
             registry.register(Box::new(backend_state.clone()))?;
             registry.register(Box::new(gpu_memory.clone()))?;
+            crate::metrics::register_process_metrics(&registry);
             registry.register(Box::new(engine_memory.clone()))?;
             registry.register(Box::new(decisions.clone()))?;
             registry.register(Box::new(version.clone()))?;

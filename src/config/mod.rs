@@ -55,6 +55,9 @@ pub struct EdgeConfig {
     /// Distributed tracing.
     #[serde(default)]
     pub tracing: Tracing,
+    /// The access log: one JSON object per request and line.
+    #[serde(default)]
+    pub access_log: AccessLogSection,
     /// Secrets named by the config, read when it was loaded (never part of the YAML).
     #[serde(skip)]
     pub secrets: LoadedSecrets,
@@ -67,6 +70,31 @@ pub struct LoadedSecrets {
     pub control_token: Option<Secret>,
     /// Per pool name: the API key sent upstream as `Authorization: Bearer …`.
     pub pool_keys: BTreeMap<String, Secret>,
+}
+
+/// Where the access log goes.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSection {
+    /// Write it at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Append to this file instead of stderr.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+impl Default for AccessLogSection {
+    fn default() -> Self {
+        AccessLogSection {
+            enabled: true,
+            path: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// W3C trace context handling. A client's `traceparent` always reaches the engine unchanged and

@@ -47,6 +47,7 @@ impl ControlMetrics {
             registry.register(Box::new(requests.clone()))?;
             registry.register(Box::new(snapshot_version.clone()))?;
             registry.register(Box::new(reloads.clone()))?;
+            crate::metrics::register_process_metrics(&registry);
             // Both results exist from the start, so a dashboard's rate() sees the first rejection.
             reloads.with_label_values(&["ok"]);
             reloads.with_label_values(&["rejected"]);

@@ -37,6 +37,9 @@ impl Outcome {
 pub struct RequestCtx {
     /// When the request was accepted.
     pub start: Instant,
+    /// The request id: the client's `x-request-id` when it is a sane token, else a fresh one;
+    /// sent to the engine and back to the client, and logged.
+    pub request_id: String,
     /// The API the client speaks (decides error shapes).
     pub api: Api,
     /// Index of the matched route.
@@ -82,6 +85,7 @@ impl RequestCtx {
     pub fn new() -> Self {
         RequestCtx {
             start: Instant::now(),
+            request_id: String::new(),
             api: Api::OpenAi,
             route: None,
             model: None,

@@ -1,35 +1,66 @@
-//! `logging`: the end of every request. Counts it, settles the stream's metrics, writes one
-//! access-log line (JSON) with what the client experienced.
+//! `logging`: the end of every request. Counts it (requests, duration, bytes), settles the
+//! stream's metrics, and writes one access-log record ([`AccessLine`]) with what the client
+//! experienced.
 //!
-//! The line never carries a key or a header value other than the W3C trace id. The per-stream
-//! gap p99 is not logged: it would need every gap of the stream kept (the tap is O(1) memory);
-//! `gap_max_ms` is the stream's worst gap and `okome_inter_token_seconds` has the p99 per route.
+//! The record never carries a key or a header value other than the request id and the W3C trace
+//! id. The per-stream gap p99 is not logged: it would need every gap of the stream kept (the tap
+//! is O(1) memory); `gap_max_ms` is the stream's worst gap and `okome_inter_token_seconds` has
+//! the p99 per route.
 
 use super::ctx::{Outcome, RequestCtx};
 use super::Edge;
 use pingora_error::{Error, ErrorSource, ErrorType};
 use serde::Serialize;
 
+/// What Pingora's session knew about the request when it ended.
+#[derive(Debug)]
+pub struct Seen<'a> {
+    /// Request method.
+    pub method: &'a str,
+    /// Request path (no query).
+    pub path: &'a str,
+    /// Status written to the client, if a response head was written.
+    pub status_written: Option<u16>,
+    /// The client's address.
+    pub client: Option<&'a str>,
+    /// Request body bytes read from the client.
+    pub bytes_in: u64,
+    /// Response body bytes written to the client.
+    pub bytes_out: u64,
+}
+
+/// One access-log record (one JSON object per line). Fields are documented in the README
+/// ("Access log"); absent values are `null`.
 #[derive(Serialize)]
-struct AccessLine<'a> {
+pub struct AccessLine<'a> {
+    /// RFC 3339 UTC time the request ended, milliseconds.
+    ts: String,
+    /// `x-request-id`: the client's, or the edge's own; also sent to the engine.
+    request_id: &'a str,
+    /// Client address (`IP:PORT`).
+    client: Option<&'a str>,
     method: &'a str,
     path: &'a str,
     status: u16,
+    /// completed, client_disconnect, upstream_error, timeout; `refused` when the edge answered.
+    outcome: &'static str,
     route: &'a str,
     pool: Option<&'a str>,
     backend: Option<&'a str>,
     model: Option<&'a str>,
     tenant: Option<&'a str>,
-    attempts: u32,
+    /// Attempts beyond the first.
+    retries: u32,
     duration_ms: f64,
     ttft_ms: Option<f64>,
     tokens: Option<u64>,
+    bytes_in: u64,
+    bytes_out: u64,
     gap_mean_ms: Option<f64>,
     gap_max_ms: Option<f64>,
     jitter_ms: Option<f64>,
     /// W3C trace id (32 hex digits) of the `traceparent` sent to the engine, when there is one.
     trace_id: Option<&'a str>,
-    outcome: Option<&'static str>,
     error: Option<String>,
 }
 
@@ -52,15 +83,8 @@ pub fn outcome(e: Option<&Error>, ctx: &RequestCtx) -> Outcome {
 }
 
 /// Records the finished request.
-pub fn finish(
-    edge: &Edge,
-    method: &str,
-    path: &str,
-    status_written: Option<u16>,
-    e: Option<&Error>,
-    ctx: &mut RequestCtx,
-) {
-    let status = status_written.unwrap_or(ctx.status);
+pub fn finish(edge: &Edge, seen: &Seen<'_>, e: Option<&Error>, ctx: &mut RequestCtx) {
+    let status = seen.status_written.unwrap_or(ctx.status);
     let route = ctx
         .route
         .map_or("none", |r| edge.routes.routes[r].name.as_str());
@@ -76,13 +100,20 @@ pub fn finish(
         }
         None => (None, None),
     };
+    let pool_l = pool.unwrap_or("");
+    let elapsed = ctx.start.elapsed();
+    edge.metrics
+        .request_duration
+        .with_label_values(&[route, pool_l, status_class(status)])
+        .observe(elapsed.as_secs_f64());
+    edge.metrics
+        .response_bytes
+        .with_label_values(&[route, pool_l])
+        .inc_by(seen.bytes_out);
 
-    let mut line_outcome = None;
+    let o = outcome(e, ctx);
     if let Some(tap) = ctx.tap.as_ref() {
-        let o = outcome(e, ctx);
-        line_outcome = Some(o.as_str());
         let labels = edge.stream_labels(ctx);
-        let pool_l = pool.unwrap_or("");
         edge.metrics
             .streams
             .with_label_values(&[route, pool_l, o.as_str()])
@@ -99,23 +130,30 @@ pub fn finish(
         }
     }
 
-    // Build the line only when the access log is on: serializing it is wasted work otherwise.
-    if log::log_enabled!(target: "okome::access", log::Level::Info) {
+    // Build the record only when the access log is on: serializing it is wasted work otherwise.
+    if edge.access_log.enabled() {
         let stats = ctx.tap.as_ref().map(|t| &t.stats);
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-        let line = AccessLine {
-            method,
-            path,
+        let refused = ctx.current.is_none() && ctx.edge_error.is_some();
+        edge.access_log.write(&AccessLine {
+            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            request_id: &ctx.request_id,
+            client: seen.client,
+            method: seen.method,
+            path: seen.path,
             status,
+            outcome: if refused { "refused" } else { o.as_str() },
             route,
             pool,
             backend,
             model: ctx.model.as_deref(),
             tenant: ctx.effects.tenant.as_deref().map(|t| t.id.as_str()),
-            attempts: ctx.attempts,
-            duration_ms: ms(ctx.start.elapsed()),
+            retries: ctx.attempts.saturating_sub(1),
+            duration_ms: ms(elapsed),
             ttft_ms: stats.and_then(|s| s.ttft()).map(ms),
             tokens: stats.map(|s| s.tokens()),
+            bytes_in: seen.bytes_in,
+            bytes_out: seen.bytes_out,
             gap_mean_ms: stats.and_then(|s| s.mean_gap()).map(ms),
             gap_max_ms: stats.map(|s| ms(s.max_gap())),
             jitter_ms: stats.and_then(|s| s.jitter()).map(ms),
@@ -124,12 +162,8 @@ pub fn finish(
                 .attributes
                 .get(TRACE_ID_ATTRIBUTE)
                 .map(String::as_str),
-            outcome: line_outcome,
             error: ctx.edge_error.clone().or_else(|| e.map(|e| e.to_string())),
-        };
-        if let Ok(json) = serde_json::to_string(&line) {
-            log::info!(target: "okome::access", "{json}");
-        }
+        });
     }
     // Settle the tenant's token reservation with what was really generated: the tap's count for
     // a stream (cut streams included), nothing for a request that never reached an engine, the
@@ -185,6 +219,18 @@ pub fn new_traceparent() -> String {
     let trace: u128 = rand::random::<u128>().max(1);
     let parent: u64 = rand::random::<u64>().max(1);
     format!("00-{trace:032x}-{parent:016x}-01")
+}
+
+/// `2xx` … `5xx`; `0` when no status was written (the client left first).
+fn status_class(s: u16) -> &'static str {
+    match s {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "0",
+    }
 }
 
 fn status_label(s: u16) -> &'static str {

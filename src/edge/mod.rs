@@ -8,6 +8,7 @@
 //! client's shape), [`logging`] (metrics, access log). What a route exposes is [`surface`];
 //! reading the body's model is [`peek`].
 
+pub mod access_log;
 pub mod body;
 pub mod ctx;
 pub mod failure;
@@ -53,6 +54,8 @@ pub struct Edge {
     pub arbiters: Option<Arc<ArbiterFeeds>>,
     /// Start a W3C trace for requests that come without a `traceparent`.
     pub generate_traceparent: bool,
+    /// Where each request's record goes.
+    pub access_log: access_log::AccessLog,
 }
 
 /// Label values of a stream's metrics.
@@ -92,6 +95,11 @@ impl Edge {
             max_body: cfg.limits.max_body.0,
             arbiters: None,
             generate_traceparent: cfg.tracing.generate_traceparent,
+            access_log: access_log::AccessLog::open(
+                cfg.access_log.enabled,
+                cfg.access_log.path.as_deref(),
+            )
+            .map_err(|e| format!("access_log.path: {e}"))?,
         })
     }
 

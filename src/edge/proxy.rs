@@ -28,7 +28,8 @@ impl ProxyHttp for Edge {
             }
             Decision::ListModels(body) => {
                 ctx.status = 200;
-                respond::json(session, 200, body, &[]).await?;
+                let id = [("x-request-id", ctx.request_id.clone())];
+                respond::json(session, 200, body, &id).await?;
                 Ok(true)
             }
         }
@@ -136,7 +137,17 @@ impl ProxyHttp for Edge {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let written = session.response_written().map(|r| r.status.as_u16());
+        let down = session.as_downstream();
         let req = session.req_header();
-        logging::finish(self, req.method.as_str(), req.uri.path(), written, e, ctx);
+        let client = down.client_addr().map(ToString::to_string);
+        let seen = logging::Seen {
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            status_written: written,
+            client: client.as_deref(),
+            bytes_in: down.body_bytes_read() as u64,
+            bytes_out: down.body_bytes_sent() as u64,
+        };
+        logging::finish(self, &seen, e, ctx);
     }
 }

@@ -20,6 +20,29 @@ use crate::api::Api;
 use okome_filters::{FilterEffects, FilterRequest, Phase, Verdict};
 use pingora_proxy::Session;
 
+/// The request id header, to the engine and back to the client (vLLM takes it as its own request
+/// id with `--enable-request-id-headers`).
+pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// The client's `x-request-id` when it is a sane token (1–128 of `A-Za-z0-9._:-`), else a fresh
+/// random one.
+fn request_id(req: &pingora_http::RequestHeader) -> String {
+    let sane = |v: &&str| {
+        (1..=128).contains(&v.len())
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    };
+    match req
+        .headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(sane)
+    {
+        Some(v) => v.to_owned(),
+        None => format!("{:032x}", rand::random::<u128>()),
+    }
+}
+
 /// What the request decided: go upstream, or the edge answers itself.
 #[derive(Debug)]
 pub enum Decision {
@@ -174,6 +197,7 @@ async fn decide_inner(
     let path = req.uri.path().to_owned();
     let method = req.method.clone();
     ctx.api = Api::from_path(&path);
+    ctx.request_id = request_id(req);
     trace(edge, req, &mut ctx.effects);
 
     // 1. The head.

@@ -51,6 +51,9 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &EdgeError)
     if err.close {
         extra.push(("connection", "close".to_owned()));
     }
+    if !ctx.request_id.is_empty() {
+        extra.push(("x-request-id", ctx.request_id.clone()));
+    }
     match json(session, err.status, body, &extra).await {
         Ok(()) => err.status,
         Err(_) => 0,

@@ -43,8 +43,12 @@ pub fn on_upstream_header(
 }
 
 /// `response_filter`: start the stream tap when the answer is a token stream.
-pub fn on_response_header(edge: &Edge, resp: &ResponseHeader, ctx: &mut RequestCtx) {
+pub fn on_response_header(edge: &Edge, resp: &mut ResponseHeader, ctx: &mut RequestCtx) {
     ctx.status = resp.status.as_u16();
+    if let Ok(v) = http::HeaderValue::from_str(&ctx.request_id) {
+        // A fresh header name and a checked value: inserting cannot fail.
+        let _ = resp.insert_header(super::request::REQUEST_ID, v);
+    }
     // The response is about to reach the client: no more retries, so the pre-read request body
     // (megabytes for a long prompt) need not live as long as the stream.
     ctx.body = None;

@@ -71,6 +71,16 @@ impl Route {
         self.filters.iter().all(|f| f.allows_model(model, effects))
     }
 
+    /// Whether this route may send to pool `i` (its target or candidates — all pools when it picks
+    /// by model among every pool — or a fallback).
+    pub fn may_use_pool(&self, i: usize) -> bool {
+        let target = match &self.target {
+            Target::Pool(p) => *p == i,
+            Target::ByModel(c) => c.is_empty() || c.contains(&i),
+        };
+        target || self.fallback.contains(&i)
+    }
+
     /// Pools this route can send to: the target (or its candidates), then fallbacks.
     pub fn reachable_pools(&self, up: &Upstreams, api: Api) -> Vec<usize> {
         let mut out: Vec<usize> = match &self.target {

@@ -121,6 +121,27 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
     let mut edge =
         Edge::new(cfg, metrics.clone(), upstreams.clone(), &env).map_err(StartError::Routes)?;
     edge.arbiters = arbiters;
+    {
+        let routes: Vec<(&str, Vec<&str>)> = edge
+            .routes
+            .routes
+            .iter()
+            .map(|r| {
+                let pools = (0..edge.upstreams.pools.len())
+                    .filter(|&i| r.may_use_pool(i))
+                    .map(|i| edge.upstreams.pools[i].name.as_str())
+                    .collect();
+                (r.name.as_str(), pools)
+            })
+            .collect();
+        let backends: Vec<(&str, &str)> = edge
+            .upstreams
+            .pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(|b| (p.name.as_str(), b.id.as_str())))
+            .collect();
+        metrics.init_series(&routes, &backends);
+    }
     let mut svc = pingora_proxy::http_proxy_service(&server.configuration, edge);
     for l in &cfg.listeners.value {
         // Pingora buffers 64 KiB of reads per client connection for TLS's sake; a plaintext token

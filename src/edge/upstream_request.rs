@@ -49,6 +49,9 @@ pub fn prepare(edge: &Edge, req: &mut RequestHeader, ctx: &RequestCtx) -> Result
             req.insert_header(http::header::CONTENT_LENGTH, b.len().to_string())?;
         }
     }
+    if let Ok(v) = http::HeaderValue::from_str(&ctx.request_id) {
+        req.insert_header(super::request::REQUEST_ID, v)?;
+    }
     for name in &ctx.effects.remove_headers {
         req.remove_header(name);
     }
