@@ -7,12 +7,13 @@
 
 mod common;
 
+use common::prom::{start_prometheus, tool};
 use common::*;
 use okome::control::{self, hash_key, PolicyStore, YamlStore};
 use okome::sim::SimKind;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,22 +25,6 @@ const PENDING: &[&str] = &[];
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-/// The path of `name` on PATH, or a test failure that says how to get it.
-fn tool(name: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .chain(["/usr/bin".into(), "/usr/local/bin".into()])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{name}` not found on PATH: install Debian's `prometheus` package \
-                 (apt-get install -y prometheus), as .ci/run does"
-            )
-        })
 }
 
 fn run_ok(cmd: &mut Command) -> String {
@@ -338,55 +323,6 @@ async fn every_dashboard_query_names_an_exported_metric() {
     }
 }
 
-/// A Prometheus server on a free port, killed on drop.
-struct PromProc {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-    log: PathBuf,
-}
-
-impl Drop for PromProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_prometheus(target: std::net::SocketAddr) -> PromProc {
-    let bin = tool("prometheus");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
-             scrape_configs:\n  - job_name: okome-edge\n    static_configs:\n      - targets: [\"{target}\"]\n",
-            repo("conf/prometheus/okome.rules.yml").display()
-        ),
-    )
-    .expect("write config");
-    let port = free_port();
-    let log = dir.path().join("prometheus.log");
-    let child = Command::new(bin)
-        .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("spawn prometheus");
-    PromProc {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
-        log,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_prometheus_records_ttft_p95_from_a_live_edge() {
     let s = sim(SimKind::Vllm, |_| {}).await;
@@ -459,4 +395,250 @@ async fn real_prometheus_records_ttft_p95_from_a_live_edge() {
         .await
         .expect("json");
     assert_eq!(v["data"]["result"][0]["value"][1], "2", "{v}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The numbers are right: recorded quantiles against the exact ones.
+// ---------------------------------------------------------------------------------------------
+
+/// Relative tolerance between a recorded quantile and the exact one. The buckets are ~10 % wide
+/// where the SLOs live (24 per decade), and interpolation inside a bucket lands within it.
+const TOLERANCE: f64 = 0.10;
+
+/// The `q` quantile of `v` as Prometheus' `quantile()` computes it (linear between ranks).
+fn exact(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let rank = q * (v.len() - 1) as f64;
+    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (rank - lo as f64)
+}
+
+/// `histogram_quantile(q, sum by (le) (NAME_bucket))` over the edge's `/metrics` text.
+fn recorded(text: &str, name: &str, q: f64) -> f64 {
+    let mut by_le: std::collections::BTreeMap<u64, (f64, f64)> = Default::default();
+    let prefix = format!("{name}_bucket{{");
+    for l in text.lines().filter(|l| l.starts_with(&prefix)) {
+        let le = l.split("le=\"").nth(1).and_then(|r| r.split('"').next());
+        let n: f64 = l
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0);
+        let le: f64 = match le {
+            Some("+Inf") => f64::INFINITY,
+            Some(x) => x.parse().unwrap_or(f64::NAN),
+            None => continue,
+        };
+        by_le.entry(le.to_bits()).or_insert((le, 0.0)).1 += n;
+    }
+    let mut buckets: Vec<(f64, f64)> = by_le.into_values().collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let rank = q * total;
+    let (mut prev_le, mut prev_n) = (0.0, 0.0);
+    for (le, n) in buckets {
+        if n >= rank {
+            if le.is_infinite() {
+                return prev_le;
+            }
+            return prev_le + (le - prev_le) * (rank - prev_n) / (n - prev_n);
+        }
+        (prev_le, prev_n) = (le, n);
+    }
+    prev_le
+}
+
+fn assert_close(what: &str, recorded: f64, exact: f64) {
+    let err = (recorded - exact).abs() / exact;
+    println!(
+        "{what}: recorded {:.2} ms, exact {:.2} ms ({:+.1} %)",
+        recorded * 1e3,
+        exact * 1e3,
+        (recorded / exact - 1.0) * 100.0
+    );
+    assert!(
+        err <= TOLERANCE,
+        "{what}: recorded {recorded:.4} s vs exact {exact:.4} s ({:.1} % off, tolerance {:.0} %)",
+        err * 100.0,
+        TOLERANCE * 100.0
+    );
+}
+
+/// One stream as the client saw it: TTFT and every gap between token events.
+async fn timed_stream(addr: std::net::SocketAddr, max_tokens: u32) -> (f64, Vec<f64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = chat("Qwen/Qwen3-8B", max_tokens);
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let start = Instant::now();
+    s.write_all(&post("/v1/chat/completions", &body))
+        .await
+        .expect("write");
+    let (mut buf, mut seen, mut times) = (vec![0u8; 64 * 1024], String::new(), Vec::new());
+    loop {
+        let n = s.read(&mut buf).await.expect("read");
+        if n == 0 {
+            break;
+        }
+        let now = Instant::now();
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        // Every content delta that completed in this read arrived now.
+        while let Some(end) = seen.find("\n\n") {
+            let event: String = seen.drain(..end + 2).collect();
+            if event.contains(r#""delta":{"content":""#) {
+                times.push(now);
+            }
+        }
+    }
+    assert_eq!(times.len(), max_tokens as usize, "tokens received");
+    let ttft = (times[0] - start).as_secs_f64();
+    let gaps = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    (ttft, gaps)
+}
+
+fn std_dev(v: &[f64]) -> f64 {
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+}
+
+/// Streams with known timing (150 ms prefill, 20 tokens/s with ±50 % jitter) through the edge:
+/// the TTFT p50/p95, gap p95/p99 and jitter p50 that the edge's histograms, its status page and a
+/// real Prometheus's recording rules report are within [`TOLERANCE`] of the exact values the
+/// client measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_latency_quantiles_match_the_exact_ones() {
+    let s = sim(SimKind::Vllm, |c| {
+        c.prefill = Duration::from_millis(150);
+        c.tokens_per_second = 20.0;
+        c.jitter = 0.5;
+    })
+    .await;
+    let edge = start_edge(&format!(
+        "pools:\n{}routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\n",
+        pool("vllm", "vllm", &[s.addr()])
+    ))
+    .await;
+    let prom = start_prometheus(edge.admin);
+    // rate() needs a sample from before the traffic: wait for Prometheus's first scrape.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while common::prom::query(&prom.url, "up")
+        .await
+        .and_then(|r| r.first().map(|s| s.1))
+        != Some(1.0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never scraped the edge"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // 40 streams of 12 tokens, 10 at a time.
+    let (mut ttfts, mut gaps, mut jitters) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..4 {
+        let wave = futures::future::join_all((0..10).map(|_| timed_stream(edge.addr, 12))).await;
+        for (t, g) in wave {
+            ttfts.push(t);
+            jitters.push(std_dev(&g));
+            gaps.extend(g);
+        }
+    }
+    let want = [
+        (
+            "TTFT p50",
+            "okome_ttft_seconds",
+            0.50,
+            exact(&mut ttfts, 0.50),
+        ),
+        (
+            "TTFT p95",
+            "okome_ttft_seconds",
+            0.95,
+            exact(&mut ttfts, 0.95),
+        ),
+        (
+            "gap p95",
+            "okome_inter_token_seconds",
+            0.95,
+            exact(&mut gaps, 0.95),
+        ),
+        (
+            "gap p99",
+            "okome_inter_token_seconds",
+            0.99,
+            exact(&mut gaps, 0.99),
+        ),
+        (
+            "jitter p50",
+            "okome_stream_jitter_seconds",
+            0.50,
+            exact(&mut jitters, 0.50),
+        ),
+    ];
+
+    // The edge's own histograms.
+    let text = reqwest::get(edge.admin_url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for (what, name, q, x) in want {
+        assert_close(&format!("/metrics {what}"), recorded(&text, name, q), x);
+    }
+
+    // The status page's figures (the same interpolation, over its window).
+    let st: serde_json::Value = reqwest::get(edge.admin_url("/status"))
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    let live = &st["pools"][0]["live"];
+    for (field, (what, _, _, x)) in ["ttft_p50", "ttft_p95", "gap_p95", "gap_p99", "jitter_p50"]
+        .iter()
+        .zip(want)
+    {
+        let v = live[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {field} in {st}"));
+        assert_close(&format!("/status {what}"), v, x);
+    }
+
+    // A real Prometheus: the shipped recording rules (and the jitter median directly).
+    let rules = [
+        "okome:ttft_seconds:p50_5m",
+        "okome:ttft_seconds:p95_5m",
+        "okome:inter_token_seconds:p95_5m",
+        "okome:inter_token_seconds:p99_5m",
+        "histogram_quantile(0.5, sum by (le) (rate(okome_stream_jitter_seconds_bucket[5m])))",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (q, (what, _, _, x)) in rules.iter().zip(want) {
+        let v = loop {
+            assert!(
+                Instant::now() < deadline,
+                "no sample of {q}; prometheus log:\n{}",
+                std::fs::read_to_string(&prom.log).unwrap_or_default()
+            );
+            // Wait for a scrape after the last stream, so the rules see every observation.
+            let total = common::prom::query(&prom.url, "sum(okome_stream_jitter_seconds_count)")
+                .await
+                .and_then(|r| r.first().map(|s| s.1));
+            if total == Some(40.0) {
+                if let Some(v) = common::prom::query(&prom.url, q)
+                    .await
+                    .and_then(|r| r.first().map(|s| s.1))
+                    .filter(|v| v.is_finite())
+                {
+                    break v;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        assert_close(&format!("prometheus {what}"), v, x);
+    }
 }

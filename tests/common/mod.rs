@@ -2,6 +2,8 @@
 //! in-process simulators.
 #![allow(dead_code)]
 
+pub mod prom;
+
 use okome::sim::{SimConfig, SimHandle, SimKind};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
