@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub last_traceparent: RwLock<Option<String>>,
     /// Credential headers of the last engine request (tests check that clients' keys stay at the edge).
     pub last_credentials: RwLock<Vec<String>>,
+    /// `x-request-id` of the last engine request.
+    pub last_request_id: RwLock<Option<String>>,
 }
 
 impl Shared {
@@ -129,6 +131,7 @@ impl Shared {
             last_body_hash: c.last_body_hash.load(Relaxed),
             last_traceparent: self.last_traceparent.read().clone(),
             last_credentials: self.last_credentials.read().clone(),
+            last_request_id: self.last_request_id.read().clone(),
         }
     }
 
@@ -164,6 +167,7 @@ pub(crate) async fn start(cfg: SimConfig) -> io::Result<Arc<Shared>> {
         pressure: RwLock::new(Default::default()),
         last_traceparent: RwLock::new(None),
         last_credentials: RwLock::new(Vec::new()),
+        last_request_id: RwLock::new(None),
         cfg,
     });
     tokio::spawn(accept_loop(
@@ -264,6 +268,11 @@ async fn handle(sim: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bod
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         *sim.last_traceparent.write() = tp;
+        *sim.last_request_id.write() = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         *sim.last_credentials.write() = ["authorization", "x-api-key", "proxy-authorization"]
             .iter()
             .filter_map(|h| {

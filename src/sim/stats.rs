@@ -34,6 +34,9 @@ pub struct SimStats {
     /// API request, as `name: value` lines; empty when it carried none.
     #[serde(default)]
     pub last_credentials: Vec<String>,
+    /// The `x-request-id` header of the last API request, if it had one.
+    #[serde(default)]
+    pub last_request_id: Option<String>,
 }
 
 /// Why a generation finished, as in vLLM's `finished_reason` label.
