@@ -86,7 +86,7 @@ pub fn file(path: &Path) -> Result<Report, CheckError> {
         summary: format!(
             "edge config, {} listener(s), {} pool(s), {} route(s)",
             cfg.listeners.value.len(),
-            cfg.pools.len(),
+            cfg.pools.value.len(),
             cfg.routes.value.len()
         ),
         warnings: crate::config::validate::warnings(&cfg),

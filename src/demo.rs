@@ -71,7 +71,7 @@ pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
         .get_or_insert_with(|| control_token.clone());
     let control = crate::runtime::control().map_err(DemoError::Runtime)?;
     let mut handles = Vec::new();
-    for pool in cfg.pools.values() {
+    for pool in cfg.pools.value.values() {
         let pool = &pool.value;
         let kind = match pool.kind {
             PoolKind::Vllm | PoolKind::Openai => SimKind::Vllm,

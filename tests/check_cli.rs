@@ -286,3 +286,24 @@ fn security_settings_are_checked_and_open_control_apis_warned_about() {
         text(&out.stderr)
     );
 }
+
+/// Values that would make the edge fail every request are refused at their own line, not at a
+/// placeholder: zero timeouts (every stream would end at once as `timeout`), a zero body limit.
+#[test]
+fn nonsensical_values_are_refused_where_they_are_written() {
+    let (path, stderr) = fails(
+        "zero.yaml",
+        &format!(
+            "{GOOD}timeouts: {{ idle: 0s, first_token: 0s, connect: 0s }}\nlimits:\n  max_body: 0\n"
+        ),
+    );
+    let p = path.display();
+    for want in [
+        format!("{p}:12: timeouts.connect:"),
+        format!("{p}:12: timeouts.first_token:"),
+        format!("{p}:12: timeouts.idle:"),
+        format!("{p}:14: limits.max_body: must be larger than 0"),
+    ] {
+        assert!(stderr.contains(&want), "{want:?} not in:\n{stderr}");
+    }
+}

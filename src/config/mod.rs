@@ -29,19 +29,19 @@ pub struct EdgeConfig {
     #[serde(default)]
     pub admin: Admin,
     /// Worker threads, grace period.
-    #[serde(default)]
-    pub server: ServerSection,
+    #[serde(default = "unplaced")]
+    pub server: Spanned<ServerSection>,
     /// Request limits.
-    #[serde(default)]
-    pub limits: Limits,
+    #[serde(default = "unplaced")]
+    pub limits: Spanned<Limits>,
     /// Upstream timeouts.
-    #[serde(default)]
-    pub timeouts: Timeouts,
+    #[serde(default = "unplaced")]
+    pub timeouts: Spanned<Timeouts>,
     /// Retry and failover before the first byte.
-    #[serde(default)]
-    pub retry: Retry,
+    #[serde(default = "unplaced")]
+    pub retry: Spanned<Retry>,
     /// Pools of model servers, by name.
-    pub pools: BTreeMap<String, Spanned<Pool>>,
+    pub pools: Spanned<BTreeMap<String, Spanned<Pool>>>,
     /// Routes, tried in order; the first match wins.
     pub routes: Spanned<Vec<Spanned<Route>>>,
     /// The control plane (OKOME) this edge takes tenants, keys and model routes from; without
@@ -61,6 +61,15 @@ pub struct EdgeConfig {
     /// Secrets named by the config, read when it was loaded (never part of the YAML).
     #[serde(skip)]
     pub secrets: LoadedSecrets,
+}
+
+/// A section left out of the file: its defaults, which are valid, at no place in the file.
+fn unplaced<T: Default>() -> Spanned<T> {
+    Spanned::new(
+        T::default(),
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
 }
 
 /// The secrets a config names, read from their files or variables at load time.

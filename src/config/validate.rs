@@ -84,7 +84,7 @@ pub fn load_secrets(
             }
         }
     }
-    for (name, pool) in &cfg.pools {
+    for (name, pool) in &cfg.pools.value {
         if let Some(src) = &pool.value.api_key {
             match src.load(base) {
                 Ok(s) => {
@@ -130,40 +130,55 @@ pub fn validate(cfg: &EdgeConfig) -> Vec<Problem> {
             "at least one listener is needed, e.g. `- address: 0.0.0.0:8080`".into(),
         );
     }
-    if cfg.retry.max_attempts == 0 {
+    if cfg.retry.value.max_attempts == 0 {
         push(
             &mut out,
-            1,
+            at(&cfg.retry),
             "retry.max_attempts".into(),
             "must be at least 1 (1 means no retry)".into(),
         );
     }
-    if cfg.limits.max_body.0 == 0 {
+    if cfg.limits.value.max_body.0 == 0 {
         push(
             &mut out,
-            1,
+            at(&cfg.limits),
             "limits.max_body".into(),
             "must be larger than 0".into(),
         );
     }
-    if cfg.server.threads == Some(0) {
+    if cfg.server.value.threads == Some(0) {
         push(
             &mut out,
-            1,
+            at(&cfg.server),
             "server.threads".into(),
             "must be at least 1".into(),
         );
     }
-    if cfg.pools.is_empty() {
+    let t = &cfg.timeouts.value;
+    for (key, d) in [
+        ("connect", t.connect),
+        ("first_token", t.first_token),
+        ("idle", t.idle),
+    ] {
+        if d.0 < std::time::Duration::from_millis(1) {
+            push(
+                &mut out,
+                at(&cfg.timeouts),
+                format!("timeouts.{key}"),
+                format!("{d} would end every request at once: give it a length, e.g. 30s"),
+            );
+        }
+    }
+    if cfg.pools.value.is_empty() {
         push(
             &mut out,
-            1,
+            at(&cfg.pools),
             "pools".into(),
             "at least one pool is needed".into(),
         );
     }
 
-    for (name, pool) in &cfg.pools {
+    for (name, pool) in &cfg.pools.value {
         let key = format!("pools.{name}");
         if pool.value.backends.is_empty() {
             push(
@@ -254,8 +269,8 @@ pub fn validate(cfg: &EdgeConfig) -> Vec<Problem> {
             );
         }
         let check_pool = |p: &Spanned<String>, k: String, out: &mut Vec<Problem>| {
-            if !cfg.pools.contains_key(&p.value) {
-                let known: Vec<&str> = cfg.pools.keys().map(String::as_str).collect();
+            if !cfg.pools.value.contains_key(&p.value) {
+                let known: Vec<&str> = cfg.pools.value.keys().map(String::as_str).collect();
                 out.push(Problem {
                     line: at(p),
                     key: k,

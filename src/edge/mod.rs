@@ -90,9 +90,9 @@ impl Edge {
             routes: RouteTable::new(cfg, &upstreams, env)?,
             upstreams,
             metrics,
-            timeouts: cfg.timeouts,
-            max_attempts: cfg.retry.max_attempts,
-            max_body: cfg.limits.max_body.0,
+            timeouts: cfg.timeouts.value,
+            max_attempts: cfg.retry.value.max_attempts,
+            max_body: cfg.limits.value.max_body.0,
             arbiters: None,
             generate_traceparent: cfg.tracing.generate_traceparent,
             access_log: access_log::AccessLog::open(

@@ -94,13 +94,14 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
 
     let threads = cfg
         .server
+        .value
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let conf = ServerConf {
         threads,
-        grace_period_seconds: Some(cfg.server.grace_period.0.as_secs()),
+        grace_period_seconds: Some(cfg.server.value.grace_period.0.as_secs()),
         graceful_shutdown_timeout_seconds: Some(5),
-        max_retries: cfg.retry.max_attempts as usize,
+        max_retries: cfg.retry.value.max_attempts as usize,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

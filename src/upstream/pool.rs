@@ -131,6 +131,7 @@ impl Upstreams {
         Upstreams {
             pools: cfg
                 .pools
+                .value
                 .iter()
                 .map(|(n, p)| {
                     Arc::new(Pool::new(
