@@ -18,15 +18,32 @@ pub enum Api {
 }
 
 impl Api {
-    /// Classifies a request path.
-    pub fn from_path(path: &str) -> Api {
+    /// Classifies a request path. `/v1/models/{x}` is both OpenAI's `models.retrieve` and TF
+    /// Serving's model status: it is TF Serving's when it has a TF Serving suffix (`:predict`,
+    /// `/versions/N`, `/labels/L`, `/metadata`) or when `is_tf_model(x)` says a TF Serving pool
+    /// serves `x`; otherwise OpenAI's (whose model ids may contain `/`).
+    pub fn classify(path: &str, is_tf_model: impl Fn(&str) -> bool) -> Api {
         if path.starts_with("/api/") || path == "/api" {
-            Api::Ollama
-        } else if path.starts_with("/v1/models/") {
+            return Api::Ollama;
+        }
+        let Some(rest) = path.strip_prefix("/v1/models/") else {
+            return Api::OpenAi;
+        };
+        let tf_suffix = [":predict", ":classify", ":regress", "/metadata"]
+            .iter()
+            .any(|s| rest.ends_with(s))
+            || rest.contains("/versions/")
+            || rest.contains("/labels/");
+        if tf_suffix || is_tf_model(rest) {
             Api::TfServing
         } else {
             Api::OpenAi
         }
+    }
+
+    /// OpenAI's `models.retrieve` id from `/v1/models/{id}` (ids may contain `/`).
+    pub fn openai_model_id(path: &str) -> Option<&str> {
+        path.strip_prefix("/v1/models/").filter(|id| !id.is_empty())
     }
 
     /// TF Serving's model name from `/v1/models/{name}[/versions/N][:verb]`.
@@ -83,12 +100,32 @@ mod tests {
 
     #[test]
     fn paths_pick_the_api() {
-        assert_eq!(Api::from_path("/v1/chat/completions"), Api::OpenAi);
-        assert_eq!(Api::from_path("/v1/models"), Api::OpenAi);
-        assert_eq!(Api::from_path("/api/chat"), Api::Ollama);
+        let tf = |m: &str| m == "half_plus_two";
+        assert_eq!(Api::classify("/v1/chat/completions", tf), Api::OpenAi);
+        assert_eq!(Api::classify("/v1/models", tf), Api::OpenAi);
+        assert_eq!(Api::classify("/api/chat", tf), Api::Ollama);
         assert_eq!(
-            Api::from_path("/v1/models/half_plus_two:predict"),
+            Api::classify("/v1/models/half_plus_two:predict", tf),
             Api::TfServing
+        );
+        assert_eq!(
+            Api::classify("/v1/models/half_plus_two", tf),
+            Api::TfServing
+        );
+        assert_eq!(
+            Api::classify("/v1/models/other/versions/2", tf),
+            Api::TfServing
+        );
+        assert_eq!(
+            Api::classify("/v1/models/other/metadata", tf),
+            Api::TfServing
+        );
+        // OpenAI's models.retrieve, ids with a slash included.
+        assert_eq!(Api::classify("/v1/models/Qwen/Qwen3-8B", tf), Api::OpenAi);
+        assert_eq!(Api::classify("/v1/models/llama3.2:latest", tf), Api::OpenAi);
+        assert_eq!(
+            Api::openai_model_id("/v1/models/Qwen/Qwen3-8B"),
+            Some("Qwen/Qwen3-8B")
         );
         assert_eq!(
             Api::tf_model("/v1/models/half_plus_two:predict"),

@@ -492,6 +492,89 @@ async fn async_openai_client_streams_a_chat_completion_through_the_edge() {
     );
 }
 
+/// `GET /v1/models/{id}` is OpenAI's `models.retrieve` unless it is a TF Serving path, even
+/// behind the reference layout's `/v1/models/` TF Serving route: the official client gets a
+/// model object (ids with `/` included) or an OpenAI-shaped 404, and TF Serving's status,
+/// version, metadata and predict paths still reach TF Serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_models_retrieve_and_tf_serving_paths_share_v1_models() {
+    use async_openai::config::OpenAIConfig;
+    let v = sim(SimKind::Vllm, |_| {}).await;
+    let tf = sim(SimKind::TfServing, |c| {
+        c.models = vec!["half_plus_two".into()]
+    })
+    .await;
+    let edge = start_edge(&format!(
+        "pools:\n{}{}    models: [half_plus_two]\nroutes:\n\
+         \x20 - name: tfserving\n    match: {{ path_prefix: \"/v1/models/\" }}\n    pool: tfserving\n\
+         \x20 - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pools: [vllm]\n",
+        pool("vllm", "vllm", &[v.addr()]),
+        pool("tfserving", "tfserving", &[tf.addr()]),
+    ))
+    .await;
+    let client = async_openai::Client::with_config(
+        OpenAIConfig::new()
+            .with_api_base(edge.url("/v1"))
+            .with_api_key("x"),
+    );
+    let m = eventually(5, || async {
+        client.models().retrieve("Qwen/Qwen3-8B").await.is_ok()
+    })
+    .await;
+    assert!(m, "models.retrieve failed; log:\n{}", edge.log_text());
+    let m = client
+        .models()
+        .retrieve("Qwen/Qwen3-8B")
+        .await
+        .expect("model");
+    assert_eq!(m.id, "Qwen/Qwen3-8B");
+    assert_eq!(m.owned_by, "vllm");
+    let err = client.models().retrieve("no-such-model").await;
+    assert!(err.is_err(), "{err:?}");
+    let r = raw(
+        edge.addr,
+        b"GET /v1/models/no-such-model HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&r), 404);
+    assert_openai_error(&body_of(&r), "model_not_found");
+
+    for path in [
+        "/v1/models/half_plus_two",
+        "/v1/models/half_plus_two/versions/1",
+        "/v1/models/half_plus_two/metadata",
+    ] {
+        let r = raw(
+            edge.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        let direct = raw(
+            tf.addr(),
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert_eq!(
+            status_of(&r),
+            status_of(&direct),
+            "{path}: {}",
+            String::from_utf8_lossy(&r)
+        );
+        assert_eq!(body_of(&r), body_of(&direct), "{path}");
+    }
+    let r = raw(
+        edge.addr,
+        &post(
+            "/v1/models/half_plus_two:predict",
+            r#"{"instances":[1.0,2.0]}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status_of(&r), 200, "{}", String::from_utf8_lossy(&r));
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. Routing by model across pools.
 // ---------------------------------------------------------------------------------------------

@@ -170,6 +170,18 @@ impl Edge {
         all.into_iter().collect()
     }
 
+    /// OpenAI's model object for `id` when one of `pools` serves it.
+    pub fn model_object(&self, pools: &[usize], id: &str) -> Option<Bytes> {
+        let p = pools
+            .iter()
+            .map(|&i| &self.upstreams.pools[i])
+            .find(|p| p.speaks(crate::api::Api::OpenAi) && p.serves(id))?;
+        Some(Bytes::from(
+            serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": p.name})
+                .to_string(),
+        ))
+    }
+
     /// `GET /v1/models` answered from the models of `pools` that `allowed` lets through
     /// (OpenAI list shape), each model once.
     pub fn models_list_body(&self, pools: &[usize], allowed: impl Fn(&str) -> bool) -> Bytes {

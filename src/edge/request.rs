@@ -50,7 +50,7 @@ pub enum Decision {
     Proxy,
     /// Answer with this error.
     Refuse(EdgeError),
-    /// Answer `GET /v1/models` with this list body (the route's models the caller may use).
+    /// Answer a models request (`GET /v1/models`, `/v1/models/{id}`) with this JSON body.
     ListModels(bytes::Bytes),
 }
 
@@ -196,7 +196,12 @@ async fn decide_inner(
     let req = session.req_header();
     let path = req.uri.path().to_owned();
     let method = req.method.clone();
-    ctx.api = Api::from_path(&path);
+    ctx.api = Api::classify(&path, |m| {
+        edge.upstreams
+            .pools
+            .iter()
+            .any(|p| p.kind == crate::config::PoolKind::Tfserving && p.serves(m))
+    });
     ctx.request_id = request_id(req);
     trace(edge, req, &mut ctx.effects);
 
@@ -231,7 +236,7 @@ async fn decide_inner(
         headers: &req.headers,
         model: None,
     };
-    let Some(head_route) = edge.routes.find_head(&q) else {
+    let Some(head_route) = edge.routes.find_head(&q, &edge.upstreams, ctx.api) else {
         return Err(EdgeError::new(
             404,
             "no_route",
@@ -329,7 +334,7 @@ async fn decide_inner(
         headers: &req.headers,
         model: ctx.model.as_deref(),
     };
-    let Some(ri) = edge.routes.find(&q) else {
+    let Some(ri) = edge.routes.find(&q, &edge.upstreams, ctx.api) else {
         return Err(EdgeError::new(
             404,
             "no_route",
@@ -380,6 +385,18 @@ async fn decide_inner(
         return Ok(Decision::ListModels(
             edge.models_list_body(&pools, |m| route.allows_model(m, effects)),
         ));
+    }
+    if let (Api::OpenAi, true, Some(id)) = (ctx.api, listing, Api::openai_model_id(&path)) {
+        // OpenAI's models.retrieve: the model object when the caller may use it here.
+        let pools = route.reachable_pools(&edge.upstreams, ctx.api);
+        return match edge.model_object(&pools, id) {
+            Some(body) if route.allows_model(id, &ctx.effects) => Ok(Decision::ListModels(body)),
+            _ => Err(EdgeError::new(
+                404,
+                "model_not_found",
+                format!("The model `{id}` does not exist or you do not have access to it."),
+            )),
+        };
     }
 
     // 6. The pools to try. The control plane's model route, when `policy` found one, decides.

@@ -98,6 +98,12 @@ impl Route {
         out
     }
 
+    /// Whether a pool this route sends to speaks `api` (a route to a TF Serving pool does not
+    /// take an OpenAI request that happens to share its path prefix).
+    pub fn speaks(&self, up: &Upstreams, api: Api) -> bool {
+        (0..up.pools.len()).any(|i| self.may_use_pool(i) && up.pools[i].speaks(api))
+    }
+
     /// Whether the conditions other than the model hold: what can be known before the body.
     pub fn matches_head(&self, q: &RouteQuery<'_>) -> bool {
         self.path_prefix
@@ -250,12 +256,16 @@ impl RouteTable {
 
     /// The first route whose conditions other than the model hold (the route a request is
     /// authenticated on before its body is read).
-    pub fn find_head(&self, q: &RouteQuery<'_>) -> Option<usize> {
-        self.routes.iter().position(|r| r.matches_head(q))
+    pub fn find_head(&self, q: &RouteQuery<'_>, up: &Upstreams, api: Api) -> Option<usize> {
+        self.routes
+            .iter()
+            .position(|r| r.matches_head(q) && r.speaks(up, api))
     }
 
-    /// The first route that matches.
-    pub fn find(&self, q: &RouteQuery<'_>) -> Option<usize> {
-        self.routes.iter().position(|r| r.matches(q))
+    /// The first route that matches and can send the request's API somewhere.
+    pub fn find(&self, q: &RouteQuery<'_>, up: &Upstreams, api: Api) -> Option<usize> {
+        self.routes
+            .iter()
+            .position(|r| r.matches(q) && r.speaks(up, api))
     }
 }

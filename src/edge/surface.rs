@@ -122,6 +122,7 @@ pub fn defaults(api: Api) -> &'static [(&'static [Method], &'static str)] {
             (POST, "/v1/embeddings"),
             (POST, "/v1/responses"),
             (GET_HEAD, "/v1/models"),
+            (GET_HEAD, "/v1/models/*"),
         ],
         Api::Ollama => &[
             (POST, "/api/chat"),
