@@ -96,6 +96,8 @@ pub struct Metrics {
     pub control_request_seconds: HistogramVec,
     /// Version of the policy snapshot in use.
     pub policy_snapshot_version: prometheus::IntGauge,
+    /// Failures to load or save the last known good policy in `state_dir`.
+    pub policy_state_errors: IntCounterVec,
     /// Seconds since that snapshot was published.
     pub policy_snapshot_age_seconds: prometheus::Gauge,
     /// Tokens charged to each tenant (settled counts).
@@ -229,6 +231,13 @@ impl Metrics {
             .buckets(exponential_buckets(0.0005, 2.0, 18).unwrap_or_default()),
             &["endpoint"],
         );
+        let policy_state_errors = IntCounterVec::new(
+            Opts::new(
+                "okome_policy_state_errors_total",
+                "Failures to load or save the last known good policy (snapshot, key hashes) in control.state_dir.",
+            ),
+            &["op"],
+        );
         let policy_snapshot_version = prometheus::IntGauge::new(
             "okome_policy_snapshot_version",
             "Version of the policy snapshot in use.",
@@ -306,6 +315,7 @@ impl Metrics {
             let policy_cache_requests = reg(r, policy_cache_requests)?;
             let control_request_seconds = reg(r, control_request_seconds)?;
             let policy_snapshot_version = reg(r, policy_snapshot_version)?;
+            let policy_state_errors = reg(r, policy_state_errors)?;
             let policy_snapshot_age_seconds = reg(r, policy_snapshot_age_seconds)?;
             let tenant_tokens = reg(r, tenant_tokens)?;
             let shed = reg(r, shed)?;
@@ -331,6 +341,7 @@ impl Metrics {
                 policy_cache_requests,
                 control_request_seconds,
                 policy_snapshot_version,
+                policy_state_errors,
                 policy_snapshot_age_seconds,
                 tenant_tokens,
                 shed,
@@ -399,6 +410,9 @@ impl Metrics {
         }
         for r in ["hit", "miss", "stale", "negative", "error"] {
             self.policy_cache_requests.with_label_values(&[r]);
+        }
+        for op in ["load", "save"] {
+            self.policy_state_errors.with_label_values(&[op]);
         }
     }
 

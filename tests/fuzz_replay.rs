@@ -80,14 +80,3 @@ fn open_findings() {
     }
     assert!(failing.is_empty(), "still failing: {failing:#?}");
 }
-
-#[test]
-#[ignore]
-fn tmp_peek_lenient() {
-    use okome::api::Api;
-    for b in [&b"{\"model\":\"m\",\"x\":\"\xff\xfe\"}"[..], b"{\"model\":\"m\",\"x\":\"\\ud800\"}", b"{\"model\":\"m\",\"x\":1e999}", format!("{{\"model\":\"m\",\"x\":{}{}}}", "[".repeat(200), "]".repeat(200)).as_bytes()] {
-        let p = okome::edge::peek::peek(Api::OpenAi, b);
-        let v = serde_json::from_slice::<serde_json::Value>(b).map(|_| ()).map_err(|e| e.to_string());
-        println!("peek {:?}  value {:?}", p.map(|p| p.model), v);
-    }
-}

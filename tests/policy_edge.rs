@@ -845,3 +845,60 @@ async fn catch_all_model_route_keeps_ollama_native_requests_on_an_ollama_pool() 
     assert_eq!(status_of(&r), 200, "{}", String::from_utf8_lossy(&r));
     assert_eq!(v.stats().requests, 1);
 }
+
+/// The edge's key-state file: a file that cannot be parsed is reported (log and
+/// `okome_policy_state_errors_total{op="load"}`), not silently taken as empty; a burst of new keys
+/// is written by the one background writer, every key in the file, without the requests writing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_state_is_written_off_the_request_path_and_bad_state_is_reported() {
+    let s = sim(SimKind::Vllm, |_| {}).await;
+    let (store, ctl) = memory_control(ACME, QWEN_ROUTE, "acme").await;
+    let keys: Vec<String> = (0..20).map(|i| format!("okome-burst-key-{i}")).collect();
+    for k in &keys {
+        store.insert_key(&hash_key(k), "acme").unwrap();
+    }
+    let state = tempfile::tempdir().unwrap();
+    std::fs::write(state.path().join("keys.json"), "{not json").unwrap();
+    let edge = start_edge(&edge_yaml(
+        &pool("vllm", "vllm", &[s.addr()]),
+        &openai_route("[vllm]"),
+        ctl.addr(),
+        state.path(),
+        "",
+    ))
+    .await;
+    assert_eq!(
+        edge.metric("okome_policy_state_errors_total", &[("op", "load")])
+            .await,
+        1.0
+    );
+    assert!(
+        edge.log_text().contains("keys.json: not valid state"),
+        "{}",
+        edge.log_text()
+    );
+
+    let answers =
+        futures::future::join_all(keys.iter().map(|k| chat_once(&edge, Some(k), QWEN, 2))).await;
+    for r in &answers {
+        assert_eq!(status_of(r), 200, "{}", String::from_utf8_lossy(r));
+    }
+    let all_written = eventually(5, || async {
+        let text = std::fs::read_to_string(state.path().join("keys.json")).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        keys.iter().all(|k| v.get(hash_key(k)).is_some())
+    })
+    .await;
+    assert!(all_written, "not every key hash was persisted");
+    let leftovers: Vec<_> = std::fs::read_dir(state.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    assert_eq!(
+        edge.metric("okome_policy_state_errors_total", &[("op", "save")])
+            .await,
+        0.0
+    );
+}

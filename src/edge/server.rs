@@ -116,6 +116,7 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
         {
             let _guard = control.enter();
             cache.spawn_watch();
+            cache.spawn_key_writer();
         }
         env.policy = Some(cache);
     }

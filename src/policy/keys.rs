@@ -29,6 +29,8 @@ pub struct LookupCtx {
     pub known: Mutex<HashMap<String, KnownKey>>,
     /// Where `known` is persisted.
     pub state: StateDir,
+    /// Signals the key writer that `known` changed (the lookup never writes the file itself).
+    pub dirty: tokio::sync::Notify,
 }
 
 pub(super) fn now_secs() -> u64 {
@@ -53,25 +55,19 @@ impl Lookup<String, KeyEntry, Arc<LookupCtx>> for KeyLookup {
         match ctx.client.key(hash).await {
             Ok(Some(info)) => {
                 let tenant = Arc::new(info.tenant);
-                let snapshot = {
-                    let mut known = ctx.known.lock();
-                    known.insert(
-                        hash.clone(),
-                        KnownKey {
-                            tenant: tenant.clone(),
-                            seen_at: now_secs(),
-                        },
-                    );
-                    known.clone()
-                };
-                ctx.state.save_keys(&snapshot).await;
+                ctx.known.lock().insert(
+                    hash.clone(),
+                    KnownKey {
+                        tenant: tenant.clone(),
+                        seen_at: now_secs(),
+                    },
+                );
+                ctx.dirty.notify_one();
                 Ok((Some(tenant), Some(ctx.key_ttl)))
             }
             Ok(None) => {
-                let removed = ctx.known.lock().remove(hash).is_some();
-                if removed {
-                    let snapshot = ctx.known.lock().clone();
-                    ctx.state.save_keys(&snapshot).await;
+                if ctx.known.lock().remove(hash).is_some() {
+                    ctx.dirty.notify_one();
                 }
                 Ok((None, Some(ctx.negative_ttl)))
             }

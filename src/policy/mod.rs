@@ -28,6 +28,9 @@ use std::time::Duration;
 
 type KeyCache = RTCache<String, KeyEntry, KeyLookup, Arc<LookupCtx>>;
 
+/// How long the key writer waits after a change before writing, so a burst is one write.
+pub const KEY_WRITE_DEBOUNCE: Duration = Duration::from_millis(500);
+
 /// Keys cached at most (TinyUFO evicts the least useful beyond this).
 const KEY_CACHE_SIZE: usize = 100_000;
 /// Long-poll wait per snapshot call.
@@ -114,7 +117,15 @@ impl PolicyCache {
                     Err(e) => e.to_string(),
                     _ => "no snapshot".to_owned(),
                 };
-                match state.load_snapshot() {
+                let saved = state.load_snapshot().unwrap_or_else(|e| {
+                    log::warn!("{e}; ignoring it");
+                    metrics
+                        .policy_state_errors
+                        .with_label_values(&["load"])
+                        .inc();
+                    None
+                });
+                match saved {
                     Some(s) => {
                         log::warn!(
                             "{why}; serving the last known good policy snapshot v{} from {}",
@@ -130,7 +141,14 @@ impl PolicyCache {
                 }
             }
         };
-        let known = state.load_keys();
+        let known = state.load_keys().unwrap_or_else(|e| {
+            log::warn!("{e}; starting with no known keys (they are looked up again)");
+            metrics
+                .policy_state_errors
+                .with_label_values(&["load"])
+                .inc();
+            HashMap::new()
+        });
         if !known.is_empty() {
             log::info!(
                 "{} known key hash(es) loaded from {}",
@@ -145,6 +163,7 @@ impl PolicyCache {
             stale_if_error: cfg.stale_if_error.0,
             known: Mutex::new(known),
             state,
+            dirty: tokio::sync::Notify::new(),
         });
         // One cache per process, alive as long as the process: the stale-while-revalidate
         // refresh runs in a spawned task and needs a 'static cache.
@@ -164,6 +183,26 @@ impl PolicyCache {
         cache
     }
 
+    /// Persists the known key hashes after they change, at most once per [`KEY_WRITE_DEBOUNCE`]:
+    /// one writer, off the request path. Runs forever.
+    pub fn spawn_key_writer(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                me.ctx.dirty.notified().await;
+                // Let a burst of misses land in one write.
+                tokio::time::sleep(KEY_WRITE_DEBOUNCE).await;
+                let keys = me.ctx.known.lock().clone();
+                if !me.ctx.state.save_keys(&keys).await {
+                    me.metrics
+                        .policy_state_errors
+                        .with_label_values(&["save"])
+                        .inc();
+                }
+            }
+        });
+    }
+
     /// Watches the snapshot by long-poll and keeps the age gauge fresh; runs forever.
     pub fn spawn_watch(self: &Arc<Self>) {
         let me = self.clone();
@@ -181,7 +220,12 @@ impl PolicyCache {
                         backoff = Duration::from_millis(250);
                         if s.version != since {
                             log::info!("policy snapshot v{} → v{}", since, s.version);
-                            me.ctx.state.save_snapshot(&s).await;
+                            if !me.ctx.state.save_snapshot(&s).await {
+                                me.metrics
+                                    .policy_state_errors
+                                    .with_label_values(&["save"])
+                                    .inc();
+                            }
                             me.current.store(Arc::new(Current::new(s)));
                             me.publish_snapshot_metrics();
                         }

@@ -38,34 +38,45 @@ impl StateDir {
         self.dir.join("keys.json")
     }
 
-    /// The persisted snapshot, if any.
-    pub fn load_snapshot(&self) -> Option<Snapshot> {
-        let text = std::fs::read(self.snapshot_path()).ok()?;
-        serde_json::from_slice(&text).ok()
+    /// Reads and parses a state file: `Ok(None)` when there is none yet, an error (to be logged
+    /// and counted, never silently taken as "empty") when it cannot be read or parsed.
+    fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, String> {
+        match std::fs::read(path) {
+            Ok(text) => serde_json::from_slice(&text)
+                .map(Some)
+                .map_err(|e| format!("{}: not valid state: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: cannot read: {e}", path.display())),
+        }
     }
 
-    /// The persisted key hashes.
-    pub fn load_keys(&self) -> HashMap<String, KnownKey> {
-        std::fs::read(self.keys_path())
-            .ok()
-            .and_then(|t| serde_json::from_slice(&t).ok())
-            .unwrap_or_default()
+    /// The persisted snapshot, if any.
+    pub fn load_snapshot(&self) -> Result<Option<Snapshot>, String> {
+        Self::load(&self.snapshot_path())
+    }
+
+    /// The persisted key hashes (none when the file does not exist yet).
+    pub fn load_keys(&self) -> Result<HashMap<String, KnownKey>, String> {
+        Self::load(&self.keys_path()).map(Option::unwrap_or_default)
     }
 
     /// Writes the snapshot atomically (temp file + rename).
-    pub async fn save_snapshot(&self, s: &Snapshot) {
+    pub async fn save_snapshot(&self, s: &Snapshot) -> bool {
         self.save(self.snapshot_path(), serde_json::to_vec_pretty(s))
-            .await;
+            .await
     }
 
-    /// Writes the key hashes atomically.
-    pub async fn save_keys(&self, keys: &HashMap<String, KnownKey>) {
-        self.save(self.keys_path(), serde_json::to_vec(keys)).await;
+    /// Writes the key hashes atomically. Called by the one key writer, never on a request.
+    pub async fn save_keys(&self, keys: &HashMap<String, KnownKey>) -> bool {
+        self.save(self.keys_path(), serde_json::to_vec(keys)).await
     }
 
-    async fn save(&self, path: PathBuf, data: serde_json::Result<Vec<u8>>) {
-        let Ok(data) = data else { return };
-        let tmp = path.with_extension("tmp");
+    /// Writes `path` atomically through a temp file unique to this process, so two edges (or an
+    /// old and a new process during an upgrade) sharing a state directory never write the same
+    /// temp file. Returns whether it worked (failures are logged).
+    async fn save(&self, path: PathBuf, data: serde_json::Result<Vec<u8>>) -> bool {
+        let Ok(data) = data else { return false };
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
         let res = async {
             tokio::fs::create_dir_all(&self.dir).await?;
             tokio::fs::write(&tmp, data).await?;
@@ -77,6 +88,8 @@ impl StateDir {
                 "cannot persist {}: {e} (last known good policy will not survive a restart)",
                 path.display()
             );
+            return false;
         }
+        true
     }
 }
