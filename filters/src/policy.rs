@@ -1,6 +1,8 @@
 //! The policy model: what the control plane (OKOME) knows about tenants and model routes, and
 //! what the edge's filters decide on. These are also the control plane's wire types
-//! (`GET /v1/snapshot`, `GET /v1/keys/{sha256}`), serialized as JSON.
+//! (`GET /v1/snapshot`, `GET /v1/keys/{sha256}`), serialized as JSON. They tolerate unknown
+//! fields, so an older edge keeps working when the control plane adds one; the control plane's
+//! own config file is strict (its own spec types).
 
 use serde::{Deserialize, Serialize};
 
@@ -33,7 +35,6 @@ impl Priority {
 /// One tenant's policy, as the edge needs it for a request. Limits are cluster-wide; an edge
 /// divides them by [`Snapshot::edges`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TenantPolicy {
     /// Tenant id.
     pub id: String,
@@ -63,7 +64,6 @@ fn all_models() -> Vec<String> {
 
 /// A model route: requests for models matching `model` go to `pool`, then `fallback` in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ModelRoute {
     /// Model glob.
     pub model: String,
@@ -108,6 +108,25 @@ pub fn hash_key(key: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// An older edge must not break when a newer control plane adds fields.
+    #[test]
+    fn wire_types_tolerate_fields_they_do_not_know() {
+        let snap: Snapshot = serde_json::from_str(
+            r#"{"version":3,"published_at":1,"edges":2,"added_later":true,
+                "routes":[{"model":"m*","pool":"p","fallback":[],"weight":5}],
+                "tenants":[{"id":"t","priority":"critical","models":["*"],"region":"eu"}]}"#,
+        )
+        .expect("tolerant snapshot");
+        assert_eq!(snap.routes[0].pool, "p");
+        assert_eq!(snap.tenants[0].priority, Priority::Critical);
+        let key: KeyInfo =
+            serde_json::from_str(r#"{"version":3,"tenant":{"id":"t"},"issued":"x"}"#)
+                .expect("tolerant key info");
+        assert_eq!(key.tenant.id, "t");
+    }
+
     #[test]
     fn keys_hash_to_lowercase_hex_sha256() {
         assert_eq!(

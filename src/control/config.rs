@@ -32,7 +32,7 @@ pub struct ControlConfig {
     pub tenants: Vec<Spanned<TenantSpec>>,
     /// Model routes, first match wins.
     #[serde(default)]
-    pub routes: Vec<ModelRoute>,
+    pub routes: Vec<RouteSpec>,
     /// Inline keys, same shape as the keys file's entries.
     #[serde(default)]
     pub keys: Vec<Spanned<KeyEntry>>,
@@ -54,6 +54,31 @@ fn default_edges() -> Spanned<u32> {
 
 fn all_models() -> Vec<String> {
     vec!["*".to_owned()]
+}
+
+/// A model route as written in `control.yaml` (strict: a typo is an error here, while the wire
+/// form edges receive tolerates new fields).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Model glob.
+    pub model: String,
+    /// Target pool (a pool name of the edge config).
+    pub pool: String,
+    /// Pools tried in order when the target has no backend left.
+    #[serde(default)]
+    pub fallback: Vec<String>,
+}
+
+impl RouteSpec {
+    /// The wire form edges receive.
+    pub fn route(&self) -> ModelRoute {
+        ModelRoute {
+            model: self.model.clone(),
+            pool: self.pool.clone(),
+            fallback: self.fallback.clone(),
+        }
+    }
 }
 
 /// A tenant as written in `control.yaml`.
@@ -350,7 +375,7 @@ impl ControlPolicy {
                 version,
                 published_at: unix_now(),
                 edges: self.config.edges.value,
-                routes: self.config.routes.clone(),
+                routes: self.config.routes.iter().map(RouteSpec::route).collect(),
                 tenants: tenants.clone(),
             },
             keys,
