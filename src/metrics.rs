@@ -84,6 +84,8 @@ pub struct Metrics {
     pub backend_ejections: IntCounterVec,
     /// Attempts beyond the first, by reason.
     pub retries: IntCounterVec,
+    /// Retries not made because the pool's retry budget was spent.
+    pub retry_budget_exhausted: IntCounterVec,
     /// Requests by route and final status.
     pub requests: IntCounterVec,
     /// Every request, streamed or not: accepted → last byte written (or refused).
@@ -197,6 +199,13 @@ impl Metrics {
             ),
             &["route", "reason"],
         );
+        let retry_budget_exhausted = IntCounterVec::new(
+            Opts::new(
+                "okome_retry_budget_exhausted_total",
+                "Failed attempts not retried because the pool's retry budget (retry.budget_ratio) was spent.",
+            ),
+            &["pool"],
+        );
         let requests = IntCounterVec::new(
             Opts::new("okome_requests_total", "Requests by route and status."),
             &["route", "status"],
@@ -307,6 +316,7 @@ impl Metrics {
                 reg(r, retries)?,
             );
             let request_duration = reg(r, request_duration)?;
+            let retry_budget_exhausted = reg(r, retry_budget_exhausted)?;
             let response_bytes = reg(r, response_bytes)?;
             let backend_inflight = reg(r, backend_inflight)?;
             let backend_healthy = reg(r, backend_healthy)?;
@@ -335,6 +345,7 @@ impl Metrics {
                 backend_queue_depth,
                 backend_ejections,
                 retries,
+                retry_budget_exhausted,
                 requests,
                 request_duration,
                 response_bytes,
@@ -402,6 +413,7 @@ impl Metrics {
         }
         for (pool, backend) in backends {
             self.backend_ejections.with_label_values(&[pool, backend]);
+            self.retry_budget_exhausted.with_label_values(&[pool]);
         }
         for reason in SHED_REASONS {
             for p in ["critical", "standard", "sheddable"] {

@@ -423,16 +423,14 @@ async fn pool_that_dies_after_start_gets_503_with_retry_after_once_known_down() 
 // 4. Engine 503 and fallback pools
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn busy_503_from_one_backend_is_served_by_the_other() {
-    // One slot, no queue: while the slot is held, Ollama answers 503 "server busy".
+/// An Ollama whose only slot is held by a long generation sent to it directly, with no queue:
+/// it answers every other request 503 "server busy". Abort the handle to release it.
+async fn busy_ollama() -> (okome::sim::SimHandle, tokio::task::JoinHandle<()>) {
     let busy = sim(SimKind::Ollama, |c| {
         c.max_concurrent = 1;
         c.max_queue = Some(0);
     })
     .await;
-    let good = sim(SimKind::Ollama, |_| {}).await;
-    // Hold the busy engine's only slot with a long generation sent to it directly.
     let hold = {
         let addr = busy.addr();
         tokio::spawn(async move {
@@ -463,6 +461,13 @@ async fn busy_503_from_one_backend_is_served_by_the_other() {
         "{}",
         String::from_utf8_lossy(&direct)
     );
+    (busy, hold)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_503_from_one_backend_is_served_by_the_other() {
+    let (busy, hold) = busy_ollama().await;
+    let good = sim(SimKind::Ollama, |_| {}).await;
 
     let edge = start_edge(&format!(
         "pools:\n{}routes:\n  - name: ollama\n    match: {{ path_prefix: /api/ }}\n    pool: ollama\n",
@@ -507,6 +512,56 @@ async fn busy_503_from_one_backend_is_served_by_the_other() {
         edge.log_text()
     );
     assert_eq!(good.stats().streams_completed, sent);
+    hold.abort();
+}
+
+/// The retry budget: with `budget_ratio: 0` and two retries in reserve, the pool retries its
+/// engine's 503s twice and then lets them through (counted), instead of multiplying a brown-out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_caps_retries_per_pool() {
+    let (busy, hold) = busy_ollama().await;
+    let good = sim(SimKind::Ollama, |_| {}).await;
+    let edge = start_edge(&format!(
+        "retry: {{ max_attempts: 3, budget_ratio: 0, budget_reserve: 2 }}\npools:\n{}routes:\n  - name: ollama\n    match: {{ path_prefix: /api/ }}\n    pool: ollama\n",
+        pool_with("ollama", "ollama", &[busy.addr(), good.addr()], &["ejection: { failures: 1000 }"])
+    ))
+    .await;
+    let busy_before = busy.stats().requests;
+    let mut refused = 0u64;
+    for _ in 0..40 {
+        let resp = raw(
+            edge.addr,
+            &post("/api/chat", &ollama_chat("llama3.2:latest", 2)),
+        )
+        .await;
+        match status_of(&resp) {
+            200 => {}
+            503 => refused += 1,
+            s => panic!("status {s}: {}", String::from_utf8_lossy(&resp)),
+        }
+    }
+    let hit_busy = busy.stats().requests - busy_before;
+    assert!(
+        hit_busy >= 3,
+        "the busy backend was tried only {hit_busy} times"
+    );
+    assert_eq!(
+        edge.metric("okome_upstream_retries_total", &[("reason", "status_503")])
+            .await,
+        2.0,
+        "log:\n{}",
+        edge.log_text()
+    );
+    assert_eq!(
+        refused,
+        hit_busy - 2,
+        "every 503 past the budget reaches the client"
+    );
+    assert_eq!(
+        edge.metric("okome_retry_budget_exhausted_total", &[("pool", "ollama")])
+            .await,
+        refused as f64
+    );
     hold.abort();
 }
 

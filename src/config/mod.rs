@@ -304,14 +304,29 @@ pub struct Retry {
     /// Total attempts per request across the pool and its fallbacks (1 = no retry).
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
+    /// Retries a pool allows per request, over time (0.2: at most one retry per five requests).
+    #[serde(default = "default_budget_ratio")]
+    pub budget_ratio: f64,
+    /// Retries a quiet pool keeps banked for a sudden failure.
+    #[serde(default = "default_budget_reserve")]
+    pub budget_reserve: u32,
 }
 
 impl Default for Retry {
     fn default() -> Self {
         Retry {
             max_attempts: default_attempts(),
+            budget_ratio: default_budget_ratio(),
+            budget_reserve: default_budget_reserve(),
         }
     }
+}
+
+fn default_budget_ratio() -> f64 {
+    0.2
+}
+fn default_budget_reserve() -> u32 {
+    10
 }
 
 fn default_attempts() -> u32 {

@@ -138,6 +138,15 @@ pub fn validate(cfg: &EdgeConfig) -> Vec<Problem> {
             "must be at least 1 (1 means no retry)".into(),
         );
     }
+    let ratio = cfg.retry.value.budget_ratio;
+    if !(0.0..=1.0).contains(&ratio) {
+        push(
+            &mut out,
+            at(&cfg.retry),
+            "retry.budget_ratio".into(),
+            format!("{ratio} is not a fraction of requests between 0 and 1"),
+        );
+    }
     if cfg.limits.value.max_body.0 == 0 {
         push(
             &mut out,

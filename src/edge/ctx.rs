@@ -60,8 +60,8 @@ pub struct RequestCtx {
     pub tried: Vec<(usize, usize)>,
     /// Attempts made so far.
     pub attempts: u32,
-    /// Why the last attempt failed, for the retry metric.
-    pub retry_reason: Option<&'static str>,
+    /// Why the last attempt failed (the retry metric's reason).
+    pub last_failure: Option<super::retry::Failure>,
     /// The backend currently used, as (pool, backend).
     pub current: Option<(usize, usize)>,
     /// The in-flight slot on the current backend.
@@ -96,7 +96,7 @@ impl RequestCtx {
             plan_pos: 0,
             tried: Vec::new(),
             attempts: 0,
-            retry_reason: None,
+            last_failure: None,
             current: None,
             inflight: None,
             effects: FilterEffects::default(),

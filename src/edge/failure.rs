@@ -1,21 +1,14 @@
-//! Failure phases: which errors are retried, and what the client gets when a request fails.
-//!
-//! Retry is allowed, POST included, as long as no response byte has reached the client: the
-//! engine produced nothing the client saw, so a second engine can start over. After that, an
-//! upstream failure ends the stream with a terminal error in the stream's own format.
+//! Failure phases: each failure is described to the retry core ([`super::retry`]), which decides;
+//! this file says what the client gets when a request fails. After the first byte, an upstream
+//! failure ends the stream with a terminal error in the stream's own format.
 
 use super::respond::{self, EdgeError};
+use super::retry::Failure;
 use super::{ctx::RequestCtx, Edge};
 use crate::api::Api;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_proxy::{FailToProxy, Session};
-
-fn retryable(edge: &Edge, session: &Session, ctx: &RequestCtx) -> bool {
-    session.response_written().is_none()
-        && ctx.attempts < edge.max_attempts
-        && edge.has_alternative(ctx)
-}
 
 /// `fail_to_connect`: the backend could not be reached; eject it and try another.
 pub fn on_connect_error(
@@ -33,8 +26,9 @@ pub fn on_connect_error(
             true,
         );
     }
-    ctx.retry_reason = Some("connect");
-    e.set_retry(retryable(edge, session, ctx));
+    let retry =
+        edge.retry_after_failure(ctx, Failure::Connect, session.response_written().is_some());
+    e.set_retry(retry);
     e
 }
 
@@ -54,17 +48,17 @@ pub fn on_proxy_error(
         e.set_retry(false);
         return e;
     }
-    // Our own retry signal (a 502/503 answer) already chose; other upstream failures before the
-    // first byte (reset, closed) are retried too.
-    if !matches!(e.etype(), ErrorType::HTTPStatus(_)) {
-        if let Some((pi, bi)) = ctx.current {
-            let pool = &edge.upstreams.pools[pi];
-            pool.backends[bi].record_failure(&pool.ejection, e.etype().as_str(), false);
-        }
-        ctx.retry_reason = Some("upstream_error");
+    // Our own retry signal (a 502/503 answer) was decided in `upstream_response_filter`.
+    if matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+        return e;
     }
-    let can = retryable(edge, session, ctx);
-    e.set_retry(can);
+    if let Some((pi, bi)) = ctx.current {
+        let pool = &edge.upstreams.pools[pi];
+        pool.backends[bi].record_failure(&pool.ejection, e.etype().as_str(), false);
+    }
+    let retry =
+        edge.retry_after_failure(ctx, Failure::Upstream, session.response_written().is_some());
+    e.set_retry(retry);
     e
 }
 

@@ -19,6 +19,7 @@ pub mod proxy;
 pub mod request;
 pub mod respond;
 pub mod response;
+pub mod retry;
 pub mod routes;
 pub mod server;
 pub mod surface;
@@ -103,16 +104,45 @@ impl Edge {
         })
     }
 
+    /// Asks the retry core whether the failed attempt is retried; a retry spends one of the
+    /// failing pool's budget. Records the failure for the retry metric.
+    pub fn retry_after_failure(
+        &self,
+        ctx: &mut RequestCtx,
+        failure: retry::Failure,
+        response_started: bool,
+    ) -> bool {
+        ctx.last_failure = Some(failure);
+        let pool = ctx.current.map(|(pi, _)| &self.upstreams.pools[pi]);
+        let attempt = retry::Attempt {
+            made: ctx.attempts,
+            max_attempts: self.max_attempts,
+            response_started,
+            alternative: self.has_alternative(ctx),
+            budget: pool.is_none_or(|p| p.retry_budget.available()),
+        };
+        match retry::decide(failure, attempt) {
+            retry::Decision::Retry => pool.is_none_or(|p| p.retry_budget.spend()),
+            retry::Decision::Stop(stop) => {
+                if stop == retry::Stop::BudgetExhausted {
+                    if let Some(p) = pool {
+                        self.metrics
+                            .retry_budget_exhausted
+                            .with_label_values(&[&p.name])
+                            .inc();
+                    }
+                }
+                false
+            }
+        }
+    }
+
     /// Whether another attempt could find a backend (this pool or a later one in the plan).
     pub fn has_alternative(&self, ctx: &RequestCtx) -> bool {
-        ctx.plan
-            .iter()
-            .enumerate()
-            .skip(ctx.plan_pos)
-            .any(|(_, &pi)| {
-                let pool = &self.upstreams.pools[pi];
-                select::pick(&pool.backends, |b| self.skip(ctx, pi, b)).is_some()
-            })
+        ctx.plan.iter().skip(ctx.plan_pos).any(|&pi| {
+            let pool = &self.upstreams.pools[pi];
+            select::any(&pool.backends, |b| self.skip(ctx, pi, b))
+        })
     }
 
     /// The priority class of the request (its tenant's, `standard` without one).

@@ -20,13 +20,19 @@ pub fn next(edge: &Edge, ctx: &mut RequestCtx) -> Result<HttpPeer, EdgeError> {
             ctx.current = Some((pi, bi));
             ctx.inflight = Some(backend.acquire());
             ctx.attempts += 1;
-            if ctx.attempts > 1 {
+            if ctx.attempts == 1 {
+                pool.retry_budget.earn();
+            } else {
                 let route = ctx
                     .route
                     .map_or("", |r| edge.routes.routes[r].name.as_str());
                 edge.metrics
                     .retries
-                    .with_label_values(&[route, ctx.retry_reason.unwrap_or("other")])
+                    .with_label_values(&[
+                        route,
+                        ctx.last_failure
+                            .map_or("other", super::retry::Failure::reason),
+                    ])
                     .inc();
             }
             let mut peer = HttpPeer::new(backend.addr, false, String::new());

@@ -25,13 +25,9 @@ pub fn on_upstream_header(
     } else {
         backend.record_success();
     }
-    if matches!(status, 502 | 503) && ctx.attempts < edge.max_attempts && edge.has_alternative(ctx)
+    if matches!(status, 502 | 503)
+        && edge.retry_after_failure(ctx, super::retry::Failure::Status(status), false)
     {
-        ctx.retry_reason = Some(if status == 502 {
-            "status_502"
-        } else {
-            "status_503"
-        });
         let mut e = Error::explain(
             ErrorType::HTTPStatus(status),
             format!("backend {} answered {status}", backend.id),

@@ -24,6 +24,8 @@ pub struct Pool {
     pub ejection: config::Ejection,
     /// `Authorization` for this pool's engines (its `api_key`), on requests and probes.
     pub auth: Option<http::HeaderValue>,
+    /// Retries this pool may still cause.
+    pub retry_budget: crate::edge::retry::RetryBudget,
 }
 
 impl Pool {
@@ -32,6 +34,7 @@ impl Pool {
         name: &str,
         cfg: &config::Pool,
         key: Option<&config::Secret>,
+        retry: &config::Retry,
         metrics: &crate::metrics::Metrics,
     ) -> Self {
         // A key that is not a valid header value would be sent as nothing: fail closed to a
@@ -57,6 +60,10 @@ impl Pool {
             health: cfg.health_check.clone(),
             ejection: cfg.ejection,
             auth,
+            retry_budget: crate::edge::retry::RetryBudget::new(
+                retry.budget_ratio,
+                retry.budget_reserve,
+            ),
         }
     }
 
@@ -138,6 +145,7 @@ impl Upstreams {
                         n,
                         &p.value,
                         cfg.secrets.pool_keys.get(n),
+                        &cfg.retry.value,
                         metrics,
                     ))
                 })

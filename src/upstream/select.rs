@@ -7,6 +7,11 @@ use super::Backend;
 use rand::Rng;
 use std::sync::Arc;
 
+/// Whether any backend is eligible and not excluded: a deterministic check, no pick.
+pub fn any(backends: &[Arc<Backend>], excluded: impl Fn(usize) -> bool) -> bool {
+    (0..backends.len()).any(|i| backends[i].eligible() && !excluded(i))
+}
+
 /// Picks a backend index from `backends`, skipping ineligible ones and those `tried`.
 /// Allocation-free: candidates are found by counting, not collected.
 pub fn pick(backends: &[Arc<Backend>], tried: impl Fn(usize) -> bool) -> Option<usize> {
