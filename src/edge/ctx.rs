@@ -32,9 +32,25 @@ impl Outcome {
     }
 }
 
-/// Everything one request accumulates on its way through the edge.
+/// Everything one request accumulates on its way through the edge, in parts: what the request
+/// is, what the filters decided, the attempts, the stream, and the reply.
 #[derive(Debug)]
 pub struct RequestCtx {
+    /// What the request is.
+    pub req: RequestInfo,
+    /// What the route's filters found and asked for (tenant, headers, admission).
+    pub effects: FilterEffects,
+    /// The pools and backends tried.
+    pub attempt: AttemptState,
+    /// The token stream, once a streaming response starts.
+    pub stream: StreamState,
+    /// What the client got.
+    pub reply: Reply,
+}
+
+/// What the request is: read from its head and body in `request_filter`.
+#[derive(Debug)]
+pub struct RequestInfo {
     /// When the request was accepted.
     pub start: Instant,
     /// The request id: the client's `x-request-id` when it is a sane token, else a fresh one;
@@ -50,8 +66,13 @@ pub struct RequestCtx {
     pub wants_stream: bool,
     /// The body's token limit (`max_tokens`, `max_completion_tokens`, `options.num_predict`).
     pub max_tokens: Option<u64>,
-    /// The pre-read request body, replayed to every attempt.
+    /// The pre-read request body, replayed to every attempt (dropped once the response starts).
     pub body: Option<Bytes>,
+}
+
+/// The attempts: which pools to try, which backends were tried, the current one.
+#[derive(Debug, Default)]
+pub struct AttemptState {
     /// Pools to try, in order (target, then fallbacks).
     pub plan: Vec<usize>,
     /// Position in `plan`.
@@ -59,21 +80,29 @@ pub struct RequestCtx {
     /// Backends already tried, as (pool, backend).
     pub tried: Vec<(usize, usize)>,
     /// Attempts made so far.
-    pub attempts: u32,
+    pub made: u32,
     /// Why the last attempt failed (the retry metric's reason).
     pub last_failure: Option<super::retry::Failure>,
     /// The backend currently used, as (pool, backend).
     pub current: Option<(usize, usize)>,
     /// The in-flight slot on the current backend.
     pub inflight: Option<InflightGuard>,
-    /// What the route's filters asked for.
-    pub effects: FilterEffects,
+}
+
+/// The token stream as the tap sees it.
+#[derive(Debug, Default)]
+pub struct StreamState {
     /// The stream tap, once a streaming response starts.
     pub tap: Option<StreamTap>,
     /// Gap histogram for this stream (labels resolved once per stream).
     pub gap_hist: Option<prometheus::Histogram>,
     /// TTFT already observed.
     pub ttft_recorded: bool,
+}
+
+/// What the client got.
+#[derive(Debug, Default)]
+pub struct Reply {
     /// Status sent to the client.
     pub status: u16,
     /// Set when the edge answered with its own error.
@@ -84,27 +113,20 @@ impl RequestCtx {
     /// A fresh context for a request accepted now.
     pub fn new() -> Self {
         RequestCtx {
-            start: Instant::now(),
-            request_id: String::new(),
-            api: Api::OpenAi,
-            route: None,
-            model: None,
-            wants_stream: false,
-            max_tokens: None,
-            body: None,
-            plan: Vec::new(),
-            plan_pos: 0,
-            tried: Vec::new(),
-            attempts: 0,
-            last_failure: None,
-            current: None,
-            inflight: None,
+            req: RequestInfo {
+                start: Instant::now(),
+                request_id: String::new(),
+                api: Api::OpenAi,
+                route: None,
+                model: None,
+                wants_stream: false,
+                max_tokens: None,
+                body: None,
+            },
             effects: FilterEffects::default(),
-            tap: None,
-            gap_hist: None,
-            ttft_recorded: false,
-            status: 0,
-            edge_error: None,
+            attempt: AttemptState::default(),
+            stream: StreamState::default(),
+            reply: Reply::default(),
         }
     }
 }

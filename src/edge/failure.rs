@@ -17,7 +17,7 @@ pub fn on_connect_error(
     ctx: &mut RequestCtx,
     mut e: Box<Error>,
 ) -> Box<Error> {
-    if let Some((pi, bi)) = ctx.current {
+    if let Some((pi, bi)) = ctx.attempt.current {
         let pool = &edge.upstreams.pools[pi];
         // A refused or timed-out connect is definitive: stop sending traffic there at once.
         pool.backends[bi].record_failure(
@@ -52,7 +52,7 @@ pub fn on_proxy_error(
     if matches!(e.etype(), ErrorType::HTTPStatus(_)) {
         return e;
     }
-    if let Some((pi, bi)) = ctx.current {
+    if let Some((pi, bi)) = ctx.attempt.current {
         let pool = &edge.upstreams.pools[pi];
         pool.backends[bi].record_failure(&pool.ejection, e.etype().as_str(), false);
     }
@@ -77,7 +77,7 @@ pub async fn on_fail(
             } else {
                 format!("the model server failed mid-stream: {}", e.etype().as_str())
             };
-            if let Some(tap) = ctx.tap.as_ref() {
+            if let Some(tap) = ctx.stream.tap.as_ref() {
                 if let Some(bytes) = Api::stream_error(tap.format(), &msg) {
                     let _ = session.write_response_body(Some(bytes), true).await;
                 }
@@ -118,7 +118,7 @@ fn classify(edge: &Edge, e: &Error, ctx: &RequestCtx) -> EdgeError {
     if let Some(own) = e.cause.as_ref().and_then(|c| c.downcast_ref::<EdgeError>()) {
         return own.clone();
     }
-    let tries = ctx.attempts;
+    let tries = ctx.attempt.made;
     match e.etype() {
         ErrorType::HTTPStatus(s) => EdgeError::new(
             *s,
@@ -143,6 +143,7 @@ fn classify(edge: &Edge, e: &Error, ctx: &RequestCtx) -> EdgeError {
             ),
             code: "no_backend",
             retry_after: ctx
+                .attempt
                 .plan
                 .first()
                 .map(|&p| edge.upstreams.pools[p].retry_after_secs()),

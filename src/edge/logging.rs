@@ -77,15 +77,16 @@ pub fn outcome(e: Option<&Error>, ctx: &RequestCtx) -> Outcome {
             Outcome::Timeout
         }
         Some(_) => Outcome::UpstreamError,
-        None if ctx.tap.as_ref().is_some_and(|t| t.stats.error) => Outcome::UpstreamError,
+        None if ctx.stream.tap.as_ref().is_some_and(|t| t.stats.error) => Outcome::UpstreamError,
         None => Outcome::Completed,
     }
 }
 
 /// Records the finished request.
 pub fn finish(edge: &Edge, seen: &Seen<'_>, e: Option<&Error>, ctx: &mut RequestCtx) {
-    let status = seen.status_written.unwrap_or(ctx.status);
+    let status = seen.status_written.unwrap_or(ctx.reply.status);
     let route = ctx
+        .req
         .route
         .map_or("none", |r| edge.routes.routes[r].name.as_str());
     edge.metrics
@@ -93,7 +94,7 @@ pub fn finish(edge: &Edge, seen: &Seen<'_>, e: Option<&Error>, ctx: &mut Request
         .with_label_values(&[route, status_label(status)])
         .inc();
 
-    let (pool, backend) = match ctx.current {
+    let (pool, backend) = match ctx.attempt.current {
         Some((pi, bi)) => {
             let p = &edge.upstreams.pools[pi];
             (Some(p.name.as_str()), Some(p.backends[bi].id.as_str()))
@@ -101,7 +102,7 @@ pub fn finish(edge: &Edge, seen: &Seen<'_>, e: Option<&Error>, ctx: &mut Request
         None => (None, None),
     };
     let pool_l = pool.unwrap_or("");
-    let elapsed = ctx.start.elapsed();
+    let elapsed = ctx.req.start.elapsed();
     edge.metrics
         .request_duration
         .with_label_values(&[route, pool_l, status_class(status)])
@@ -112,7 +113,7 @@ pub fn finish(edge: &Edge, seen: &Seen<'_>, e: Option<&Error>, ctx: &mut Request
         .inc_by(seen.bytes_out);
 
     let o = outcome(e, ctx);
-    if let Some(tap) = ctx.tap.as_ref() {
+    if let Some(tap) = ctx.stream.tap.as_ref() {
         let labels = edge.stream_labels(ctx);
         edge.metrics
             .streams
@@ -132,12 +133,12 @@ pub fn finish(edge: &Edge, seen: &Seen<'_>, e: Option<&Error>, ctx: &mut Request
 
     // Build the record only when the access log is on: serializing it is wasted work otherwise.
     if edge.access_log.enabled() {
-        let stats = ctx.tap.as_ref().map(|t| &t.stats);
+        let stats = ctx.stream.tap.as_ref().map(|t| &t.stats);
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-        let refused = ctx.current.is_none() && ctx.edge_error.is_some();
+        let refused = ctx.attempt.current.is_none() && ctx.reply.edge_error.is_some();
         edge.access_log.write(&AccessLine {
             ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            request_id: &ctx.request_id,
+            request_id: &ctx.req.request_id,
             client: seen.client,
             method: seen.method,
             path: seen.path,
@@ -146,9 +147,9 @@ pub fn finish(edge: &Edge, seen: &Seen<'_>, e: Option<&Error>, ctx: &mut Request
             route,
             pool,
             backend,
-            model: ctx.model.as_deref(),
+            model: ctx.req.model.as_deref(),
             tenant: ctx.effects.tenant.as_deref().map(|t| t.id.as_str()),
-            retries: ctx.attempts.saturating_sub(1),
+            retries: ctx.attempt.made.saturating_sub(1),
             duration_ms: ms(elapsed),
             ttft_ms: stats.and_then(|s| s.ttft()).map(ms),
             tokens: stats.map(|s| s.tokens()),
@@ -162,14 +163,18 @@ pub fn finish(edge: &Edge, seen: &Seen<'_>, e: Option<&Error>, ctx: &mut Request
                 .attributes
                 .get(TRACE_ID_ATTRIBUTE)
                 .map(String::as_str),
-            error: ctx.edge_error.clone().or_else(|| e.map(|e| e.to_string())),
+            error: ctx
+                .reply
+                .edge_error
+                .clone()
+                .or_else(|| e.map(|e| e.to_string())),
         });
     }
     // Settle the tenant's token reservation with what was really generated: the tap's count for
     // a stream (cut streams included), nothing for a request that never reached an engine, the
     // reservation otherwise (a plain JSON answer is not parsed).
     if let Some(adm) = ctx.effects.admission.take() {
-        let tokens = match (&ctx.tap, ctx.current) {
+        let tokens = match (&ctx.stream.tap, ctx.attempt.current) {
             (Some(tap), _) => tap.stats.tokens(),
             (None, None) => 0,
             (None, Some(_)) if status >= 400 => 0,
@@ -184,7 +189,7 @@ pub fn finish(edge: &Edge, seen: &Seen<'_>, e: Option<&Error>, ctx: &mut Request
         adm.settle(tokens);
     }
     // Release the backend slot now rather than when Pingora drops the context.
-    ctx.inflight = None;
+    ctx.attempt.inflight = None;
 }
 
 /// The filter attribute the access log reads the trace id from. Whoever handles the request's

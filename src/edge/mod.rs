@@ -112,10 +112,10 @@ impl Edge {
         failure: retry::Failure,
         response_started: bool,
     ) -> bool {
-        ctx.last_failure = Some(failure);
-        let pool = ctx.current.map(|(pi, _)| &self.upstreams.pools[pi]);
+        ctx.attempt.last_failure = Some(failure);
+        let pool = ctx.attempt.current.map(|(pi, _)| &self.upstreams.pools[pi]);
         let attempt = retry::Attempt {
-            made: ctx.attempts,
+            made: ctx.attempt.made,
             max_attempts: self.max_attempts,
             response_started,
             alternative: self.has_alternative(ctx),
@@ -139,10 +139,14 @@ impl Edge {
 
     /// Whether another attempt could find a backend (this pool or a later one in the plan).
     pub fn has_alternative(&self, ctx: &RequestCtx) -> bool {
-        ctx.plan.iter().skip(ctx.plan_pos).any(|&pi| {
-            let pool = &self.upstreams.pools[pi];
-            select::any(&pool.backends, |b| self.skip(ctx, pi, b))
-        })
+        ctx.attempt
+            .plan
+            .iter()
+            .skip(ctx.attempt.plan_pos)
+            .any(|&pi| {
+                let pool = &self.upstreams.pools[pi];
+                select::any(&pool.backends, |b| self.skip(ctx, pi, b))
+            })
     }
 
     /// The priority class of the request (its tenant's, `standard` without one).
@@ -164,22 +168,23 @@ impl Edge {
     /// Whether backend `b` of pool `pi` is out for this request: tried already, or refused by
     /// the arbiter for the request's priority.
     pub fn skip(&self, ctx: &RequestCtx, pi: usize, b: usize) -> bool {
-        ctx.tried.contains(&(pi, b)) || self.arbiter_refusal(ctx, pi, b).is_some()
+        ctx.attempt.tried.contains(&(pi, b)) || self.arbiter_refusal(ctx, pi, b).is_some()
     }
 
     /// Labels for the request's stream metrics.
     pub fn stream_labels<'a>(&'a self, ctx: &'a RequestCtx) -> StreamLabels<'a> {
         let route = ctx
+            .req
             .route
             .map_or("none", |r| self.routes.routes[r].name.as_str());
-        let (pool, backend) = match ctx.current {
+        let (pool, backend) = match ctx.attempt.current {
             Some((pi, bi)) => {
                 let p = &self.upstreams.pools[pi];
                 (p.name.as_str(), p.backends[bi].id.as_str())
             }
             None => ("", ""),
         };
-        let model = match (ctx.model.as_deref(), ctx.current) {
+        let model = match (ctx.req.model.as_deref(), ctx.attempt.current) {
             (Some(m), Some((pi, _))) if self.upstreams.pools[pi].serves(m) => m,
             _ => "other",
         };

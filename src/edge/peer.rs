@@ -9,28 +9,30 @@ use std::sync::Arc;
 
 /// Chooses the backend for the next attempt, or says why there is none.
 pub fn next(edge: &Edge, ctx: &mut RequestCtx) -> Result<HttpPeer, EdgeError> {
-    ctx.inflight = None;
+    ctx.attempt.inflight = None;
     // The arbiter refusal with the soonest Retry-After, for the 503 if nothing takes the request.
     let mut shed: Option<Arc<Verdict>> = None;
-    while let Some(&pi) = ctx.plan.get(ctx.plan_pos) {
+    while let Some(&pi) = ctx.attempt.plan.get(ctx.attempt.plan_pos) {
         let pool = &edge.upstreams.pools[pi];
         if let Some(bi) = select::pick(&pool.backends, |b| edge.skip(ctx, pi, b)) {
             let backend = &pool.backends[bi];
-            ctx.tried.push((pi, bi));
-            ctx.current = Some((pi, bi));
-            ctx.inflight = Some(backend.acquire());
-            ctx.attempts += 1;
-            if ctx.attempts == 1 {
+            ctx.attempt.tried.push((pi, bi));
+            ctx.attempt.current = Some((pi, bi));
+            ctx.attempt.inflight = Some(backend.acquire());
+            ctx.attempt.made += 1;
+            if ctx.attempt.made == 1 {
                 pool.retry_budget.earn();
             } else {
                 let route = ctx
+                    .req
                     .route
                     .map_or("", |r| edge.routes.routes[r].name.as_str());
                 edge.metrics
                     .retries
                     .with_label_values(&[
                         route,
-                        ctx.last_failure
+                        ctx.attempt
+                            .last_failure
                             .map_or("other", super::retry::Failure::reason),
                     ])
                     .inc();
@@ -47,7 +49,7 @@ pub fn next(edge: &Edge, ctx: &mut RequestCtx) -> Result<HttpPeer, EdgeError> {
             return Ok(peer);
         }
         for b in 0..pool.backends.len() {
-            if !pool.backends[b].eligible() || ctx.tried.contains(&(pi, b)) {
+            if !pool.backends[b].eligible() || ctx.attempt.tried.contains(&(pi, b)) {
                 continue;
             }
             if let Some(v) = edge.arbiter_refusal(ctx, pi, b) {
@@ -65,7 +67,7 @@ pub fn next(edge: &Edge, ctx: &mut RequestCtx) -> Result<HttpPeer, EdgeError> {
                 pool.name
             );
         }
-        ctx.plan_pos += 1;
+        ctx.attempt.plan_pos += 1;
     }
     if let Some(v) = shed {
         let priority = Edge::priority(ctx);
@@ -88,14 +90,15 @@ pub fn next(edge: &Edge, ctx: &mut RequestCtx) -> Result<HttpPeer, EdgeError> {
         });
     }
     // Nothing left anywhere in the plan.
-    let first = ctx.plan.first().map(|&p| &edge.upstreams.pools[p]);
+    let first = ctx.attempt.plan.first().map(|&p| &edge.upstreams.pools[p]);
     let names: Vec<&str> = ctx
+        .attempt
         .plan
         .iter()
         .map(|&p| edge.upstreams.pools[p].name.as_str())
         .collect();
     let retry_after = first.map(|p| p.retry_after_secs());
-    let message = if ctx.attempts == 0 {
+    let message = if ctx.attempt.made == 0 {
         format!(
             "no healthy backend in pool(s) {}; retry later",
             names.join(", ")
@@ -103,7 +106,7 @@ pub fn next(edge: &Edge, ctx: &mut RequestCtx) -> Result<HttpPeer, EdgeError> {
     } else {
         format!(
             "all {} attempt(s) failed in pool(s) {}; retry later",
-            ctx.attempts,
+            ctx.attempt.made,
             names.join(", ")
         )
     };

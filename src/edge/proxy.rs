@@ -27,8 +27,8 @@ impl ProxyHttp for Edge {
                 Ok(true)
             }
             Decision::ListModels(body) => {
-                ctx.status = 200;
-                let id = [("x-request-id", ctx.request_id.clone())];
+                ctx.reply.status = 200;
+                let id = [("x-request-id", ctx.req.request_id.clone())];
                 respond::json(session, 200, body, &id).await?;
                 Ok(true)
             }
@@ -57,7 +57,7 @@ impl ProxyHttp for Edge {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        body::replay(ctx.body.as_ref(), body);
+        body::replay(ctx.req.body.as_ref(), body);
         Ok(())
     }
 

@@ -149,10 +149,10 @@ async fn run_filters(
             method: &req.method,
             path,
             headers: &req.headers,
-            model: ctx.model.as_deref(),
-            body_len: ctx.body.as_ref().map_or(0, |b| b.len()),
+            model: ctx.req.model.as_deref(),
+            body_len: ctx.req.body.as_ref().map_or(0, |b| b.len()),
             route: &route.name,
-            max_tokens: ctx.max_tokens,
+            max_tokens: ctx.req.max_tokens,
         };
         if let Verdict::Reject(r) = f.on_request(&fr, &mut ctx.effects).await {
             log::debug!(
@@ -196,13 +196,13 @@ async fn decide_inner(
     let req = session.req_header();
     let path = req.uri.path().to_owned();
     let method = req.method.clone();
-    ctx.api = Api::classify(&path, |m| {
+    ctx.req.api = Api::classify(&path, |m| {
         edge.upstreams
             .pools
             .iter()
             .any(|p| p.kind == crate::config::PoolKind::Tfserving && p.serves(m))
     });
-    ctx.request_id = request_id(req);
+    ctx.req.request_id = request_id(req);
     trace(edge, req, &mut ctx.effects);
 
     // 1. The head.
@@ -236,7 +236,7 @@ async fn decide_inner(
         headers: &req.headers,
         model: None,
     };
-    let Some(head_route) = edge.routes.find_head(&q, &edge.upstreams, ctx.api) else {
+    let Some(head_route) = edge.routes.find_head(&q, &edge.upstreams, ctx.req.api) else {
         return Err(EdgeError::new(
             404,
             "no_route",
@@ -259,10 +259,10 @@ async fn decide_inner(
         }
         route
             .surface
-            .check(ctx.api, &method, &path)
+            .check(ctx.req.api, &method, &path)
             .map_err(|r| surface_refusal(r, &method, &path, &route.name))?;
     }
-    ctx.route = Some(head_route);
+    ctx.req.route = Some(head_route);
 
     // 3. Header filters: who is asking, before anything is buffered for them; then the body
     // filters' early word (a tenant already at its stream limit).
@@ -285,7 +285,7 @@ async fn decide_inner(
         let tenant_limit = ctx.effects.tenant.as_ref().and_then(|t| t.max_body_bytes);
         let limit = tenant_limit.map_or(edge.max_body, |t| t.min(edge.max_body));
         match body::read_all(session, limit).await {
-            Ok(b) => ctx.body = Some(b),
+            Ok(b) => ctx.req.body = Some(b),
             Err(BodyError::TooLarge { limit }) => {
                 let whose = if tenant_limit.is_some_and(|t| t <= edge.max_body) {
                     "your key's limit"
@@ -310,19 +310,20 @@ async fn decide_inner(
             Err(e @ BodyError::Read(_)) => return Err(bad_request("bad_request", e.to_string())),
         }
     }
-    match ctx.api {
-        Api::TfServing => ctx.model = Api::tf_model(&path).map(str::to_owned),
+    match ctx.req.api {
+        Api::TfServing => ctx.req.model = Api::tf_model(&path).map(str::to_owned),
         Api::OpenAi | Api::Ollama => {
-            let p =
-                peek(ctx.api, ctx.body.as_deref().unwrap_or_default()).map_err(|e| match e {
+            let p = peek(ctx.req.api, ctx.req.body.as_deref().unwrap_or_default()).map_err(
+                |e| match e {
                     PeekError::Invalid(_) => EdgeError::new(400, "invalid_json", e.to_string()),
                     PeekError::Ambiguous(..) => {
                         EdgeError::new(400, "ambiguous_model", e.to_string())
                     }
-                })?;
-            ctx.model = p.model;
-            ctx.wants_stream = p.wants_stream;
-            ctx.max_tokens = p.max_tokens;
+                },
+            )?;
+            ctx.req.model = p.model;
+            ctx.req.wants_stream = p.wants_stream;
+            ctx.req.max_tokens = p.max_tokens;
         }
     }
 
@@ -332,9 +333,9 @@ async fn decide_inner(
         path: &path,
         host,
         headers: &req.headers,
-        model: ctx.model.as_deref(),
+        model: ctx.req.model.as_deref(),
     };
-    let Some(ri) = edge.routes.find(&q, &edge.upstreams, ctx.api) else {
+    let Some(ri) = edge.routes.find(&q, &edge.upstreams, ctx.req.api) else {
         return Err(EdgeError::new(
             404,
             "no_route",
@@ -346,7 +347,7 @@ async fn decide_inner(
         if !upgrade {
             route
                 .surface
-                .check(ctx.api, &method, &path)
+                .check(ctx.req.api, &method, &path)
                 .map_err(|r| surface_refusal(r, &method, &path, &route.name))?;
         }
         if route.header_specs != edge.routes.routes[head_route].header_specs {
@@ -355,13 +356,13 @@ async fn decide_inner(
             trace(edge, session.req_header(), &mut ctx.effects);
             run_filters(edge, session, ctx, ri, Phase::Headers).await?;
         }
-        ctx.route = Some(ri);
+        ctx.req.route = Some(ri);
     }
     let route = &edge.routes.routes[ri];
     let listing = matches!(method, http::Method::GET | http::Method::HEAD);
-    if ctx.model.is_none() && !listing && route.restricts_models() {
+    if ctx.req.model.is_none() && !listing && route.restricts_models() {
         let injected = route.default_model.as_ref().and_then(|m| {
-            let b = with_model(ctx.body.as_deref().filter(|b| !b.is_empty())?, m)?;
+            let b = with_model(ctx.req.body.as_deref().filter(|b| !b.is_empty())?, m)?;
             Some((m.clone(), b))
         });
         let Some((model, body)) = injected else {
@@ -374,21 +375,21 @@ async fn decide_inner(
                 ),
             ));
         };
-        ctx.model = Some(model);
-        ctx.body = Some(body);
+        ctx.req.model = Some(model);
+        ctx.req.body = Some(body);
     }
     run_filters(edge, session, ctx, ri, Phase::Body).await?;
 
-    if ctx.api == Api::OpenAi && listing && path == "/v1/models" {
-        let pools = route.reachable_pools(&edge.upstreams, ctx.api);
+    if ctx.req.api == Api::OpenAi && listing && path == "/v1/models" {
+        let pools = route.reachable_pools(&edge.upstreams, ctx.req.api);
         let effects = &ctx.effects;
         return Ok(Decision::ListModels(
             edge.models_list_body(&pools, |m| route.allows_model(m, effects)),
         ));
     }
-    if let (Api::OpenAi, true, Some(id)) = (ctx.api, listing, Api::openai_model_id(&path)) {
+    if let (Api::OpenAi, true, Some(id)) = (ctx.req.api, listing, Api::openai_model_id(&path)) {
         // OpenAI's models.retrieve: the model object when the caller may use it here.
-        let pools = route.reachable_pools(&edge.upstreams, ctx.api);
+        let pools = route.reachable_pools(&edge.upstreams, ctx.req.api);
         return match edge.model_object(&pools, id) {
             Some(body) if route.allows_model(id, &ctx.effects) => Ok(Decision::ListModels(body)),
             _ => Err(EdgeError::new(
@@ -406,7 +407,7 @@ async fn decide_inner(
             match edge.upstreams.index(name) {
                 // A model route names pools by model; a pool that does not speak the client's API
                 // (an Ollama-native request and a vLLM pool, say) cannot serve it.
-                Some(i) if !plan.contains(&i) && edge.upstreams.pools[i].speaks(ctx.api) => {
+                Some(i) if !plan.contains(&i) && edge.upstreams.pools[i].speaks(ctx.req.api) => {
                     plan.push(i)
                 }
                 Some(_) => {}
@@ -417,18 +418,18 @@ async fn decide_inner(
             }
         }
         if !plan.is_empty() {
-            ctx.plan = plan;
+            ctx.attempt.plan = plan;
             return Ok(Decision::Proxy);
         }
     }
 
-    match route.plan(&edge.upstreams, ctx.api, ctx.model.as_deref()) {
+    match route.plan(&edge.upstreams, ctx.req.api, ctx.req.model.as_deref()) {
         Some(plan) => {
-            ctx.plan = plan;
+            ctx.attempt.plan = plan;
             Ok(Decision::Proxy)
         }
         None => {
-            let m = ctx.model.as_deref().unwrap_or_default();
+            let m = ctx.req.model.as_deref().unwrap_or_default();
             Err(EdgeError::new(
                 404,
                 "model_not_found",

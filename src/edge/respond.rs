@@ -41,9 +41,9 @@ impl EdgeError {
 
 /// Writes `err` to the client; returns the status for logging (0 if the client is gone).
 pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &EdgeError) -> u16 {
-    let body = ctx.api.error_body(err.status, &err.message, err.code);
-    ctx.status = err.status;
-    ctx.edge_error = Some(err.message.clone());
+    let body = ctx.req.api.error_body(err.status, &err.message, err.code);
+    ctx.reply.status = err.status;
+    ctx.reply.edge_error = Some(err.message.clone());
     let mut extra: Vec<(&'static str, String)> = Vec::new();
     if let Some(s) = err.retry_after {
         extra.push(("retry-after", s.to_string()));
@@ -51,8 +51,8 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &EdgeError)
     if err.close {
         extra.push(("connection", "close".to_owned()));
     }
-    if !ctx.request_id.is_empty() {
-        extra.push(("x-request-id", ctx.request_id.clone()));
+    if !ctx.req.request_id.is_empty() {
+        extra.push(("x-request-id", ctx.req.request_id.clone()));
     }
     match json(session, err.status, body, &extra).await {
         Ok(()) => err.status,

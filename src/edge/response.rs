@@ -15,7 +15,7 @@ pub fn on_upstream_header(
     ctx: &mut RequestCtx,
 ) -> pingora_error::Result<()> {
     let status = resp.status.as_u16();
-    let Some((pi, bi)) = ctx.current else {
+    let Some((pi, bi)) = ctx.attempt.current else {
         return Ok(());
     };
     let pool = &edge.upstreams.pools[pi];
@@ -40,14 +40,14 @@ pub fn on_upstream_header(
 
 /// `response_filter`: start the stream tap when the answer is a token stream.
 pub fn on_response_header(edge: &Edge, resp: &mut ResponseHeader, ctx: &mut RequestCtx) {
-    ctx.status = resp.status.as_u16();
-    if let Ok(v) = http::HeaderValue::from_str(&ctx.request_id) {
+    ctx.reply.status = resp.status.as_u16();
+    if let Ok(v) = http::HeaderValue::from_str(&ctx.req.request_id) {
         // A fresh header name and a checked value: inserting cannot fail.
         let _ = resp.insert_header(super::request::REQUEST_ID, v);
     }
     // The response is about to reach the client: no more retries, so the pre-read request body
     // (megabytes for a long prompt) need not live as long as the stream.
-    ctx.body = None;
+    ctx.req.body = None;
     let ct = resp
         .headers
         .get(http::header::CONTENT_TYPE)
@@ -57,28 +57,28 @@ pub fn on_response_header(edge: &Edge, resp: &mut ResponseHeader, ctx: &mut Requ
         return;
     }
     let labels = edge.stream_labels(ctx);
-    ctx.gap_hist = Some(
+    ctx.stream.gap_hist = Some(
         edge.metrics
             .inter_token
             .with_label_values(&labels.as_refs()),
     );
-    ctx.tap = Some(StreamTap::new(format, ctx.start));
+    ctx.stream.tap = Some(StreamTap::new(format, ctx.req.start));
 }
 
 /// `response_body_filter`: feed the tap; the bytes pass through untouched.
 pub fn on_body(edge: &Edge, body: &Option<Bytes>, ctx: &mut RequestCtx) {
-    let (Some(tap), Some(chunk)) = (ctx.tap.as_mut(), body.as_ref()) else {
+    let (Some(tap), Some(chunk)) = (ctx.stream.tap.as_mut(), body.as_ref()) else {
         return;
     };
-    let hist = ctx.gap_hist.as_ref();
+    let hist = ctx.stream.gap_hist.as_ref();
     tap.feed(chunk, Instant::now(), &mut |gap| {
         if let Some(h) = hist {
             h.observe(gap.as_secs_f64());
         }
     });
-    if !ctx.ttft_recorded {
+    if !ctx.stream.ttft_recorded {
         if let Some(ttft) = tap.stats.ttft() {
-            ctx.ttft_recorded = true;
+            ctx.stream.ttft_recorded = true;
             let labels = edge.stream_labels(ctx);
             edge.metrics
                 .ttft

@@ -16,7 +16,7 @@ const CLIENT_CREDENTIALS: [http::HeaderName; 3] = [
 /// Rewrites the upstream request of the current attempt.
 pub fn prepare(edge: &Edge, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
     // Engines bound to loopback (Ollama) refuse foreign Host headers: speak as a local client.
-    if let Some((pi, bi)) = ctx.current {
+    if let Some((pi, bi)) = ctx.attempt.current {
         let id = &edge.upstreams.pools[pi].backends[bi].id;
         req.insert_header(http::header::HOST, id.as_str())?;
     }
@@ -24,6 +24,7 @@ pub fn prepare(edge: &Edge, req: &mut RequestHeader, ctx: &RequestCtx) -> Result
         req.remove_header(name);
     }
     if let Some(auth) = ctx
+        .attempt
         .current
         .and_then(|(pi, _)| edge.upstreams.pools[pi].auth.as_ref())
     {
@@ -44,12 +45,12 @@ pub fn prepare(edge: &Edge, req: &mut RequestHeader, ctx: &RequestCtx) -> Result
     // One Content-Length, the length of what is actually sent (the pre-read body, possibly
     // rewritten), instead of the client's duplicates or list.
     if !req.headers.contains_key(http::header::TRANSFER_ENCODING) {
-        if let Some(b) = &ctx.body {
+        if let Some(b) = &ctx.req.body {
             req.remove_header(&http::header::CONTENT_LENGTH);
             req.insert_header(http::header::CONTENT_LENGTH, b.len().to_string())?;
         }
     }
-    if let Ok(v) = http::HeaderValue::from_str(&ctx.request_id) {
+    if let Ok(v) = http::HeaderValue::from_str(&ctx.req.request_id) {
         req.insert_header(super::request::REQUEST_ID, v)?;
     }
     for name in &ctx.effects.remove_headers {
