@@ -40,13 +40,38 @@ impl From<String> for Report {
     }
 }
 
+/// Which component `text` configures: its `kind:` key, else its top-level sections (`tenants`:
+/// control plane; `engines` with `rules`, `gpu`, `gpus` or `mode`: arbiter; `engines`:
+/// simulator; anything else: edge). The YAML is parsed for this, not scanned line by line.
+pub fn kind_of(text: &str) -> crate::config::FileKind {
+    use crate::config::FileKind;
+    let top: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_saphyr::from_str(text).unwrap_or_default();
+    if let Some(k) = top
+        .get("kind")
+        .and_then(|k| serde_json::from_value::<FileKind>(k.clone()).ok())
+    {
+        return k;
+    }
+    let has = |k: &str| top.contains_key(k);
+    if has("tenants") {
+        FileKind::Control
+    } else if has("engines") && ["rules", "gpu", "gpus", "mode"].iter().any(|k| has(k)) {
+        FileKind::Arbiter
+    } else if has("engines") {
+        FileKind::Sim
+    } else {
+        FileKind::Edge
+    }
+}
+
 /// Checks one file; returns what it configures and any warnings.
 pub fn file(path: &Path) -> Result<Report, CheckError> {
+    use crate::config::FileKind;
     let text = std::fs::read_to_string(path)
         .map_err(|e| CheckError::Read(path.display().to_string(), e))?;
-    let top = |key: &str| text.lines().any(|l| l.starts_with(key));
-    // An arbiter file lists engines and says how to judge them or the GPU.
-    if top("engines:") && (top("rules:") || top("gpu:") || top("mode:") || top("gpus:")) {
+    let kind = kind_of(&text);
+    if kind == FileKind::Arbiter {
         let cfg = crate::arbiter::ArbiterConfig::load(path)?;
         let plan = crate::arbiter::plan::plan(&cfg, None)?;
         return Ok(format!(
@@ -55,13 +80,11 @@ pub fn file(path: &Path) -> Result<Report, CheckError> {
         )
         .into());
     }
-    // A simulator file is the one with a top-level `engines:` list.
-    if top("engines:") {
+    if kind == FileKind::Sim {
         let f = crate::sim::cli::load_file(path)?;
         return Ok(format!("simulator config, {} engine(s)", f.engines.len()).into());
     }
-    // A control plane file is the one with top-level `tenants:`.
-    if text.lines().any(|l| l.starts_with("tenants:")) {
+    if kind == FileKind::Control {
         let p = crate::control::ControlPolicy::load(path)?;
         let mut warnings = Vec::new();
         if p.config.api_token.is_none() {
@@ -91,4 +114,28 @@ pub fn file(path: &Path) -> Result<Report, CheckError> {
         ),
         warnings: crate::config::validate::warnings(&cfg),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kind_of;
+    use crate::config::FileKind;
+
+    #[test]
+    fn files_say_what_they_are_or_their_sections_do() {
+        assert_eq!(
+            kind_of("kind: sim\nengines: []\nrules: {}\n"),
+            FileKind::Sim
+        );
+        assert_eq!(kind_of("kind: edge\n"), FileKind::Edge);
+        assert_eq!(kind_of("tenants: []\n"), FileKind::Control);
+        assert_eq!(kind_of("engines: []\nmode: shared\n"), FileKind::Arbiter);
+        assert_eq!(kind_of("engines: []\n"), FileKind::Sim);
+        // A comment or an indented key that looks like a section is not one.
+        assert_eq!(
+            kind_of("# tenants: are elsewhere\nlisteners: []\nx:\n  tenants: 1\n"),
+            FileKind::Edge
+        );
+        assert_eq!(kind_of("not: [valid"), FileKind::Edge);
+    }
 }

@@ -17,6 +17,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArbiterConfig {
+    /// `kind: arbiter` (optional): says which component this file configures.
+    #[serde(default)]
+    pub kind: Option<crate::config::FileKind>,
     /// Where `/v1/state`, `/healthz` and `/metrics` listen (default `127.0.0.1:7080`).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,

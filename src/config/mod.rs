@@ -19,10 +19,39 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Which component a config file is for; a file may say so with a top-level `kind:` key.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    /// `okome edge`.
+    Edge,
+    /// `okome control`.
+    Control,
+    /// `okome arbiter`.
+    Arbiter,
+    /// `okome sim`.
+    Sim,
+}
+
+impl FileKind {
+    /// The name written in `kind:`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileKind::Edge => "edge",
+            FileKind::Control => "control",
+            FileKind::Arbiter => "arbiter",
+            FileKind::Sim => "sim",
+        }
+    }
+}
+
 /// The whole edge configuration (`okome edge -c FILE`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeConfig {
+    /// `kind: edge` (optional): says which component this file configures.
+    #[serde(default)]
+    pub kind: Option<Spanned<FileKind>>,
     /// Where clients connect.
     pub listeners: Spanned<Vec<Listener>>,
     /// The admin listener: `/metrics`, `/healthz`, `/readyz`, `/status`.

@@ -122,6 +122,18 @@ pub fn warnings(cfg: &EdgeConfig) -> Vec<String> {
 pub fn validate(cfg: &EdgeConfig) -> Vec<Problem> {
     let mut out = Vec::new();
 
+    if let Some(k) = cfg
+        .kind
+        .as_ref()
+        .filter(|k| k.value != super::FileKind::Edge)
+    {
+        push(
+            &mut out,
+            at(k),
+            "kind".into(),
+            format!("this is an edge config, not `{}`", k.value.as_str()),
+        );
+    }
     if cfg.listeners.value.is_empty() {
         push(
             &mut out,

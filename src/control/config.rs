@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
+    /// `kind: control` (optional): says which component this file configures.
+    #[serde(default)]
+    pub kind: Option<crate::config::FileKind>,
     /// Where the control API listens; edges reach it here.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,

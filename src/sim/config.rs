@@ -186,6 +186,9 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimFile {
+    /// `kind: sim` (optional): says which component this file configures.
+    #[serde(default)]
+    pub kind: Option<crate::config::FileKind>,
     /// Engines to start.
     pub engines: Vec<SimConfig>,
 }
