@@ -7,6 +7,17 @@
 
 use std::path::{Path, PathBuf};
 
+/// A fuzz harness: arbitrary bytes in, a panic is a finding.
+type Harness = fn(&[u8]);
+
+/// Every target, by its `fuzz/fuzz_targets/` name.
+const TARGETS: [(&str, Harness); 4] = [
+    ("stream_tap", okome::fuzzing::stream_tap),
+    ("body_peek", okome::fuzzing::body_peek),
+    ("edge_config", okome::fuzzing::edge_config),
+    ("wire_types", okome::fuzzing::wire_types),
+];
+
 /// Every file of `fuzz/<dir>/<target>/`, sorted.
 fn inputs(dir: &str, target: &str) -> Vec<PathBuf> {
     let d = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -25,7 +36,7 @@ fn inputs(dir: &str, target: &str) -> Vec<PathBuf> {
 }
 
 /// Runs `harness` on every corpus file of `target`; the corpus must not be empty.
-fn replay(target: &str, harness: fn(&[u8])) {
+fn replay(target: &str, harness: Harness) {
     let files = inputs("corpus", target);
     assert!(
         !files.is_empty(),
@@ -36,6 +47,27 @@ fn replay(target: &str, harness: fn(&[u8])) {
         let run = std::panic::catch_unwind(|| harness(&data));
         assert!(run.is_ok(), "{target}: {} fails the harness", f.display());
     }
+}
+
+#[test]
+fn every_target_has_a_corpus_test() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/fuzz_targets");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_suffix(".rs")
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    let mut known: Vec<String> = TARGETS.iter().map(|(t, _)| t.to_string()).collect();
+    known.sort();
+    assert_eq!(names, known, "fuzz/fuzz_targets/ and TARGETS differ");
 }
 
 #[test]
@@ -63,14 +95,8 @@ fn wire_types_corpus() {
 #[test]
 #[ignore = "open findings, see fuzz/regressions/README.md"]
 fn open_findings() {
-    let targets: [(&str, fn(&[u8])); 4] = [
-        ("stream_tap", okome::fuzzing::stream_tap),
-        ("body_peek", okome::fuzzing::body_peek),
-        ("edge_config", okome::fuzzing::edge_config),
-        ("wire_types", okome::fuzzing::wire_types),
-    ];
     let mut failing = Vec::new();
-    for (target, harness) in targets {
+    for (target, harness) in TARGETS {
         for f in inputs("regressions", target) {
             let data = std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
             if std::panic::catch_unwind(|| harness(&data)).is_err() {

@@ -89,10 +89,10 @@ async fn traffic(edge: &EdgeProc, n: usize, key: Option<&str>) {
     }
 }
 
-/// Every `okome_*` / `okome:*` name in a PromQL expression.
+/// Every `okome_*` / `okome:*` (and `process_*`) name in a PromQL expression.
 fn metric_names(expr: &str) -> Vec<String> {
     expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-        .filter(|t| t.starts_with("okome_") || t.starts_with("okome:"))
+        .filter(|t| t.starts_with("okome_") || t.starts_with("okome:") || t.starts_with("process_"))
         .map(str::to_owned)
         .collect()
 }

@@ -99,6 +99,20 @@ panels += [
        "ops", 12, stack=True),
 ]
 advance()
+panels += [
+    ts("Request duration p95 by route / pool (every request, e.g. TF Serving predict)",
+       [(f'histogram_quantile(0.95, sum by (route, pool, le) (rate(okome_request_duration_seconds_bucket{{{F}}}[$__rate_interval])))',
+         "{{route}} / {{pool}}")], "s", 0, w=8),
+    ts("Response bytes/s by route",
+       [(f'sum by (route) (rate(okome_response_bytes_total{{{F}}}[$__rate_interval]))', "{{route}}")],
+       "Bps", 8, w=8, stack=True),
+    ts("Edge processes: RSS and CPU",
+       [(f'max by (instance) (process_resident_memory_bytes{J})', "RSS {{instance}}"),
+        (f'sum by (instance) (rate(process_cpu_seconds_total{J}[$__rate_interval]))', "CPU cores {{instance}}")],
+       "bytes", 16, w=8,
+       desc="process_* from the edges' /metrics (the control plane and the arbiter export them too)."),
+]
+advance()
 
 # ---------------------------------------------------------------------------------------------
 panels.append(row("SLO: time to first token (p50 ≤ 0.5 s, p95 ≤ 2 s)"))
