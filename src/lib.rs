@@ -18,4 +18,5 @@ pub mod policy;
 pub mod runtime;
 pub mod sim;
 pub mod stream;
+pub mod supervisor;
 pub mod upstream;

@@ -100,6 +100,8 @@ pub struct Metrics {
     pub policy_snapshot_version: prometheus::IntGauge,
     /// Failures to load or save the last known good policy in `state_dir`.
     pub policy_state_errors: IntCounterVec,
+    /// Background tasks restarted after a panic or an unexpected end.
+    pub task_restarts: IntCounterVec,
     /// Seconds since that snapshot was published.
     pub policy_snapshot_age_seconds: prometheus::Gauge,
     /// Tokens charged to each tenant (settled counts).
@@ -247,6 +249,13 @@ impl Metrics {
             ),
             &["op"],
         );
+        let task_restarts = IntCounterVec::new(
+            Opts::new(
+                "okome_task_restarts_total",
+                "Background tasks (health probes, arbiter feeds, policy watch, key writer) restarted after a panic or an unexpected end.",
+            ),
+            &["task"],
+        );
         let policy_snapshot_version = prometheus::IntGauge::new(
             "okome_policy_snapshot_version",
             "Version of the policy snapshot in use.",
@@ -326,6 +335,7 @@ impl Metrics {
             let control_request_seconds = reg(r, control_request_seconds)?;
             let policy_snapshot_version = reg(r, policy_snapshot_version)?;
             let policy_state_errors = reg(r, policy_state_errors)?;
+            let task_restarts = reg(r, task_restarts)?;
             let policy_snapshot_age_seconds = reg(r, policy_snapshot_age_seconds)?;
             let tenant_tokens = reg(r, tenant_tokens)?;
             let shed = reg(r, shed)?;
@@ -353,6 +363,7 @@ impl Metrics {
                 control_request_seconds,
                 policy_snapshot_version,
                 policy_state_errors,
+                task_restarts,
                 policy_snapshot_age_seconds,
                 tenant_tokens,
                 shed,

@@ -46,6 +46,11 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
     }
     let metrics = Metrics::new();
     let upstreams = Arc::new(Upstreams::new(cfg, &metrics));
+    // Background work lives as long as the server: probes, arbiter feeds, policy watch.
+    let supervisor = crate::supervisor::Supervisor::new(
+        control.handle().clone(),
+        Some(metrics.task_restarts.clone()),
+    );
 
     let arbiters = cfg.arbiter.as_ref().map(|a| {
         let feeds = crate::upstream::arbiter::ArbiterFeeds::new(
@@ -53,8 +58,8 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
             a.value.max_age.0,
             metrics.clone(),
         );
-        let _guard = control.enter();
-        feeds.spawn_watch(upstreams.clone());
+        let (f, up) = (feeds.clone(), upstreams.clone());
+        supervisor.spawn("arbiter feeds", move || f.clone().run(up.clone()));
         feeds
     });
     let admin = control
@@ -88,8 +93,8 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
         }
     }
     {
-        let _guard = control.enter();
-        health::spawn(upstreams.clone());
+        let up = upstreams.clone();
+        supervisor.spawn("health probes", move || health::run(up.clone()));
     }
 
     let threads = cfg
@@ -113,11 +118,10 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
             cfg.secrets.control_token.clone(),
             metrics.clone(),
         ));
-        {
-            let _guard = control.enter();
-            cache.spawn_watch();
-            cache.spawn_key_writer();
-        }
+        let c = cache.clone();
+        supervisor.spawn("policy watch", move || c.clone().watch());
+        let c = cache.clone();
+        supervisor.spawn("policy key writer", move || c.clone().write_keys());
         env.policy = Some(cache);
     }
     let mut edge =
@@ -161,6 +165,8 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
     }
     log::info!("admin listening on http://{admin} (/ /ui /metrics /healthz /readyz /status)");
     server.add_service(svc);
+    log::info!("background tasks: {}", supervisor.names().join(", "));
     server.run(RunArgs::default());
+    control.block_on(supervisor.shutdown());
     Ok(())
 }

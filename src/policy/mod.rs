@@ -184,29 +184,26 @@ impl PolicyCache {
     }
 
     /// Persists the known key hashes after they change, at most once per [`KEY_WRITE_DEBOUNCE`]:
-    /// one writer, off the request path. Runs forever.
-    pub fn spawn_key_writer(self: &Arc<Self>) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            loop {
-                me.ctx.dirty.notified().await;
-                // Let a burst of misses land in one write.
-                tokio::time::sleep(KEY_WRITE_DEBOUNCE).await;
-                let keys = me.ctx.known.lock().clone();
-                if !me.ctx.state.save_keys(&keys).await {
-                    me.metrics
-                        .policy_state_errors
-                        .with_label_values(&["save"])
-                        .inc();
-                }
+    /// one writer, off the request path (a supervised task).
+    pub async fn write_keys(self: Arc<Self>) {
+        loop {
+            self.ctx.dirty.notified().await;
+            // Let a burst of misses land in one write.
+            tokio::time::sleep(KEY_WRITE_DEBOUNCE).await;
+            let keys = self.ctx.known.lock().clone();
+            if !self.ctx.state.save_keys(&keys).await {
+                self.metrics
+                    .policy_state_errors
+                    .with_label_values(&["save"])
+                    .inc();
             }
-        });
+        }
     }
 
-    /// Watches the snapshot by long-poll and keeps the age gauge fresh; runs forever.
-    pub fn spawn_watch(self: &Arc<Self>) {
-        let me = self.clone();
-        tokio::spawn(async move {
+    /// Watches the snapshot by long-poll and keeps the age gauge fresh (a supervised task).
+    pub async fn watch(self: Arc<Self>) {
+        let me = &self;
+        let poll = async move {
             let mut failing = false;
             let mut backoff = Duration::from_millis(250);
             loop {
@@ -241,15 +238,15 @@ impl PolicyCache {
                     }
                 }
             }
-        });
-        let me = self.clone();
-        tokio::spawn(async move {
+        };
+        let age = async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
                 me.publish_snapshot_metrics();
             }
-        });
+        };
+        tokio::join!(poll, age);
     }
 
     fn publish_snapshot_metrics(&self) {

@@ -107,8 +107,9 @@ impl ArbiterFeeds {
         b.verdict().filter(|v| self.fresh(v.feed))
     }
 
-    /// Long-polls every arbiter forever, attaching decisions to `upstreams`' backends.
-    pub fn spawn_watch(self: &Arc<Self>, upstreams: Arc<Upstreams>) {
+    /// Long-polls every arbiter forever, attaching decisions to `upstreams`' backends, and keeps
+    /// `okome_arbiter_fresh` current (a supervised task).
+    pub async fn run(self: Arc<Self>, upstreams: Arc<Upstreams>) {
         let by_id: Arc<HashMap<String, Vec<Arc<Backend>>>> = {
             let mut m: HashMap<String, Vec<Arc<Backend>>> = HashMap::new();
             for p in &upstreams.pools {
@@ -118,25 +119,22 @@ impl ArbiterFeeds {
             }
             Arc::new(m)
         };
-        for i in 0..self.feeds.len() {
-            let me = self.clone();
-            let by_id = by_id.clone();
-            tokio::spawn(async move { me.watch(i, by_id).await });
-        }
-        let me = self.clone();
-        tokio::spawn(async move {
+        let watches =
+            futures::future::join_all((0..self.feeds.len()).map(|i| self.watch(i, by_id.clone())));
+        let freshness = async {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tick.tick().await;
-                for i in 0..me.feeds.len() {
-                    let f = &me.feeds[i];
-                    me.metrics
+                for i in 0..self.feeds.len() {
+                    let f = &self.feeds[i];
+                    self.metrics
                         .arbiter_fresh
                         .with_label_values(&[&f.addr.to_string()])
-                        .set(me.fresh(i) as i64);
+                        .set(self.fresh(i) as i64);
                 }
             }
-        });
+        };
+        tokio::join!(watches, freshness);
     }
 
     async fn watch(&self, i: usize, by_id: Arc<HashMap<String, Vec<Arc<Backend>>>>) {

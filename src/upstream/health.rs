@@ -38,22 +38,22 @@ pub async fn bootstrap(up: &Upstreams) {
     futures::future::join_all(rounds).await;
 }
 
-/// Probes every pool forever, each at its own interval.
-pub fn spawn(up: Arc<Upstreams>) {
-    for pool in up.pools.iter().cloned() {
-        tokio::spawn(async move {
-            let c = client();
-            let mut tick = tokio::time::interval(pool.health.interval.0);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await; // the bootstrap round just ran
-            let mut n: u64 = 0;
-            loop {
-                tick.tick().await;
-                n += 1;
-                round(&c, &pool, n % DISCOVERY_EVERY == 0).await;
-            }
-        });
-    }
+/// Probes every pool forever, each at its own interval (a supervised task: see
+/// [`crate::supervisor`]).
+pub async fn run(up: Arc<Upstreams>) {
+    let loops = up.pools.iter().cloned().map(|pool| async move {
+        let c = client();
+        let mut tick = tokio::time::interval(pool.health.interval.0);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the bootstrap round just ran
+        let mut n: u64 = 0;
+        loop {
+            tick.tick().await;
+            n += 1;
+            round(&c, &pool, n % DISCOVERY_EVERY == 0).await;
+        }
+    });
+    futures::future::join_all(loops).await;
 }
 
 async fn round(c: &HttpClient, pool: &Pool, discover: bool) {
