@@ -1,6 +1,7 @@
 //! GPU check (real NVML): a torch process mapped to an engine by `pid_file` allocates past the
 //! engine's budget → `shedding` (over_budget), released → `ok`. Ignored by default; run with
 //! `benchmarks/gpu/arbiter_nvml_check.sh` on a machine with a GPU (it sets OKOME_GPU_CHECK=1).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod common;
 

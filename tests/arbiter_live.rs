@@ -1,4 +1,5 @@
 //! The running arbiter over real sockets against in-process simulators.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! `okome arbiter plan`: Mode A budgets and Mode B devices, valid and invalid.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 use okome::arbiter::config::ArbiterConfig;
 use okome::arbiter::plan::plan;

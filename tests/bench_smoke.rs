@@ -2,6 +2,7 @@
 //! real binaries (tiny sizes, direct + okome only, a few seconds), so the harness keeps working.
 //! It checks that every workload produced clean runs and that the report and plots were written;
 //! it asserts no timings.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

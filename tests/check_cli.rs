@@ -1,5 +1,6 @@
 //! `okome check -c FILE`: the real binary on the shipped configs and on broken ones; every
 //! problem names the file and the line.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,6 +1,7 @@
 //! Failures at the edge, over real sockets: big bodies and body limits, failover before the
 //! first byte, whole pools down, engines that answer 503, fallback pools, engines that die,
 //! error or stall mid-stream, and clients that go away.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Relay: bytes through the edge equal bytes from the engine, tokens keep their pacing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! arbiter exports.
 //!
 //! Needs Debian's `prometheus` package (`prometheus` and `promtool` on PATH); `.ci/run` installs it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod common;
 

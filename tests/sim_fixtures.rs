@@ -1,5 +1,6 @@
 //! The simulator over real sockets, compared with the engines' wire formats in `/work/shared/fixtures`
 //! (falling back to copies of the relevant fixture events when that directory is absent).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;

@@ -3,6 +3,7 @@
 //! Each test starts its own echo engine (below) and edge, writes raw bytes on a fresh
 //! connection, checks what the edge answered (and whether it closed the connection), then checks
 //! in the engine's log what reached it. Every test ends with a good request that must get 200.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod common;
 

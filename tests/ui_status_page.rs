@@ -3,6 +3,7 @@
 //! itself from `/status` without a reload, and its figures follow the traffic. The test also takes
 //! the README's screenshot (written to `docs/status-page.png` when it is missing or when
 //! `OKOME_UPDATE_SCREENSHOT=1`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Shared harness for the edge's integration tests: real sockets, the real `okome` binary,
 //! in-process simulators.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 pub mod prom;
 

@@ -1,5 +1,6 @@
 //! A real Prometheus for the observability tests (Debian's `prometheus` package).
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 use super::free_port;
 use std::path::{Path, PathBuf};
