@@ -574,7 +574,8 @@ pub fn load(path: &Path) -> Result<EdgeConfig, ConfigError> {
     parse(path, &text)
 }
 
-/// Parses and validates config text; `path` is used in messages only.
+/// Parses and validates config text; `path` names it in messages, and relative secret files
+/// (`control.token`, pools' `api_key`) are read from its folder.
 pub fn parse(path: &Path, text: &str) -> Result<EdgeConfig, ConfigError> {
     let cfg: EdgeConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
         file: path.to_path_buf(),

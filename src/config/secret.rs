@@ -38,8 +38,7 @@ impl SecretSource {
                     Some(b) if p.is_relative() => b.join(p),
                     _ => p.clone(),
                 };
-                let v = std::fs::read_to_string(&path)
-                    .map_err(|e| SecretError::File(path.clone(), e))?;
+                let v = read_small(&path).map_err(|e| SecretError::File(path.clone(), e))?;
                 (v, path.display().to_string())
             }
             SecretSource::Env(var) => (
@@ -53,6 +52,25 @@ impl SecretSource {
         }
         Ok(Secret(value.to_owned()))
     }
+}
+
+/// Largest secret file read: a token or a key is bytes, not megabytes (and `/dev/zero` must
+/// not exhaust memory).
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+fn read_small(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut s = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_SECRET_FILE + 1)
+        .read_to_string(&mut s)?;
+    if s.len() as u64 > MAX_SECRET_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("longer than {MAX_SECRET_FILE} bytes"),
+        ));
+    }
+    Ok(s)
 }
 
 /// A loaded secret. `Debug` and `Display` never show it.

@@ -45,10 +45,42 @@ struct Fields<'a> {
     options: Option<Options>,
 }
 
-/// Ollama's generation options.
-#[derive(Deserialize)]
+/// Ollama's generation options. Read from a JSON object only: serde's derive would also take
+/// an array (`"options": [7]`), which no engine reads as options.
 struct Options {
     num_predict: Option<i64>,
+}
+
+impl<'de> Deserialize<'de> for Options {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct MapOnly;
+        impl<'de> serde::de::Visitor<'de> for MapOnly {
+            type Value = Options;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Options, A::Error> {
+                let mut num_predict = None;
+                while let Some(k) = m.next_key::<Cow<'de, str>>()? {
+                    if k == "num_predict" {
+                        if num_predict.is_some() {
+                            return Err(serde::de::Error::duplicate_field("num_predict"));
+                        }
+                        num_predict = Some(m.next_value::<Option<i64>>()?);
+                    } else {
+                        m.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(Options {
+                    num_predict: num_predict.flatten(),
+                })
+            }
+        }
+        d.deserialize_map(MapOnly)
+    }
 }
 
 /// Deepest nesting of arrays and objects accepted, as serde_json's own limit for typed values.
@@ -92,6 +124,10 @@ pub fn peek(api: Api, body: &[u8]) -> Result<Peeked, PeekError> {
             wants_stream: api == Api::Ollama,
             ..Peeked::default()
         });
+    }
+    // The body must be an object: serde's derive would also read an array positionally.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(PeekError::Invalid("the body is not a JSON object".into()));
     }
     if too_deep(body, MAX_DEPTH) {
         return Err(PeekError::Invalid(format!(
@@ -176,6 +212,14 @@ mod tests {
         // Duplicate keys: Python's json keeps the last, so the edge must not check the first.
         assert!(peek(Api::OpenAi, br#"{"model":"a","model":"b"}"#).is_err());
         assert!(peek(Api::OpenAi, br#"["model"]"#).is_err());
+        // Fuzz findings: arrays read positionally as the request or its options.
+        assert!(peek(Api::OpenAi, br#"["llama3.2",null,true,null,null,[7]]"#).is_err());
+        assert!(peek(Api::Ollama, br#"{"model":"m","options":[7]}"#).is_err());
+        assert!(peek(
+            Api::Ollama,
+            br#"{"model":"m","options":{"num_predict":1,"num_predict":2}}"#
+        )
+        .is_err());
         assert!(peek(Api::OpenAi, br#"{"model":7}"#).is_err());
         assert!(peek(Api::OpenAi, br#"{"model":"a"} trailing"#).is_err());
         assert_eq!(

@@ -17,8 +17,10 @@ impl LineFramer {
     pub fn feed(&mut self, mut chunk: &[u8], mut on_line: impl FnMut(&[u8])) {
         while let Some(pos) = memchr::memchr(b'\n', chunk) {
             let (head, rest) = (&chunk[..pos], &chunk[pos + 1..]);
-            if self.skipping {
+            // One rule for every line, however it was chunked: longer than MAX_LINE is skipped.
+            if self.skipping || self.partial.len() + head.len() > MAX_LINE {
                 self.skipping = false;
+                self.partial.clear();
             } else if self.partial.is_empty() {
                 on_line(trim_cr(head));
             } else {
@@ -71,5 +73,21 @@ mod tests {
         let big = vec![b'x'; MAX_LINE + 10];
         let out = lines(&[&big, b"tail\nnext\n"]);
         assert_eq!(out, vec![b"next".to_vec()]);
+    }
+
+    /// Fuzz finding: a line over MAX_LINE that ends inside one chunk was passed on, while the
+    /// same line split across chunks was skipped.
+    #[test]
+    fn oversized_lines_are_skipped_however_they_are_chunked() {
+        let mut whole = vec![b'x'; MAX_LINE + 10];
+        whole.extend_from_slice(b"\nnext\n");
+        let (a, b) = whole.split_at(MAX_LINE / 2);
+        assert_eq!(lines(&[&whole]), vec![b"next".to_vec()]);
+        assert_eq!(lines(&[a, b]), vec![b"next".to_vec()]);
+        // Exactly MAX_LINE is kept either way.
+        let mut edge = vec![b'y'; MAX_LINE];
+        edge.push(b'\n');
+        assert_eq!(lines(&[&edge]).len(), 1);
+        assert_eq!(lines(&[&edge[..10], &edge[10..]]).len(), 1);
     }
 }
