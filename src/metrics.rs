@@ -230,7 +230,7 @@ impl Metrics {
         let policy_cache_requests = IntCounterVec::new(
             Opts::new(
                 "okome_policy_cache_requests_total",
-                "Key lookups in the policy cache: hit, miss, stale, negative, error.",
+                "Key lookups in the policy cache: hit, miss, stale; negative (an unknown key, asked of the control plane), negative_hit (an unknown key answered from the cache); error.",
             ),
             &["result"],
         );
@@ -431,7 +431,7 @@ impl Metrics {
                 self.shed.with_label_values(&[reason, p]);
             }
         }
-        for r in ["hit", "miss", "stale", "negative", "error"] {
+        for r in ["hit", "miss", "stale", "negative", "negative_hit", "error"] {
             self.policy_cache_requests.with_label_values(&[r]);
         }
         for op in ["load", "save"] {

@@ -902,3 +902,31 @@ async fn key_state_is_written_off_the_request_path_and_bad_state_is_reported() {
         0.0
     );
 }
+
+/// An unknown key is asked of the control plane once (`negative`) and then answered from the
+/// negative cache (`negative_hit`): a flood of bad keys is not a cache-miss storm in the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_keys_answered_from_the_cache_count_as_negative_hits() {
+    let s = sim(SimKind::Vllm, |_| {}).await;
+    let (_store, ctl) = memory_control(ACME, QWEN_ROUTE, "acme").await;
+    let state = tempfile::tempdir().unwrap();
+    let edge = start_edge(&edge_yaml(
+        &pool("vllm", "vllm", &[s.addr()]),
+        &openai_route("[vllm]"),
+        ctl.addr(),
+        state.path(),
+        "  negative_ttl: 30s\n",
+    ))
+    .await;
+    for _ in 0..5 {
+        let r = chat_once(&edge, Some("okome-wrong-key"), QWEN, 2).await;
+        assert_eq!(status_of(&r), 401);
+    }
+    for (result, n) in [("negative", 1.0), ("negative_hit", 4.0)] {
+        let got = edge
+            .metric("okome_policy_cache_requests_total", &[("result", result)])
+            .await;
+        assert_eq!(got, n, "{result}");
+    }
+    assert_eq!(ctl.key_lookups(), 1);
+}

@@ -169,7 +169,7 @@ advance()
 panels.append(row("SLO: caches (policy hit ≥ 90 %, prefix hit ≥ 20 %)"))
 panels += [
     ts("Policy cache: hit ratio and lookups",
-       [(f'sum(rate(okome_policy_cache_requests_total{{job=~"$job", result=~"hit|stale"}}[$__rate_interval])) / sum(rate(okome_policy_cache_requests_total{J}[$__rate_interval]))',
+       [(f'sum(rate(okome_policy_cache_requests_total{{job=~"$job", result=~"hit|stale|negative_hit"}}[$__rate_interval])) / sum(rate(okome_policy_cache_requests_total{J}[$__rate_interval]))',
          "hit ratio")], "percentunit", 0, threshold=None, max_=1),
     # Prefix cache: lands with the edge's re-export of vLLM's counters.
     ts("Engine prefix cache hit ratio (vLLM)",

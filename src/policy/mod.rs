@@ -297,7 +297,13 @@ impl PolicySource for PolicyCache {
                 KeyVerdict::Tenant(t)
             }
             Ok(None) => {
-                self.count("negative");
+                // An unknown key the control plane was asked about, or one answered from the
+                // negative cache (a hit: no call was made).
+                self.count(if result == "miss" {
+                    "negative"
+                } else {
+                    "negative_hit"
+                });
                 KeyVerdict::Unknown
             }
             Err(e) => {
