@@ -1,7 +1,7 @@
 //! `okome demo`: simulated engines and the edge in one process, with commands to try.
 
-use crate::config::{self, PoolKind};
-use crate::sim::{SimConfig, SimKind};
+use okome::config::{self, PoolKind};
+use okome_sim::{SimConfig, SimKind};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -33,13 +33,13 @@ pub enum DemoError {
     },
     /// The edge failed.
     #[error(transparent)]
-    Edge(#[from] crate::edge::server::StartError),
+    Edge(#[from] okome::edge::server::StartError),
     /// The control plane failed.
     #[error("demo control plane: {0}")]
-    Control(#[from] crate::control::ControlError),
+    Control(#[from] okome::control::ControlError),
     /// The arbiter failed.
     #[error("demo arbiter: {0}")]
-    Arbiter(#[from] crate::arbiter::ArbiterError),
+    Arbiter(#[from] okome::arbiter::ArbiterError),
     /// The arbiter's port is taken.
     #[error("cannot start the demo arbiter on {addr}: {source}")]
     ArbiterBind {
@@ -65,11 +65,11 @@ pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
         None => config::parse(&PathBuf::from("conf/demo.yaml (built in)"), DEMO_YAML)?,
     };
     // The demo's control plane and edge share a token minted now, so its API is never open.
-    let control_token = crate::config::Secret::new(crate::control::generate_key());
+    let control_token = okome::config::Secret::new(okome::control::generate_key());
     cfg.secrets
         .control_token
         .get_or_insert_with(|| control_token.clone());
-    let control = crate::runtime::control().map_err(DemoError::Runtime)?;
+    let control = okome::runtime::control().map_err(DemoError::Runtime)?;
     let mut handles = Vec::new();
     for pool in cfg.pools.value.values() {
         let pool = &pool.value;
@@ -91,36 +91,36 @@ pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
             sc.jitter = 0.2;
             sc.default_max_tokens = 48;
             let h = control
-                .block_on(crate::sim::start(sc))
+                .block_on(okome_sim::start(sc))
                 .map_err(|source| DemoError::Sim { kind, addr, source })?;
             handles.push(h);
         }
     }
     let mut arbiter = None;
     if cfg.arbiter.is_some() {
-        let acfg = crate::arbiter::ArbiterConfig::from_str(
+        let acfg = okome::arbiter::ArbiterConfig::from_str(
             "conf/demo-arbiter.yaml (built in)",
             DEMO_ARBITER_YAML,
         )?;
         let addr = acfg.listen;
         let h = control
-            .block_on(crate::arbiter::start(acfg, addr))
+            .block_on(okome::arbiter::start(acfg, addr))
             .map_err(|source| DemoError::ArbiterBind { addr, source })?;
         arbiter = Some(h.addr());
     }
     let mut key = None;
     if let Some(c) = &cfg.control {
-        let mut policy = crate::control::ControlPolicy::from_str(
+        let mut policy = okome::control::ControlPolicy::from_str(
             "conf/demo-control.yaml (built in)",
             DEMO_CONTROL_YAML,
         )?;
         policy.api_token = cfg.secrets.control_token.clone();
-        let store = crate::control::YamlStore::from_config(policy);
-        let k = crate::control::generate_key();
-        store.insert_key(&crate::control::hash_key(&k), "demo")?;
+        let store = okome::control::YamlStore::from_config(policy);
+        let k = okome::control::generate_key();
+        store.insert_key(&okome::control::hash_key(&k), "demo")?;
         let addr = c.value.address;
         control
-            .block_on(crate::control::start(std::sync::Arc::new(store), addr))
+            .block_on(okome::control::start(std::sync::Arc::new(store), addr))
             .map_err(|source| DemoError::ControlBind { addr, source })?;
         key = Some(k);
     }
@@ -138,14 +138,14 @@ pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
     if let Some(a) = arbiter {
         println!("{}", arbiter_banner(&listen, a, &handles, key.as_deref()));
     }
-    crate::edge::server::run(&cfg, &control)?;
+    okome::edge::server::run(&cfg, &control)?;
     for h in &handles {
         h.shutdown();
     }
     Ok(())
 }
 
-fn banner(listen: &str, admin: &str, sims: &[crate::sim::SimHandle], key: Option<&str>) -> String {
+fn banner(listen: &str, admin: &str, sims: &[okome_sim::SimHandle], key: Option<&str>) -> String {
     let engines: Vec<String> = sims
         .iter()
         .map(|h| format!("{} on {}", h.kind(), h.addr()))
@@ -193,7 +193,7 @@ Ctrl-C stops everything.
 fn arbiter_banner(
     listen: &str,
     arbiter: std::net::SocketAddr,
-    sims: &[crate::sim::SimHandle],
+    sims: &[okome_sim::SimHandle],
     key: Option<&str>,
 ) -> String {
     let vllm: Vec<String> = sims

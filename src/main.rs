@@ -1,5 +1,7 @@
 //! `okome`: the edge proxy for self-hosted LLM inference, its simulator, demo and config checker.
 
+mod demo;
+
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,7 +76,7 @@ enum Cmd {
     /// `okome arbiter plan` validates the GPU memory plan and emits each engine's settings.
     Arbiter(okome::arbiter::ArbiterArgs),
     /// Run simulated model servers that speak vLLM's, Ollama's or TF Serving's real wire formats.
-    Sim(okome::sim::SimArgs),
+    Sim(okome_sim::SimArgs),
     /// Start simulated vLLM, Ollama and TF Serving engines plus the edge in one process and print
     /// commands to try. Clients on 127.0.0.1:8080, admin on 127.0.0.1:9090.
     Demo {
@@ -107,11 +109,11 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
-        Cmd::Sim(args) => match okome::sim::cli::run(args) {
+        Cmd::Sim(args) => match okome_sim::cli::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
-        Cmd::Demo { config } => match okome::demo::run(config.as_deref()) {
+        Cmd::Demo { config } => match demo::run(config.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
@@ -142,10 +144,22 @@ fn run_edge(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Checks one file of any kind: the library checks what it configures; simulator files are the
+/// simulator crate's.
+fn check_file(f: &std::path::Path) -> Result<okome::check::Report, Box<dyn std::error::Error>> {
+    let text =
+        std::fs::read_to_string(f).map_err(|e| format!("{}: cannot read: {e}", f.display()))?;
+    if okome::check::kind_of(&text) == okome::config::FileKind::Sim {
+        let file = okome_sim::cli::load_file(f)?;
+        return Ok(format!("simulator config, {} engine(s)", file.engines.len()).into());
+    }
+    Ok(okome::check::file(f)?)
+}
+
 fn check(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for f in files {
-        match okome::check::file(f) {
+        match check_file(f) {
             Ok(report) => {
                 for w in &report.warnings {
                     eprintln!("{}: warning: {w}", f.display());

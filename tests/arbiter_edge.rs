@@ -12,7 +12,7 @@ mod common;
 use common::*;
 use okome::arbiter::{ArbiterConfig, ArbiterHandle, BackendState, BackendStatus};
 use okome::control::{self, hash_key, ControlHandle, PolicyStore, YamlStore};
-use okome::sim::{Pressure, SimHandle, SimKind};
+use okome_sim::{Pressure, SimHandle, SimKind};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -6,7 +6,7 @@
 mod common;
 
 use okome::arbiter::{ArbiterConfig, BackendState};
-use okome::sim::SimKind;
+use okome_sim::SimKind;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 mod common;
 
 use okome::arbiter::{ArbiterConfig, ArbiterHandle, ArbiterState, BackendState};
-use okome::sim::{Pressure, SimKind};
+use okome_sim::{Pressure, SimKind};
 use std::time::{Duration, Instant};
 
 fn config(gpu: &str, engines: &str) -> ArbiterConfig {

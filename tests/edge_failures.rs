@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use okome::sim::{Faults, SimHandle, SimKind};
+use okome_sim::{Faults, SimHandle, SimKind};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -122,7 +122,7 @@ async fn dead_sim(kind: SimKind) -> SimHandle {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_mib_prompt_routes_on_a_trailing_model_and_arrives_intact() {
     let tweak = |m: &'static str| {
-        move |c: &mut okome::sim::SimConfig| {
+        move |c: &mut okome_sim::SimConfig| {
             c.models = vec![m.to_string()];
             c.prefill_per_1k_tokens = Duration::ZERO;
         }
@@ -426,7 +426,7 @@ async fn pool_that_dies_after_start_gets_503_with_retry_after_once_known_down() 
 
 /// An Ollama whose only slot is held by a long generation sent to it directly, with no queue:
 /// it answers every other request 503 "server busy". Abort the handle to release it.
-async fn busy_ollama() -> (okome::sim::SimHandle, tokio::task::JoinHandle<()>) {
+async fn busy_ollama() -> (okome_sim::SimHandle, tokio::task::JoinHandle<()>) {
     let busy = sim(SimKind::Ollama, |c| {
         c.max_concurrent = 1;
         c.max_queue = Some(0);

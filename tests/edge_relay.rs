@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use okome::sim::SimKind;
+use okome_sim::SimKind;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vllm_sse_stream_is_byte_identical_through_the_edge() {

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use okome::sim::SimKind;
+use okome_sim::SimKind;
 
 /// A fresh edge (no traffic yet) already exports the counters dashboards and `rate()` alerts
 /// read, at 0, and the process metrics.

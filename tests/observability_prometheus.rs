@@ -11,7 +11,7 @@ mod common;
 use common::prom::{start_prometheus, tool};
 use common::*;
 use okome::control::{self, hash_key, PolicyStore, YamlStore};
-use okome::sim::SimKind;
+use okome_sim::SimKind;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -236,7 +236,7 @@ async fn every_dashboard_query_names_an_exported_metric() {
         sent += 1;
     }
     // The arbiter puts `a` (the only engine left) into shedding: the edge sheds a request.
-    a.set_pressure(okome::sim::Pressure {
+    a.set_pressure(okome_sim::Pressure {
         extra_waiting: 40,
         ..Default::default()
     });

@@ -11,7 +11,7 @@ mod common;
 
 use common::*;
 use okome::control::{self, hash_key, ControlHandle, PolicyStore, YamlStore};
-use okome::sim::SimKind;
+use okome_sim::SimKind;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;

@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use okome::control::{self, hash_key, ControlHandle, ControlPolicy, PolicyStore, YamlStore};
-use okome::sim::{SimHandle, SimKind};
+use okome_sim::{SimHandle, SimKind};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

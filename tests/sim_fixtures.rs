@@ -6,7 +6,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use okome::sim::{self, Faults, SimConfig, SimHandle, SimKind, SimStats};
+use okome_sim::{self as sim, Faults, SimConfig, SimHandle, SimKind, SimStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

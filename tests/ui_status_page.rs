@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use okome::sim::SimKind;
+use okome_sim::SimKind;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -5,7 +5,7 @@
 
 pub mod prom;
 
-use okome::sim::{SimConfig, SimHandle, SimKind};
+use okome_sim::{SimConfig, SimHandle, SimKind};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ pub async fn sim(kind: SimKind, tweak: impl FnOnce(&mut SimConfig)) -> SimHandle
     c.tokens_per_second = 200.0;
     c.default_max_tokens = 8;
     tweak(&mut c);
-    okome::sim::start(c).await.expect("start sim")
+    okome_sim::start(c).await.expect("start sim")
 }
 
 /// A running `okome edge` process; killed on drop.

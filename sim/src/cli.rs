@@ -165,12 +165,28 @@ pub fn run(args: SimArgs) -> Result<(), SimError> {
             println!("okome sim: {} listening on http://{}", h.kind(), h.addr());
             handles.push(h);
         }
-        crate::runtime::shutdown_signal().await;
+        shutdown_signal().await;
         for h in &handles {
             h.shutdown();
         }
         Ok(())
     })
+}
+
+/// Resolves on Ctrl-C, or SIGTERM on Unix (what systemd sends).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[cfg(test)]

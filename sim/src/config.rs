@@ -182,13 +182,21 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
         .transpose()
 }
 
+/// The only `kind:` a simulator file may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKindSim {
+    /// `kind: sim`.
+    Sim,
+}
+
 /// The `-c FILE` shape: several engines at once.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimFile {
     /// `kind: sim` (optional): says which component this file configures.
     #[serde(default)]
-    pub kind: Option<crate::config::FileKind>,
+    pub kind: Option<FileKindSim>,
     /// Engines to start.
     pub engines: Vec<SimConfig>,
 }
