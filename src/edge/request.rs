@@ -161,13 +161,7 @@ async fn run_filters(
                 req.method,
                 r.message
             );
-            return Err(EdgeError {
-                status: r.status.as_u16(),
-                message: r.message,
-                code: r.code,
-                retry_after: r.retry_after,
-                close: false,
-            });
+            return Err(r.into());
         }
     }
     Ok(())
@@ -269,13 +263,7 @@ async fn decide_inner(
     run_filters(edge, session, ctx, head_route, Phase::Headers).await?;
     for f in edge.routes.routes[head_route].filters_of(Phase::Body) {
         if let Verdict::Reject(r) = f.precheck(&ctx.effects).await {
-            return Err(EdgeError {
-                status: r.status.as_u16(),
-                message: r.message,
-                code: r.code,
-                retry_after: r.retry_after,
-                close: false,
-            });
+            return Err(r.into());
         }
     }
 

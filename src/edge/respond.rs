@@ -39,6 +39,18 @@ impl EdgeError {
     }
 }
 
+impl From<okome_filters::Rejection> for EdgeError {
+    fn from(r: okome_filters::Rejection) -> Self {
+        EdgeError {
+            status: r.status.as_u16(),
+            message: r.message,
+            code: r.code,
+            retry_after: r.retry_after,
+            close: false,
+        }
+    }
+}
+
 /// Writes `err` to the client; returns the status for logging (0 if the client is gone).
 pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &EdgeError) -> u16 {
     let body = ctx.req.api.error_body(err.status, &err.message, err.code);
