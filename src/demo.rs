@@ -178,8 +178,8 @@ Try (tokens stream as they are generated):
   # TF Serving REST
   curl http://{listen}/v1/models/half_plus_two:predict -d '{{"instances":[1.0,2.0,5.0]}}'
 
-  # models, metrics, status
-  curl http://{listen}/v1/models
+  # the models your key may use, metrics, status
+  curl http://{listen}/v1/models{auth}
   curl -s http://{admin}/metrics | grep ^okome_policy
   curl -s http://{admin}/metrics | grep ^okome_ttft
   curl http://{admin}/status
