@@ -91,9 +91,22 @@ impl Drop for EdgeProc {
     }
 }
 
-/// Writes `yaml` (with `{listen}` and `{admin}` placeholders filled) and starts the edge;
-/// returns once its client listener accepts connections.
+/// Writes the config (listeners and admin on free ports, then `yaml_body`) and starts the edge;
+/// returns once its client listener accepts connections. A port taken between picking it and the
+/// edge binding it (other tests run in parallel) is retried on fresh ports.
 pub async fn start_edge(yaml_body: &str) -> EdgeProc {
+    let mut last_log = String::new();
+    for _ in 0..5 {
+        match try_start_edge(yaml_body).await {
+            Ok(p) => return p,
+            Err(log) => last_log = log,
+        }
+    }
+    panic!("edge did not start; log:\n{last_log}");
+}
+
+/// One start attempt; `Err(log)` when the edge exited because a port was taken.
+async fn try_start_edge(yaml_body: &str) -> Result<EdgeProc, String> {
     let dir = tempfile::tempdir().expect("tempdir");
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -111,7 +124,7 @@ pub async fn start_edge(yaml_body: &str) -> EdgeProc {
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("spawn okome edge");
-    let p = EdgeProc {
+    let mut p = EdgeProc {
         child,
         addr,
         admin,
@@ -120,6 +133,14 @@ pub async fn start_edge(yaml_body: &str) -> EdgeProc {
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if let Ok(Some(_)) = p.child.try_wait() {
+            let log = p.log_text();
+            assert!(
+                log.contains("Address already in use"),
+                "edge exited; log:\n{log}"
+            );
+            return Err(log);
+        }
         assert!(
             Instant::now() < deadline,
             "edge did not start; log:\n{}",
@@ -127,7 +148,13 @@ pub async fn start_edge(yaml_body: &str) -> EdgeProc {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    p
+    // The listener answered; make sure it is this edge, not another test's process that took
+    // the port while this edge was exiting over it.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    if let Ok(Some(_)) = p.child.try_wait() {
+        return Err(p.log_text());
+    }
+    Ok(p)
 }
 
 /// A pool entry for the YAML, e.g. `pool("vllm", "vllm", &[addr])`.
