@@ -41,6 +41,15 @@ pub enum RuleError {
 }
 
 impl EndpointRule {
+    /// A rule for `methods` (empty = any) on a path glob.
+    fn new(methods: &[Method], path: &str) -> Self {
+        EndpointRule {
+            methods: methods.to_vec(),
+            path: Glob::new(path),
+            pattern: path.to_owned(),
+        }
+    }
+
     /// Parses `"METHOD[|METHOD…] /path-glob"`; `*` as the method means any.
     pub fn parse(s: &str) -> Result<Self, RuleError> {
         let (methods, path) = s
@@ -62,11 +71,7 @@ impl EndpointRule {
                 })
                 .collect::<Result<_, _>>()?
         };
-        Ok(EndpointRule {
-            methods,
-            path: Glob::new(path),
-            pattern: path.to_owned(),
-        })
+        Ok(EndpointRule::new(&methods, path))
     }
 
     fn covers_path(&self, path: &str) -> bool {
@@ -114,34 +119,47 @@ const POST: &[Method] = &[Method::POST];
 
 /// The endpoints a route exposes by default for requests of `api`: inference and read-only
 /// listing, nothing that changes an engine.
-pub fn defaults(api: Api) -> &'static [(&'static [Method], &'static str)] {
-    match api {
-        Api::OpenAi => &[
-            (POST, "/v1/chat/completions"),
-            (POST, "/v1/completions"),
-            (POST, "/v1/embeddings"),
-            (POST, "/v1/responses"),
-            (GET_HEAD, "/v1/models"),
-            (GET_HEAD, "/v1/models/*"),
-        ],
-        Api::Ollama => &[
-            (POST, "/api/chat"),
-            (POST, "/api/generate"),
-            (POST, "/api/embed"),
-            (POST, "/api/embeddings"),
-            (POST, "/api/show"),
-            (GET_HEAD, "/api/tags"),
-            (GET_HEAD, "/api/ps"),
-            (GET_HEAD, "/api/version"),
-        ],
-        Api::TfServing => &[
-            // Model status, versions, metadata.
-            (GET_HEAD, "/v1/models/*"),
-            (POST, "/v1/models/*:predict"),
-            (POST, "/v1/models/*:classify"),
-            (POST, "/v1/models/*:regress"),
-        ],
-    }
+const DEFAULTS: [(Api, &[Method], &str); 18] = [
+    (Api::OpenAi, POST, "/v1/chat/completions"),
+    (Api::OpenAi, POST, "/v1/completions"),
+    (Api::OpenAi, POST, "/v1/embeddings"),
+    (Api::OpenAi, POST, "/v1/responses"),
+    (Api::OpenAi, GET_HEAD, "/v1/models"),
+    (Api::OpenAi, GET_HEAD, "/v1/models/*"),
+    (Api::Ollama, POST, "/api/chat"),
+    (Api::Ollama, POST, "/api/generate"),
+    (Api::Ollama, POST, "/api/embed"),
+    (Api::Ollama, POST, "/api/embeddings"),
+    (Api::Ollama, POST, "/api/show"),
+    (Api::Ollama, GET_HEAD, "/api/tags"),
+    (Api::Ollama, GET_HEAD, "/api/ps"),
+    (Api::Ollama, GET_HEAD, "/api/version"),
+    // TF Serving: model status, versions, metadata; predict, classify, regress.
+    (Api::TfServing, GET_HEAD, "/v1/models/*"),
+    (Api::TfServing, POST, "/v1/models/*:predict"),
+    (Api::TfServing, POST, "/v1/models/*:classify"),
+    (Api::TfServing, POST, "/v1/models/*:regress"),
+];
+
+/// [`DEFAULTS`] compiled once, per API.
+static DEFAULT_RULES: std::sync::LazyLock<[(Api, Vec<EndpointRule>); 3]> =
+    std::sync::LazyLock::new(|| {
+        [Api::OpenAi, Api::Ollama, Api::TfServing].map(|api| {
+            let rules = DEFAULTS
+                .iter()
+                .filter(|(a, _, _)| *a == api)
+                .map(|(_, methods, path)| EndpointRule::new(methods, path))
+                .collect();
+            (api, rules)
+        })
+    });
+
+/// The compiled default rules for requests of `api`.
+fn defaults(api: Api) -> &'static [EndpointRule] {
+    DEFAULT_RULES
+        .iter()
+        .find(|(a, _)| *a == api)
+        .map_or(&[], |(_, rules)| rules.as_slice())
 }
 
 /// A route's compiled surface.
@@ -184,26 +202,16 @@ impl Surface {
         if self.deny.iter().any(|r| r.covers(method, path)) {
             return Err(Refusal::Path);
         }
+        let rules = self.allow.iter().flat_map(|entry| match entry {
+            AllowEntry::Default => defaults(api),
+            AllowEntry::Rule(r) => std::slice::from_ref(r),
+        });
         let mut path_known = false;
-        for entry in &self.allow {
-            match entry {
-                AllowEntry::Default => {
-                    for (methods, glob) in defaults(api) {
-                        if Glob::new(glob).matches(path) {
-                            if methods.contains(method) {
-                                return Ok(());
-                            }
-                            path_known = true;
-                        }
-                    }
-                }
-                AllowEntry::Rule(r) => {
-                    if r.covers(method, path) {
-                        return Ok(());
-                    }
-                    path_known |= r.covers_path(path);
-                }
+        for r in rules {
+            if r.covers(method, path) {
+                return Ok(());
             }
+            path_known |= r.covers_path(path);
         }
         Err(if path_known {
             Refusal::Method
@@ -220,11 +228,15 @@ pub fn path_is_clean(path: &str) -> bool {
     if !path.starts_with('/') || path.contains('\\') || path.contains("//") {
         return false;
     }
-    let lower = path.to_ascii_lowercase();
-    if ["%2f", "%2e", "%5c", "%00"]
-        .iter()
-        .any(|e| lower.contains(e))
-    {
+    // Percent-encoded `/`, `.`, `\` or NUL, any case, found without allocating.
+    let encoded_separator = path.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                [w[1].to_ascii_lowercase(), w[2].to_ascii_lowercase()],
+                [b'2', b'f'] | [b'2', b'e'] | [b'5', b'c'] | [b'0', b'0']
+            )
+    });
+    if encoded_separator {
         return false;
     }
     !path.split('/').any(|seg| seg == "." || seg == "..")
