@@ -27,6 +27,9 @@ pub enum SecretError {
     /// The secret is empty.
     #[error("the secret from {0} is empty")]
     Empty(String),
+    /// It could not be sent as `Authorization: Bearer …`.
+    #[error("the secret from {0} has characters an HTTP header cannot carry")]
+    NotHeaderSafe(String),
 }
 
 impl SecretSource {
@@ -49,6 +52,9 @@ impl SecretSource {
         let value = value.trim();
         if value.is_empty() {
             return Err(SecretError::Empty(from));
+        }
+        if !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(SecretError::NotHeaderSafe(from));
         }
         Ok(Secret(value.to_owned()))
     }
@@ -83,9 +89,14 @@ impl Secret {
         Secret(value.into())
     }
 
-    /// The value, for sending it where it belongs.
-    pub fn expose(&self) -> &str {
-        &self.0
+    /// `Authorization: Bearer <secret>`, marked sensitive (kept out of HPACK tables and logs).
+    /// Secrets read from configs are checked to fit a header; one that does not (only possible
+    /// through [`Secret::new`]) fails closed to a credential nothing accepts.
+    pub fn bearer(&self) -> http::HeaderValue {
+        let mut v = http::HeaderValue::from_str(&format!("Bearer {}", self.0))
+            .unwrap_or_else(|_| http::HeaderValue::from_static("Bearer invalid-secret"));
+        v.set_sensitive(true);
+        v
     }
 
     /// Whether `presented` is this secret. Compares SHA-256 digests, so the time taken does
@@ -133,7 +144,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("tok"), "  abc\n").expect("write");
         let s = SecretSource::File("tok".into()).load(Some(dir.path()));
-        assert_eq!(s.map(|s| s.expose().to_owned()).ok(), Some("abc".into()));
+        assert!(s.is_ok_and(|s| s.matches("abc")));
+        std::fs::write(dir.path().join("spaced"), "a b\n").expect("write");
+        assert!(SecretSource::File("spaced".into())
+            .load(Some(dir.path()))
+            .is_err());
+        assert_eq!(
+            Secret::new("abc").bearer(),
+            http::HeaderValue::from_static("Bearer abc")
+        );
         std::fs::write(dir.path().join("empty"), "\n").expect("write");
         assert!(SecretSource::File("empty".into())
             .load(Some(dir.path()))

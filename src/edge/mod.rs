@@ -79,6 +79,11 @@ impl StreamLabels<'_> {
     }
 }
 
+/// OpenAI's model object: `{"id", "object": "model", "created", "owned_by"}`.
+fn model_json(id: &str, owned_by: &str) -> serde_json::Value {
+    serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": owned_by})
+}
+
 impl Edge {
     /// Builds the proxy state from a validated config; fails rather than drop anything.
     pub fn new(
@@ -211,10 +216,7 @@ impl Edge {
             .iter()
             .map(|&i| &self.upstreams.pools[i])
             .find(|p| p.speaks(crate::api::Api::OpenAi) && p.serves(id))?;
-        Some(Bytes::from(
-            serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": p.name})
-                .to_string(),
-        ))
+        Some(Bytes::from(model_json(id, &p.name).to_string()))
     }
 
     /// `GET /v1/models` answered from the models of `pools` that `allowed` lets through
@@ -229,7 +231,7 @@ impl Edge {
         {
             for m in p.models() {
                 if allowed(&m) && seen.insert(m.clone()) {
-                    data.push(serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": p.name}));
+                    data.push(model_json(&m, &p.name));
                 }
             }
         }

@@ -118,19 +118,29 @@ fn bad_request(code: &'static str, message: impl Into<String>) -> EdgeError {
     EdgeError::new(400, code, message).closing()
 }
 
-fn surface_refusal(r: Refusal, method: &http::Method, path: &str, route: &str) -> EdgeError {
-    match r {
+/// Whether `route` exposes `method path`: 404 for a path it does not expose, 405 for an exposed
+/// path with another method.
+fn check_surface(
+    route: &super::routes::Route,
+    api: Api,
+    method: &http::Method,
+    path: &str,
+) -> Result<(), EdgeError> {
+    route.surface.check(api, method, path).map_err(|r| match r {
         Refusal::Path => EdgeError::new(
             404,
             "endpoint_not_allowed",
-            format!("{method} {path} is not exposed on route `{route}`"),
+            format!("{method} {path} is not exposed on route `{}`", route.name),
         ),
         Refusal::Method => EdgeError::new(
             405,
             "method_not_allowed",
-            format!("{method} is not allowed for {path} on route `{route}`"),
+            format!(
+                "{method} is not allowed for {path} on route `{}`",
+                route.name
+            ),
         ),
-    }
+    })
 }
 
 /// Runs the filters of `phase` of route `ri`; the first refusal ends the request.
@@ -230,7 +240,7 @@ async fn decide_inner(
         headers: &req.headers,
         model: None,
     };
-    let Some(head_route) = edge.routes.find_head(&q, &edge.upstreams, ctx.req.api) else {
+    let Some(head_route) = edge.routes.find_head(&q, ctx.req.api) else {
         return Err(EdgeError::new(
             404,
             "no_route",
@@ -251,10 +261,7 @@ async fn decide_inner(
             // Not a real upgrade, or not on a WebSocket route: an ordinary request, checked whole.
             strip_upgrade(session);
         }
-        route
-            .surface
-            .check(ctx.req.api, &method, &path)
-            .map_err(|r| surface_refusal(r, &method, &path, &route.name))?;
+        check_surface(route, ctx.req.api, &method, &path)?;
     }
     ctx.req.route = Some(head_route);
 
@@ -323,7 +330,7 @@ async fn decide_inner(
         headers: &req.headers,
         model: ctx.req.model.as_deref(),
     };
-    let Some(ri) = edge.routes.find(&q, &edge.upstreams, ctx.req.api) else {
+    let Some(ri) = edge.routes.find(&q, ctx.req.api) else {
         return Err(EdgeError::new(
             404,
             "no_route",
@@ -333,10 +340,7 @@ async fn decide_inner(
     if ri != head_route {
         let route = &edge.routes.routes[ri];
         if !upgrade {
-            route
-                .surface
-                .check(ctx.req.api, &method, &path)
-                .map_err(|r| surface_refusal(r, &method, &path, &route.name))?;
+            check_surface(route, ctx.req.api, &method, &path)?;
         }
         if route.header_specs != edge.routes.routes[head_route].header_specs {
             // This route authenticates differently: start over with its own header filters.

@@ -37,6 +37,8 @@ pub struct Route {
     pub surface: Surface,
     /// Model for requests that name none on a model-restricted route.
     pub default_model: Option<String>,
+    /// The APIs some pool of this route speaks (worked out once, not per request).
+    apis: Vec<Api>,
 }
 
 /// What a request looks like to route matching.
@@ -100,8 +102,8 @@ impl Route {
 
     /// Whether a pool this route sends to speaks `api` (a route to a TF Serving pool does not
     /// take an OpenAI request that happens to share its path prefix).
-    pub fn speaks(&self, up: &Upstreams, api: Api) -> bool {
-        (0..up.pools.len()).any(|i| self.may_use_pool(i) && up.pools[i].speaks(api))
+    pub fn speaks(&self, api: Api) -> bool {
+        self.apis.contains(&api)
     }
 
     /// Whether the conditions other than the model hold: what can be known before the body.
@@ -233,7 +235,7 @@ impl RouteTable {
                         .map_err(|_| format!("route {rn}: bad header name {k:?}"))
                 })
                 .collect::<Result<_, _>>()?;
-            routes.push(Route {
+            let mut route = Route {
                 name: r.name.value.clone(),
                 path_prefix: r.matches.path_prefix.clone(),
                 host: r.matches.host.clone(),
@@ -249,23 +251,31 @@ impl RouteTable {
                 header_specs,
                 surface: Surface::new(allow, deny, r.websocket),
                 default_model: r.default_model.as_ref().map(|m| m.value.clone()),
-            });
+                apis: Vec::new(),
+            };
+            route.apis = [Api::OpenAi, Api::Ollama, Api::TfServing]
+                .into_iter()
+                .filter(|&api| {
+                    (0..up.pools.len()).any(|i| route.may_use_pool(i) && up.pools[i].speaks(api))
+                })
+                .collect();
+            routes.push(route);
         }
         Ok(RouteTable { routes })
     }
 
     /// The first route whose conditions other than the model hold (the route a request is
     /// authenticated on before its body is read).
-    pub fn find_head(&self, q: &RouteQuery<'_>, up: &Upstreams, api: Api) -> Option<usize> {
+    pub fn find_head(&self, q: &RouteQuery<'_>, api: Api) -> Option<usize> {
         self.routes
             .iter()
-            .position(|r| r.matches_head(q) && r.speaks(up, api))
+            .position(|r| r.matches_head(q) && r.speaks(api))
     }
 
     /// The first route that matches and can send the request's API somewhere.
-    pub fn find(&self, q: &RouteQuery<'_>, up: &Upstreams, api: Api) -> Option<usize> {
+    pub fn find(&self, q: &RouteQuery<'_>, api: Api) -> Option<usize> {
         self.routes
             .iter()
-            .position(|r| r.matches(q) && r.speaks(up, api))
+            .position(|r| r.matches(q) && r.speaks(api))
     }
 }

@@ -55,13 +55,7 @@ impl ControlClient {
         token: Option<crate::config::Secret>,
         metrics: Metrics,
     ) -> Self {
-        // A token that is not a valid header value cannot be sent; calls then go without one and
-        // the control plane answers 401, which is logged with its reason.
-        let auth = token.and_then(|t| {
-            let mut v = http::HeaderValue::from_str(&format!("Bearer {}", t.expose())).ok()?;
-            v.set_sensitive(true);
-            Some(v)
-        });
+        let auth = token.map(|t| t.bearer());
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(timeout));

@@ -37,14 +37,7 @@ impl Pool {
         retry: &config::Retry,
         metrics: &crate::metrics::Metrics,
     ) -> Self {
-        // A key that is not a valid header value would be sent as nothing: fail closed to a
-        // value the engine refuses rather than to no credentials at all.
-        let auth = key.map(|k| {
-            let mut v = http::HeaderValue::from_str(&format!("Bearer {}", k.expose()))
-                .unwrap_or_else(|_| http::HeaderValue::from_static("Bearer invalid-api-key"));
-            v.set_sensitive(true);
-            v
-        });
+        let auth = key.map(config::Secret::bearer);
         let backends = cfg
             .backends
             .iter()
