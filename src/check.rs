@@ -107,11 +107,11 @@ pub fn file(path: &Path) -> Result<Report, CheckError> {
     Ok(Report {
         summary: format!(
             "edge config, {} listener(s), {} pool(s), {} route(s)",
-            cfg.listeners.value.len(),
-            cfg.pools.value.len(),
-            cfg.routes.value.len()
+            cfg.listeners.len(),
+            cfg.pools.len(),
+            cfg.routes.len()
         ),
-        warnings: crate::config::validate::warnings(&cfg),
+        warnings: cfg.warnings,
     })
 }
 

@@ -66,20 +66,18 @@ pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
     };
     // The demo's control plane and edge share a token minted now, so its API is never open.
     let control_token = okome::config::Secret::new(okome::control::generate_key());
-    cfg.secrets
-        .control_token
-        .get_or_insert_with(|| control_token.clone());
+    if let Some(c) = &mut cfg.control {
+        c.token.get_or_insert_with(|| control_token.clone());
+    }
     let control = okome::runtime::control().map_err(DemoError::Runtime)?;
     let mut handles = Vec::new();
-    for pool in cfg.pools.value.values() {
-        let pool = &pool.value;
+    for pool in &cfg.pools {
         let kind = match pool.kind {
             PoolKind::Vllm | PoolKind::Openai => SimKind::Vllm,
             PoolKind::Ollama => SimKind::Ollama,
             PoolKind::Tfserving => SimKind::TfServing,
         };
-        for b in &pool.backends {
-            let Ok(addr) = b.value.parse() else { continue };
+        for &addr in &pool.backends {
             let mut sc = SimConfig::new(kind);
             sc.listen = addr;
             if !pool.models.is_empty() {
@@ -114,11 +112,11 @@ pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
             "conf/demo-control.yaml (built in)",
             DEMO_CONTROL_YAML,
         )?;
-        policy.api_token = cfg.secrets.control_token.clone();
+        policy.api_token = c.token.clone();
         let store = okome::control::YamlStore::from_config(policy);
         let k = okome::control::generate_key();
         store.insert_key(&okome::control::hash_key(&k), "demo")?;
-        let addr = c.value.address;
+        let addr = c.config.address;
         control
             .block_on(okome::control::start(std::sync::Arc::new(store), addr))
             .map_err(|source| DemoError::ControlBind { addr, source })?;
@@ -126,11 +124,10 @@ pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
     }
     let listen = cfg
         .listeners
-        .value
         .first()
-        .map(|l| l.address.to_string())
+        .map(|l| l.to_string())
         .unwrap_or_default();
-    let admin = cfg.admin.address;
+    let admin = cfg.admin;
     println!(
         "{}",
         banner(&listen, &admin.to_string(), &handles, key.as_deref())

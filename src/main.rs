@@ -131,7 +131,7 @@ fn run_edge(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    for w in okome::config::validate::warnings(&cfg) {
+    for w in &cfg.warnings {
         log::warn!("{}: {w}", path.display());
     }
     let control = match okome::runtime::control() {

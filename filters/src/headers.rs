@@ -6,7 +6,7 @@ use http::{HeaderName, HeaderValue};
 use std::collections::BTreeMap;
 
 /// Sets and removes upstream request headers.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SetHeaders {
     set: Vec<(HeaderName, HeaderValue)>,
     remove: Vec<HeaderName>,

@@ -9,7 +9,8 @@
 //! buffered; body filters (`policy`, `allow_models`, `ratelimit`) after the body's `"model"` is
 //! known. Within a phase, in the order the route lists them.
 //!
-//! To write a filter: implement [`Filter`], add a variant to [`FilterSpec`] and a line to [`build`].
+//! To write a filter: implement [`Filter`], add a variant to [`FilterSpec`] and a line to
+//! [`compile`] (and to [`CompiledFilter::build`]).
 
 mod auth;
 mod glob;
@@ -202,8 +203,10 @@ impl FilterSpec {
 /// What filters are built with: the edge's policy cache and rate counters.
 #[derive(Debug, Clone)]
 pub struct FilterEnv {
-    /// The policy cache; `None` on an edge without a `control:` section.
-    pub policy: Option<std::sync::Arc<dyn tenancy::PolicySource>>,
+    /// The policy cache. On an edge without a `control:` section it is [`NoControl`], which
+    /// vouches for no key: compile refuses tenant-aware filters there, and were one built anyway
+    /// it would refuse every request rather than let it through.
+    pub policy: std::sync::Arc<dyn tenancy::PolicySource>,
     /// Rate and concurrency counters.
     pub limits: std::sync::Arc<dyn tenancy::LimitStore>,
 }
@@ -211,30 +214,88 @@ pub struct FilterEnv {
 impl Default for FilterEnv {
     fn default() -> Self {
         FilterEnv {
-            policy: None,
+            policy: std::sync::Arc::new(NoControl),
             limits: std::sync::Arc::new(LocalLimits::new()),
         }
     }
 }
 
-/// Builds a runnable filter from its spec.
-pub fn build(spec: &FilterSpec, env: &FilterEnv) -> Result<Box<dyn Filter>, FilterError> {
-    let policy = || match (&env.policy, spec.needs_control()) {
-        (Some(p), _) => Ok(p.clone()),
-        (None, name) => Err(FilterError::NeedsControl(name.unwrap_or("?"))),
-    };
-    Ok(match spec {
-        FilterSpec::Auth => Box::new(Auth::new(policy()?)),
-        FilterSpec::Policy => Box::new(TenantPolicyFilter::new(policy()?)),
+/// The policy source of an edge without a control plane: knows no key and no route.
+#[derive(Debug, Clone, Copy)]
+pub struct NoControl;
+
+#[async_trait]
+impl tenancy::PolicySource for NoControl {
+    async fn tenant_for_key(&self, _key: &str) -> tenancy::KeyVerdict {
+        tenancy::KeyVerdict::Unavailable
+    }
+    fn route_for_model(&self, _model: &str) -> Option<policy::ModelRoute> {
+        None
+    }
+    fn edges(&self) -> u32 {
+        1
+    }
+}
+
+/// A filter whose spec has been checked and whose values are parsed (header names, globs):
+/// building it into a runnable [`Filter`] cannot fail.
+#[derive(Debug, Clone)]
+pub struct CompiledFilter {
+    spec: FilterSpec,
+    kind: Compiled,
+}
+
+#[derive(Debug, Clone)]
+enum Compiled {
+    Auth,
+    Policy,
+    Ratelimit(u64),
+    SetHeaders(SetHeaders),
+    AllowModels(AllowModels),
+    RequireHeader(RequireHeader),
+}
+
+/// Checks a filter spec and parses its values.
+pub fn compile(spec: &FilterSpec) -> Result<CompiledFilter, FilterError> {
+    let kind = match spec {
+        FilterSpec::Auth => Compiled::Auth,
+        FilterSpec::Policy => Compiled::Policy,
         FilterSpec::Ratelimit {
             default_reserve_tokens,
-        } => Box::new(RateLimit::new(
-            policy()?,
-            env.limits.clone(),
-            *default_reserve_tokens,
-        )),
-        FilterSpec::SetHeaders { set, remove } => Box::new(SetHeaders::new(set, remove)?),
-        FilterSpec::AllowModels { models } => Box::new(AllowModels::new(models)?),
-        FilterSpec::RequireHeader { name, values } => Box::new(RequireHeader::new(name, values)?),
+        } => Compiled::Ratelimit(*default_reserve_tokens),
+        FilterSpec::SetHeaders { set, remove } => {
+            Compiled::SetHeaders(SetHeaders::new(set, remove)?)
+        }
+        FilterSpec::AllowModels { models } => Compiled::AllowModels(AllowModels::new(models)?),
+        FilterSpec::RequireHeader { name, values } => {
+            Compiled::RequireHeader(RequireHeader::new(name, values)?)
+        }
+    };
+    Ok(CompiledFilter {
+        spec: spec.clone(),
+        kind,
     })
+}
+
+impl CompiledFilter {
+    /// The spec it was compiled from.
+    pub fn spec(&self) -> &FilterSpec {
+        &self.spec
+    }
+
+    /// Builds the runnable filter over the edge's policy cache and counters.
+    pub fn build(&self, env: &FilterEnv) -> Box<dyn Filter> {
+        match &self.kind {
+            Compiled::Auth => Box::new(Auth::new(env.policy.clone())),
+            Compiled::Policy => Box::new(TenantPolicyFilter::new(env.policy.clone())),
+            Compiled::Ratelimit(reserve) => Box::new(RateLimit::new(
+                env.policy.clone(),
+                env.limits.clone(),
+                *reserve,
+            )),
+            Compiled::SetHeaders(f) => Box::new(f.clone()),
+            Compiled::AllowModels(f) => Box::new(f.clone()),
+            Compiled::RequireHeader(f) => Box::new(f.clone()),
+        }
+    }
 }

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use http::StatusCode;
 
 /// Lets through only requests whose model matches one of the globs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AllowModels {
     globs: Vec<Glob>,
 }

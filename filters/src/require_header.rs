@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use http::{HeaderName, StatusCode};
 
 /// Refuses requests without the header (401) or with a value not listed (403).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RequireHeader {
     name: HeaderName,
     values: Vec<String>,

@@ -1,12 +1,15 @@
 //! The edge's YAML configuration: listeners, pools of model servers, routes and their filters.
 //!
-//! Parsing reports the file, line and key of each problem; [`load`] also runs the semantic
-//! checks of [`validate`] (unknown pools, duplicate names, impossible limits).
+//! Parsing reports the file, line and key of each problem; [`load`] then [`compile`]s the
+//! config into typed values, checking everything (unknown pools, duplicate names, impossible
+//! limits, filter chains) on the way.
 
+pub mod compile;
 mod problem;
 pub mod secret;
 mod units;
-pub mod validate;
+
+pub use compile::CompiledEdge;
 
 pub use problem::LocatedProblem;
 pub use secret::{Secret, SecretSource};
@@ -87,9 +90,6 @@ pub struct EdgeConfig {
     /// The access log: one JSON object per request and line.
     #[serde(default)]
     pub access_log: AccessLogSection,
-    /// Secrets named by the config, read when it was loaded (never part of the YAML).
-    #[serde(skip)]
-    pub secrets: LoadedSecrets,
 }
 
 /// A section left out of the file: its defaults, which are valid, at no place in the file.
@@ -99,15 +99,6 @@ fn unplaced<T: Default>() -> Spanned<T> {
         serde_saphyr::Location::UNKNOWN,
         serde_saphyr::Location::UNKNOWN,
     )
-}
-
-/// The secrets a config names, read from their files or variables at load time.
-#[derive(Debug, Default, Clone)]
-pub struct LoadedSecrets {
-    /// The token this edge presents to the control plane.
-    pub control_token: Option<Secret>,
-    /// Per pool name: the API key sent upstream as `Authorization: Bearer …`.
-    pub pool_keys: BTreeMap<String, Secret>,
 }
 
 /// Where the access log goes.
@@ -561,12 +552,12 @@ pub enum ConfigError {
         /// The file.
         file: PathBuf,
         /// Every problem found.
-        problems: Vec<validate::Problem>,
+        problems: Vec<compile::Problem>,
     },
 }
 
-/// Reads, parses and validates an edge config file.
-pub fn load(path: &Path) -> Result<EdgeConfig, ConfigError> {
+/// Reads, parses and compiles an edge config file.
+pub fn load(path: &Path) -> Result<CompiledEdge, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         file: path.to_path_buf(),
         source,
@@ -574,9 +565,9 @@ pub fn load(path: &Path) -> Result<EdgeConfig, ConfigError> {
     parse(path, &text)
 }
 
-/// Parses and validates config text; `path` names it in messages, and relative secret files
+/// Parses and compiles config text; `path` names it in messages, and relative secret files
 /// (`control.token`, pools' `api_key`) are read from its folder.
-pub fn parse(path: &Path, text: &str) -> Result<EdgeConfig, ConfigError> {
+pub fn parse(path: &Path, text: &str) -> Result<CompiledEdge, ConfigError> {
     let cfg: EdgeConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
         file: path.to_path_buf(),
         // The parser labels its snippet `<input>`; name the real file instead.
@@ -584,19 +575,8 @@ pub fn parse(path: &Path, text: &str) -> Result<EdgeConfig, ConfigError> {
             .to_string()
             .replace("<input>", &path.display().to_string()),
     })?;
-    let mut cfg = cfg;
-    let mut problems = validate::validate(&cfg);
-    if problems.is_empty() {
-        let (secrets, secret_problems) = validate::load_secrets(&cfg, path.parent());
-        cfg.secrets = secrets;
-        problems = secret_problems;
-    }
-    if problems.is_empty() {
-        Ok(cfg)
-    } else {
-        Err(ConfigError::Invalid {
-            file: path.to_path_buf(),
-            problems,
-        })
-    }
+    compile::compile(&cfg, &|s| s.load(path.parent())).map_err(|problems| ConfigError::Invalid {
+        file: path.to_path_buf(),
+        problems,
+    })
 }

@@ -25,7 +25,7 @@ pub mod server;
 pub mod surface;
 pub mod upstream_request;
 
-use crate::config::{EdgeConfig, Timeouts};
+use crate::config::{compile::CompiledEdge, Timeouts};
 use crate::metrics::Metrics;
 use crate::upstream::arbiter::{ArbiterFeeds, Verdict};
 use crate::upstream::{select, Upstreams};
@@ -85,28 +85,25 @@ fn model_json(id: &str, owned_by: &str) -> serde_json::Value {
 }
 
 impl Edge {
-    /// Builds the proxy state from a validated config; fails rather than drop anything.
+    /// Builds the proxy state from a compiled config (cannot fail: compile checked it all).
     pub fn new(
-        cfg: &EdgeConfig,
+        cfg: &CompiledEdge,
         metrics: Metrics,
         upstreams: Arc<Upstreams>,
         env: &okome_filters::FilterEnv,
-    ) -> Result<Self, String> {
-        Ok(Edge {
-            routes: RouteTable::new(cfg, &upstreams, env)?,
+        access_log: access_log::AccessLog,
+    ) -> Self {
+        Edge {
+            routes: RouteTable::new(&cfg.routes, &upstreams, env),
             upstreams,
             metrics,
-            timeouts: cfg.timeouts.value,
-            max_attempts: cfg.retry.value.max_attempts,
-            max_body: cfg.limits.value.max_body.0,
+            timeouts: cfg.timeouts,
+            max_attempts: cfg.retry.max_attempts,
+            max_body: cfg.max_body,
             arbiters: None,
             generate_traceparent: cfg.tracing.generate_traceparent,
-            access_log: access_log::AccessLog::open(
-                cfg.access_log.enabled,
-                cfg.access_log.path.as_deref(),
-            )
-            .map_err(|e| format!("access_log.path: {e}"))?,
-        })
+            access_log,
+        }
     }
 
     /// Asks the retry core whether the failed attempt is retried; a retry spends one of the

@@ -1,14 +1,14 @@
 //! The route table: which requests go where, compiled from the config for the hot path.
 
-use super::surface::{AllowEntry, EndpointRule, Surface};
+use super::surface::Surface;
 use crate::api::Api;
-use crate::config::EdgeConfig;
+use crate::config::compile::CompiledRoute;
 use crate::upstream::Upstreams;
 use http::HeaderName;
-use okome_filters::{Filter, FilterSpec, Glob, Phase};
+use okome_filters::{Filter, FilterEnv, FilterSpec, Glob, Phase};
 
 /// Where a route sends requests.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Target {
     /// Always this pool.
     Pool(usize),
@@ -21,10 +21,7 @@ pub enum Target {
 pub struct Route {
     /// Name for metrics and logs.
     pub name: String,
-    path_prefix: Option<String>,
-    host: Option<String>,
-    headers: Vec<(HeaderName, String)>,
-    model: Option<Glob>,
+    matching: RouteMatch,
     /// Target pool or pools.
     pub target: Target,
     /// Pools tried, in order, when the target has no backend left.
@@ -39,6 +36,19 @@ pub struct Route {
     pub default_model: Option<String>,
     /// The APIs some pool of this route speaks (worked out once, not per request).
     apis: Vec<Api>,
+}
+
+/// A route's conditions; all present ones must hold.
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatch {
+    /// The path starts with this.
+    pub path_prefix: Option<String>,
+    /// The `Host` header equals this (port ignored, case-insensitive).
+    pub host: Option<String>,
+    /// Each header equals its value.
+    pub headers: Vec<(HeaderName, String)>,
+    /// The body's model matches this glob.
+    pub model: Option<Glob>,
 }
 
 /// What a request looks like to route matching.
@@ -108,14 +118,14 @@ impl Route {
 
     /// Whether the conditions other than the model hold: what can be known before the body.
     pub fn matches_head(&self, q: &RouteQuery<'_>) -> bool {
-        self.path_prefix
+        let m = &self.matching;
+        m.path_prefix
             .as_deref()
             .is_none_or(|p| q.path.starts_with(p))
-            && self
-                .host
+            && m.host
                 .as_deref()
                 .is_none_or(|h| q.host.is_some_and(|qh| qh.eq_ignore_ascii_case(h)))
-            && self.headers.iter().all(|(k, v)| {
+            && m.headers.iter().all(|(k, v)| {
                 q.headers
                     .get(k)
                     .is_some_and(|hv| hv.as_bytes() == v.as_bytes())
@@ -126,6 +136,7 @@ impl Route {
     pub fn matches(&self, q: &RouteQuery<'_>) -> bool {
         self.matches_head(q)
             && self
+                .matching
                 .model
                 .as_ref()
                 .is_none_or(|g| q.model.is_some_and(|m| g.matches(m)))
@@ -174,94 +185,43 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Compiles the routes of a validated config. Fails (never drops a filter or a pool) when
-    /// something cannot be built exactly as written.
-    pub fn new(
-        cfg: &EdgeConfig,
-        up: &Upstreams,
-        env: &okome_filters::FilterEnv,
-    ) -> Result<Self, String> {
-        let idx = |name: &str, what: &str, route: &str| {
-            up.index(name)
-                .ok_or_else(|| format!("route {route}: {what} names unknown pool {name:?}"))
-        };
-        let mut routes = Vec::with_capacity(cfg.routes.value.len());
-        for r in &cfg.routes.value {
-            let r = &r.value;
-            let rn = r.name.value.as_str();
-            let target = match &r.pool {
-                Some(p) => Target::Pool(idx(&p.value, "pool", rn)?),
-                None => Target::ByModel(
-                    r.pools
-                        .iter()
-                        .map(|p| idx(&p.value, "pools", rn))
-                        .collect::<Result<_, _>>()?,
-                ),
-            };
-            let mut filters = Vec::with_capacity(r.filters.len());
-            let mut header_specs = Vec::new();
-            for f in &r.filters {
-                let built = okome_filters::build(&f.value, env)
-                    .map_err(|e| format!("route {rn}: filter {:?}: {e}", f.value))?;
-                if built.phase() == Phase::Headers {
-                    header_specs.push(f.value.clone());
-                }
-                filters.push(built);
-            }
-            let allow = r
-                .allow
-                .as_ref()
-                .map(|rules| {
-                    rules
-                        .iter()
-                        .map(|a| AllowEntry::parse(&a.value))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .transpose()
-                .map_err(|e| format!("route {rn}: allow: {e}"))?;
-            let deny = r
-                .deny
-                .iter()
-                .map(|d| EndpointRule::parse(&d.value))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("route {rn}: deny: {e}"))?;
-            let headers = r
-                .matches
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    HeaderName::from_bytes(k.as_bytes())
-                        .map(|h| (h, v.clone()))
-                        .map_err(|_| format!("route {rn}: bad header name {k:?}"))
-                })
-                .collect::<Result<_, _>>()?;
-            let mut route = Route {
-                name: r.name.value.clone(),
-                path_prefix: r.matches.path_prefix.clone(),
-                host: r.matches.host.clone(),
-                headers,
-                model: r.matches.model.as_deref().map(Glob::new),
-                target,
-                fallback: r
-                    .fallback
+    /// Builds the routes of a compiled config over the edge's pools and policy: cannot fail,
+    /// everything was checked by compile.
+    pub fn new(compiled: &[CompiledRoute], up: &Upstreams, env: &FilterEnv) -> Self {
+        let routes = compiled
+            .iter()
+            .map(|r| {
+                let filters: Vec<Box<dyn Filter>> =
+                    r.filters.iter().map(|f| f.build(env)).collect();
+                let header_specs = r
+                    .filters
                     .iter()
-                    .map(|p| idx(&p.value, "fallback", rn))
-                    .collect::<Result<_, _>>()?,
-                filters,
-                header_specs,
-                surface: Surface::new(allow, deny, r.websocket),
-                default_model: r.default_model.as_ref().map(|m| m.value.clone()),
-                apis: Vec::new(),
-            };
-            route.apis = [Api::OpenAi, Api::Ollama, Api::TfServing]
-                .into_iter()
-                .filter(|&api| {
-                    (0..up.pools.len()).any(|i| route.may_use_pool(i) && up.pools[i].speaks(api))
-                })
-                .collect();
-            routes.push(route);
-        }
-        Ok(RouteTable { routes })
+                    .zip(&filters)
+                    .filter(|(_, built)| built.phase() == Phase::Headers)
+                    .map(|(c, _)| c.spec().clone())
+                    .collect();
+                let mut route = Route {
+                    name: r.name.clone(),
+                    matching: r.matching.clone(),
+                    target: r.target.clone(),
+                    fallback: r.fallback.clone(),
+                    filters,
+                    header_specs,
+                    surface: r.surface.clone(),
+                    default_model: r.default_model.clone(),
+                    apis: Vec::new(),
+                };
+                route.apis = [Api::OpenAi, Api::Ollama, Api::TfServing]
+                    .into_iter()
+                    .filter(|&api| {
+                        (0..up.pools.len())
+                            .any(|i| route.may_use_pool(i) && up.pools[i].speaks(api))
+                    })
+                    .collect();
+                route
+            })
+            .collect();
+        RouteTable { routes }
     }
 
     /// The first route whose conditions other than the model hold (the route a request is

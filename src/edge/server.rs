@@ -2,7 +2,7 @@
 //! control runtime for the admin listener and the health probes.
 
 use super::Edge;
-use crate::config::EdgeConfig;
+use crate::config::compile::CompiledEdge;
 use crate::metrics::Metrics;
 use crate::upstream::{health, Upstreams};
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
@@ -27,23 +27,34 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The routes or filters could not be built exactly as configured.
-    #[error("cannot build the routes: {0}")]
-    Routes(String),
+    /// The access log file cannot be opened for appending.
+    #[error("access_log.path {path}: {source}")]
+    AccessLog {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// Starts the admin listener and health probes on `control`, then runs the proxy on this thread
 /// until SIGINT/SIGTERM.
-pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), StartError> {
-    for l in &cfg.listeners.value {
+pub fn run(cfg: &CompiledEdge, control: &tokio::runtime::Runtime) -> Result<(), StartError> {
+    for &address in &cfg.listeners {
         // Pingora reports a taken port only by exiting from a worker; check first so the
         // operator gets a clear message.
-        std::net::TcpListener::bind(l.address).map_err(|source| StartError::Bind {
-            addr: l.address,
+        std::net::TcpListener::bind(address).map_err(|source| StartError::Bind {
+            addr: address,
             what: "client listener",
             source,
         })?;
     }
+    let access_log =
+        super::access_log::AccessLog::open(cfg.access_log.enabled, cfg.access_log.path.as_deref())
+            .map_err(|source| StartError::AccessLog {
+                path: cfg.access_log.path.clone().unwrap_or_default(),
+                source,
+            })?;
     let metrics = Metrics::new();
     let upstreams = Arc::new(Upstreams::new(cfg, &metrics));
     // Background work lives as long as the server: probes, arbiter feeds, policy watch.
@@ -53,24 +64,21 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
     );
 
     let arbiters = cfg.arbiter.as_ref().map(|a| {
-        let feeds = crate::upstream::arbiter::ArbiterFeeds::new(
-            &a.value.addresses,
-            a.value.max_age.0,
-            metrics.clone(),
-        );
+        let feeds =
+            crate::upstream::arbiter::ArbiterFeeds::new(&a.addresses, a.max_age.0, metrics.clone());
         let (f, up) = (feeds.clone(), upstreams.clone());
         supervisor.spawn("arbiter feeds", move || f.clone().run(up.clone()));
         feeds
     });
     let admin = control
         .block_on(crate::admin::serve(
-            cfg.admin.address,
+            cfg.admin,
             metrics.clone(),
             upstreams.clone(),
             arbiters.clone(),
         ))
         .map_err(|source| StartError::Bind {
-            addr: cfg.admin.address,
+            addr: cfg.admin,
             what: "admin listener",
             source,
         })?;
@@ -98,15 +106,13 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
     }
 
     let threads = cfg
-        .server
-        .value
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let conf = ServerConf {
         threads,
-        grace_period_seconds: Some(cfg.server.value.grace_period.0.as_secs()),
+        grace_period_seconds: Some(cfg.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(5),
-        max_retries: cfg.retry.value.max_attempts as usize,
+        max_retries: cfg.retry.max_attempts as usize,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -114,18 +120,17 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
     let mut env = okome_filters::FilterEnv::default();
     if let Some(c) = &cfg.control {
         let cache = control.block_on(crate::policy::PolicyCache::start(
-            &c.value,
-            cfg.secrets.control_token.clone(),
+            &c.config,
+            c.token.clone(),
             metrics.clone(),
         ));
         let c = cache.clone();
         supervisor.spawn("policy watch", move || c.clone().watch());
         let c = cache.clone();
         supervisor.spawn("policy key writer", move || c.clone().write_keys());
-        env.policy = Some(cache);
+        env.policy = cache;
     }
-    let mut edge =
-        Edge::new(cfg, metrics.clone(), upstreams.clone(), &env).map_err(StartError::Routes)?;
+    let mut edge = Edge::new(cfg, metrics.clone(), upstreams.clone(), &env, access_log);
     edge.arbiters = arbiters;
     {
         let routes: Vec<(&str, Vec<&str>)> = edge
@@ -149,19 +154,15 @@ pub fn run(cfg: &EdgeConfig, control: &tokio::runtime::Runtime) -> Result<(), St
         metrics.init_series(&routes, &backends);
     }
     let mut svc = pingora_proxy::http_proxy_service(&server.configuration, edge);
-    for l in &cfg.listeners.value {
+    for l in &cfg.listeners {
         // Pingora buffers 64 KiB of reads per client connection for TLS's sake; a plaintext token
         // stream holds its connection for minutes and reads only the request, so that buffer was
         // most of the edge's memory per stream. Larger reads (request bodies) bypass it.
         svc.add_listener(
-            ListenerConfig::tcp(l.address.to_string())
+            ListenerConfig::tcp(l.to_string())
                 .l4_buffer(L4BufferSettings::default().read(CLIENT_READ_BUFFER)),
         );
-        log::info!(
-            "edge listening on {} ({} worker threads)",
-            l.address,
-            threads
-        );
+        log::info!("edge listening on {} ({} worker threads)", l, threads);
     }
     log::info!("admin listening on http://{admin} (/ /ui /metrics /healthz /readyz /status)");
     server.add_service(svc);

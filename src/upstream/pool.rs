@@ -1,6 +1,7 @@
 //! Pools of backends and the models they serve.
 
 use super::Backend;
+use crate::config::compile::{CompiledEdge, CompiledPool};
 use crate::config::{self, PoolKind};
 use arc_swap::ArcSwap;
 use std::collections::BTreeSet;
@@ -29,30 +30,26 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Builds a pool from its config; addresses were validated by `config::validate`.
+    /// Builds a pool from its compiled config.
     pub fn new(
-        name: &str,
-        cfg: &config::Pool,
-        key: Option<&config::Secret>,
+        cfg: &CompiledPool,
         retry: &config::Retry,
         metrics: &crate::metrics::Metrics,
     ) -> Self {
-        let auth = key.map(config::Secret::bearer);
         let backends = cfg
             .backends
             .iter()
-            .filter_map(|b| b.value.parse().ok())
-            .map(|addr| Arc::new(Backend::new(name, addr, metrics.clone())))
+            .map(|&addr| Arc::new(Backend::new(&cfg.name, addr, metrics.clone())))
             .collect();
         Pool {
-            name: name.to_owned(),
+            name: cfg.name.clone(),
             kind: cfg.kind,
             backends,
             static_models: cfg.models.clone(),
             learned: ArcSwap::from_pointee(BTreeSet::new()),
-            health: cfg.health_check.clone(),
+            health: cfg.health.clone(),
             ejection: cfg.ejection,
-            auth,
+            auth: cfg.auth.clone(),
             retry_budget: crate::edge::retry::RetryBudget::new(
                 retry.budget_ratio,
                 retry.budget_reserve,
@@ -126,22 +123,13 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Builds all pools.
-    pub fn new(cfg: &config::EdgeConfig, metrics: &crate::metrics::Metrics) -> Self {
+    /// Builds all pools, in the compiled config's order (routes refer to them by index).
+    pub fn new(cfg: &CompiledEdge, metrics: &crate::metrics::Metrics) -> Self {
         Upstreams {
             pools: cfg
                 .pools
-                .value
                 .iter()
-                .map(|(n, p)| {
-                    Arc::new(Pool::new(
-                        n,
-                        &p.value,
-                        cfg.secrets.pool_keys.get(n),
-                        &cfg.retry.value,
-                        metrics,
-                    ))
-                })
+                .map(|p| Arc::new(Pool::new(p, &cfg.retry, metrics)))
                 .collect(),
         }
     }

@@ -65,7 +65,7 @@ async fn main() {
     let per_hit = t.elapsed() / n;
 
     let env = FilterEnv {
-        policy: Some(cache.clone()),
+        policy: cache.clone(),
         ..FilterEnv::default()
     };
     let chain: Vec<_> = [
@@ -76,7 +76,11 @@ async fn main() {
         },
     ]
     .iter()
-    .map(|s| okome_filters::build(s, &env).unwrap_or_else(|e| panic!("filter: {e}")))
+    .map(|s| {
+        okome_filters::compile(s)
+            .unwrap_or_else(|e| panic!("filter: {e}"))
+            .build(&env)
+    })
     .collect();
     let mut headers = http::HeaderMap::new();
     headers.insert(
