@@ -1,22 +1,16 @@
 //! okome: an edge proxy for self-hosted LLM inference, built on Pingora.
 //!
-//! The stream plane (`edge`) relays token streams from model servers chunk by chunk; the control
-//! plane (`control`) and the GPU arbiter (`arbiter`) beside it. The simulator is its own crate
-//! (`okome-sim`), used by the `okome` binary's `sim` and `demo` commands, the tests and the
-//! benchmarks, never by this library.
+//! This crate is the `okome` command (edge, control plane, arbiter, simulator, demo, check) and
+//! re-exports the component crates under one name for the tests and benchmarks:
+//! `okome-edge` (the stream plane), `okome-control` (the control plane), `okome-arbiter` (the GPU
+//! arbiter), on `okome-core`, `okome-wire`, `okome-engine` and `okome-longpoll`. The simulator is
+//! `okome-sim`, never part of a component.
 
-pub mod admin;
-pub mod api;
-pub mod arbiter;
+pub use okome_arbiter as arbiter;
+pub use okome_control as control;
+pub use okome_core::{runtime, supervisor};
+pub use okome_edge::{admin, api, config, edge, metrics, policy, stream, upstream};
+pub use okome_longpoll as longpoll;
+
 pub mod check;
-pub mod config;
-pub mod control;
-pub mod edge;
 pub mod fuzzing;
-pub mod longpoll;
-pub mod metrics;
-pub mod policy;
-pub mod runtime;
-pub mod stream;
-pub mod supervisor;
-pub mod upstream;

@@ -1,0 +1,39 @@
+//! Config building blocks every component shares: durations and sizes as written in YAML,
+//! secrets named by file or variable, problems located at file, line and key, file kinds.
+
+mod problem;
+pub mod secret;
+mod units;
+
+pub use problem::LocatedProblem;
+pub use secret::{Secret, SecretSource};
+pub use units::{ByteSize, Dur};
+
+use serde::Deserialize;
+
+/// Which component a config file is for; a file may say so with a top-level `kind:` key.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    /// `okome edge`.
+    Edge,
+    /// `okome control`.
+    Control,
+    /// `okome arbiter`.
+    Arbiter,
+    /// `okome sim`.
+    Sim,
+}
+
+impl FileKind {
+    /// The name written in `kind:`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileKind::Edge => "edge",
+            FileKind::Control => "control",
+            FileKind::Arbiter => "arbiter",
+            FileKind::Sim => "sim",
+        }
+    }
+}
+

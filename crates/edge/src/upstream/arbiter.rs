@@ -1,0 +1,240 @@
+//! The edge's subscription to the GPU arbiter(s): their per-backend decisions, kept fresh by
+//! long-poll and attached to the backends they name, so selection reads them without a lookup.
+//!
+//! A decision counts only while its arbiter has confirmed it within `arbiter.max_age`; an
+//! unreachable or silent arbiter is ignored and the edge routes on its own health checks and
+//! in-flight counts.
+
+use super::{Backend, Upstreams};
+use okome_wire::arbiter::{ArbiterState, BackendState, BackendStatus};
+use crate::metrics::Metrics;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use okome_filters::policy::Priority;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One arbiter's decision about one backend, as the edge holds it.
+#[derive(Debug)]
+pub struct Verdict {
+    /// The decision.
+    pub status: BackendStatus,
+    /// Which arbiter said so (index into [`ArbiterFeeds`]).
+    pub feed: usize,
+}
+
+impl Verdict {
+    /// Whether a request of `priority` may go to this backend.
+    pub fn admits(&self, priority: Priority) -> bool {
+        match self.status.state {
+            BackendState::Ok => true,
+            BackendState::Pressured => priority != Priority::Sheddable,
+            // Critical traffic is shed last: only a backend that is down refuses it.
+            BackendState::Shedding => priority == Priority::Critical,
+            BackendState::Down => false,
+        }
+    }
+}
+
+/// One arbiter's freshness.
+#[derive(Debug)]
+struct Feed {
+    addr: SocketAddr,
+    /// Milliseconds since `epoch` of the last answer (new state or "unchanged").
+    confirmed_ms: AtomicU64,
+    version: AtomicU64,
+}
+
+/// All arbiters this edge listens to.
+#[derive(Debug)]
+pub struct ArbiterFeeds {
+    feeds: Vec<Feed>,
+    max_age: Duration,
+    epoch: Instant,
+    metrics: Metrics,
+}
+
+impl ArbiterFeeds {
+    /// Feeds for `addresses`; nothing is trusted until the first answer.
+    pub fn new(addresses: &[SocketAddr], max_age: Duration, metrics: Metrics) -> Arc<Self> {
+        Arc::new(ArbiterFeeds {
+            feeds: addresses
+                .iter()
+                .map(|&addr| Feed {
+                    addr,
+                    confirmed_ms: AtomicU64::new(u64::MAX),
+                    version: AtomicU64::new(0),
+                })
+                .collect(),
+            max_age,
+            epoch: Instant::now(),
+            metrics,
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether arbiter `i` confirmed its state within `max_age`.
+    pub fn fresh(&self, i: usize) -> bool {
+        self.feeds.get(i).is_some_and(|f| {
+            let c = f.confirmed_ms.load(Relaxed);
+            c != u64::MAX && self.now_ms().saturating_sub(c) <= self.max_age.as_millis() as u64
+        })
+    }
+
+    /// `(address, fresh, version)` of every arbiter, for `/status`.
+    pub fn summary(&self) -> Vec<(SocketAddr, bool, u64)> {
+        (0..self.feeds.len())
+            .map(|i| {
+                (
+                    self.feeds[i].addr,
+                    self.fresh(i),
+                    self.feeds[i].version.load(Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    /// The decision that applies to `b` now: `None` when no fresh arbiter speaks for it.
+    pub fn verdict(&self, b: &Backend) -> Option<Arc<Verdict>> {
+        b.verdict().filter(|v| self.fresh(v.feed))
+    }
+
+    /// Long-polls every arbiter forever, attaching decisions to `upstreams`' backends, and keeps
+    /// `okome_arbiter_fresh` current (a supervised task).
+    pub async fn run(self: Arc<Self>, upstreams: Arc<Upstreams>) {
+        let by_id: Arc<HashMap<String, Vec<Arc<Backend>>>> = {
+            let mut m: HashMap<String, Vec<Arc<Backend>>> = HashMap::new();
+            for p in &upstreams.pools {
+                for b in &p.backends {
+                    m.entry(b.id.clone()).or_default().push(b.clone());
+                }
+            }
+            Arc::new(m)
+        };
+        let watches =
+            futures::future::join_all((0..self.feeds.len()).map(|i| self.watch(i, by_id.clone())));
+        let freshness = async {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                for i in 0..self.feeds.len() {
+                    let f = &self.feeds[i];
+                    self.metrics
+                        .arbiter_fresh
+                        .with_label_values(&[&f.addr.to_string()])
+                        .set(self.fresh(i) as i64);
+                }
+            }
+        };
+        tokio::join!(watches, freshness);
+    }
+
+    async fn watch(&self, i: usize, by_id: Arc<HashMap<String, Vec<Arc<Backend>>>>) {
+        let feed = &self.feeds[i];
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_connect_timeout(Some(Duration::from_secs(1)));
+        let client: Client<HttpConnector, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(conn);
+        // Wait less than max_age, so a quiet arbiter is re-confirmed before its state goes stale.
+        let wait_ms = (self.max_age.as_millis() as u64 / 2).max(100);
+        let mut failing = false;
+        let mut version: Option<u64> = None;
+        loop {
+            let path = match version {
+                Some(v) => format!("/v1/state?since={v}&wait={wait_ms}ms"),
+                None => "/v1/state".to_owned(),
+            };
+            let call = async {
+                let uri: http::Uri = format!("http://{}{path}", feed.addr)
+                    .parse()
+                    .map_err(|e| format!("{e}"))?;
+                let resp = client.get(uri).await.map_err(|e| e.to_string())?;
+                let status = resp.status().as_u16();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .to_bytes();
+                Ok::<_, String>((status, body))
+            };
+            let timeout = Duration::from_millis(wait_ms) + Duration::from_secs(2);
+            match tokio::time::timeout(timeout, call).await {
+                Ok(Ok((200, body))) => match serde_json::from_slice::<ArbiterState>(&body) {
+                    Ok(state) => {
+                        if failing || version.is_none() {
+                            log::info!("arbiter {} reachable: state v{}", feed.addr, state.version);
+                        }
+                        failing = false;
+                        version = Some(state.version);
+                        self.apply(i, state, &by_id);
+                        feed.confirmed_ms.store(self.now_ms(), Relaxed);
+                    }
+                    Err(e) => {
+                        failing = self
+                            .fail(feed, failing, &format!("unreadable state: {e}"))
+                            .await;
+                    }
+                },
+                Ok(Ok((304, _))) => feed.confirmed_ms.store(self.now_ms(), Relaxed),
+                Ok(Ok((status, _))) => {
+                    failing = self
+                        .fail(feed, failing, &format!("answered {status}"))
+                        .await
+                }
+                Ok(Err(e)) => failing = self.fail(feed, failing, &e).await,
+                Err(_) => failing = self.fail(feed, failing, "no answer in time").await,
+            }
+        }
+    }
+
+    async fn fail(&self, feed: &Feed, was_failing: bool, why: &str) -> bool {
+        if !was_failing {
+            log::warn!(
+                "arbiter {} unreachable ({why}); its decisions expire after {:?} and the edge then routes on its own health checks",
+                feed.addr,
+                self.max_age
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        true
+    }
+
+    fn apply(&self, i: usize, state: ArbiterState, by_id: &HashMap<String, Vec<Arc<Backend>>>) {
+        self.feeds[i].version.store(state.version, Relaxed);
+        for st in state.backends {
+            let Some(backends) = by_id.get(&st.backend) else {
+                continue;
+            };
+            for b in backends {
+                let changed = b.verdict().is_none_or(|old| old.status.state != st.state);
+                if changed {
+                    log::info!(
+                        "arbiter {}: backend {} is {} ({})",
+                        self.feeds[i].addr,
+                        st.backend,
+                        st.state.as_str(),
+                        st.reason
+                    );
+                }
+                self.metrics
+                    .backend_arbiter_state
+                    .with_label_values(&[&b.pool, &b.id])
+                    .set(st.state.level());
+                b.set_verdict(Arc::new(Verdict {
+                    status: st.clone(),
+                    feed: i,
+                }));
+            }
+        }
+    }
+}
