@@ -397,8 +397,8 @@ pub fn wire_types(data: &[u8]) {
     round_trip::<crate::arbiter::ArbiterState>(data);
 
     let text = String::from_utf8_lossy(data);
-    let _ = crate::arbiter::signals::parse_vllm_metrics(&text);
-    let _ = crate::arbiter::signals::parse_tfserving_requests(&text);
+    let _ = okome_engine::prom::vllm(&text);
+    let _ = okome_engine::prom::tfserving_requests(&text);
     if data.len() <= 64 {
         let _ = crate::longpoll::parse_wait(&text);
         if let Ok(v) = http::HeaderValue::from_bytes(data) {

@@ -11,10 +11,10 @@ use super::config::ArbiterConfig;
 use super::model::ArbiterState;
 use super::run::{self, ArbiterMetrics};
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use okome_longpoll::MAX_WAIT;
-use okome_longpoll::{bad_wait, error, etag, serve_killable, stopped, LongPollQuery};
+use okome_longpoll::{bad_wait, error, serve_killable, Answer, LongPollQuery};
 
 struct ApiState {
     state: watch::Receiver<Arc<ArbiterState>>,
@@ -119,44 +119,20 @@ async fn state_page(
         Some(w) => w,
         None => return bad_wait(),
     };
-    let known = q.known(&headers);
-    let mut rx = s.state.clone();
-    let mut current = rx.borrow_and_update().clone();
-    if let Some(known) = known {
-        if current.version == known && !wait.is_zero() {
-            let mut stop = s.stop.clone();
-            let deadline = tokio::time::sleep(wait);
-            tokio::pin!(deadline);
-            loop {
-                tokio::select! {
-                    changed = rx.changed() => {
-                        if changed.is_err() {
-                            break; // The loop is gone; answer with what we have.
-                        }
-                        current = rx.borrow_and_update().clone();
-                        if current.version != known {
-                            break;
-                        }
-                    }
-                    _ = &mut deadline => break,
-                    _ = stopped(&mut stop) => {
-                        return error(StatusCode::SERVICE_UNAVAILABLE, "arbiter shutting down");
-                    }
-                }
-            }
-        }
-        if current.version == known {
-            return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag(known))]).into_response();
-        }
-    }
-    (
-        [
-            (header::ETAG, etag(current.version)),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-        ],
-        Json(&*current),
+    let answer = okome_longpoll::answer(
+        s.state.clone(),
+        |rx| rx.borrow_and_update().clone(),
+        |st| st.version,
+        q.known(&headers),
+        wait,
+        s.stop.clone(),
     )
-        .into_response()
+    .await;
+    match answer {
+        Answer::Newer(st) => okome_longpoll::current(st.version, &*st),
+        Answer::Unchanged(v) => okome_longpoll::not_modified(v),
+        Answer::ShuttingDown => error(StatusCode::SERVICE_UNAVAILABLE, "arbiter shutting down"),
+    }
 }
 
 async fn healthz() -> Response {

@@ -141,34 +141,8 @@ pub struct GpuSpec {
     pub memory: Option<ByteSize>,
 }
 
-/// Engine kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EngineKind {
-    /// vLLM's OpenAI-compatible server.
-    Vllm,
-    /// Ollama.
-    Ollama,
-    /// TensorFlow Serving (REST port).
-    Tfserving,
-}
-
-impl EngineKind {
-    /// Lower-case name, as in YAML and `/v1/state`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EngineKind::Vllm => "vllm",
-            EngineKind::Ollama => "ollama",
-            EngineKind::Tfserving => "tfserving",
-        }
-    }
-}
-
-impl fmt::Display for EngineKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Engine kind: the engine client's (`openai` is refused: nothing to plan or watch).
+pub use okome_engine::EngineKind;
 
 /// An engine's memory budget: bytes (`40GiB`, `40.5GiB`) or a fraction of the GPU (`0.5`, `50%`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -548,6 +522,17 @@ impl ArbiterConfig {
                     format!("engines[{i}].address"),
                     format!("expected HOST:PORT, got {:?}", e.address),
                 ));
+            }
+            if e.kind == EngineKind::Openai {
+                out.push(
+                    self.problem(
+                        line,
+                        format!("engines[{i}].kind"),
+                        "the arbiter plans and watches vllm, ollama and tfserving engines; \
+                     a generic OpenAI server has no GPU settings or signals to read"
+                            .into(),
+                    ),
+                );
             }
             if e.kind == EngineKind::Tfserving && e.models.is_empty() {
                 out.push(self.problem(

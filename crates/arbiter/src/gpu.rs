@@ -66,7 +66,7 @@ pub struct FakeProbe {
     pub urls: Vec<(String, Option<String>)>,
     /// Per-request timeout.
     pub timeout: Duration,
-    client: super::signals::HttpClient,
+    client: okome_engine::Client,
 }
 
 impl FakeProbe {
@@ -75,7 +75,7 @@ impl FakeProbe {
         FakeProbe {
             urls,
             timeout,
-            client: super::signals::client(),
+            client: okome_engine::Client::new(),
         }
     }
 }
@@ -111,7 +111,11 @@ impl GpuProbe for FakeProbe {
 
     async fn read(&self) -> Result<Vec<GpuReading>, String> {
         let reads = self.urls.iter().map(|(url, engine)| async move {
-            let body = super::signals::get_url(&self.client, url, self.timeout).await?;
+            let body = self
+                .client
+                .get(url, None, self.timeout)
+                .await
+                .map_err(|e| e.to_string())?;
             let g: SimGpuWire =
                 serde_json::from_slice(&body).map_err(|e| format!("{url}: not a sim GPU: {e}"))?;
             Ok::<_, String>(GpuReading {

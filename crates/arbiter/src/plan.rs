@@ -119,6 +119,7 @@ fn default_rank(k: EngineKind) -> u32 {
         EngineKind::Vllm => 0,
         EngineKind::Tfserving => 1,
         EngineKind::Ollama => 2,
+        EngineKind::Openai => 3,
     }
 }
 
@@ -525,6 +526,8 @@ fn settings_for(
                 e.keep_alive.clone().unwrap_or_else(|| "5m".into()),
             ));
         }
+        // Refused by the config: no settings to give.
+        EngineKind::Openai => {}
     }
     if !args.is_empty() {
         env.push(("OKOME_ENGINE_ARGS".into(), args.join(" ")));

@@ -254,7 +254,7 @@ impl Engine {
 pub(crate) struct Arbiter {
     cfg: ArbiterConfig,
     probe: Arc<dyn GpuProbe>,
-    client: signals::HttpClient,
+    client: okome_engine::Client,
     engines: Vec<Engine>,
     metrics: ArbiterMetrics,
     version: u64,
@@ -282,7 +282,7 @@ impl Arbiter {
         Arbiter {
             cfg,
             probe,
-            client: signals::client(),
+            client: okome_engine::Client::new(),
             engines,
             metrics,
             version: 0,

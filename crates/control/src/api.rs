@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use okome_longpoll::MAX_WAIT;
-use okome_longpoll::{bad_wait, error, etag, serve_killable, stopped, LongPollQuery};
+use okome_longpoll::{bad_wait, error, serve_killable, Answer, LongPollQuery};
 
 struct ApiState {
     store: Arc<dyn PolicyStore>,
@@ -143,48 +143,33 @@ async fn snapshot(
             return bad_wait();
         }
     };
-    let known = q.known(&headers);
-    // Subscribe before reading the version, so a publication in between is not missed.
-    let mut changes = s.store.watch();
-    let mut current = s.store.current();
-    if let Some(known) = known {
-        if current.version() == known && !wait.is_zero() {
-            let mut stop = s.stop.clone();
-            let deadline = tokio::time::sleep(wait);
-            tokio::pin!(deadline);
-            loop {
-                tokio::select! {
-                    changed = changes.changed() => {
-                        if changed.is_err() {
-                            break; // The store is gone; answer with what we have.
-                        }
-                        current = s.store.current();
-                        if current.version() != known {
-                            break;
-                        }
-                    }
-                    _ = &mut deadline => break,
-                    _ = stopped(&mut stop) => {
-                        count(&s, "snapshot", StatusCode::SERVICE_UNAVAILABLE);
-                        return error(StatusCode::SERVICE_UNAVAILABLE, "control plane shutting down");
-                    }
-                }
-            }
+    let changes = s.store.watch();
+    let answer = okome_longpoll::answer(
+        changes,
+        |_| s.store.current(),
+        |p| p.version(),
+        q.known(&headers),
+        wait,
+        s.stop.clone(),
+    )
+    .await;
+    match answer {
+        Answer::Newer(p) => {
+            count(&s, "snapshot", StatusCode::OK);
+            okome_longpoll::current(p.version(), &p.snapshot)
         }
-        if current.version() == known {
+        Answer::Unchanged(v) => {
             count(&s, "snapshot", StatusCode::NOT_MODIFIED);
-            return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag(known))]).into_response();
+            okome_longpoll::not_modified(v)
+        }
+        Answer::ShuttingDown => {
+            count(&s, "snapshot", StatusCode::SERVICE_UNAVAILABLE);
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "control plane shutting down",
+            )
         }
     }
-    count(&s, "snapshot", StatusCode::OK);
-    (
-        [
-            (header::ETAG, etag(current.version())),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-        ],
-        Json(current.snapshot.clone()),
-    )
-        .into_response()
 }
 
 async fn key(

@@ -3,8 +3,7 @@
 pub use okome_core::metrics::{register_process_metrics, slo_buckets};
 
 use prometheus::{
-    exponential_buckets, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
-    Registry,
+    exponential_buckets, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
 /// TTFT: 5 ms to 10 s densely (thresholds at 0.5 s and 2 s), then up to 10 minutes of queueing.

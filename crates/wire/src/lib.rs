@@ -6,3 +6,21 @@
 
 pub mod arbiter;
 pub mod control;
+
+/// A value that carries its version (the ETag it is served with by long-poll).
+pub trait Versioned {
+    /// The version.
+    fn version(&self) -> u64;
+}
+
+impl Versioned for control::Snapshot {
+    fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+impl Versioned for arbiter::ArbiterState {
+    fn version(&self) -> u64 {
+        self.version
+    }
+}

@@ -323,31 +323,8 @@ fn default_attempts() -> u32 {
     3
 }
 
-/// The wire protocol family a pool speaks.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PoolKind {
-    /// vLLM's OpenAI-compatible server.
-    Vllm,
-    /// Ollama (native `/api/*` and OpenAI-compatible `/v1/*`).
-    Ollama,
-    /// TensorFlow Serving REST.
-    Tfserving,
-    /// Any other OpenAI-compatible server.
-    Openai,
-}
-
-impl PoolKind {
-    /// Lower-case name as used in config and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PoolKind::Vllm => "vllm",
-            PoolKind::Ollama => "ollama",
-            PoolKind::Tfserving => "tfserving",
-            PoolKind::Openai => "openai",
-        }
-    }
-}
+/// The wire protocol family a pool speaks: the engine client's kind.
+pub use okome_engine::EngineKind as PoolKind;
 
 /// A pool of interchangeable backends of one kind.
 #[derive(Debug, Deserialize)]

@@ -3,15 +3,14 @@
 
 use crate::metrics::Metrics;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use okome_core::http::Client;
 use okome_filters::policy::{KeyInfo, Snapshot};
+use okome_longpoll::{Backoff, Subscriber};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// Largest answer read from the control plane.
-const MAX_ANSWER: usize = 16 << 20;
+/// How long the control plane holds a snapshot poll open when nothing changes.
+const POLL_WAIT: Duration = Duration::from_secs(30);
 
 /// Why a call to the control plane failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,10 +39,11 @@ pub enum ControlCallError {
 #[derive(Debug, Clone)]
 pub struct ControlClient {
     addr: SocketAddr,
-    http: Client<HttpConnector, Empty<Bytes>>,
+    http: Client,
     timeout: Duration,
     /// `Authorization` sent with every call, when the control plane requires a token.
     auth: Option<http::HeaderValue>,
+    snapshots: Subscriber,
     metrics: Metrics,
 }
 
@@ -56,14 +56,19 @@ impl ControlClient {
         metrics: Metrics,
     ) -> Self {
         let auth = token.map(|t| t.bearer());
-        let mut conn = HttpConnector::new();
-        conn.set_nodelay(true);
-        conn.set_connect_timeout(Some(timeout));
+        let snapshots = Subscriber::new(
+            format!("http://{addr}/v1/snapshot"),
+            auth.clone(),
+            POLL_WAIT,
+            timeout,
+            Backoff::new(Duration::from_millis(250), Duration::from_secs(5)),
+        );
         ControlClient {
             addr,
-            http: Client::builder(TokioExecutor::new()).build(conn),
+            http: Client::new(),
             timeout,
             auth,
+            snapshots,
             metrics,
         }
     }
@@ -73,56 +78,45 @@ impl ControlClient {
         self.addr
     }
 
+    /// The snapshot, followed by long-poll.
+    pub fn snapshots(&self) -> &Subscriber {
+        &self.snapshots
+    }
+
+    /// Records how long a call to `endpoint` took.
+    pub fn observe(&self, endpoint: &str, took: Duration) {
+        self.metrics
+            .control_request_seconds
+            .with_label_values(&[endpoint])
+            .observe(took.as_secs_f64());
+    }
+
     async fn get(
         &self,
         endpoint: &'static str,
         path: &str,
-        timeout: Duration,
     ) -> Result<(u16, Bytes), ControlCallError> {
-        let unreachable = |why: String| ControlCallError::Unreachable {
-            addr: self.addr,
-            why,
-        };
-        let uri: http::Uri = format!("http://{}{}", self.addr, path)
-            .parse()
-            .map_err(|e| unreachable(format!("{e}")))?;
         let started = Instant::now();
-        let call = async {
-            let mut req = http::Request::get(uri);
-            if let Some(a) = &self.auth {
-                req = req.header(http::header::AUTHORIZATION, a.clone());
-            }
-            let req = req
-                .body(Empty::<Bytes>::new())
-                .map_err(|e| unreachable(e.to_string()))?;
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            let status = resp.status().as_u16();
-            let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
-                .collect()
-                .await
-                .map_err(|e| unreachable(format!("reading the answer: {e}")))?
-                .to_bytes();
-            Ok((status, body))
-        };
-        let out = tokio::time::timeout(timeout, call)
-            .await
-            .map_err(|_| unreachable(format!("no answer within {timeout:?}")))?;
-        self.metrics
-            .control_request_seconds
-            .with_label_values(&[endpoint])
-            .observe(started.elapsed().as_secs_f64());
-        out
+        let answer = self
+            .http
+            .get_response(
+                &format!("http://{}{path}", self.addr),
+                self.auth.as_ref(),
+                self.timeout,
+            )
+            .await;
+        self.observe(endpoint, started.elapsed());
+        answer
+            .map(|(status, body)| (status.as_u16(), body))
+            .map_err(|e| ControlCallError::Unreachable {
+                addr: self.addr,
+                why: e.to_string(),
+            })
     }
 
     /// Who owns the key with this hash: `None` when the control plane does not know it.
     pub async fn key(&self, hash: &str) -> Result<Option<KeyInfo>, ControlCallError> {
-        let (status, body) = self
-            .get("keys", &format!("/v1/keys/{hash}"), self.timeout)
-            .await?;
+        let (status, body) = self.get("keys", &format!("/v1/keys/{hash}")).await?;
         match status {
             200 => serde_json::from_slice(&body)
                 .map(Some)
@@ -132,22 +126,11 @@ impl ControlClient {
         }
     }
 
-    /// The snapshot, waiting up to `wait` for one newer than `since`; `None` when nothing changed.
-    pub async fn snapshot(
-        &self,
-        since: Option<u64>,
-        wait: Duration,
-    ) -> Result<Option<Snapshot>, ControlCallError> {
-        let path = match since {
-            Some(v) => format!("/v1/snapshot?since={v}&wait={}s", wait.as_secs()),
-            None => "/v1/snapshot".to_owned(),
-        };
-        let (status, body) = self.get("snapshot", &path, wait + self.timeout).await?;
+    /// The snapshot now.
+    pub async fn snapshot(&self) -> Result<Snapshot, ControlCallError> {
+        let (status, body) = self.get("snapshot", "/v1/snapshot").await?;
         match status {
-            200 => serde_json::from_slice(&body)
-                .map(Some)
-                .map_err(|e| self.bad(status, e.to_string())),
-            304 => Ok(None),
+            200 => serde_json::from_slice(&body).map_err(|e| self.bad(status, e.to_string())),
             s => Err(self.bad(s, String::from_utf8_lossy(&body).into_owned())),
         }
     }

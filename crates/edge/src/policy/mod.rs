@@ -19,6 +19,7 @@ use keys::{KeyEntry, KeyLookup, LookupCtx};
 use okome_filters::policy::{hash_key, ModelRoute, Priority, Snapshot, TenantPolicy};
 use okome_filters::tenancy::{KeyVerdict, PolicySource};
 use okome_filters::Glob;
+use okome_longpoll::Event;
 use parking_lot::Mutex;
 use pingora_memory_cache::{CacheStatus, RTCache};
 use state::StateDir;
@@ -33,8 +34,6 @@ pub const KEY_WRITE_DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// Keys cached at most (TinyUFO evicts the least useful beyond this).
 const KEY_CACHE_SIZE: usize = 100_000;
-/// Long-poll wait per snapshot call.
-const POLL_WAIT: Duration = Duration::from_secs(30);
 
 /// A snapshot with its routes compiled for matching.
 #[derive(Debug)]
@@ -102,8 +101,8 @@ impl PolicyCache {
     ) -> Arc<Self> {
         let client = ControlClient::new(cfg.address, cfg.timeout.0, token, metrics.clone());
         let state = StateDir::new(&cfg.state_dir);
-        let snapshot = match client.snapshot(None, Duration::ZERO).await {
-            Ok(Some(s)) => {
+        let snapshot = match client.snapshot().await {
+            Ok(s) => {
                 log::info!(
                     "policy snapshot v{} from the control plane at {}",
                     s.version,
@@ -112,11 +111,8 @@ impl PolicyCache {
                 state.save_snapshot(&s).await;
                 s
             }
-            other => {
-                let why = match other {
-                    Err(e) => e.to_string(),
-                    _ => "no snapshot".to_owned(),
-                };
+            Err(e) => {
+                let why = e.to_string();
                 let saved = state.load_snapshot().unwrap_or_else(|e| {
                     log::warn!("{e}; ignoring it");
                     metrics
@@ -204,19 +200,16 @@ impl PolicyCache {
     pub async fn watch(self: Arc<Self>) {
         let me = &self;
         let poll = async move {
-            let mut failing = false;
-            let mut backoff = Duration::from_millis(250);
-            loop {
-                let since = me.current.load().snapshot.version;
-                match me.ctx.client.snapshot(Some(since), POLL_WAIT).await {
-                    Ok(Some(s)) => {
-                        if failing {
-                            log::info!("control plane at {} reachable again", me.cfg.address);
-                            failing = false;
-                        }
-                        backoff = Duration::from_millis(250);
-                        if s.version != since {
-                            log::info!("policy snapshot v{} → v{}", since, s.version);
+            let since = me.current.load().snapshot.version;
+            let client = &me.ctx.client;
+            client
+                .snapshots()
+                .follow(Some(since), |event: Event<Snapshot>, took| async move {
+                    client.observe("snapshot", took);
+                    match event {
+                        Event::Changed(s) => {
+                            let old = me.current.load().snapshot.version;
+                            log::info!("policy snapshot v{old} → v{}", s.version);
                             if !me.ctx.state.save_snapshot(&s).await {
                                 me.metrics
                                     .policy_state_errors
@@ -226,18 +219,19 @@ impl PolicyCache {
                             me.current.store(Arc::new(Current::new(s)));
                             me.publish_snapshot_metrics();
                         }
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        if !failing {
-                            log::warn!("{e}; serving the last known good policy (v{since})");
-                            failing = true;
+                        Event::Recovered => {
+                            log::info!("control plane at {} reachable again", me.cfg.address);
                         }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        Event::Confirmed => {}
+                        Event::Failed { error, first } => {
+                            if first {
+                                let v = me.current.load().snapshot.version;
+                                log::warn!("{error}; serving the last known good policy (v{v})");
+                            }
+                        }
                     }
-                }
-            }
+                })
+                .await;
         };
         let age = async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -6,13 +6,10 @@
 //! in-flight counts.
 
 use super::{Backend, Upstreams};
-use okome_wire::arbiter::{ArbiterState, BackendState, BackendStatus};
 use crate::metrics::Metrics;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use okome_filters::policy::Priority;
+use okome_longpoll::{Backoff, Event, Subscriber};
+use okome_wire::arbiter::{ArbiterState, BackendState, BackendStatus};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -139,74 +136,39 @@ impl ArbiterFeeds {
 
     async fn watch(&self, i: usize, by_id: Arc<HashMap<String, Vec<Arc<Backend>>>>) {
         let feed = &self.feeds[i];
-        let mut conn = HttpConnector::new();
-        conn.set_nodelay(true);
-        conn.set_connect_timeout(Some(Duration::from_secs(1)));
-        let client: Client<HttpConnector, Empty<Bytes>> =
-            Client::builder(TokioExecutor::new()).build(conn);
         // Wait less than max_age, so a quiet arbiter is re-confirmed before its state goes stale.
-        let wait_ms = (self.max_age.as_millis() as u64 / 2).max(100);
-        let mut failing = false;
-        let mut version: Option<u64> = None;
-        loop {
-            let path = match version {
-                Some(v) => format!("/v1/state?since={v}&wait={wait_ms}ms"),
-                None => "/v1/state".to_owned(),
-            };
-            let call = async {
-                let uri: http::Uri = format!("http://{}{path}", feed.addr)
-                    .parse()
-                    .map_err(|e| format!("{e}"))?;
-                let resp = client.get(uri).await.map_err(|e| e.to_string())?;
-                let status = resp.status().as_u16();
-                let body = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .to_bytes();
-                Ok::<_, String>((status, body))
-            };
-            let timeout = Duration::from_millis(wait_ms) + Duration::from_secs(2);
-            match tokio::time::timeout(timeout, call).await {
-                Ok(Ok((200, body))) => match serde_json::from_slice::<ArbiterState>(&body) {
-                    Ok(state) => {
-                        if failing || version.is_none() {
-                            log::info!("arbiter {} reachable: state v{}", feed.addr, state.version);
-                        }
-                        failing = false;
-                        version = Some(state.version);
-                        self.apply(i, state, &by_id);
-                        feed.confirmed_ms.store(self.now_ms(), Relaxed);
+        let wait = (self.max_age / 2).max(Duration::from_millis(100));
+        let sub = Subscriber::new(
+            format!("http://{}/v1/state", feed.addr),
+            None,
+            wait,
+            Duration::from_secs(2),
+            Backoff::new(Duration::from_millis(250), wait),
+        );
+        let by_id = &by_id;
+        sub.follow(None, |event: Event<ArbiterState>, _| async move {
+            match event {
+                Event::Changed(state) => {
+                    if feed.version.load(Relaxed) == 0 {
+                        log::info!("arbiter {} reachable: state v{}", feed.addr, state.version);
                     }
-                    Err(e) => {
-                        failing = self
-                            .fail(feed, failing, &format!("unreadable state: {e}"))
-                            .await;
-                    }
-                },
-                Ok(Ok((304, _))) => feed.confirmed_ms.store(self.now_ms(), Relaxed),
-                Ok(Ok((status, _))) => {
-                    failing = self
-                        .fail(feed, failing, &format!("answered {status}"))
-                        .await
+                    self.apply(i, state, by_id);
+                    feed.confirmed_ms.store(self.now_ms(), Relaxed);
                 }
-                Ok(Err(e)) => failing = self.fail(feed, failing, &e).await,
-                Err(_) => failing = self.fail(feed, failing, "no answer in time").await,
+                Event::Confirmed => feed.confirmed_ms.store(self.now_ms(), Relaxed),
+                Event::Recovered => log::info!("arbiter {} reachable again", feed.addr),
+                Event::Failed { error, first } => {
+                    if first {
+                        log::warn!(
+                            "arbiter {} unreachable ({error}); its decisions expire after {:?} and the edge then routes on its own health checks",
+                            feed.addr,
+                            self.max_age
+                        );
+                    }
+                }
             }
-        }
-    }
-
-    async fn fail(&self, feed: &Feed, was_failing: bool, why: &str) -> bool {
-        if !was_failing {
-            log::warn!(
-                "arbiter {} unreachable ({why}); its decisions expire after {:?} and the edge then routes on its own health checks",
-                feed.addr,
-                self.max_age
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        true
+        })
+        .await;
     }
 
     fn apply(&self, i: usize, state: ArbiterState, by_id: &HashMap<String, Vec<Arc<Backend>>>) {

@@ -13,6 +13,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// `IP:PORT`, used as the metric label.
     pub id: String,
+    /// `http://IP:PORT`, where probes go.
+    pub base_url: String,
     /// Name of its pool.
     pub pool: String,
     healthy: AtomicBool,
@@ -35,6 +37,7 @@ impl Backend {
         Backend {
             addr,
             id: addr.to_string(),
+            base_url: format!("http://{addr}"),
             pool: pool.to_owned(),
             healthy: AtomicBool::new(false),
             ok_streak: AtomicU32::new(0),

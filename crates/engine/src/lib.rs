@@ -1,0 +1,45 @@
+//! One client for the model servers okome fronts, shared by the edge (health checks, queue
+//! depth, model discovery) and the arbiter (its signals):
+//!
+//! - the HTTP client is `okome_core::http`'s, the one every component uses.
+//! - [`prom`]: the Prometheus text parser (vLLM's and TF Serving's `/metrics`).
+//! - [`probe`]: per engine kind, what "healthy" means and what else an engine tells.
+
+pub mod probe;
+pub mod prom;
+
+pub use okome_core::http::{Client, GetError};
+
+use serde::{Deserialize, Serialize};
+
+/// The kind of model server, as written in configs (`kind: vllm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// vLLM's OpenAI-compatible server.
+    Vllm,
+    /// Ollama (native `/api/*` and OpenAI-compatible `/v1/*`).
+    Ollama,
+    /// TensorFlow Serving (REST port).
+    Tfserving,
+    /// Any other OpenAI-compatible server.
+    Openai,
+}
+
+impl EngineKind {
+    /// Lower-case name as used in configs, metrics and `/v1/state`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Vllm => "vllm",
+            EngineKind::Ollama => "ollama",
+            EngineKind::Tfserving => "tfserving",
+            EngineKind::Openai => "openai",
+        }
+    }
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,201 @@
+//! Per engine kind, what "healthy" means and what else an engine tells:
+//!
+//! - vLLM: `GET /health` (200); `/metrics` (queue, running, KV cache, finished, prefix cache);
+//!   models from `/v1/models`.
+//! - Ollama: `GET /` (200 "Ollama is running"); loaded models and their VRAM from `/api/ps`;
+//!   models from `/api/tags`. It exposes no queue.
+//! - TF Serving: `GET /v1/models/{model}`, healthy when a version is `AVAILABLE`; finished
+//!   requests from its Prometheus page when one is configured. It has no model listing.
+//! - OpenAI-compatible: `GET /v1/models` (200), models from it.
+
+use crate::prom::{self, VllmMetrics};
+use crate::EngineKind;
+use crate::{Client, GetError};
+use serde::Deserialize;
+use std::time::Duration;
+
+/// One engine as a probe sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Engine<'a> {
+    /// Its kind.
+    pub kind: EngineKind,
+    /// `http://IP:PORT`.
+    pub base: &'a str,
+    /// The engine's own key, sent as `Authorization`.
+    pub auth: Option<&'a http::HeaderValue>,
+    /// A health path that replaces the kind's.
+    pub health_path: Option<&'a str>,
+    /// TF Serving: the models that must each have an `AVAILABLE` version.
+    pub models: &'a [String],
+    /// Per-call timeout.
+    pub timeout: Duration,
+}
+
+/// Why an engine is not healthy.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum Unhealthy {
+    /// Its health endpoint did not answer 2xx in time.
+    #[error(transparent)]
+    Get(#[from] GetError),
+    /// TF Serving answered something that is not a model status.
+    #[error("{url}: not a model status: {message}")]
+    NotModelStatus {
+        /// What was asked.
+        url: String,
+        /// The decoder's message.
+        message: String,
+    },
+    /// TF Serving has the model but no version of it is serving.
+    #[error("{url}: no version is AVAILABLE")]
+    NoVersionAvailable {
+        /// What was asked.
+        url: String,
+    },
+    /// A TF Serving engine with no model to ask about.
+    #[error("no model to probe (list the engine's models)")]
+    NoModel,
+}
+
+impl Engine<'_> {
+    async fn get(&self, c: &Client, path: &str) -> Result<bytes::Bytes, GetError> {
+        c.get(&format!("{}{path}", self.base), self.auth, self.timeout)
+            .await
+    }
+}
+
+/// Checks the engine's health the way its kind defines it.
+pub async fn health(c: &Client, e: &Engine<'_>) -> Result<(), Unhealthy> {
+    let default = match e.kind {
+        EngineKind::Vllm => "/health",
+        EngineKind::Ollama => "/",
+        EngineKind::Openai => "/v1/models",
+        EngineKind::Tfserving => {
+            return match e.health_path {
+                Some(p) => tf_available(c, e, p).await,
+                None if e.models.is_empty() => Err(Unhealthy::NoModel),
+                None => {
+                    for m in e.models {
+                        tf_available(c, e, &format!("/v1/models/{m}")).await?;
+                    }
+                    Ok(())
+                }
+            };
+        }
+    };
+    e.get(c, e.health_path.unwrap_or(default)).await?;
+    Ok(())
+}
+
+async fn tf_available(c: &Client, e: &Engine<'_>, path: &str) -> Result<(), Unhealthy> {
+    #[derive(Deserialize)]
+    struct Status {
+        model_version_status: Vec<Version>,
+    }
+    #[derive(Deserialize)]
+    struct Version {
+        state: String,
+    }
+    let body = e.get(c, path).await?;
+    let url = || format!("{}{path}", e.base);
+    let s: Status = serde_json::from_slice(&body).map_err(|err| Unhealthy::NotModelStatus {
+        url: url(),
+        message: err.to_string(),
+    })?;
+    if s.model_version_status
+        .iter()
+        .any(|v| v.state == "AVAILABLE")
+    {
+        Ok(())
+    } else {
+        Err(Unhealthy::NoVersionAvailable { url: url() })
+    }
+}
+
+/// vLLM's `/metrics`; `None` when it cannot be read.
+pub async fn vllm_metrics(c: &Client, e: &Engine<'_>) -> Option<VllmMetrics> {
+    let body = e.get(c, "/metrics").await.ok()?;
+    Some(prom::vllm(&String::from_utf8_lossy(&body)))
+}
+
+/// A model Ollama holds in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// Model name.
+    pub name: String,
+    /// Bytes of VRAM it holds.
+    pub size_vram: u64,
+}
+
+/// Ollama's loaded models (`/api/ps`); `None` when it cannot be read.
+pub async fn ollama_loaded(c: &Client, e: &Engine<'_>) -> Option<Vec<Loaded>> {
+    #[derive(Deserialize)]
+    struct Ps {
+        #[serde(default)]
+        models: Vec<Model>,
+    }
+    #[derive(Deserialize)]
+    struct Model {
+        name: String,
+        #[serde(default)]
+        size_vram: u64,
+    }
+    let body = e.get(c, "/api/ps").await.ok()?;
+    let ps: Ps = serde_json::from_slice(&body).ok()?;
+    Some(
+        ps.models
+            .into_iter()
+            .map(|m| Loaded {
+                name: m.name,
+                size_vram: m.size_vram,
+            })
+            .collect(),
+    )
+}
+
+/// TF Serving's finished requests from its Prometheus page at `path`.
+pub async fn tfserving_requests(c: &Client, e: &Engine<'_>, path: &str) -> Option<f64> {
+    let body = e.get(c, path).await.ok()?;
+    prom::tfserving_requests(&String::from_utf8_lossy(&body))
+}
+
+/// The models an engine serves, from its listing API (`None` for TF Serving, which has none,
+/// or when the listing cannot be read). Ollama's `name:latest` is listed under both names,
+/// as clients use both.
+pub async fn models(c: &Client, e: &Engine<'_>) -> Option<Vec<String>> {
+    match e.kind {
+        EngineKind::Vllm | EngineKind::Openai => {
+            #[derive(Deserialize)]
+            struct List {
+                data: Vec<Item>,
+            }
+            #[derive(Deserialize)]
+            struct Item {
+                id: String,
+            }
+            let body = e.get(c, "/v1/models").await.ok()?;
+            let l: List = serde_json::from_slice(&body).ok()?;
+            Some(l.data.into_iter().map(|i| i.id).collect())
+        }
+        EngineKind::Ollama => {
+            #[derive(Deserialize)]
+            struct Tags {
+                models: Vec<Tag>,
+            }
+            #[derive(Deserialize)]
+            struct Tag {
+                name: String,
+            }
+            let body = e.get(c, "/api/tags").await.ok()?;
+            let t: Tags = serde_json::from_slice(&body).ok()?;
+            let mut out = Vec::with_capacity(t.models.len() * 2);
+            for tag in t.models {
+                if let Some(short) = tag.name.strip_suffix(":latest") {
+                    out.push(short.to_owned());
+                }
+                out.push(tag.name);
+            }
+            Some(out)
+        }
+        EngineKind::Tfserving => None,
+    }
+}
