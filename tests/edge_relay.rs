@@ -3,17 +3,18 @@
 
 mod common;
 
+use common::embedded::{self, EdgeBuilder, Route, TestEdge};
 use common::*;
 use okome_sim::SimKind;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vllm_sse_stream_is_byte_identical_through_the_edge() {
     let s = sim(SimKind::Vllm, |_| {}).await;
-    let edge = start_edge(&format!(
-        "pools:\n{}routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\n",
-        pool("vllm", "vllm", &[s.addr()])
-    ))
-    .await;
+    let edge = EdgeBuilder::new()
+        .pool("vllm", "vllm", &[s.addr()])
+        .route(Route::to_pool("openai", "vllm").path_prefix("/v1/"))
+        .start()
+        .await;
     let body = r#"{"model":"Qwen/Qwen3-8B","stream":true,"stream_options":{"include_usage":true},"max_tokens":6,"messages":[{"role":"user","content":"hi"}]}"#;
     let direct = body_of(&raw(s.addr(), &post("/v1/chat/completions", body)).await);
     let via = raw(edge.addr, &post("/v1/chat/completions", body)).await;
@@ -45,7 +46,7 @@ fn get(path: &str) -> Vec<u8> {
 /// same `Content-Type` and the same body once per-request ids and clocks are normalized.
 /// Returns the body as relayed by the edge.
 async fn assert_relayed_identically(
-    edge: &EdgeProc,
+    edge: &TestEdge,
     sim: SocketAddr,
     req: &[u8],
     content_type: &str,
@@ -113,7 +114,7 @@ fn normalize_only_touches_volatile_values() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vllm_completions_sse_stream_is_byte_identical_through_the_edge() {
     let s = sim(SimKind::Vllm, |_| {}).await;
-    let edge = start_edge(&one_pool_config(
+    let edge = embedded::edge(&one_pool_config(
         &pool("vllm", "vllm", &[s.addr()]),
         &[("/v1/", "vllm")],
     ))
@@ -143,7 +144,7 @@ async fn vllm_completions_sse_stream_is_byte_identical_through_the_edge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vllm_chat_json_is_byte_identical_through_the_edge() {
     let s = sim(SimKind::Vllm, |_| {}).await;
-    let edge = start_edge(&one_pool_config(
+    let edge = embedded::edge(&one_pool_config(
         &pool("vllm", "vllm", &[s.addr()]),
         &[("/v1/", "vllm")],
     ))
@@ -171,7 +172,7 @@ async fn vllm_chat_json_is_byte_identical_through_the_edge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ollama_native_ndjson_streams_are_byte_identical_through_the_edge() {
     let s = sim(SimKind::Ollama, |_| {}).await;
-    let edge = start_edge(&one_pool_config(
+    let edge = embedded::edge(&one_pool_config(
         &pool("ollama", "ollama", &[s.addr()]),
         &[("/api/", "ollama")],
     ))
@@ -227,7 +228,7 @@ async fn ollama_native_ndjson_streams_are_byte_identical_through_the_edge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ollama_openai_compatible_sse_is_byte_identical_through_the_edge() {
     let s = sim(SimKind::Ollama, |_| {}).await;
-    let edge = start_edge(&one_pool_config(
+    let edge = embedded::edge(&one_pool_config(
         &pool("ollama", "ollama", &[s.addr()]),
         &[("/v1/", "ollama")],
     ))
@@ -260,7 +261,7 @@ async fn tfserving_status_and_predict_are_byte_identical_through_the_edge() {
         "{}    models: [half_plus_two]\n",
         pool("tfserving", "tfserving", &[s.addr()])
     );
-    let edge = start_edge(&one_pool_config(
+    let edge = embedded::edge(&one_pool_config(
         &pool_text,
         &[("/v1/models/", "tfserving")],
     ))
@@ -364,7 +365,7 @@ async fn token_gaps_are_preserved_through_the_edge() {
         c.default_max_tokens = TOKENS as u32;
     })
     .await;
-    let edge = start_edge(&one_pool_config(
+    let edge = embedded::edge(&one_pool_config(
         &pool("vllm", "vllm", &[s.addr()]),
         &[("/v1/", "vllm")],
     ))
@@ -474,7 +475,7 @@ async fn openai_stream_text(api_base: &str) -> (String, usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_openai_client_streams_a_chat_completion_through_the_edge() {
     let s = sim(SimKind::Vllm, |_| {}).await;
-    let edge = start_edge(&one_pool_config(
+    let edge = embedded::edge(&one_pool_config(
         &pool("vllm", "vllm", &[s.addr()]),
         &[("/v1/", "vllm")],
     ))
@@ -505,7 +506,7 @@ async fn openai_models_retrieve_and_tf_serving_paths_share_v1_models() {
         c.models = vec!["half_plus_two".into()]
     })
     .await;
-    let edge = start_edge(&format!(
+    let edge = embedded::edge(&format!(
         "pools:\n{}{}    models: [half_plus_two]\nroutes:\n\
          \x20 - name: tfserving\n    match: {{ path_prefix: \"/v1/models/\" }}\n    pool: tfserving\n\
          \x20 - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pools: [vllm]\n",
@@ -587,7 +588,7 @@ async fn route_without_pool_picks_the_pool_that_serves_the_model() {
         c.models = vec!["llama3.2:latest".into()]
     })
     .await;
-    let edge = start_edge(&format!(
+    let edge = embedded::edge(&format!(
         "pools:\n{}{}routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pools: [vllm, ollama]\n",
         pool("vllm", "vllm", &[v.addr()]),
         pool("ollama", "ollama", &[o.addr()])
@@ -771,7 +772,7 @@ fn websocket_accept_matches_rfc6455_example() {
 
 /// Opens one WebSocket upgrade through the edge and echoes `msgs` through the tunnel, each written
 /// while the reply is read (so a large message cannot deadlock on full socket buffers).
-async fn ws_tunnel_roundtrip(edge: &EdgeProc, key: &str, msgs: &[Vec<u8>]) {
+async fn ws_tunnel_roundtrip(edge: &TestEdge, key: &str, msgs: &[Vec<u8>]) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut c = tokio::net::TcpStream::connect(edge.addr)
         .await
@@ -846,7 +847,7 @@ async fn ws_tunnel_roundtrip(edge: &EdgeProc, key: &str, msgs: &[Vec<u8>]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrades_need_a_route_that_allows_them() {
     let echo = ws_echo_server().await;
-    let edge = start_edge(&one_pool_config(
+    let edge = embedded::edge(&one_pool_config(
         &pool("ws", "openai", &[echo]),
         &[("/ws", "ws")],
     ))
@@ -864,7 +865,7 @@ async fn websocket_upgrades_need_a_route_that_allows_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_passes_through_and_relays_bytes_both_ways() {
     let echo = ws_echo_server().await;
-    let edge = start_edge(&format!(
+    let edge = embedded::edge(&format!(
         "{}    websocket: true\n",
         one_pool_config(&pool("ws", "openai", &[echo]), &[("/ws", "ws")])
     ))
@@ -890,7 +891,7 @@ async fn websocket_upgrade_passes_through_and_relays_bytes_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vllm_prefix_cache_counters_are_re_exported_per_backend() {
     let s = sim(SimKind::Vllm, |_| {}).await;
-    let edge = start_edge(&format!(
+    let edge = embedded::edge(&format!(
         "pools:\n{}routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\n",
         pool("vllm", "vllm", &[s.addr()])
     ))
@@ -928,7 +929,7 @@ async fn vllm_prefix_cache_counters_are_re_exported_per_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traceparent_is_passed_through_or_generated() {
     let s = sim(SimKind::Vllm, |_| {}).await;
-    let edge = start_edge(&format!(
+    let edge = embedded::edge(&format!(
         "pools:\n{}routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\ntracing:\n  generate_traceparent: true\n",
         pool("vllm", "vllm", &[s.addr()])
     ))

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::embedded;
 use common::*;
 use okome_sim::SimKind;
 
@@ -12,7 +13,7 @@ use okome_sim::SimKind;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_known_series_exists_at_zero_from_start_up() {
     let s = sim(SimKind::Vllm, |_| {}).await;
-    let edge = start_edge(&format!(
+    let edge = embedded::edge(&format!(
         "pools:\n{}routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\n",
         pool("vllm", "vllm", &[s.addr()])
     ))
@@ -96,7 +97,7 @@ async fn the_access_log_is_one_json_object_per_request_and_line() {
     let s = sim(SimKind::Vllm, |_| {}).await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
-    let edge = start_edge(&format!(
+    let edge = embedded::edge(&format!(
         "pools:\n{}routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\naccess_log:\n  path: {}\n",
         pool("vllm", "vllm", &[s.addr()]),
         log.display()

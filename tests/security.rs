@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::embedded::{self, TestEdge};
 use common::*;
 use okome::control::{self, hash_key, ControlHandle, ControlPolicy, PolicyStore, YamlStore};
 use okome_sim::{SimHandle, SimKind};
@@ -55,9 +56,9 @@ async fn edge(
     filters: &str,
     route_extra: &str,
     control_extra: &str,
-) -> EdgeProc {
+) -> TestEdge {
     let state = tempfile::tempdir().unwrap().keep();
-    start_edge(&format!(
+    embedded::edge(&format!(
         "pools:\n{}{}routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pools: [vllm, ollama]\n    filters: {filters}\n{route_extra}\
          control:\n  address: {ctl}\n  state_dir: {}\n{control_extra}",
         pool("vllm", "vllm", &[v.addr()]),
@@ -300,7 +301,7 @@ async fn client_credentials_stay_at_the_edge_and_pools_send_their_own() {
     let key_file = dir.path().join("vllm.key");
     std::fs::write(&key_file, "engine-secret\n").unwrap();
     let state = tempfile::tempdir().unwrap();
-    let edge = start_edge(&format!(
+    let edge = embedded::edge(&format!(
         "pools:\n{}    api_key: {{ file: {} }}\n{}routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pools: [vllm, ollama]\n    filters: [{{type: auth}}, {{type: policy}}]\n\
          control:\n  address: {}\n  state_dir: {}\n",
         pool("vllm", "vllm", &[v.addr()]),
@@ -335,7 +336,7 @@ async fn client_credentials_stay_at_the_edge_and_pools_send_their_own() {
     );
 
     // A pool without a key gets no credentials at all.
-    let edge2 = start_edge(&format!(
+    let edge2 = embedded::edge(&format!(
         "pools:\n{}routes:\n  - name: ollama\n    match: {{ path_prefix: /api/ }}\n    pool: ollama\n",
         pool("ollama", "ollama", &[o.addr()]),
     ))
@@ -355,7 +356,7 @@ async fn client_credentials_stay_at_the_edge_and_pools_send_their_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_management_is_closed_unless_a_route_opens_it() {
     let o = sim(SimKind::Ollama, |_| {}).await;
-    let edge = start_edge(&format!(
+    let edge = embedded::edge(&format!(
         "pools:\n{}routes:\n  - name: ollama\n    match: {{ path_prefix: /api/ }}\n    pool: ollama\n\
          \x20 - name: manage\n    match: {{ path_prefix: /admin-api/ }}\n    pool: ollama\n    allow: [\"POST /admin-api/pull\"]\n",
         pool("ollama", "ollama", &[o.addr()]),

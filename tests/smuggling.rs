@@ -7,7 +7,8 @@
 
 mod common;
 
-use common::{assert_openai_error, start_edge, EdgeProc};
+use common::assert_openai_error;
+use common::embedded::{self, TestEdge};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -395,13 +396,13 @@ fn chunked(body: &str) -> String {
 /// An echo engine behind a fresh `okome edge` (the [`CONFIG`] route allows only `echo-model`).
 struct Rig {
     echo: Echo,
-    edge: EdgeProc,
+    edge: TestEdge,
 }
 
 impl Rig {
     async fn start() -> Rig {
         let echo = Echo::start().await;
-        let edge = start_edge(&CONFIG.replace("{echo}", &echo.addr.to_string())).await;
+        let edge = embedded::edge(&CONFIG.replace("{echo}", &echo.addr.to_string())).await;
         Rig { echo, edge }
     }
 

@@ -10,14 +10,31 @@ pub fn samples(text: &str) -> impl Iterator<Item = (&str, f64)> {
         }
         let name_end = l.find(['{', ' '])?;
         let name = &l[..name_end];
-        // The value follows the label set (which may hold spaces inside quotes).
-        let after = match l[name_end..].find('}') {
-            Some(i) if l.as_bytes()[name_end] == b'{' => &l[name_end + i + 1..],
-            _ => &l[name_end..],
+        // The value follows the label set (whose quoted values may hold spaces and braces).
+        let after = if l.as_bytes()[name_end] == b'{' {
+            &l[name_end + labels_end(&l[name_end..])? + 1..]
+        } else {
+            &l[name_end..]
         };
         let v: f64 = after.split_whitespace().next()?.parse().ok()?;
         Some((name, v))
     })
+}
+
+/// Index of the `}` closing a label set that starts at `s[0]`, skipping quoted values (with
+/// their `\"` escapes).
+fn labels_end(s: &str) -> Option<usize> {
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, b) in s.bytes().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b'}' if !quoted => return Some(i),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Sum of one metric over its label sets; `None` when the page does not have it.
@@ -117,8 +134,9 @@ vllm:request_success_created{engine=\"0\",finished_reason=\"stop\",model_name=\"
     #[test]
     fn labels_with_spaces_and_prefixes_of_other_names_are_not_confused() {
         let text = "vllm:num_requests_waiting_total 9\n\
-vllm:num_requests_waiting{model_name=\"a b}\"} 2\n";
-        assert_eq!(sum(text, "vllm:num_requests_waiting"), Some(2.0));
+vllm:num_requests_waiting{model_name=\"a b}\"} 2\n\
+vllm:num_requests_waiting{model_name=\"say \\\"hi}\\\"\"} 3\n";
+        assert_eq!(sum(text, "vllm:num_requests_waiting"), Some(5.0));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 pub mod access_log;
 pub mod body;
 pub mod ctx;
+pub mod embedded;
 pub mod failure;
 pub mod logging;
 pub mod peek;

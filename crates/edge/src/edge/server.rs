@@ -1,18 +1,21 @@
-//! Assembles and runs the edge: the Pingora proxy service on the client listeners, and a small
-//! control runtime for the admin listener and the health probes.
+//! Assembles and runs the edge: [`assemble`] builds the proxy state and starts the background
+//! work (admin listener, health probes, arbiter feeds, policy watch) on a small control runtime;
+//! [`run`] serves it with Pingora's server on the configured listeners until SIGINT/SIGTERM;
+//! [`super::embedded`] serves it inside another process (tests, benchmarks).
 
 use super::Edge;
 use crate::config::compile::CompiledEdge;
 use crate::metrics::Metrics;
 use crate::upstream::{health, Upstreams};
+use okome_core::supervisor::Supervisor;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// Read buffer per client connection (Pingora's default is 64 KiB).
 const CLIENT_READ_BUFFER: usize = 4 * 1024;
-use std::sync::Arc;
 
 /// Why the edge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -35,20 +38,29 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The runtime for the background work could not be built.
+    #[error("cannot start the edge's runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
-/// Starts the admin listener and health probes on `control`, then runs the proxy on this thread
-/// until SIGINT/SIGTERM.
-pub fn run(cfg: &CompiledEdge, control: &tokio::runtime::Runtime) -> Result<(), StartError> {
-    for &address in &cfg.listeners {
-        // Pingora reports a taken port only by exiting from a worker; check first so the
-        // operator gets a clear message.
-        std::net::TcpListener::bind(address).map_err(|source| StartError::Bind {
-            addr: address,
-            what: "client listener",
-            source,
-        })?;
-    }
+/// The edge's proxy state with its background work running.
+#[derive(Debug)]
+pub struct Assembled {
+    /// The proxy state, ready to serve.
+    pub edge: Edge,
+    /// The background tasks; stop them with [`Supervisor::shutdown`].
+    pub supervisor: Supervisor,
+    /// Where the admin listener listens.
+    pub admin: SocketAddr,
+}
+
+/// Builds the edge from a compiled config: opens the access log, starts the admin listener and
+/// runs the first health round (so the first request sees real health), then supervises the
+/// probes, arbiter feeds and policy watch on `background`.
+pub async fn assemble(
+    cfg: &CompiledEdge,
+    background: tokio::runtime::Handle,
+) -> Result<Assembled, StartError> {
     let access_log =
         super::access_log::AccessLog::open(cfg.access_log.enabled, cfg.access_log.path.as_deref())
             .map_err(|source| StartError::AccessLog {
@@ -57,11 +69,7 @@ pub fn run(cfg: &CompiledEdge, control: &tokio::runtime::Runtime) -> Result<(), 
             })?;
     let metrics = Metrics::new();
     let upstreams = Arc::new(Upstreams::new(cfg, &metrics));
-    // Background work lives as long as the server: probes, arbiter feeds, policy watch.
-    let supervisor = okome_core::supervisor::Supervisor::new(
-        control.handle().clone(),
-        Some(metrics.task_restarts.clone()),
-    );
+    let supervisor = Supervisor::new(background, Some(metrics.task_restarts.clone()));
 
     let arbiters = cfg.arbiter.as_ref().map(|a| {
         let feeds =
@@ -70,19 +78,19 @@ pub fn run(cfg: &CompiledEdge, control: &tokio::runtime::Runtime) -> Result<(), 
         supervisor.spawn("arbiter feeds", move || f.clone().run(up.clone()));
         feeds
     });
-    let admin = control
-        .block_on(crate::admin::serve(
-            cfg.admin,
-            metrics.clone(),
-            upstreams.clone(),
-            arbiters.clone(),
-        ))
-        .map_err(|source| StartError::Bind {
-            addr: cfg.admin,
-            what: "admin listener",
-            source,
-        })?;
-    control.block_on(health::bootstrap(&upstreams));
+    let admin = crate::admin::serve(
+        cfg.admin,
+        metrics.clone(),
+        upstreams.clone(),
+        arbiters.clone(),
+    )
+    .await
+    .map_err(|source| StartError::Bind {
+        addr: cfg.admin,
+        what: "admin listener",
+        source,
+    })?;
+    health::bootstrap(&upstreams).await;
     for p in &upstreams.pools {
         let healthy = p.backends.iter().filter(|b| b.eligible()).count();
         if healthy == 0 {
@@ -104,56 +112,81 @@ pub fn run(cfg: &CompiledEdge, control: &tokio::runtime::Runtime) -> Result<(), 
         let up = upstreams.clone();
         supervisor.spawn("health probes", move || health::run(up.clone()));
     }
-
-    let threads = cfg
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let conf = ServerConf {
-        threads,
-        grace_period_seconds: Some(cfg.grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(5),
-        max_retries: cfg.retry.max_attempts as usize,
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
     let mut env = okome_filters::FilterEnv::default();
     if let Some(c) = &cfg.control {
-        let cache = control.block_on(crate::policy::PolicyCache::start(
-            &c.config,
-            c.token.clone(),
-            metrics.clone(),
-        ));
+        let cache =
+            crate::policy::PolicyCache::start(&c.config, c.token.clone(), metrics.clone()).await;
         let c = cache.clone();
         supervisor.spawn("policy watch", move || c.clone().watch());
         let c = cache.clone();
         supervisor.spawn("policy key writer", move || c.clone().write_keys());
         env.policy = cache;
     }
-    let mut edge = Edge::new(cfg, metrics.clone(), upstreams.clone(), &env, access_log);
+    let mut edge = Edge::new(cfg, metrics.clone(), upstreams, &env, access_log);
     edge.arbiters = arbiters;
-    {
-        let routes: Vec<(&str, Vec<&str>)> = edge
-            .routes
-            .routes
-            .iter()
-            .map(|r| {
-                let pools = (0..edge.upstreams.pools.len())
-                    .filter(|&i| r.may_use_pool(i))
-                    .map(|i| edge.upstreams.pools[i].name.as_str())
-                    .collect();
-                (r.name.as_str(), pools)
-            })
-            .collect();
-        let backends: Vec<(&str, &str)> = edge
-            .upstreams
-            .pools
-            .iter()
-            .flat_map(|p| p.backends.iter().map(|b| (p.name.as_str(), b.id.as_str())))
-            .collect();
-        metrics.init_series(&routes, &backends);
+    init_series(&edge);
+    Ok(Assembled {
+        edge,
+        supervisor,
+        admin,
+    })
+}
+
+/// Creates every route's and backend's series at zero, so dashboards see them from the start.
+fn init_series(edge: &Edge) {
+    let routes: Vec<(&str, Vec<&str>)> = edge
+        .routes
+        .routes
+        .iter()
+        .map(|r| {
+            let pools = (0..edge.upstreams.pools.len())
+                .filter(|&i| r.may_use_pool(i))
+                .map(|i| edge.upstreams.pools[i].name.as_str())
+                .collect();
+            (r.name.as_str(), pools)
+        })
+        .collect();
+    let backends: Vec<(&str, &str)> = edge
+        .upstreams
+        .pools
+        .iter()
+        .flat_map(|p| p.backends.iter().map(|b| (p.name.as_str(), b.id.as_str())))
+        .collect();
+    edge.metrics.init_series(&routes, &backends);
+}
+
+/// Pingora's server settings for a compiled config.
+pub fn server_conf(cfg: &CompiledEdge) -> ServerConf {
+    let threads = cfg
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    ServerConf {
+        threads,
+        grace_period_seconds: Some(cfg.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(5),
+        max_retries: cfg.retry.max_attempts as usize,
+        ..ServerConf::default()
     }
-    let mut svc = pingora_proxy::http_proxy_service(&server.configuration, edge);
+}
+
+/// Starts the background work on `control`, then runs the proxy on this thread until
+/// SIGINT/SIGTERM.
+pub fn run(cfg: &CompiledEdge, control: &tokio::runtime::Runtime) -> Result<(), StartError> {
+    for &address in &cfg.listeners {
+        // Pingora reports a taken port only by exiting from a worker; check first so the
+        // operator gets a clear message.
+        std::net::TcpListener::bind(address).map_err(|source| StartError::Bind {
+            addr: address,
+            what: "client listener",
+            source,
+        })?;
+    }
+    let assembled = control.block_on(assemble(cfg, control.handle().clone()))?;
+    let conf = server_conf(cfg);
+    let threads = conf.threads;
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut svc = pingora_proxy::http_proxy_service(&server.configuration, assembled.edge);
     for l in &cfg.listeners {
         // Pingora buffers 64 KiB of reads per client connection for TLS's sake; a plaintext token
         // stream holds its connection for minutes and reads only the request, so that buffer was
@@ -162,12 +195,18 @@ pub fn run(cfg: &CompiledEdge, control: &tokio::runtime::Runtime) -> Result<(), 
             ListenerConfig::tcp(l.to_string())
                 .l4_buffer(L4BufferSettings::default().read(CLIENT_READ_BUFFER)),
         );
-        log::info!("edge listening on {} ({} worker threads)", l, threads);
+        log::info!("edge listening on {l} ({threads} worker threads)");
     }
-    log::info!("admin listening on http://{admin} (/ /ui /metrics /healthz /readyz /status)");
+    log::info!(
+        "admin listening on http://{} (/ /ui /metrics /healthz /readyz /status)",
+        assembled.admin
+    );
     server.add_service(svc);
-    log::info!("background tasks: {}", supervisor.names().join(", "));
+    log::info!(
+        "background tasks: {}",
+        assembled.supervisor.names().join(", ")
+    );
     server.run(RunArgs::default());
-    control.block_on(supervisor.shutdown());
+    control.block_on(assembled.supervisor.shutdown());
     Ok(())
 }
