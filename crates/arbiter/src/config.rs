@@ -442,12 +442,11 @@ impl Default for Rules {
 }
 
 fn parse_yaml(file: &Path, text: &str) -> Result<ArbiterConfig, ArbiterError> {
-    let mut cfg: ArbiterConfig = serde_saphyr::from_str(text).map_err(|e| ArbiterError::Parse {
-        file: file.to_path_buf(),
-        message: e
-            .to_string()
-            .replace("<input>", &file.display().to_string()),
-    })?;
+    let mut cfg: ArbiterConfig =
+        okome_core::config::from_yaml(file, text).map_err(|message| ArbiterError::Parse {
+            file: file.to_path_buf(),
+            message,
+        })?;
     cfg.path = file.to_path_buf();
     Ok(cfg)
 }

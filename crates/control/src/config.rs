@@ -157,11 +157,9 @@ pub fn is_sha256_hex(s: &str) -> bool {
 
 /// Parses YAML text; the parser's `<input>` label is replaced by the real file name.
 fn parse_yaml<T: for<'de> Deserialize<'de>>(file: &Path, text: &str) -> Result<T, ControlError> {
-    serde_saphyr::from_str(text).map_err(|e| ControlError::Parse {
+    okome_core::config::from_yaml(file, text).map_err(|message| ControlError::Parse {
         file: file.to_path_buf(),
-        message: e
-            .to_string()
-            .replace("<input>", &file.display().to_string()),
+        message,
     })
 }
 

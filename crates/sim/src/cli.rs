@@ -137,12 +137,9 @@ pub fn load_file(file: &std::path::Path) -> Result<SimFile, SimError> {
         file: file.into(),
         source,
     })?;
-    serde_saphyr::from_str::<SimFile>(&text).map_err(|e| SimError::Config {
+    okome_core::config::from_yaml::<SimFile>(file, &text).map_err(|msg| SimError::Config {
         file: file.into(),
-        // The parser labels its snippet `<input>`; name the real file instead.
-        msg: e
-            .to_string()
-            .replace("<input>", &file.display().to_string()),
+        msg,
     })
 }
 

@@ -515,13 +515,11 @@ pub fn load(path: &Path) -> Result<CompiledEdge, ConfigError> {
 /// Parses and compiles config text; `path` names it in messages, and relative secret files
 /// (`control.token`, pools' `api_key`) are read from its folder.
 pub fn parse(path: &Path, text: &str) -> Result<CompiledEdge, ConfigError> {
-    let cfg: EdgeConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
-        file: path.to_path_buf(),
-        // The parser labels its snippet `<input>`; name the real file instead.
-        message: e
-            .to_string()
-            .replace("<input>", &path.display().to_string()),
-    })?;
+    let cfg: EdgeConfig =
+        okome_core::config::from_yaml(path, text).map_err(|message| ConfigError::Parse {
+            file: path.to_path_buf(),
+            message,
+        })?;
     compile::compile(&cfg, &|s| s.load(path.parent())).map_err(|problems| ConfigError::Invalid {
         file: path.to_path_buf(),
         problems,
