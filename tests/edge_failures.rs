@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::embedded::{self, TestEdge};
 use common::*;
 use okome_sim::{Faults, SimHandle, SimKind};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -71,7 +72,7 @@ fn sse_events(body: &str) -> Vec<serde_json::Value> {
 
 /// Waits until the edge's `okome_streams_total{outcome}` reaches `n` (the access-log phase
 /// runs just after the client saw the end of the stream).
-async fn wait_outcome(edge: &EdgeProc, outcome: &str, n: f64) -> f64 {
+async fn wait_outcome(edge: &TestEdge, outcome: &str, n: f64) -> f64 {
     eventually(10, || async {
         edge.metric("okome_streams_total", &[("outcome", outcome)])
             .await
@@ -129,7 +130,7 @@ async fn four_mib_prompt_routes_on_a_trailing_model_and_arrives_intact() {
     };
     let a = sim(SimKind::Vllm, tweak("model-a")).await;
     let b = sim(SimKind::Vllm, tweak("model-b")).await;
-    let edge = start_edge(&format!(
+    let edge = embedded::edge(&format!(
         "pools:\n{}{}routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pools: [a, b]\n",
         pool("a", "vllm", &[a.addr()]),
         pool("b", "vllm", &[b.addr()])
@@ -183,7 +184,7 @@ async fn four_mib_prompt_routes_on_a_trailing_model_and_arrives_intact() {
 async fn body_over_max_body_gets_413_in_the_api_shape() {
     let v = sim(SimKind::Vllm, |_| {}).await;
     let o = sim(SimKind::Ollama, |_| {}).await;
-    let edge = start_edge(&format!(
+    let edge = embedded::edge(&format!(
         "limits: {{ max_body: 1MiB }}\npools:\n{}{}routes:\n  - name: ollama\n    match: {{ path_prefix: /api/ }}\n    pool: ollama\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\n",
         pool("vllm", "vllm", &[v.addr()]),
         pool("ollama", "ollama", &[o.addr()])
@@ -227,7 +228,7 @@ async fn body_over_max_body_gets_413_in_the_api_shape() {
 
 /// Sends streaming POSTs one by one until the edge has retried at least once (the dead backend
 /// is picked at random, so this takes a few requests); every one of them must stream in full.
-async fn every_request_streams(edge: &EdgeProc, good: &SimHandle) {
+async fn every_request_streams(edge: &TestEdge, good: &SimHandle) {
     let mut sent = 0;
     while sent < 40 {
         let resp = raw(
@@ -270,7 +271,7 @@ async fn every_request_streams(edge: &EdgeProc, good: &SimHandle) {
 async fn failover_when_a_backend_dies_after_the_edge_started() {
     let dead = sim(SimKind::Vllm, |_| {}).await;
     let good = sim(SimKind::Vllm, |_| {}).await;
-    let edge = start_edge(&format!(
+    let edge = embedded::edge(&format!(
         "pools:\n{}routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\n",
         pool_with("vllm", "vllm", &[dead.addr(), good.addr()], &[SLOW_HEALTH])
     ))
@@ -285,7 +286,7 @@ async fn failover_when_a_backend_dies_after_the_edge_started() {
 async fn failover_when_a_backend_refuses_connections() {
     let refusing = sim(SimKind::Vllm, |_| {}).await;
     let good = sim(SimKind::Vllm, |_| {}).await;
-    let edge = start_edge(&format!(
+    let edge = embedded::edge(&format!(
         "pools:\n{}routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\n",
         // A short ejection, so the refusing backend is picked again and again.
         pool_with(
@@ -306,7 +307,7 @@ async fn failover_when_a_backend_refuses_connections() {
 // ---------------------------------------------------------------------------------------------
 
 /// Asserts a `Retry-After` of whole seconds ≥ 1 and returns it.
-fn assert_retry_after(resp: &[u8], edge: &EdgeProc) -> u64 {
+fn assert_retry_after(resp: &[u8], edge: &TestEdge) -> u64 {
     let ra = header_of(resp, "retry-after").unwrap_or_else(|| {
         panic!(
             "no Retry-After: {}\nlog:\n{}",
@@ -326,7 +327,7 @@ async fn whole_pool_down_gets_503_with_retry_after_in_the_api_shape() {
     let v1 = dead_sim(SimKind::Vllm).await;
     let v2 = dead_sim(SimKind::Vllm).await;
     let o = dead_sim(SimKind::Ollama).await;
-    let edge = start_edge(&format!(
+    let edge = embedded::edge(&format!(
         "pools:\n{}{}routes:\n  - name: ollama\n    match: {{ path_prefix: /api/ }}\n    pool: ollama\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\n",
         pool("vllm", "vllm", &[v1.addr(), v2.addr()]),
         pool("ollama", "ollama", &[o.addr()])
@@ -368,7 +369,7 @@ async fn whole_pool_down_gets_503_with_retry_after_in_the_api_shape() {
 async fn pool_that_dies_after_start_gets_503_with_retry_after_once_known_down() {
     let v1 = sim(SimKind::Vllm, |_| {}).await;
     let v2 = sim(SimKind::Vllm, |_| {}).await;
-    let edge = start_edge(&format!(
+    let edge = embedded::edge(&format!(
         "pools:\n{}routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\n",
         pool_with(
             "vllm",
@@ -470,7 +471,7 @@ async fn busy_503_from_one_backend_is_served_by_the_other() {
     let (busy, hold) = busy_ollama().await;
     let good = sim(SimKind::Ollama, |_| {}).await;
 
-    let edge = start_edge(&format!(
+    let edge = embedded::edge(&format!(
         "pools:\n{}routes:\n  - name: ollama\n    match: {{ path_prefix: /api/ }}\n    pool: ollama\n",
         // Never eject on 503s here, so the busy engine keeps being picked.
         pool_with("ollama", "ollama", &[busy.addr(), good.addr()], &["ejection: { failures: 1000 }"])
@@ -522,7 +523,7 @@ async fn busy_503_from_one_backend_is_served_by_the_other() {
 async fn the_retry_budget_caps_retries_per_pool() {
     let (busy, hold) = busy_ollama().await;
     let good = sim(SimKind::Ollama, |_| {}).await;
-    let edge = start_edge(&format!(
+    let edge = embedded::edge(&format!(
         "retry: {{ max_attempts: 3, budget_ratio: 0, budget_reserve: 2 }}\npools:\n{}routes:\n  - name: ollama\n    match: {{ path_prefix: /api/ }}\n    pool: ollama\n",
         pool_with("ollama", "ollama", &[busy.addr(), good.addr()], &["ejection: { failures: 1000 }"])
     ))
@@ -571,7 +572,7 @@ async fn fallback_pool_serves_when_the_target_pool_is_down() {
     let down = dead_sim(SimKind::Vllm).await; // down before start: health checks know
     let refusing = sim(SimKind::Vllm, |_| {}).await; // refuses after start: only traffic knows
     let backup = sim(SimKind::Vllm, |_| {}).await;
-    let edge = start_edge(&format!(
+    let edge = embedded::edge(&format!(
         "pools:\n{}{}{}routes:\n  - name: known-down\n    match: {{ path_prefix: /v1/, headers: {{ x-case: down }} }}\n    pool: down\n    fallback: [backup]\n  - name: refusing\n    match: {{ path_prefix: /v1/ }}\n    pool: refusing\n    fallback: [backup]\n",
         pool("down", "vllm", &[down.addr()]),
         pool_with("refusing", "vllm", &[refusing.addr()], &[SLOW_HEALTH]),
@@ -629,13 +630,13 @@ async fn fallback_pool_serves_when_the_target_pool_is_down() {
 // ---------------------------------------------------------------------------------------------
 
 /// Edge with one pool `p` of `kind` on `s`, routes for `/api/` and `/v1/`.
-async fn edge_for(s: &SimHandle, kind: &str, extra_top: &str) -> EdgeProc {
+async fn edge_for(s: &SimHandle, kind: &str, extra_top: &str) -> TestEdge {
     let api_route = if kind == "ollama" {
         "  - name: ollama\n    match: { path_prefix: /api/ }\n    pool: p\n"
     } else {
         ""
     };
-    start_edge(&format!(
+    embedded::edge(&format!(
         "{extra_top}pools:\n{}routes:\n{api_route}  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: p\n",
         pool("p", kind, &[s.addr()])
     ))

@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::embedded::{self, TestEdge};
 use common::prom::{start_prometheus, tool};
 use common::*;
 use okome::control::{self, hash_key, PolicyStore, YamlStore};
@@ -69,7 +70,7 @@ fn names(text: &str) -> BTreeSet<String> {
 }
 
 /// Streams `n` chat completions through the edge, with `key` as a bearer token when given.
-async fn traffic(edge: &EdgeProc, n: usize, key: Option<&str>) {
+async fn traffic(edge: &TestEdge, n: usize, key: Option<&str>) {
     for _ in 0..n {
         let body = r#"{"model":"Qwen/Qwen3-8B","stream":true,"max_tokens":6,"messages":[{"role":"user","content":"hi"}]}"#;
         let auth = key
@@ -210,7 +211,7 @@ async fn every_dashboard_query_names_an_exported_metric() {
         .await
         .expect("arbiter");
     // A long health interval, so the refusing engine is found by live traffic (retry + ejection).
-    let edge = start_edge(&format!(
+    let edge = embedded::edge(&format!(
         "pools:\n  vllm:\n    kind: vllm\n    backends: [\"{}\", \"{}\"]\n    health_check: {{ interval: 60s, timeout: 500ms }}\n\
          routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\n    filters: [{{ type: auth }}, {{ type: policy }}, {{ type: ratelimit }}]\n\
          control:\n  address: {}\n  state_dir: {}\narbiter:\n  addresses: [\"{}\"]\n  max_age: 2s\n",
@@ -327,7 +328,7 @@ async fn every_dashboard_query_names_an_exported_metric() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_prometheus_records_ttft_p95_from_a_live_edge() {
     let s = sim(SimKind::Vllm, |_| {}).await;
-    let edge = start_edge(&format!(
+    let edge = embedded::edge(&format!(
         "pools:\n{}routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\n",
         pool("vllm", "vllm", &[s.addr()])
     ))
@@ -517,7 +518,7 @@ async fn recorded_latency_quantiles_match_the_exact_ones() {
         c.jitter = 0.5;
     })
     .await;
-    let edge = start_edge(&format!(
+    let edge = embedded::edge(&format!(
         "pools:\n{}routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\n",
         pool("vllm", "vllm", &[s.addr()])
     ))

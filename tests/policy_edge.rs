@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::embedded::{self, TestEdge};
 use common::*;
 use okome::control::{self, hash_key, ControlHandle, PolicyStore, YamlStore};
 use okome_sim::SimKind;
@@ -120,7 +121,7 @@ fn request(path: &str, body: &str, key: Option<&str>) -> Vec<u8> {
 }
 
 /// One authenticated chat completion through the edge; the raw response.
-async fn chat_once(edge: &EdgeProc, key: Option<&str>, model: &str, max_tokens: u32) -> Vec<u8> {
+async fn chat_once(edge: &TestEdge, key: Option<&str>, model: &str, max_tokens: u32) -> Vec<u8> {
     raw(
         edge.addr,
         &request("/v1/chat/completions", &chat(model, max_tokens), key),
@@ -129,7 +130,7 @@ async fn chat_once(edge: &EdgeProc, key: Option<&str>, model: &str, max_tokens: 
 }
 
 /// Asserts a complete 200 SSE stream with `tokens` content tokens.
-fn assert_streamed(resp: &[u8], tokens: usize, edge: &EdgeProc) {
+fn assert_streamed(resp: &[u8], tokens: usize, edge: &TestEdge) {
     let body = String::from_utf8_lossy(&body_of(resp)).to_string();
     assert_eq!(
         status_of(resp),
@@ -201,7 +202,7 @@ async fn warm_cache_makes_no_control_calls_and_survives_the_control_plane_dying(
     let s = sim(SimKind::Vllm, |_| {}).await;
     let (_store, ctl) = memory_control(ACME, QWEN_ROUTE, "acme").await;
     let state = tempfile::tempdir().unwrap();
-    let edge = start_edge(&edge_yaml(
+    let edge = embedded::edge(&edge_yaml(
         &pool("vllm", "vllm", &[s.addr()]),
         &openai_route("[vllm]"),
         ctl.addr(),
@@ -276,7 +277,7 @@ async fn concurrent_requests_for_a_new_key_make_one_lookup() {
     // Each lookup takes at least 300 ms on this link, so all 100 requests arrive during it.
     let link = slow_link(ctl.addr(), Duration::from_millis(300)).await;
     let state = tempfile::tempdir().unwrap();
-    let edge = start_edge(&edge_yaml(
+    let edge = embedded::edge(&edge_yaml(
         &pool("vllm", "vllm", &[s.addr()]),
         &openai_route("[vllm]"),
         link,
@@ -364,7 +365,7 @@ async fn revoked_key_is_refused_within_its_ttl() {
     let store = YamlStore::load(&cfg).expect("load control config");
     let ctl = serve(&store).await;
     let state = tempfile::tempdir().unwrap();
-    let edge = start_edge(&edge_yaml(
+    let edge = embedded::edge(&edge_yaml(
         &pool("vllm", "vllm", &[s.addr()]),
         &openai_route("[vllm]"),
         ctl.addr(),
@@ -428,7 +429,7 @@ async fn model_route_change_moves_traffic_without_an_edge_restart() {
         pool("a", "vllm", &[a.addr()]),
         pool("b", "vllm", &[b.addr()])
     );
-    let edge = start_edge(&edge_yaml(
+    let edge = embedded::edge(&edge_yaml(
         &pools,
         &openai_route("[a, b]"),
         ctl.addr(),
@@ -498,7 +499,7 @@ async fn invalid_control_edit_keeps_the_last_good_version_serving() {
     let store = YamlStore::load(&cfg).expect("load control config");
     let ctl = serve(&store).await;
     let state = tempfile::tempdir().unwrap();
-    let edge = start_edge(&edge_yaml(
+    let edge = embedded::edge(&edge_yaml(
         &pool("vllm", "vllm", &[s.addr()]),
         &openai_route("[vllm]"),
         ctl.addr(),
@@ -582,7 +583,7 @@ async fn tenant_errors_use_the_api_shape_of_the_client() {
         pool("vllm", "vllm", &[v.addr()]),
         pool("ollama", "ollama", &[o.addr()])
     );
-    let edge = start_edge(&edge_yaml(
+    let edge = embedded::edge(&edge_yaml(
         &pools,
         &format!("{}{}", ollama_route(), openai_route("[vllm]")),
         ctl.addr(),
@@ -657,7 +658,7 @@ async fn cut_stream_charges_the_tokens_relayed_not_the_reservation() {
     let tenants = "  - id: metered\n    models: [\"*\"]\n    tokens_per_minute: 60\n";
     let (_store, ctl) = memory_control(tenants, QWEN_ROUTE, "metered").await;
     let state = tempfile::tempdir().unwrap();
-    let edge = start_edge(&edge_yaml(
+    let edge = embedded::edge(&edge_yaml(
         &pool("vllm", "vllm", &[s.addr()]),
         &openai_route("[vllm]"),
         ctl.addr(),
@@ -768,7 +769,7 @@ async fn restarted_edge_serves_from_persisted_state_with_the_control_plane_down(
         state.path(),
         "  key_ttl: 60s\n",
     );
-    let edge = start_edge(&yaml).await;
+    let edge = embedded::edge(&yaml).await;
     assert_streamed(&chat_once(&edge, Some(KEY), QWEN, 4).await, 4, &edge);
     let version = edge.metric("okome_policy_snapshot_version", &[]).await;
     assert_eq!(version, store.version() as f64);
@@ -784,7 +785,7 @@ async fn restarted_edge_serves_from_persisted_state_with_the_control_plane_down(
     drop(edge);
     ctl.shutdown().await;
 
-    let edge = start_edge(&yaml).await;
+    let edge = embedded::edge(&yaml).await;
     assert_streamed(&chat_once(&edge, Some(KEY), QWEN, 4).await, 4, &edge);
     assert_eq!(
         edge.metric("okome_policy_snapshot_version", &[]).await,
@@ -814,7 +815,7 @@ async fn catch_all_model_route_keeps_ollama_native_requests_on_an_ollama_pool() 
         pool("vllm", "vllm", &[v.addr()]),
         pool("ollama", "ollama", &[o.addr()])
     );
-    let edge = start_edge(&edge_yaml(
+    let edge = embedded::edge(&edge_yaml(
         &pools,
         &format!("{}{}", ollama_route(), openai_route("")),
         ctl.addr(),
@@ -859,6 +860,7 @@ async fn key_state_is_written_off_the_request_path_and_bad_state_is_reported() {
     }
     let state = tempfile::tempdir().unwrap();
     std::fs::write(state.path().join("keys.json"), "{not json").unwrap();
+    // The real binary: what is asserted is the line in the process's log.
     let edge = start_edge(&edge_yaml(
         &pool("vllm", "vllm", &[s.addr()]),
         &openai_route("[vllm]"),
@@ -878,8 +880,14 @@ async fn key_state_is_written_off_the_request_path_and_bad_state_is_reported() {
         edge.log_text()
     );
 
-    let answers =
-        futures::future::join_all(keys.iter().map(|k| chat_once(&edge, Some(k), QWEN, 2))).await;
+    let answers = futures::future::join_all(keys.iter().map(|k| async {
+        raw(
+            edge.addr,
+            &request("/v1/chat/completions", &chat(QWEN, 2), Some(k)),
+        )
+        .await
+    }))
+    .await;
     for r in &answers {
         assert_eq!(status_of(r), 200, "{}", String::from_utf8_lossy(r));
     }
@@ -910,7 +918,7 @@ async fn unknown_keys_answered_from_the_cache_count_as_negative_hits() {
     let s = sim(SimKind::Vllm, |_| {}).await;
     let (_store, ctl) = memory_control(ACME, QWEN_ROUTE, "acme").await;
     let state = tempfile::tempdir().unwrap();
-    let edge = start_edge(&edge_yaml(
+    let edge = embedded::edge(&edge_yaml(
         &pool("vllm", "vllm", &[s.addr()]),
         &openai_route("[vllm]"),
         ctl.addr(),

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::embedded::{self, TestEdge};
 use common::*;
 use okome_sim::SimKind;
 use std::path::{Path, PathBuf};
@@ -100,7 +101,7 @@ fn number(dom: &str, id: &str) -> u64 {
         .unwrap_or_else(|_| panic!("#{id} is {t:?}, not a number"))
 }
 
-async fn stream(edge: &EdgeProc, path: &str, body: &str, n: usize) {
+async fn stream(edge: &TestEdge, path: &str, body: &str, n: usize) {
     for _ in 0..n {
         let resp = raw(edge.addr, &post(path, body)).await;
         assert_eq!(status_of(&resp), 200, "{}", String::from_utf8_lossy(&resp));
@@ -114,7 +115,7 @@ const OLLAMA: &str = r#"{"model":"llama3.2:latest","messages":[{"role":"user","c
 async fn status_page_shows_pools_and_updates_in_headless_chromium() {
     let v = sim(SimKind::Vllm, |_| {}).await;
     let o = sim(SimKind::Ollama, |_| {}).await;
-    let edge = start_edge(&format!(
+    let edge = embedded::edge(&format!(
         "pools:\n{}{}routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\n  - name: ollama\n    match: {{ path_prefix: /api/ }}\n    pool: ollama\n",
         pool("vllm", "vllm", &[v.addr()]),
         pool("ollama", "ollama", &[o.addr()])
