@@ -815,6 +815,53 @@ async fn stalled_stream_ends_with_a_terminal_error_and_outcome_timeout() {
     );
 }
 
+/// `first_token` bounds only the wait for the first token, `idle` each gap after it: a stall
+/// mid-stream is cut at `idle` even when `first_token` is far longer (it used to be cut at the
+/// larger of the two), and a slow first token longer than `idle` is still waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_token_and_idle_are_separate_timers() {
+    let stalls = sim(SimKind::Vllm, |c| c.faults.stall_after_tokens = Some(2)).await;
+    let edge = edge_for(
+        &stalls,
+        "vllm",
+        "timeouts: { first_token: 60s, idle: 300ms }\n",
+    )
+    .await;
+    let started = Instant::now();
+    let resp = raw(
+        edge.addr,
+        &post("/v1/chat/completions", &chat("Qwen/Qwen3-8B", 8)),
+    )
+    .await;
+    let took = started.elapsed();
+    let via = String::from_utf8_lossy(&body_of(&resp)).to_string();
+    assert_eq!(sse_tokens(&via), 2, "{via}");
+    assert!(
+        via.contains("data: {\"error\""),
+        "no terminal error: {via:?}"
+    );
+    // Cut by `idle`: far sooner than the 60 s `first_token` (the margin is for busy machines).
+    assert!(took < Duration::from_secs(30), "cut after {took:?}");
+    assert_eq!(wait_outcome(&edge, "timeout", 1.0).await, 1.0);
+
+    let slow_prefill = sim(SimKind::Vllm, |c| c.prefill = Duration::from_millis(1500)).await;
+    let edge = edge_for(
+        &slow_prefill,
+        "vllm",
+        "timeouts: { first_token: 60s, idle: 300ms }\n",
+    )
+    .await;
+    let resp = raw(
+        edge.addr,
+        &post("/v1/chat/completions", &chat("Qwen/Qwen3-8B", 4)),
+    )
+    .await;
+    let via = String::from_utf8_lossy(&body_of(&resp)).to_string();
+    assert_eq!(status_of(&resp), 200, "{via}");
+    assert_eq!(sse_tokens(&via), 4, "{via}");
+    assert!(via.ends_with("data: [DONE]\n\n"), "{via}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Client disconnect
 // ---------------------------------------------------------------------------------------------

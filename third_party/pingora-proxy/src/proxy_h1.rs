@@ -148,6 +148,8 @@ where
         // closure (the downstream half finished and dropped rx) from an unexpected one.
         let pipe_state = Arc::new(AtomicU8::new(PipeState::Active as u8));
 
+        // okome patch: the read timeout after the first body bytes (see ProxyHttp).
+        let body_read_timeout = self.inner.upstream_body_read_timeout(ctx);
         // start bi-directional streaming
         let ret = tokio::try_join!(
             self.proxy_handle_downstream(
@@ -159,7 +161,13 @@ where
                 &mut downstream_custom_message_reader,
                 pipe_state.clone(),
             ),
-            self.proxy_handle_upstream(client_session, tx_upstream, rx_downstream, pipe_state),
+            self.proxy_handle_upstream(
+                client_session,
+                tx_upstream,
+                rx_downstream,
+                pipe_state,
+                body_read_timeout
+            ),
         );
 
         if let Some(custom_session) = session.downstream_session.as_custom_mut() {
@@ -251,6 +259,7 @@ where
         tx: mpsc::Sender<HttpTask>,
         mut rx: mpsc::Receiver<HttpTask>,
         pipe_state: Arc<AtomicU8>,
+        mut body_read_timeout: Option<std::time::Duration>,
     ) -> Result<bool>
     where
         SV: ProxyHttp + Send + Sync,
@@ -276,6 +285,13 @@ where
                     let res = res.map(|task| coalesce_body(client_session, task, &mut pending));
                     match res {
                         Ok(task) => {
+                            // okome patch: once the first body bytes arrived, the read timeout
+                            // bounds each gap, no longer the wait for the first.
+                            if body_read_timeout.is_some()
+                                && matches!(&task, HttpTask::Body(Some(b), _) if !b.is_empty())
+                            {
+                                client_session.read_timeout = body_read_timeout.take();
+                            }
                             response_done = task.is_end();
                             if !upgraded && client_session.was_upgraded() {
                                 // upgrade can only happen once

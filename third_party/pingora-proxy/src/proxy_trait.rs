@@ -444,6 +444,13 @@ pub trait ProxyHttp {
         Ok(Some(custom_message))
     }
 
+    /// okome patch: the upstream read timeout once the first response body bytes have arrived,
+    /// when it differs from the peer's `read_timeout` (which then bounds only the wait for the
+    /// response head and the first body bytes). HTTP/1 upstreams only. `None`: keep the peer's.
+    fn upstream_body_read_timeout(&self, _ctx: &Self::CTX) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Similar to [Self::upstream_response_filter()] but for response body
     ///
     /// This function will be called every time a piece of response body is received. The `body` is

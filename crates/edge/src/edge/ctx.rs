@@ -64,6 +64,8 @@ pub struct RequestInfo {
     pub model: Option<String>,
     /// Whether the body asked for a stream.
     pub wants_stream: bool,
+    /// A real WebSocket upgrade let through (a tunnel, not a token stream).
+    pub upgrade: bool,
     /// The body's token limit (`max_tokens`, `max_completion_tokens`, `options.num_predict`).
     pub max_tokens: Option<u64>,
     /// The pre-read request body, replayed to every attempt (dropped once the response starts).
@@ -120,6 +122,7 @@ impl RequestCtx {
                 route: None,
                 model: None,
                 wants_stream: false,
+                upgrade: false,
                 max_tokens: None,
                 body: None,
             },

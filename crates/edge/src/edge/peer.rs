@@ -41,9 +41,14 @@ pub fn next(edge: &Edge, ctx: &mut RequestCtx) -> Result<HttpPeer, EdgeError> {
             let t = &edge.timeouts;
             peer.options.connection_timeout = Some(t.connect.0);
             peer.options.total_connection_timeout = Some(t.connect.0);
-            // Pingora has one read timeout per attempt; it bounds the wait for the first token
-            // and every gap after it, so it is the larger of the two.
-            peer.options.read_timeout = Some(t.first_token.0.max(t.idle.0));
+            // The wait for the response head and the first body bytes (the first token); each
+            // gap after that is bounded by `idle` (`Edge::upstream_body_read_timeout`). A
+            // WebSocket tunnel has no tokens: one bound for every read, the larger.
+            peer.options.read_timeout = Some(if ctx.req.upgrade {
+                t.first_token.0.max(t.idle.0)
+            } else {
+                t.first_token.0
+            });
             peer.options.write_timeout = Some(t.idle.0);
             peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
             return Ok(peer);

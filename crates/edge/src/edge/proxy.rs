@@ -35,6 +35,10 @@ impl ProxyHttp for Edge {
         }
     }
 
+    fn upstream_body_read_timeout(&self, ctx: &RequestCtx) -> Option<Duration> {
+        (!ctx.req.upgrade).then_some(self.timeouts.idle.0)
+    }
+
     async fn upstream_peer(
         &self,
         _session: &mut Session,

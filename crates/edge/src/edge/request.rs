@@ -264,6 +264,7 @@ async fn decide_inner(
         check_surface(route, ctx.req.api, &method, &path)?;
     }
     ctx.req.route = Some(head_route);
+    ctx.req.upgrade = upgrade;
 
     // 3. Header filters: who is asking, before anything is buffered for them; then the body
     // filters' early word (a tenant already at its stream limit).
