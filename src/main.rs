@@ -138,7 +138,7 @@ fn run_edge(path: &std::path::Path) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
-    match okome::edge::server::run(&cfg, &control) {
+    match okome::edge::server::run(cfg, Some(path), &control) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

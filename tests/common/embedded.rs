@@ -18,6 +18,8 @@ pub struct TestEdge {
     /// Folder of its config and access log.
     pub dir: tempfile::TempDir,
     access_log: Option<std::path::PathBuf>,
+    /// What the harness puts before the body (listeners, admin, server, access log).
+    framing: String,
 }
 
 impl TestEdge {
@@ -38,6 +40,13 @@ impl TestEdge {
             .as_ref()
             .and_then(|p| std::fs::read_to_string(p).ok())
             .unwrap_or_default()
+    }
+
+    /// Applies a new YAML body as a reload would (same framing as at start); the new version.
+    pub async fn reload(&self, yaml_body: &str) -> Result<u64, okome::edge::reload::ReloadError> {
+        let text = format!("{}{yaml_body}", self.framing);
+        let cfg = okome::config::parse(&self.dir.path().join("edge.yaml"), &text)?;
+        self._edge.reloader.apply(cfg).await
     }
 
     /// Sum of a metric's samples whose label set contains every `labels` pair.
@@ -62,9 +71,10 @@ pub async fn edge(yaml_body: &str) -> TestEdge {
         .as_ref()
         .map(|p| format!("access_log:\n  path: {}\n", p.display()))
         .unwrap_or_default();
-    let yaml = format!(
-        "listeners:\n  - address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nserver:\n  threads: 2\n  grace_period: 1s\n{log_section}{yaml_body}"
+    let framing = format!(
+        "listeners:\n  - address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nserver:\n  threads: 2\n  grace_period: 1s\n{log_section}"
     );
+    let yaml = format!("{framing}{yaml_body}");
     let path = dir.path().join("edge.yaml");
     std::fs::write(&path, &yaml).expect("write config");
     let cfg = okome::config::parse(&path, &yaml).unwrap_or_else(|e| panic!("config: {e}"));
@@ -77,6 +87,7 @@ pub async fn edge(yaml_body: &str) -> TestEdge {
         _edge: e,
         dir,
         access_log,
+        framing,
     }
 }
 

@@ -52,6 +52,11 @@ impl EdgeProc {
         format!("http://{}{}", self.admin, path)
     }
 
+    /// The process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The edge's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -165,6 +170,11 @@ pub fn pool(name: &str, kind: &str, backends: &[SocketAddr]) -> String {
         "  {name}:\n    kind: {kind}\n    backends: [{}]\n    health_check: {{ interval: 200ms, timeout: 150ms }}\n",
         b.join(", ")
     )
+}
+
+/// [`raw`] with an owned request, for spawned tasks.
+pub async fn raw_owned(addr: SocketAddr, request: Vec<u8>) -> Vec<u8> {
+    raw(addr, &request).await
 }
 
 /// Raw HTTP/1.1 request over a fresh TCP connection; returns the whole response (head + body

@@ -73,6 +73,10 @@ pub struct Metrics {
     pub policy_state_errors: IntCounterVec,
     /// Background tasks restarted after a panic or an unexpected end.
     pub task_restarts: IntCounterVec,
+    /// Config reloads by result (`applied`, `rejected`, `needs_restart`).
+    pub config_reloads: IntCounterVec,
+    /// The config generation serving.
+    pub config_version: prometheus::IntGauge,
     /// Seconds since that snapshot was published.
     pub policy_snapshot_age_seconds: prometheus::Gauge,
     /// Tokens charged to each tenant (settled counts).
@@ -227,6 +231,17 @@ impl Metrics {
             ),
             &["task"],
         );
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "okome_config_reloads_total",
+                "Config reloads (SIGHUP or a changed file) by result: applied, rejected (invalid; the old config keeps serving), needs_restart (a process setting changed; nothing applied).",
+            ),
+            &["result"],
+        );
+        let config_version = prometheus::IntGauge::new(
+            "okome_config_version",
+            "The config generation serving: 1 at start, +1 per applied reload.",
+        );
         let policy_snapshot_version = prometheus::IntGauge::new(
             "okome_policy_snapshot_version",
             "Version of the policy snapshot in use.",
@@ -307,6 +322,8 @@ impl Metrics {
             let policy_snapshot_version = reg(r, policy_snapshot_version)?;
             let policy_state_errors = reg(r, policy_state_errors)?;
             let task_restarts = reg(r, task_restarts)?;
+            let config_reloads = reg(r, config_reloads)?;
+            let config_version = reg(r, config_version)?;
             let policy_snapshot_age_seconds = reg(r, policy_snapshot_age_seconds)?;
             let tenant_tokens = reg(r, tenant_tokens)?;
             let shed = reg(r, shed)?;
@@ -335,6 +352,8 @@ impl Metrics {
                 policy_snapshot_version,
                 policy_state_errors,
                 task_restarts,
+                config_reloads,
+                config_version,
                 policy_snapshot_age_seconds,
                 tenant_tokens,
                 shed,
@@ -355,6 +374,9 @@ impl Metrics {
     /// request durations and bytes; per route the statuses and retry reasons; per backend the
     /// ejections; shed reasons × priorities; policy cache results. Bounded: routes × pools.
     pub fn init_series(&self, routes: &[(&str, Vec<&str>)], backends: &[(&str, &str)]) {
+        for result in ["applied", "rejected", "needs_restart"] {
+            self.config_reloads.with_label_values(&[result]);
+        }
         const OUTCOMES: [&str; 4] = [
             "completed",
             "client_disconnect",

@@ -6,9 +6,11 @@ mod ui;
 
 pub use live::{Live, LiveFigures};
 
+use crate::edge::reload::ReloadStatus;
 use crate::metrics::Metrics;
 use crate::upstream::arbiter::ArbiterFeeds;
 use crate::upstream::Upstreams;
+use arc_swap::ArcSwap;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -18,11 +20,13 @@ use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::watch;
 
 #[derive(Debug)]
 struct AdminState {
     metrics: Metrics,
-    upstreams: Arc<Upstreams>,
+    upstreams: watch::Receiver<Arc<Upstreams>>,
+    reload: Arc<ArcSwap<ReloadStatus>>,
     started: Instant,
     live: LiveFigures,
     arbiters: Option<Arc<ArbiterFeeds>>,
@@ -32,12 +36,14 @@ struct AdminState {
 pub async fn serve(
     addr: SocketAddr,
     metrics: Metrics,
-    upstreams: Arc<Upstreams>,
+    upstreams: watch::Receiver<Arc<Upstreams>>,
     arbiters: Option<Arc<ArbiterFeeds>>,
+    reload: Arc<ArcSwap<ReloadStatus>>,
 ) -> std::io::Result<SocketAddr> {
     let state = Arc::new(AdminState {
         metrics,
         upstreams,
+        reload,
         started: Instant::now(),
         live: LiveFigures::default(),
         arbiters,
@@ -61,7 +67,8 @@ pub async fn serve(
 }
 
 async fn metrics_page(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
-    for p in &s.upstreams.pools {
+    let upstreams = s.upstreams.borrow().clone();
+    for p in &upstreams.pools {
         for b in &p.backends {
             b.publish_health();
         }
@@ -73,8 +80,8 @@ async fn metrics_page(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
-    let missing: Vec<&str> = s
-        .upstreams
+    let upstreams = s.upstreams.borrow().clone();
+    let missing: Vec<&str> = upstreams
         .pools
         .iter()
         .filter(|p| !p.any_eligible())
@@ -103,6 +110,8 @@ struct Status {
     tokens_total: u64,
     /// Edge-wide live figures (all pools and backends).
     live: Live,
+    /// The config generation serving and what the last reload did.
+    config: ReloadStatus,
     /// The GPU arbiters this edge obeys, and whether their state is fresh enough to obey.
     arbiters: Vec<ArbiterLink>,
     pools: Vec<PoolStatus>,
@@ -160,8 +169,8 @@ async fn status(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         live.remove(&(pool.to_owned(), backend.to_owned()))
             .unwrap_or_default()
     };
-    let pools: Vec<PoolStatus> = s
-        .upstreams
+    let upstreams = s.upstreams.borrow().clone();
+    let pools: Vec<PoolStatus> = upstreams
         .pools
         .iter()
         .map(|p| {
@@ -213,6 +222,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         requests_total: counter_sum(&s.metrics.requests),
         tokens_total: counter_sum(&s.metrics.tokens),
         live: edge_live,
+        config: (**s.reload.load()).clone(),
         arbiters: s
             .arbiters
             .as_ref()

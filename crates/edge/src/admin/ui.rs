@@ -70,7 +70,7 @@ pub const PAGE: &str = r##"<!doctype html>
 </header>
 <main id="pools"><p class="dim">loading /status …</p></main>
 <footer>refreshed every second from <code>/status</code> · polls: <span id="polls">0</span> ·
-  up <span id="uptime">–</span> <span id="err"></span>
+  up <span id="uptime">–</span> · config <span id="config">–</span> <span id="err"></span>
   · metrics at <a href="metrics" style="color:var(--accent)">/metrics</a></footer>
 <script>
 "use strict";
@@ -132,6 +132,10 @@ function render(s) {
   $("requests-total").textContent = s.requests_total;
   $("tokens-total").textContent = s.tokens_total;
   $("uptime").textContent = dur(s.uptime_seconds);
+  const c = s.config || {};
+  $("config").textContent = "v" + c.version +
+    (c.last_result ? " (last reload " + c.last_result + ": " + c.last_message + ")" : "");
+  $("config").style.color = c.last_result && c.last_result !== "applied" ? "var(--bad)" : "";
   const l = s.live || {};
   $("edge-ttft").textContent = pair(l.ttft_p50, l.ttft_p95);
   $("edge-gap").textContent = pair(l.gap_p95, l.gap_p99);

@@ -15,6 +15,9 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// The most attempts a request may make (`retry.max_attempts`).
+pub const MAX_ATTEMPTS: u32 = 16;
+
 /// An edge config with every value checked and parsed: what the edge is built from, and what a
 /// reload will swap.
 #[derive(Debug)]
@@ -90,7 +93,7 @@ pub struct CompiledRoute {
 }
 
 /// The control plane section with its token read.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct CompiledControl {
     /// The section as written.
     pub config: Control,
@@ -155,6 +158,17 @@ pub fn compile(
             at(&cfg.retry),
             "retry.max_attempts".into(),
             "must be at least 1 (1 means no retry)".into(),
+        );
+    }
+    if cfg.retry.value.max_attempts > MAX_ATTEMPTS {
+        push(
+            &mut out,
+            at(&cfg.retry),
+            "retry.max_attempts".into(),
+            format!(
+                "{} attempts would multiply a brown-out; at most {MAX_ATTEMPTS}",
+                cfg.retry.value.max_attempts
+            ),
         );
     }
     let ratio = cfg.retry.value.budget_ratio;

@@ -72,7 +72,7 @@ fn unplaced<T: Default>() -> Spanned<T> {
 }
 
 /// Where the access log goes.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLogSection {
     /// Write it at all.
@@ -107,7 +107,7 @@ pub struct Tracing {
 }
 
 /// Where the edge learns the arbiters' decisions.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ArbiterSection {
     /// Arbiter APIs `IP:PORT` (one per GPU node).
@@ -133,7 +133,7 @@ pub enum OnUnavailable {
 }
 
 /// The edge's view of the control plane and its policy cache.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Control {
     /// Control plane API `IP:PORT`.

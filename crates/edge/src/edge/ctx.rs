@@ -36,6 +36,9 @@ impl Outcome {
 /// is, what the filters decided, the attempts, the stream, and the reply.
 #[derive(Debug)]
 pub struct RequestCtx {
+    /// The edge (config generation) this request started on; it finishes on it, whatever
+    /// reloads happen meanwhile.
+    pub edge: std::sync::Arc<super::Edge>,
     /// What the request is.
     pub req: RequestInfo,
     /// What the route's filters found and asked for (tenant, headers, admission).
@@ -112,9 +115,10 @@ pub struct Reply {
 }
 
 impl RequestCtx {
-    /// A fresh context for a request accepted now.
-    pub fn new() -> Self {
+    /// A fresh context for a request accepted now on `edge`.
+    pub fn new(edge: std::sync::Arc<super::Edge>) -> Self {
         RequestCtx {
+            edge,
             req: RequestInfo {
                 start: Instant::now(),
                 request_id: String::new(),
@@ -131,11 +135,5 @@ impl RequestCtx {
             stream: StreamState::default(),
             reply: Reply::default(),
         }
-    }
-}
-
-impl Default for RequestCtx {
-    fn default() -> Self {
-        Self::new()
     }
 }

@@ -5,6 +5,7 @@
 //! test wants. Connections are driven as Pingora's listening service drives them
 //! (`ServerApp::process_new` until the connection is not reused).
 
+use super::reload::Reloader;
 use super::server::{assemble, server_conf, StartError};
 use crate::config::compile::CompiledEdge;
 use pingora_core::apps::ServerApp;
@@ -19,6 +20,8 @@ pub struct Embedded {
     pub addr: SocketAddr,
     /// The admin listener's address.
     pub admin: SocketAddr,
+    /// Applies new configs to it (what SIGHUP does to `okome edge`).
+    pub reloader: Arc<Reloader>,
     stop: watch::Sender<bool>,
 }
 
@@ -34,7 +37,12 @@ impl Embedded {
             .spawn(move || serve(cfg, ready_tx, stopped))
             .map_err(StartError::Runtime)?;
         match ready_rx.await {
-            Ok(Ok((addr, admin))) => Ok(Embedded { addr, admin, stop }),
+            Ok(Ok((addr, admin, reloader))) => Ok(Embedded {
+                addr,
+                admin,
+                reloader,
+                stop,
+            }),
             Ok(Err(e)) => Err(e),
             // The thread ended without a word: it panicked; say so rather than hang.
             Err(_) => {
@@ -60,7 +68,7 @@ impl Drop for Embedded {
     }
 }
 
-type Ready = oneshot::Sender<Result<(SocketAddr, SocketAddr), StartError>>;
+type Ready = oneshot::Sender<Result<(SocketAddr, SocketAddr, Arc<Reloader>), StartError>>;
 
 /// The embedded edge's thread: a runtime of its own for the proxy and the background work.
 fn serve(cfg: CompiledEdge, ready: Ready, mut stopped: watch::Receiver<bool>) {
@@ -96,7 +104,8 @@ fn serve(cfg: CompiledEdge, ready: Ready, mut stopped: watch::Receiver<bool>) {
                 return;
             }
         };
-        let assembled = match assemble(&cfg, tokio::runtime::Handle::current()).await {
+        let conf = Arc::new(server_conf(&cfg));
+        let assembled = match assemble(cfg, None, tokio::runtime::Handle::current()).await {
             Ok(a) => a,
             Err(e) => {
                 let _ = ready.send(Err(e));
@@ -105,10 +114,10 @@ fn serve(cfg: CompiledEdge, ready: Ready, mut stopped: watch::Receiver<bool>) {
         };
         // Pingora's listener sets what a session knows of its socket (the client's address).
         let listener = pingora_core::protocols::l4::listener::Listener::from(listener);
-        let conf = Arc::new(server_conf(&cfg));
-        let proxy = Arc::new(pingora_proxy::http_proxy(&conf, assembled.edge));
+        let proxy = Arc::new(pingora_proxy::http_proxy(&conf, assembled.proxy));
+        let reloader = assembled.reloader.clone();
         let (shutdown_tx, shutdown) = watch::channel(false);
-        let _ = ready.send(Ok((addr, assembled.admin)));
+        let _ = ready.send(Ok((addr, assembled.admin, reloader)));
         loop {
             tokio::select! {
                 accepted = listener.accept() => {

@@ -17,6 +17,7 @@ pub mod logging;
 pub mod peek;
 pub mod peer;
 pub mod proxy;
+pub mod reload;
 pub mod request;
 pub mod respond;
 pub mod response;
@@ -56,8 +57,10 @@ pub struct Edge {
     pub arbiters: Option<Arc<ArbiterFeeds>>,
     /// Start a W3C trace for requests that come without a `traceparent`.
     pub generate_traceparent: bool,
-    /// Where each request's record goes.
-    pub access_log: access_log::AccessLog,
+    /// Where each request's record goes (shared by every config generation).
+    pub access_log: Arc<access_log::AccessLog>,
+    /// The config generation this edge was built from (1 at start, +1 per reload).
+    pub version: u64,
 }
 
 /// Label values of a stream's metrics.
@@ -92,7 +95,7 @@ impl Edge {
         metrics: Metrics,
         upstreams: Arc<Upstreams>,
         env: &okome_filters::FilterEnv,
-        access_log: access_log::AccessLog,
+        access_log: Arc<access_log::AccessLog>,
     ) -> Self {
         Edge {
             routes: RouteTable::new(&cfg.routes, &upstreams, env),
@@ -104,6 +107,7 @@ impl Edge {
             arbiters: None,
             generate_traceparent: cfg.tracing.generate_traceparent,
             access_log,
+            version: 1,
         }
     }
 

@@ -1,26 +1,43 @@
-//! The Pingora `ProxyHttp` implementation: each phase delegates to its own module.
+//! The Pingora `ProxyHttp` implementation: each phase delegates to its own module, on the edge
+//! (config generation) the request started on.
 
 use super::ctx::RequestCtx;
 use super::request::Decision;
 use super::{body, failure, logging, peer, request, respond, response, upstream_request, Edge};
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
 use std::time::Duration;
 
+/// What Pingora runs: the current edge, swapped whole by a reload.
+#[derive(Debug)]
+pub struct Proxy {
+    current: Arc<ArcSwap<Edge>>,
+}
+
+impl Proxy {
+    /// A proxy serving whatever edge `current` holds when each request arrives.
+    pub fn new(current: Arc<ArcSwap<Edge>>) -> Self {
+        Proxy { current }
+    }
+}
+
 #[async_trait]
-impl ProxyHttp for Edge {
+impl ProxyHttp for Proxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        RequestCtx::new(self.current.load_full())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        match request::decide(self, session, ctx).await {
+        let edge = Arc::clone(&ctx.edge);
+        match request::decide(&edge, session, ctx).await {
             Decision::Proxy => Ok(false),
             Decision::Refuse(err) => {
                 respond::error(session, ctx, &err).await;
@@ -36,7 +53,7 @@ impl ProxyHttp for Edge {
     }
 
     fn upstream_body_read_timeout(&self, ctx: &RequestCtx) -> Option<Duration> {
-        (!ctx.req.upgrade).then_some(self.timeouts.idle.0)
+        (!ctx.req.upgrade).then_some(ctx.edge.timeouts.idle.0)
     }
 
     async fn upstream_peer(
@@ -44,7 +61,8 @@ impl ProxyHttp for Edge {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        peer::next(self, ctx).map(Box::new).map_err(|err| {
+        let edge = Arc::clone(&ctx.edge);
+        peer::next(&edge, ctx).map(Box::new).map_err(|err| {
             let status = err.status;
             Error::because(
                 ErrorType::HTTPStatus(status),
@@ -71,7 +89,8 @@ impl ProxyHttp for Edge {
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream_request::prepare(self, req, ctx)
+        let edge = Arc::clone(&ctx.edge);
+        upstream_request::prepare(&edge, req, ctx)
     }
 
     async fn upstream_response_filter(
@@ -80,7 +99,8 @@ impl ProxyHttp for Edge {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        response::on_upstream_header(self, resp, ctx)
+        let edge = Arc::clone(&ctx.edge);
+        response::on_upstream_header(&edge, resp, ctx)
     }
 
     async fn response_filter(
@@ -89,7 +109,8 @@ impl ProxyHttp for Edge {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        response::on_response_header(self, resp, ctx);
+        let edge = Arc::clone(&ctx.edge);
+        response::on_response_header(&edge, resp, ctx);
         Ok(())
     }
 
@@ -100,7 +121,9 @@ impl ProxyHttp for Edge {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        response::on_body(self, body, ctx);
+        // Per chunk: one atomic increment to hold the edge while the context is borrowed.
+        let edge = Arc::clone(&ctx.edge);
+        response::on_body(&edge, body, ctx);
         Ok(None)
     }
 
@@ -111,7 +134,8 @@ impl ProxyHttp for Edge {
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
-        failure::on_connect_error(self, session, ctx, e)
+        let edge = Arc::clone(&ctx.edge);
+        failure::on_connect_error(&edge, session, ctx, e)
     }
 
     fn error_while_proxy(
@@ -122,7 +146,8 @@ impl ProxyHttp for Edge {
         ctx: &mut RequestCtx,
         _client_reused: bool,
     ) -> Box<Error> {
-        failure::on_proxy_error(self, peer, session, ctx, e)
+        let edge = Arc::clone(&ctx.edge);
+        failure::on_proxy_error(&edge, peer, session, ctx, e)
     }
 
     async fn fail_to_proxy(
@@ -131,7 +156,8 @@ impl ProxyHttp for Edge {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        failure::on_fail(self, session, e, ctx).await
+        let edge = Arc::clone(&ctx.edge);
+        failure::on_fail(&edge, session, e, ctx).await
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
@@ -152,6 +178,7 @@ impl ProxyHttp for Edge {
             bytes_in: down.body_bytes_read() as u64,
             bytes_out: down.body_bytes_sent() as u64,
         };
-        logging::finish(self, &seen, e, ctx);
+        let edge = Arc::clone(&ctx.edge);
+        logging::finish(&edge, &seen, e, ctx);
     }
 }

@@ -3,16 +3,20 @@
 //! [`run`] serves it with Pingora's server on the configured listeners until SIGINT/SIGTERM;
 //! [`super::embedded`] serves it inside another process (tests, benchmarks).
 
+use super::proxy::Proxy;
+use super::reload::{self, ReloadStatus, Reloader};
 use super::Edge;
 use crate::config::compile::CompiledEdge;
 use crate::metrics::Metrics;
 use crate::upstream::{health, Upstreams};
+use arc_swap::ArcSwap;
 use okome_core::supervisor::Supervisor;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::sync::watch;
 
 /// Read buffer per client connection (Pingora's default is 64 KiB).
 const CLIENT_READ_BUFFER: usize = 4 * 1024;
@@ -43,11 +47,13 @@ pub enum StartError {
     Runtime(std::io::Error),
 }
 
-/// The edge's proxy state with its background work running.
+/// The edge's proxy with its background work running.
 #[derive(Debug)]
 pub struct Assembled {
-    /// The proxy state, ready to serve.
-    pub edge: Edge,
+    /// What Pingora serves: the current edge, swapped whole by a reload.
+    pub proxy: Proxy,
+    /// Applies new configs.
+    pub reloader: Arc<Reloader>,
     /// The background tasks; stop them with [`Supervisor::shutdown`].
     pub supervisor: Supervisor,
     /// Where the admin listener listens.
@@ -56,9 +62,11 @@ pub struct Assembled {
 
 /// Builds the edge from a compiled config: opens the access log, starts the admin listener and
 /// runs the first health round (so the first request sees real health), then supervises the
-/// probes, arbiter feeds and policy watch on `background`.
+/// probes, arbiter feeds, policy watch and (with a `path` to watch) config reloads on
+/// `background`.
 pub async fn assemble(
-    cfg: &CompiledEdge,
+    cfg: CompiledEdge,
+    path: Option<std::path::PathBuf>,
     background: tokio::runtime::Handle,
 ) -> Result<Assembled, StartError> {
     let access_log =
@@ -67,22 +75,29 @@ pub async fn assemble(
                 path: cfg.access_log.path.clone().unwrap_or_default(),
                 source,
             })?;
+    let access_log = Arc::new(access_log);
     let metrics = Metrics::new();
-    let upstreams = Arc::new(Upstreams::new(cfg, &metrics));
+    let upstreams = Arc::new(Upstreams::new(&cfg, &metrics));
+    let (publish_upstreams, current_upstreams) = watch::channel(upstreams.clone());
     let supervisor = Supervisor::new(background, Some(metrics.task_restarts.clone()));
+    let reload_status = Arc::new(ArcSwap::from_pointee(ReloadStatus {
+        version: 1,
+        ..ReloadStatus::default()
+    }));
 
     let arbiters = cfg.arbiter.as_ref().map(|a| {
         let feeds =
             crate::upstream::arbiter::ArbiterFeeds::new(&a.addresses, a.max_age.0, metrics.clone());
-        let (f, up) = (feeds.clone(), upstreams.clone());
+        let (f, up) = (feeds.clone(), current_upstreams.clone());
         supervisor.spawn("arbiter feeds", move || f.clone().run(up.clone()));
         feeds
     });
     let admin = crate::admin::serve(
         cfg.admin,
         metrics.clone(),
-        upstreams.clone(),
+        current_upstreams.clone(),
         arbiters.clone(),
+        reload_status.clone(),
     )
     .await
     .map_err(|source| StartError::Bind {
@@ -109,7 +124,7 @@ pub async fn assemble(
         }
     }
     {
-        let up = upstreams.clone();
+        let up = current_upstreams.clone();
         supervisor.spawn("health probes", move || health::run(up.clone()));
     }
     let mut env = okome_filters::FilterEnv::default();
@@ -122,18 +137,37 @@ pub async fn assemble(
         supervisor.spawn("policy key writer", move || c.clone().write_keys());
         env.policy = cache;
     }
-    let mut edge = Edge::new(cfg, metrics.clone(), upstreams, &env, access_log);
-    edge.arbiters = arbiters;
+    let mut edge = Edge::new(&cfg, metrics.clone(), upstreams, &env, access_log.clone());
+    edge.arbiters = arbiters.clone();
     init_series(&edge);
+    metrics.config_version.set(1);
+    let current = Arc::new(ArcSwap::from_pointee(edge));
+    let watch_file = path.is_some();
+    let reloader = Reloader::new(reload::Parts {
+        path,
+        applied: cfg,
+        current: current.clone(),
+        upstreams: publish_upstreams,
+        env,
+        metrics,
+        arbiters,
+        access_log,
+        status: reload_status,
+    });
+    if watch_file {
+        let r = reloader.clone();
+        supervisor.spawn("config reload", move || r.clone().watch());
+    }
     Ok(Assembled {
-        edge,
+        proxy: Proxy::new(current),
+        reloader,
         supervisor,
         admin,
     })
 }
 
 /// Creates every route's and backend's series at zero, so dashboards see them from the start.
-fn init_series(edge: &Edge) {
+pub(crate) fn init_series(edge: &Edge) {
     let routes: Vec<(&str, Vec<&str>)> = edge
         .routes
         .routes
@@ -164,14 +198,20 @@ pub fn server_conf(cfg: &CompiledEdge) -> ServerConf {
         threads,
         grace_period_seconds: Some(cfg.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(5),
-        max_retries: cfg.retry.max_attempts as usize,
+        // The retry core caps attempts per config generation; this is only Pingora's backstop,
+        // at the most compile allows, so a reload may raise `retry.max_attempts`.
+        max_retries: crate::config::compile::MAX_ATTEMPTS as usize,
         ..ServerConf::default()
     }
 }
 
 /// Starts the background work on `control`, then runs the proxy on this thread until
-/// SIGINT/SIGTERM.
-pub fn run(cfg: &CompiledEdge, control: &tokio::runtime::Runtime) -> Result<(), StartError> {
+/// SIGINT/SIGTERM; SIGHUP or an edit of `path` (the file it was loaded from) reloads the config.
+pub fn run(
+    cfg: CompiledEdge,
+    path: Option<&std::path::Path>,
+    control: &tokio::runtime::Runtime,
+) -> Result<(), StartError> {
     for &address in &cfg.listeners {
         // Pingora reports a taken port only by exiting from a worker; check first so the
         // operator gets a clear message.
@@ -181,13 +221,18 @@ pub fn run(cfg: &CompiledEdge, control: &tokio::runtime::Runtime) -> Result<(), 
             source,
         })?;
     }
-    let assembled = control.block_on(assemble(cfg, control.handle().clone()))?;
-    let conf = server_conf(cfg);
+    let conf = server_conf(&cfg);
+    let listeners = cfg.listeners.clone();
+    let assembled = control.block_on(assemble(
+        cfg,
+        path.map(std::path::Path::to_path_buf),
+        control.handle().clone(),
+    ))?;
     let threads = conf.threads;
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut svc = pingora_proxy::http_proxy_service(&server.configuration, assembled.edge);
-    for l in &cfg.listeners {
+    let mut svc = pingora_proxy::http_proxy_service(&server.configuration, assembled.proxy);
+    for l in &listeners {
         // Pingora buffers 64 KiB of reads per client connection for TLS's sake; a plaintext token
         // stream holds its connection for minutes and reads only the request, so that buffer was
         // most of the edge's memory per stream. Larger reads (request bodies) bypass it.

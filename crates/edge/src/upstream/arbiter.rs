@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// One arbiter's decision about one backend, as the edge holds it.
 #[derive(Debug)]
@@ -45,6 +46,8 @@ struct Feed {
     /// Milliseconds since `epoch` of the last answer (new state or "unchanged").
     confirmed_ms: AtomicU64,
     version: AtomicU64,
+    /// The last state received, re-applied to the backends a reload brings.
+    last: arc_swap::ArcSwapOption<ArbiterState>,
 }
 
 /// All arbiters this edge listens to.
@@ -54,6 +57,7 @@ pub struct ArbiterFeeds {
     max_age: Duration,
     epoch: Instant,
     metrics: Metrics,
+    by_id: arc_swap::ArcSwap<HashMap<String, Vec<Arc<Backend>>>>,
 }
 
 impl ArbiterFeeds {
@@ -66,11 +70,13 @@ impl ArbiterFeeds {
                     addr,
                     confirmed_ms: AtomicU64::new(u64::MAX),
                     version: AtomicU64::new(0),
+                    last: arc_swap::ArcSwapOption::empty(),
                 })
                 .collect(),
             max_age,
             epoch: Instant::now(),
             metrics,
+            by_id: arc_swap::ArcSwap::from_pointee(HashMap::new()),
         })
     }
 
@@ -106,18 +112,22 @@ impl ArbiterFeeds {
 
     /// Long-polls every arbiter forever, attaching decisions to `upstreams`' backends, and keeps
     /// `okome_arbiter_fresh` current (a supervised task).
-    pub async fn run(self: Arc<Self>, upstreams: Arc<Upstreams>) {
-        let by_id: Arc<HashMap<String, Vec<Arc<Backend>>>> = {
-            let mut m: HashMap<String, Vec<Arc<Backend>>> = HashMap::new();
-            for p in &upstreams.pools {
-                for b in &p.backends {
-                    m.entry(b.id.clone()).or_default().push(b.clone());
+    pub async fn run(self: Arc<Self>, mut upstreams: watch::Receiver<Arc<Upstreams>>) {
+        self.attach(&upstreams.borrow_and_update());
+        let reloads = async {
+            // A reload brings new backends: attach them and give them the decisions known now.
+            while upstreams.changed().await.is_ok() {
+                let up = upstreams.borrow_and_update().clone();
+                self.attach(&up);
+                for i in 0..self.feeds.len() {
+                    if let Some(state) = self.feeds[i].last.load_full() {
+                        self.apply(i, &state);
+                    }
                 }
             }
-            Arc::new(m)
+            std::future::pending::<()>().await;
         };
-        let watches =
-            futures::future::join_all((0..self.feeds.len()).map(|i| self.watch(i, by_id.clone())));
+        let watches = futures::future::join_all((0..self.feeds.len()).map(|i| self.watch(i)));
         let freshness = async {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
@@ -131,10 +141,21 @@ impl ArbiterFeeds {
                 }
             }
         };
-        tokio::join!(watches, freshness);
+        tokio::join!(watches, freshness, reloads);
     }
 
-    async fn watch(&self, i: usize, by_id: Arc<HashMap<String, Vec<Arc<Backend>>>>) {
+    /// The backends decisions are attached to, by id (`IP:PORT`), from a config's pools.
+    fn attach(&self, up: &Upstreams) {
+        let mut m: HashMap<String, Vec<Arc<Backend>>> = HashMap::new();
+        for p in &up.pools {
+            for b in &p.backends {
+                m.entry(b.id.clone()).or_default().push(b.clone());
+            }
+        }
+        self.by_id.store(Arc::new(m));
+    }
+
+    async fn watch(&self, i: usize) {
         let feed = &self.feeds[i];
         // Wait less than max_age, so a quiet arbiter is re-confirmed before its state goes stale.
         let wait = (self.max_age / 2).max(Duration::from_millis(100));
@@ -145,14 +166,15 @@ impl ArbiterFeeds {
             Duration::from_secs(2),
             Backoff::new(Duration::from_millis(250), wait),
         );
-        let by_id = &by_id;
         sub.follow(None, |event: Event<ArbiterState>, _| async move {
             match event {
                 Event::Changed(state) => {
                     if feed.version.load(Relaxed) == 0 {
                         log::info!("arbiter {} reachable: state v{}", feed.addr, state.version);
                     }
-                    self.apply(i, state, by_id);
+                    let state = Arc::new(state);
+                    self.apply(i, &state);
+                    feed.last.store(Some(state));
                     feed.confirmed_ms.store(self.now_ms(), Relaxed);
                 }
                 Event::Confirmed => feed.confirmed_ms.store(self.now_ms(), Relaxed),
@@ -171,9 +193,10 @@ impl ArbiterFeeds {
         .await;
     }
 
-    fn apply(&self, i: usize, state: ArbiterState, by_id: &HashMap<String, Vec<Arc<Backend>>>) {
+    fn apply(&self, i: usize, state: &ArbiterState) {
         self.feeds[i].version.store(state.version, Relaxed);
-        for st in state.backends {
+        let by_id = self.by_id.load();
+        for st in &state.backends {
             let Some(backends) = by_id.get(&st.backend) else {
                 continue;
             };

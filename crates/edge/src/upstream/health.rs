@@ -7,6 +7,7 @@ use okome_engine::probe::{self, Engine};
 use okome_engine::{prom, Client};
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use tokio::sync::watch;
 
 /// Models are rediscovered every this many probe rounds.
 const DISCOVERY_EVERY: u64 = 5;
@@ -19,14 +20,26 @@ pub async fn bootstrap(up: &Upstreams) {
     futures::future::join_all(rounds).await;
 }
 
-/// Probes every pool forever, each at its own interval (a supervised task: see
+/// Probes every pool of the current config forever, each at its own interval, starting over
+/// with the new pools when a reload publishes them (a supervised task: see
 /// [`okome_core::supervisor`]).
-pub async fn run(up: Arc<Upstreams>) {
+pub async fn run(mut current: watch::Receiver<Arc<Upstreams>>) {
+    loop {
+        let up = current.borrow_and_update().clone();
+        tokio::select! {
+            _ = run_pools(up) => {}
+            changed = current.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Probes the pools of one config forever.
+async fn run_pools(up: Arc<Upstreams>) {
     let loops = up.pools.iter().cloned().map(|pool| async move {
         let c = Client::new();
         let mut tick = tokio::time::interval(pool.health.interval.0);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await; // the bootstrap round just ran
+        tick.tick().await; // the bootstrap round (at start or reload) just ran
         let mut n: u64 = 0;
         loop {
             tick.tick().await;

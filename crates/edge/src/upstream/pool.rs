@@ -30,23 +30,34 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Builds a pool from its compiled config.
+    /// Builds a pool from its compiled config; backends of `old` (the pool of the same name
+    /// before a reload) at the same address are kept with their live state (health, in-flight,
+    /// ejection), and so are its learned models when the engine kind is the same.
     pub fn new(
         cfg: &CompiledPool,
         retry: &config::Retry,
         metrics: &crate::metrics::Metrics,
+        old: Option<&Pool>,
     ) -> Self {
         let backends = cfg
             .backends
             .iter()
-            .map(|&addr| Arc::new(Backend::new(&cfg.name, addr, metrics.clone())))
+            .map(|&addr| {
+                old.and_then(|o| o.backends.iter().find(|b| b.addr == addr))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Backend::new(&cfg.name, addr, metrics.clone())))
+            })
             .collect();
+        let learned = old
+            .filter(|o| o.kind == cfg.kind)
+            .map(|o| o.learned.load_full())
+            .unwrap_or_default();
         Pool {
             name: cfg.name.clone(),
             kind: cfg.kind,
             backends,
             static_models: cfg.models.clone(),
-            learned: ArcSwap::from_pointee(BTreeSet::new()),
+            learned: ArcSwap::new(learned),
             health: cfg.health.clone(),
             ejection: cfg.ejection,
             auth: cfg.auth.clone(),
@@ -125,11 +136,24 @@ pub struct Upstreams {
 impl Upstreams {
     /// Builds all pools, in the compiled config's order (routes refer to them by index).
     pub fn new(cfg: &CompiledEdge, metrics: &crate::metrics::Metrics) -> Self {
+        Self::rebuild(cfg, metrics, None)
+    }
+
+    /// Builds the pools of a reloaded config: pools and backends that keep their name and
+    /// address keep their live state (see [`Pool::new`]); the others start fresh.
+    pub fn rebuild(
+        cfg: &CompiledEdge,
+        metrics: &crate::metrics::Metrics,
+        old: Option<&Upstreams>,
+    ) -> Self {
         Upstreams {
             pools: cfg
                 .pools
                 .iter()
-                .map(|p| Arc::new(Pool::new(p, &cfg.retry, metrics)))
+                .map(|p| {
+                    let before = old.and_then(|o| o.pools.iter().find(|q| q.name == p.name));
+                    Arc::new(Pool::new(p, &cfg.retry, metrics, before.map(|b| &**b)))
+                })
                 .collect(),
         }
     }

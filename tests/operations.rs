@@ -1,0 +1,268 @@
+//! Operating the edge without losing a stream: config reloads under load (embedded, and through
+//! the real binary with SIGHUP and a file edit).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
+
+mod common;
+
+use common::embedded::{EdgeBuilder, Route};
+use common::*;
+use okome_sim::SimKind;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const MODEL: &str = "Qwen/Qwen3-8B";
+
+/// Streams long enough to be running when the config changes.
+const STREAM_TOKENS: u32 = 30;
+
+fn config(pool: &[std::net::SocketAddr], with_new_route: bool) -> EdgeBuilder {
+    let mut b = EdgeBuilder::new().pool("vllm", "vllm", pool);
+    if with_new_route {
+        // Matches only requests carrying the header, so the old route still takes the rest.
+        b = b.route(Route::to_pool("beta", "vllm").set(
+            "match",
+            json!({"path_prefix": "/v1/", "headers": {"x-beta": "1"}}),
+        ));
+    }
+    b.route(Route::to_pool("openai", "vllm").path_prefix("/v1/"))
+}
+
+fn request(beta: bool) -> Vec<u8> {
+    let body = chat(MODEL, STREAM_TOKENS);
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n{body}",
+        body.len(),
+        if beta { "x-beta: 1\r\n" } else { "" }
+    )
+    .into_bytes()
+}
+
+/// ~100 live streams and a steady rate of new requests while the config changes a route, adds
+/// a backend and removes another: every stream completes byte-identical to what the engine
+/// sends, no request fails, the removed backend gets no new request, and the new route serves
+/// as soon as the reload returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_loses_no_stream() {
+    let tweak = |c: &mut okome_sim::SimConfig| {
+        c.tokens_per_second = 25.0;
+        c.max_concurrent = 1000;
+    };
+    let (a, b, c) = (
+        sim(SimKind::Vllm, tweak).await,
+        sim(SimKind::Vllm, tweak).await,
+        sim(SimKind::Vllm, tweak).await,
+    );
+    let edge = config(&[a.addr(), b.addr()], false).start().await;
+    let direct = normalize(&body_of(&raw(a.addr(), &request(false)).await));
+
+    // Live streams, started before the reload.
+    let live: Vec<_> = (0..100)
+        .map(|_| tokio::spawn(raw_owned(edge.addr, request(false))))
+        .collect();
+    // A steady rate of new requests across the reload.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let steady = {
+        let (stop, addr) = (stop.clone(), edge.addr);
+        tokio::spawn(async move {
+            let mut all = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                all.push(tokio::spawn(raw_owned(addr, request(false))));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            all
+        })
+    };
+    // Let the streams get going: some tokens are out on each.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b_before = b.stats().requests;
+
+    let started = Instant::now();
+    let version = edge
+        .reload(&config(&[a.addr(), c.addr()], true).yaml())
+        .await
+        .unwrap_or_else(|e| panic!("reload: {e}"));
+    println!(
+        "reload applied in {:?} with 100 streams live",
+        started.elapsed()
+    );
+    assert_eq!(version, 2);
+
+    // The new route serves at once.
+    let r = raw(edge.addr, &request(true)).await;
+    assert_eq!(status_of(&r), 200, "{}", String::from_utf8_lossy(&r));
+    assert_eq!(
+        edge.metric("okome_requests_total", &[("route", "beta")])
+            .await,
+        1.0
+    );
+
+    // Requests that started before the swap finish on the old config, the removed backend
+    // included; give those a moment to reach it, then it must get nothing more.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b_settled = b.stats().requests;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut outcomes = Vec::new();
+    for h in live {
+        outcomes.push(h.await.unwrap());
+    }
+    for h in steady.await.unwrap() {
+        outcomes.push(h.await.unwrap());
+    }
+    for (i, r) in outcomes.iter().enumerate() {
+        assert_eq!(
+            status_of(r),
+            200,
+            "request {i}: {}",
+            String::from_utf8_lossy(r)
+        );
+        assert_eq!(normalize(&body_of(r)), direct, "request {i}");
+    }
+    assert!(b.stats().requests >= b_before);
+    assert_eq!(
+        b.stats().requests,
+        b_settled,
+        "the removed backend got new requests"
+    );
+    assert!(c.stats().requests > 0, "the added backend serves");
+    assert_eq!(
+        edge.metric("okome_config_reloads_total", &[("result", "applied")])
+            .await,
+        1.0
+    );
+    assert_eq!(edge.metric("okome_config_version", &[]).await, 2.0);
+    assert_eq!(
+        edge.metric("okome_streams_total", &[("outcome", "completed")])
+            .await,
+        outcomes.len() as f64 + 1.0
+    );
+}
+
+/// The operator's path: the real binary, SIGHUP and an edit of its file. An invalid edit is
+/// refused with file:line:key and changes nothing; a change of a process setting is refused as
+/// needing a restart; a valid edit is picked up from the file alone (the watch) and by SIGHUP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_and_file_edits_reload_the_binary() {
+    let s = sim(SimKind::Vllm, |_| {}).await;
+    let body = |extra_route: &str| {
+        format!(
+            "pools:\n{}routes:\n{extra_route}  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\n",
+            pool("vllm", "vllm", &[s.addr()])
+        )
+    };
+    let edge = start_edge(&body("")).await;
+    let path = edge.dir.path().join("edge.yaml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let status = || async {
+        reqwest::get(edge.admin_url("/status"))
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    assert_eq!(status().await["config"]["version"], 1);
+
+    // Invalid: refused where it is wrong; the running config keeps serving.
+    let broken = original.replace("pool: vllm", "pool: nowhere");
+    std::fs::write(&path, &broken).unwrap();
+    hup(&edge);
+    assert!(
+        eventually(10, || async {
+            status().await["config"]["last_result"] == "rejected"
+        })
+        .await,
+        "log:\n{}",
+        edge.log_text()
+    );
+    let line = broken
+        .lines()
+        .position(|l| l.contains("pool: nowhere"))
+        .unwrap()
+        + 1;
+    assert!(
+        edge.log_text()
+            .contains(&format!("edge.yaml:{line}: routes[0].pool")),
+        "log:\n{}",
+        edge.log_text()
+    );
+    let r = raw(edge.addr, &post("/v1/chat/completions", &chat(MODEL, 2))).await;
+    assert_eq!(status_of(&r), 200);
+    assert_eq!(status().await["config"]["version"], 1);
+
+    // A process setting: refused as needing a restart.
+    std::fs::write(
+        &path,
+        original.replace("grace_period: 1s", "grace_period: 2s"),
+    )
+    .unwrap();
+    hup(&edge);
+    assert!(
+        eventually(10, || async {
+            status().await["config"]["last_result"] == "needs_restart"
+        })
+        .await,
+        "log:\n{}",
+        edge.log_text()
+    );
+    assert_eq!(status().await["config"]["version"], 1);
+
+    // Valid, by the file watch alone: a new route.
+    let started = Instant::now();
+    std::fs::write(
+        &path,
+        original.replace(
+            "routes:\n",
+            "routes:\n  - name: beta\n    match: { path_prefix: /v1/, headers: { x-beta: \"1\" } }\n    pool: vllm\n",
+        ),
+    )
+    .unwrap();
+    assert!(
+        eventually(10, || async { status().await["config"]["version"] == 2 }).await,
+        "log:\n{}",
+        edge.log_text()
+    );
+    println!("file edit applied after {:?}", started.elapsed());
+    let req = {
+        let body = chat(MODEL, 2);
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nx-beta: 1\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let r = raw(edge.addr, req.as_bytes()).await;
+    assert_eq!(status_of(&r), 200, "{}", String::from_utf8_lossy(&r));
+    assert_eq!(
+        edge.metric("okome_requests_total", &[("route", "beta")])
+            .await,
+        1.0
+    );
+
+    // SIGHUP with nothing changed on disk re-applies the same config: a new version.
+    hup(&edge);
+    assert!(eventually(10, || async { status().await["config"]["version"] == 3 }).await);
+    assert_eq!(
+        edge.metric("okome_config_reloads_total", &[("result", "rejected")])
+            .await,
+        1.0
+    );
+    assert_eq!(
+        edge.metric("okome_config_reloads_total", &[("result", "needs_restart")])
+            .await,
+        1.0
+    );
+    assert_eq!(
+        edge.metric("okome_config_reloads_total", &[("result", "applied")])
+            .await,
+        2.0
+    );
+}
+
+fn hup(edge: &EdgeProc) {
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &edge.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -HUP");
+}
