@@ -259,10 +259,129 @@ async fn sighup_and_file_edits_reload_the_binary() {
 }
 
 fn hup(edge: &EdgeProc) {
-    let ok = std::process::Command::new("kill")
-        .args(["-HUP", &edge.pid().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -HUP");
+    edge.signal("HUP");
+}
+
+fn one_pool(s: &okome_sim::SimHandle) -> String {
+    format!(
+        "pools:\n{}routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\n",
+        pool("vllm", "vllm", &[s.addr()])
+    )
+}
+
+/// SIGTERM: `/readyz` says 503 at once while a stream is still running; the stream completes;
+/// the edge exits as soon as it has (not after its 30 s grace period), and new connections are
+/// refused from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_honestly_and_exits_when_the_last_stream_ends() {
+    let s = sim(SimKind::Vllm, |c| c.tokens_per_second = 25.0).await;
+    let mut edge = start_edge_with_grace(&one_pool(&s), "30s").await;
+    let ready = || async {
+        reqwest::get(edge.admin_url("/readyz"))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    assert_eq!(ready().await, 200);
+    let stream = tokio::spawn(raw_owned(
+        edge.addr,
+        post("/v1/chat/completions", &chat(MODEL, 30)),
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let signalled = Instant::now();
+    edge.signal("TERM");
+    loop {
+        match ready().await {
+            503 => break,
+            200 => tokio::time::sleep(Duration::from_millis(2)).await,
+            other => panic!("readyz {other} while a stream runs:\n{}", edge.log_text()),
+        }
+    }
+    let not_ready = signalled.elapsed();
+    let r = stream.await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&body_of(&r)).ends_with("data: [DONE]\n\n"),
+        "the running stream completes: {}",
+        String::from_utf8_lossy(&r)
+    );
+    let stream_done = signalled.elapsed();
+    assert!(
+        edge.exited_within(Duration::from_secs(15)).await,
+        "the drained edge waited out its grace period:\n{}",
+        edge.log_text()
+    );
+    println!(
+        "SIGTERM → readyz 503 after {not_ready:?}; last stream done after {stream_done:?}; exit after {:?}",
+        signalled.elapsed()
+    );
+    assert!(
+        edge.log_text().contains("drained after"),
+        "{}",
+        edge.log_text()
+    );
+    assert!(tokio::net::TcpStream::connect(edge.addr).await.is_err());
+}
+
+/// An idle edge exits at once on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_edge_exits_at_once() {
+    let s = sim(SimKind::Vllm, |_| {}).await;
+    let mut edge = start_edge_with_grace(&one_pool(&s), "30s").await;
+    let signalled = Instant::now();
+    edge.signal("TERM");
+    assert!(edge.exited_within(Duration::from_secs(15)).await);
+    println!("idle edge: exit {:?} after SIGTERM", signalled.elapsed());
+}
+
+/// A stream still running when the grace period ends gets the terminal error event in its
+/// format, and is logged with outcome `shutdown`; streams that end within the grace period
+/// complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_running_at_the_end_of_the_grace_period_end_cleanly() {
+    let slow = sim(SimKind::Vllm, |c| c.tokens_per_second = 10.0).await;
+    let mut edge = start_edge_with_grace(&one_pool(&slow), "2s").await;
+    let long: Vec<_> = (0..5)
+        .map(|_| {
+            tokio::spawn(raw_owned(
+                edge.addr,
+                post("/v1/chat/completions", &chat(MODEL, 1000)),
+            ))
+        })
+        .collect();
+    let short = tokio::spawn(raw_owned(
+        edge.addr,
+        post("/v1/chat/completions", &chat(MODEL, 5)),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    edge.signal("TERM");
+    let short = short.await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&body_of(&short)).ends_with("data: [DONE]\n\n"),
+        "a short stream completes during the drain: {}",
+        String::from_utf8_lossy(&short)
+    );
+    for h in long {
+        let r = h.await.unwrap();
+        let body = String::from_utf8_lossy(&body_of(&r)).to_string();
+        assert!(sse_tokens(&body) > 0, "{body}");
+        let cut = body.find("data: {\"error\"").unwrap_or_else(|| {
+            panic!(
+                "no terminal error event: {body:?}\nlog:\n{}",
+                edge.log_text()
+            )
+        });
+        assert!(body[cut..].contains("shutting down"), "{}", &body[cut..]);
+    }
+    assert!(edge.exited_within(Duration::from_secs(10)).await);
+    let log = edge.log_text();
+    assert_eq!(
+        log.matches("\"outcome\":\"shutdown\"").count(),
+        5,
+        "log:\n{log}"
+    );
+    assert_eq!(
+        log.matches("\"outcome\":\"completed\"").count(),
+        1,
+        "log:\n{log}"
+    );
 }

@@ -57,6 +57,28 @@ impl EdgeProc {
         self.child.id()
     }
 
+    /// Sends it a signal (`TERM`, `QUIT`, `HUP`, …).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{name}");
+    }
+
+    /// Waits up to `limit` for the process to exit; whether it did.
+    pub async fn exited_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
     /// The edge's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -101,9 +123,14 @@ impl Drop for EdgeProc {
 /// returns once its client listener accepts connections. A port taken between picking it and the
 /// edge binding it (other tests run in parallel) is retried on fresh ports.
 pub async fn start_edge(yaml_body: &str) -> EdgeProc {
+    start_edge_with_grace(yaml_body, "1s").await
+}
+
+/// [`start_edge`] with another `server.grace_period`.
+pub async fn start_edge_with_grace(yaml_body: &str, grace: &str) -> EdgeProc {
     let mut last_log = String::new();
     for _ in 0..5 {
-        match try_start_edge(yaml_body).await {
+        match try_start_edge(yaml_body, grace).await {
             Ok(p) => return p,
             Err(log) => last_log = log,
         }
@@ -112,12 +139,12 @@ pub async fn start_edge(yaml_body: &str) -> EdgeProc {
 }
 
 /// One start attempt; `Err(log)` when the edge exited because a port was taken.
-async fn try_start_edge(yaml_body: &str) -> Result<EdgeProc, String> {
+async fn try_start_edge(yaml_body: &str, grace: &str) -> Result<EdgeProc, String> {
     let dir = tempfile::tempdir().expect("tempdir");
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let yaml = format!(
-        "listeners:\n  - address: {addr}\nadmin:\n  address: {admin}\nserver:\n  threads: 2\n  grace_period: 1s\n{yaml_body}"
+        "listeners:\n  - address: {addr}\nadmin:\n  address: {admin}\nserver:\n  threads: 2\n  grace_period: {grace}\n{yaml_body}"
     );
     let cfg = dir.path().join("edge.yaml");
     std::fs::write(&cfg, yaml).expect("write config");

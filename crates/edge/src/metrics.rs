@@ -377,11 +377,12 @@ impl Metrics {
         for result in ["applied", "rejected", "needs_restart"] {
             self.config_reloads.with_label_values(&[result]);
         }
-        const OUTCOMES: [&str; 4] = [
+        const OUTCOMES: [&str; 5] = [
             "completed",
             "client_disconnect",
             "upstream_error",
             "timeout",
+            "shutdown",
         ];
         const STATUSES: [&str; 10] = [
             "200", "400", "401", "403", "404", "413", "429", "502", "503", "504",

@@ -6,6 +6,7 @@ mod ui;
 
 pub use live::{Live, LiveFigures};
 
+use crate::edge::drain::Drain;
 use crate::edge::reload::ReloadStatus;
 use crate::metrics::Metrics;
 use crate::upstream::arbiter::ArbiterFeeds;
@@ -27,6 +28,7 @@ struct AdminState {
     metrics: Metrics,
     upstreams: watch::Receiver<Arc<Upstreams>>,
     reload: Arc<ArcSwap<ReloadStatus>>,
+    drain: Arc<Drain>,
     started: Instant,
     live: LiveFigures,
     arbiters: Option<Arc<ArbiterFeeds>>,
@@ -39,11 +41,13 @@ pub async fn serve(
     upstreams: watch::Receiver<Arc<Upstreams>>,
     arbiters: Option<Arc<ArbiterFeeds>>,
     reload: Arc<ArcSwap<ReloadStatus>>,
+    drain: Arc<Drain>,
 ) -> std::io::Result<SocketAddr> {
     let state = Arc::new(AdminState {
         metrics,
         upstreams,
         reload,
+        drain,
         started: Instant::now(),
         live: LiveFigures::default(),
         arbiters,
@@ -80,6 +84,15 @@ async fn metrics_page(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    if s.drain.draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: draining (shutting down), {} request(s) in flight\n",
+                s.drain.active()
+            ),
+        );
+    }
     let upstreams = s.upstreams.borrow().clone();
     let missing: Vec<&str> = upstreams
         .pools
@@ -218,7 +231,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     let edge_live = take("", "");
     Json(Status {
         uptime_seconds: s.started.elapsed().as_secs_f64(),
-        ready: pools.iter().all(|p| p.healthy_backends > 0),
+        ready: !s.drain.draining() && pools.iter().all(|p| p.healthy_backends > 0),
         requests_total: counter_sum(&s.metrics.requests),
         tokens_total: counter_sum(&s.metrics.tokens),
         live: edge_live,

@@ -18,6 +18,8 @@ pub enum Outcome {
     UpstreamError,
     /// No first token or a too-long gap.
     Timeout,
+    /// The edge shut down before the stream ended (it got a terminal error event).
+    Shutdown,
 }
 
 impl Outcome {
@@ -28,6 +30,7 @@ impl Outcome {
             Outcome::ClientDisconnect => "client_disconnect",
             Outcome::UpstreamError => "upstream_error",
             Outcome::Timeout => "timeout",
+            Outcome::Shutdown => "shutdown",
         }
     }
 }
@@ -39,6 +42,8 @@ pub struct RequestCtx {
     /// The edge (config generation) this request started on; it finishes on it, whatever
     /// reloads happen meanwhile.
     pub edge: std::sync::Arc<super::Edge>,
+    /// Holds the drain open while the request runs.
+    pub active: super::drain::Active,
     /// What the request is.
     pub req: RequestInfo,
     /// What the route's filters found and asked for (tenant, headers, admission).
@@ -118,6 +123,7 @@ impl RequestCtx {
     /// A fresh context for a request accepted now on `edge`.
     pub fn new(edge: std::sync::Arc<super::Edge>) -> Self {
         RequestCtx {
+            active: edge.drain.enter(),
             edge,
             req: RequestInfo {
                 start: Instant::now(),

@@ -72,7 +72,9 @@ pub async fn on_fail(
     if session.response_written().is_some() {
         // Mid-stream: the status line is gone; end the stream in its own framing.
         if *e.esource() != ErrorSource::Downstream {
-            let msg = if is_timeout(e) {
+            let msg = if super::drain::is_shutdown(e) {
+                "the edge is shutting down; retry the request".to_owned()
+            } else if is_timeout(e) {
                 "the model server stopped sending tokens (idle timeout)".to_owned()
             } else {
                 format!("the model server failed mid-stream: {}", e.etype().as_str())

@@ -67,6 +67,7 @@ pub struct AccessLine<'a> {
 /// How a stream ended, from the final error (if any) and what the tap saw.
 pub fn outcome(e: Option<&Error>, ctx: &RequestCtx) -> Outcome {
     match e {
+        Some(e) if super::drain::is_shutdown(e) => Outcome::Shutdown,
         Some(e) if *e.esource() == ErrorSource::Downstream => Outcome::ClientDisconnect,
         Some(e)
             if matches!(

@@ -11,6 +11,7 @@
 pub mod access_log;
 pub mod body;
 pub mod ctx;
+pub mod drain;
 pub mod embedded;
 pub mod failure;
 pub mod logging;
@@ -61,6 +62,8 @@ pub struct Edge {
     pub access_log: Arc<access_log::AccessLog>,
     /// The config generation this edge was built from (1 at start, +1 per reload).
     pub version: u64,
+    /// The process's drain state (shared by every generation).
+    pub drain: Arc<drain::Drain>,
 }
 
 /// Label values of a stream's metrics.
@@ -108,6 +111,7 @@ impl Edge {
             generate_traceparent: cfg.tracing.generate_traceparent,
             access_log,
             version: 1,
+            drain: drain::Drain::new(),
         }
     }
 

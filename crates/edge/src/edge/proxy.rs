@@ -123,6 +123,10 @@ impl ProxyHttp for Proxy {
     ) -> Result<Option<Duration>> {
         // Per chunk: one atomic increment to hold the edge while the context is borrowed.
         let edge = Arc::clone(&ctx.edge);
+        if edge.drain.cut() {
+            // The grace period is ending: the stream ends in its own format (fail_to_proxy).
+            return Err(super::drain::shutdown_error());
+        }
         response::on_body(&edge, body, ctx);
         Ok(None)
     }

@@ -158,6 +158,7 @@ impl Reloader {
             self.access_log.clone(),
         );
         edge.arbiters = self.arbiters.clone();
+        edge.drain = old.drain.clone();
         edge.version = old.version + 1;
         super::server::init_series(&edge);
         let version = edge.version;

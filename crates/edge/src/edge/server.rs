@@ -3,6 +3,7 @@
 //! [`run`] serves it with Pingora's server on the configured listeners until SIGINT/SIGTERM;
 //! [`super::embedded`] serves it inside another process (tests, benchmarks).
 
+use super::drain::{Drain, DrainSignals};
 use super::proxy::Proxy;
 use super::reload::{self, ReloadStatus, Reloader};
 use super::Edge;
@@ -58,6 +59,8 @@ pub struct Assembled {
     pub supervisor: Supervisor,
     /// Where the admin listener listens.
     pub admin: SocketAddr,
+    /// The drain state (`/readyz`, shutdown).
+    pub drain: Arc<Drain>,
 }
 
 /// Builds the edge from a compiled config: opens the access log, starts the admin listener and
@@ -80,6 +83,7 @@ pub async fn assemble(
     let upstreams = Arc::new(Upstreams::new(&cfg, &metrics));
     let (publish_upstreams, current_upstreams) = watch::channel(upstreams.clone());
     let supervisor = Supervisor::new(background, Some(metrics.task_restarts.clone()));
+    let drain = Drain::new();
     let reload_status = Arc::new(ArcSwap::from_pointee(ReloadStatus {
         version: 1,
         ..ReloadStatus::default()
@@ -98,6 +102,7 @@ pub async fn assemble(
         current_upstreams.clone(),
         arbiters.clone(),
         reload_status.clone(),
+        drain.clone(),
     )
     .await
     .map_err(|source| StartError::Bind {
@@ -139,6 +144,7 @@ pub async fn assemble(
     }
     let mut edge = Edge::new(&cfg, metrics.clone(), upstreams, &env, access_log.clone());
     edge.arbiters = arbiters.clone();
+    edge.drain = drain.clone();
     init_series(&edge);
     metrics.config_version.set(1);
     let current = Arc::new(ArcSwap::from_pointee(edge));
@@ -163,6 +169,7 @@ pub async fn assemble(
         reloader,
         supervisor,
         admin,
+        drain,
     })
 }
 
@@ -222,6 +229,7 @@ pub fn run(
         })?;
     }
     let conf = server_conf(&cfg);
+    let conf_grace = cfg.grace_period.as_secs();
     let listeners = cfg.listeners.clone();
     let assembled = control.block_on(assemble(
         cfg,
@@ -251,7 +259,14 @@ pub fn run(
         "background tasks: {}",
         assembled.supervisor.names().join(", ")
     );
-    server.run(RunArgs::default());
+    super::drain::watch(
+        assembled.drain.clone(),
+        server.watch_execution_phase(),
+        std::time::Duration::from_secs(conf_grace),
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainSignals(assembled.drain.clone())),
+    });
     control.block_on(assembled.supervisor.shutdown());
     Ok(())
 }
