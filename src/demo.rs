@@ -135,7 +135,7 @@ pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
     if let Some(a) = arbiter {
         println!("{}", arbiter_banner(&listen, a, &handles, key.as_deref()));
     }
-    okome::edge::server::run(cfg, path, &control)?;
+    okome::edge::server::run(cfg, path, &control, false)?;
     for h in &handles {
         h.shutdown();
     }

@@ -67,6 +67,11 @@ enum Cmd {
             default_value = "conf/edge.yaml"
         )]
         config: PathBuf,
+        /// Take over the listening sockets of the edge running now (zero-downtime upgrade):
+        /// start this, then send the old process SIGQUIT; it hands over its listeners and
+        /// drains. Both must use the same `server.upgrade_sock`.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Run the OKOME control plane: tenants, hashed API keys and model routes for the edges
     /// (never in the token path). `okome control add-key --tenant T` mints a key.
@@ -100,7 +105,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.cmd {
-        Cmd::Edge { config } => run_edge(&config),
+        Cmd::Edge { config, upgrade } => run_edge(&config, upgrade),
         Cmd::Control(args) => match okome::control::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
@@ -126,7 +131,7 @@ fn fail(e: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn run_edge(path: &std::path::Path) -> ExitCode {
+fn run_edge(path: &std::path::Path, upgrade: bool) -> ExitCode {
     let cfg = match okome::config::load(path) {
         Ok(c) => c,
         Err(e) => return fail(&e),
@@ -138,7 +143,7 @@ fn run_edge(path: &std::path::Path) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
-    match okome::edge::server::run(cfg, Some(path), &control) {
+    match okome::edge::server::run(cfg, Some(path), &control, upgrade) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

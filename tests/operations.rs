@@ -385,3 +385,85 @@ async fn streams_running_at_the_end_of_the_grace_period_end_cleanly() {
         "log:\n{log}"
     );
 }
+
+/// Zero-downtime upgrade: with long streams running and new connections arriving every 20 ms,
+/// `okome edge --upgrade` takes the listeners over on the old process's SIGQUIT. No connection
+/// is refused, no stream is cut, the old process exits once its streams are done, and the new
+/// one serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_under_load_refuses_nothing_and_cuts_nothing() {
+    let s = sim(SimKind::Vllm, |c| {
+        c.tokens_per_second = 25.0;
+        c.max_concurrent = 1000;
+    })
+    .await;
+    let mut old = start_edge_with_grace(&one_pool(&s), "30s").await;
+    let long: Vec<_> = (0..50)
+        .map(|_| {
+            tokio::spawn(raw_owned(
+                old.addr,
+                post("/v1/chat/completions", &chat(MODEL, 40)),
+            ))
+        })
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let steady = {
+        let (stop, addr) = (stop.clone(), old.addr);
+        tokio::spawn(async move {
+            let mut all = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                all.push(tokio::spawn(raw_owned(
+                    addr,
+                    post("/v1/chat/completions", &chat(MODEL, 3)),
+                )));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            all
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new = old.start_upgrade().await;
+    let quit = Instant::now();
+    old.signal("QUIT");
+    // The old process serves its streams out and exits; new connections go to the new one.
+    assert!(
+        old.exited_within(Duration::from_secs(25)).await,
+        "old edge still running; log:\n{}",
+        old.log_text()
+    );
+    println!("old edge exited {:?} after SIGQUIT", quit.elapsed());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut answers = Vec::new();
+    for h in long {
+        answers.push((true, h.await.unwrap()));
+    }
+    for h in steady.await.unwrap() {
+        answers.push((false, h.await.unwrap()));
+    }
+    for (i, (long, r)) in answers.iter().enumerate() {
+        let body = String::from_utf8_lossy(&body_of(r)).to_string();
+        assert_eq!(
+            status_of(r),
+            200,
+            "request {i}: {}\nold log:\n{}\nnew log:\n{}",
+            String::from_utf8_lossy(r),
+            old.log_text(),
+            new.log_text()
+        );
+        assert!(body.ends_with("data: [DONE]\n\n"), "request {i}: {body}");
+        assert_eq!(sse_tokens(&body), if *long { 40 } else { 3 }, "request {i}");
+    }
+    println!(
+        "{} requests across the upgrade, all complete",
+        answers.len()
+    );
+    // The new process serves on alone.
+    let r = raw(new.addr, &post("/v1/chat/completions", &chat(MODEL, 3))).await;
+    assert_eq!(status_of(&r), 200, "new log:\n{}", new.log_text());
+    assert!(
+        new.log_text().contains("upgrade: waiting"),
+        "{}",
+        new.log_text()
+    );
+}

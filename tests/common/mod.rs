@@ -67,6 +67,39 @@ impl EdgeProc {
         assert!(ok, "kill -{name}");
     }
 
+    /// Starts `okome edge --upgrade` on this edge's config: it takes the listeners over once
+    /// this one gets SIGQUIT. Returns once it waits for them (its upgrade socket exists).
+    pub async fn start_upgrade(&self) -> EdgeProc {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("edge.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_okome"))
+            .args(["edge", "--upgrade", "-c"])
+            .arg(self.dir.path().join("edge.yaml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn okome edge --upgrade");
+        let p = EdgeProc {
+            child,
+            addr: self.addr,
+            admin: self.admin,
+            dir,
+            log,
+        };
+        let sock = self.dir.path().join("upgrade.sock");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the new edge never waited for the listeners; log:\n{}",
+                p.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        p
+    }
+
     /// Waits up to `limit` for the process to exit; whether it did.
     pub async fn exited_within(&mut self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
@@ -144,7 +177,8 @@ async fn try_start_edge(yaml_body: &str, grace: &str) -> Result<EdgeProc, String
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let yaml = format!(
-        "listeners:\n  - address: {addr}\nadmin:\n  address: {admin}\nserver:\n  threads: 2\n  grace_period: {grace}\n{yaml_body}"
+        "listeners:\n  - address: {addr}\nadmin:\n  address: {admin}\nserver:\n  threads: 2\n  grace_period: {grace}\n  upgrade_sock: {}\n{yaml_body}",
+        dir.path().join("upgrade.sock").display()
     );
     let cfg = dir.path().join("edge.yaml");
     std::fs::write(&cfg, yaml).expect("write config");

@@ -60,7 +60,16 @@ pub async fn serve(
         .route("/", get(ui::page))
         .route("/ui", get(ui::page))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    // SO_REUSEPORT: during an upgrade the new process binds the admin address while the old
+    // one still serves it.
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(1024)?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

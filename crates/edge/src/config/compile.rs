@@ -30,6 +30,8 @@ pub struct CompiledEdge {
     pub threads: Option<usize>,
     /// How long running streams may go on after SIGTERM.
     pub grace_period: Duration,
+    /// Where a new process takes the listeners over (`okome edge --upgrade`).
+    pub upgrade_sock: std::path::PathBuf,
     /// Largest request body routed on its model.
     pub max_body: u64,
     /// Upstream timeouts (each at least 1 ms).
@@ -285,6 +287,7 @@ pub fn compile(
         admin: cfg.admin.address,
         threads: cfg.server.value.threads,
         grace_period: cfg.server.value.grace_period.0,
+        upgrade_sock: cfg.server.value.upgrade_sock.clone(),
         max_body: cfg.limits.value.max_body.0,
         timeouts: cfg.timeouts.value,
         retry: cfg.retry.value,

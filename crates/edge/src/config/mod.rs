@@ -216,6 +216,13 @@ pub struct ServerSection {
     /// On SIGTERM, how long running streams may continue before they are cut.
     #[serde(default = "default_grace")]
     pub grace_period: Dur,
+    /// The Unix socket a new process (`okome edge --upgrade`) takes the listeners over.
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: PathBuf,
+}
+
+fn default_upgrade_sock() -> PathBuf {
+    PathBuf::from("/tmp/okome-edge-upgrade.sock")
 }
 
 impl Default for ServerSection {
@@ -223,6 +230,7 @@ impl Default for ServerSection {
         ServerSection {
             threads: None,
             grace_period: default_grace(),
+            upgrade_sock: default_upgrade_sock(),
         }
     }
 }

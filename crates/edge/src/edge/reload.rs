@@ -262,6 +262,9 @@ fn process_settings_changed(old: &CompiledEdge, new: &CompiledEdge) -> Vec<&'sta
     if old.grace_period != new.grace_period {
         out.push("server.grace_period");
     }
+    if old.upgrade_sock != new.upgrade_sock {
+        out.push("server.upgrade_sock");
+    }
     if old.control != new.control {
         out.push("control");
     }

@@ -208,18 +208,23 @@ pub fn server_conf(cfg: &CompiledEdge) -> ServerConf {
         // The retry core caps attempts per config generation; this is only Pingora's backstop,
         // at the most compile allows, so a reload may raise `retry.max_attempts`.
         max_retries: crate::config::compile::MAX_ATTEMPTS as usize,
+        upgrade_sock: cfg.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     }
 }
 
 /// Starts the background work on `control`, then runs the proxy on this thread until
 /// SIGINT/SIGTERM; SIGHUP or an edit of `path` (the file it was loaded from) reloads the config.
+///
+/// With `upgrade`, the listening sockets come from the edge running now (Pingora's upgrade
+/// socket, `server.upgrade_sock`), which hands them over on SIGQUIT and drains.
 pub fn run(
     cfg: CompiledEdge,
     path: Option<&std::path::Path>,
     control: &tokio::runtime::Runtime,
+    upgrade: bool,
 ) -> Result<(), StartError> {
-    for &address in &cfg.listeners {
+    for &address in cfg.listeners.iter().filter(|_| !upgrade) {
         // Pingora reports a taken port only by exiting from a worker; check first so the
         // operator gets a clear message.
         std::net::TcpListener::bind(address).map_err(|source| StartError::Bind {
@@ -237,7 +242,17 @@ pub fn run(
         control.handle().clone(),
     ))?;
     let threads = conf.threads;
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora_core::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    if upgrade {
+        log::info!(
+            "upgrade: waiting for the running edge's listeners on {} (send it SIGQUIT)",
+            server.configuration.upgrade_sock
+        );
+    }
     server.bootstrap();
     let mut svc = pingora_proxy::http_proxy_service(&server.configuration, assembled.proxy);
     for l in &listeners {
