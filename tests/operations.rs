@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::embedded::{EdgeBuilder, Route};
+use common::embedded::{self, EdgeBuilder, Route};
 use common::*;
 use okome_sim::SimKind;
 use serde_json::json;
@@ -465,5 +465,118 @@ async fn upgrade_under_load_refuses_nothing_and_cuts_nothing() {
         new.log_text().contains("upgrade: waiting"),
         "{}",
         new.log_text()
+    );
+}
+
+/// Slow clients: hundreds of connections trickling their request head one byte at a time are
+/// closed at `client_head` while normal clients are served throughout; an idle kept-alive
+/// connection is closed after it too; a client that reads nothing releases the engine at
+/// `client_write`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fast = sim(SimKind::Vllm, |c| {
+        c.tokens_per_second = 5000.0;
+        c.max_concurrent = 1000;
+    })
+    .await;
+    let edge = embedded::edge(&format!(
+        "timeouts: {{ client_head: 1s, client_write: 1s }}\n{}",
+        one_pool(&fast)
+    ))
+    .await;
+
+    // 200 slowloris connections: a byte of header every 200 ms, never done.
+    let trickle: Vec<_> = (0..200)
+        .map(|_| {
+            let addr = edge.addr;
+            tokio::spawn(async move {
+                let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let started = Instant::now();
+                c.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                    .await
+                    .unwrap();
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if c.write_all(b"a").await.is_err() {
+                        return started.elapsed();
+                    }
+                    let mut buf = [0u8; 64];
+                    if let Ok(Ok(0) | Err(_)) =
+                        tokio::time::timeout(Duration::from_millis(1), c.read(&mut buf)).await
+                    {
+                        return started.elapsed();
+                    }
+                    assert!(started.elapsed() < Duration::from_secs(30), "never closed");
+                }
+            })
+        })
+        .collect();
+    // Normal clients meanwhile.
+    for _ in 0..20 {
+        let r = raw(edge.addr, &post("/v1/chat/completions", &chat(MODEL, 3))).await;
+        assert_eq!(status_of(&r), 200, "{}", String::from_utf8_lossy(&r));
+    }
+    let mut closed_after = Vec::new();
+    for t in trickle {
+        closed_after.push(t.await.unwrap());
+    }
+    closed_after.sort();
+    println!(
+        "200 slowloris connections closed after {:?} .. {:?} (client_head 1s)",
+        closed_after[0],
+        closed_after[closed_after.len() - 1]
+    );
+
+    // An idle kept-alive connection is closed after client_head.
+    let mut c = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let body = chat(MODEL, 2);
+    c.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("data: [DONE]") {
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the response ended");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let idle_since = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(20), c.read(&mut buf))
+        .await
+        .expect("idle keep-alive connection never closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "more bytes on an idle connection");
+    println!("idle keep-alive closed after {:?}", idle_since.elapsed());
+
+    // A client that reads nothing of a long, fast stream: the edge gives up at client_write
+    // and the engine's stream is aborted.
+    let aborted_before = fast.stats().streams_aborted;
+    let mut c = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    c.write_all(&post("/v1/chat/completions", &chat(MODEL, 1_000_000)))
+        .await
+        .unwrap();
+    assert!(
+        eventually(30, || async {
+            fast.stats().streams_aborted > aborted_before
+        })
+        .await,
+        "the engine was never released: {:?}",
+        fast.stats()
+    );
+    drop(c);
+    assert!(
+        eventually(5, || async {
+            edge.metric("okome_streams_total", &[("outcome", "client_disconnect")])
+                .await
+                >= 1.0
+        })
+        .await
     );
 }

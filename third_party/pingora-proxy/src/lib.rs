@@ -329,9 +329,26 @@ where
     {
         // phase 1 read request header
 
+        // okome patch: one deadline for the whole request head (Pingora's read timeout applies
+        // per read, so a client trickling bytes was never stopped); it also bounds the idle
+        // wait for the next request on a kept-alive connection.
+        let head_timeout = self.inner.request_head_timeout();
+        let read_head = async {
+            match head_timeout {
+                Some(d) => match tokio::time::timeout(d, downstream_session.read_request()).await
+                {
+                    Ok(res) => res,
+                    Err(_) => {
+                        debug!("no whole request head within {d:?}: closing the connection");
+                        return Ok(false);
+                    }
+                },
+                None => downstream_session.read_request().await,
+            }
+        };
         let res = tokio::select! {
             biased; // biased select is cheaper, and we don't want to drop already buffered requests
-            res = downstream_session.read_request() => { res }
+            res = read_head => { res }
             _ = self.await_shutdown() => {
                 // service shutting down, dropping the connection to stop more req from coming in
                 return None;

@@ -444,6 +444,13 @@ pub trait ProxyHttp {
         Ok(Some(custom_message))
     }
 
+    /// okome patch: the longest a client may take to send a whole request head (from the start
+    /// of the wait: connection accepted, or the previous response done on a kept-alive
+    /// connection). `None`: only Pingora's per-read timeout applies.
+    fn request_head_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// okome patch: the upstream read timeout once the first response body bytes have arrived,
     /// when it differs from the peer's `read_timeout` (which then bounds only the wait for the
     /// response head and the first body bytes). HTTP/1 upstreams only. `None`: keep the peer's.

@@ -203,6 +203,8 @@ pub fn compile(
         ("connect", t.connect),
         ("first_token", t.first_token),
         ("idle", t.idle),
+        ("client_head", t.client_head),
+        ("client_write", t.client_write),
     ] {
         if d.0 < std::time::Duration::from_millis(1) {
             push(

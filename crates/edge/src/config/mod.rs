@@ -273,6 +273,21 @@ pub struct Timeouts {
     /// Longest silence between two tokens once streaming.
     #[serde(default = "default_idle")]
     pub idle: Dur,
+    /// Longest a client may take to send a whole request head, from connecting or from its
+    /// previous response on a kept-alive connection (which is closed after it, idle).
+    #[serde(default = "default_client_head")]
+    pub client_head: Dur,
+    /// Longest one write to a client may block (a client that stops reading): the stream is
+    /// then ended and the engine released.
+    #[serde(default = "default_client_write")]
+    pub client_write: Dur,
+}
+
+fn default_client_head() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_client_write() -> Dur {
+    Dur(Duration::from_secs(30))
 }
 
 impl Default for Timeouts {
@@ -281,6 +296,8 @@ impl Default for Timeouts {
             connect: default_connect(),
             first_token: default_first_token(),
             idle: default_idle(),
+            client_head: default_client_head(),
+            client_write: default_client_write(),
         }
     }
 }

@@ -35,8 +35,14 @@ impl ProxyHttp for Proxy {
         RequestCtx::new(self.current.load_full())
     }
 
+    fn request_head_timeout(&self) -> Option<Duration> {
+        Some(self.current.load().timeouts.client_head.0)
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let edge = Arc::clone(&ctx.edge);
+        // A client that stops reading ends its stream (and frees the engine) after this.
+        session.set_write_timeout(Some(edge.timeouts.client_write.0));
         match request::decide(&edge, session, ctx).await {
             Decision::Proxy => Ok(false),
             Decision::Refuse(err) => {
