@@ -542,7 +542,8 @@ async fn slow_clients_are_bounded() {
     .unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).contains("data: [DONE]") {
+    // The whole chunked response, its last chunk included.
+    while !got.ends_with(b"0\r\n\r\n") {
         let n = c.read(&mut buf).await.unwrap();
         assert!(n > 0, "closed before the response ended");
         got.extend_from_slice(&buf[..n]);
@@ -578,5 +579,56 @@ async fn slow_clients_are_bounded() {
                 >= 1.0
         })
         .await
+    );
+}
+
+/// Resident memory of a process, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A client reading a fast stream slowly: the edge buffers a bounded amount and pushes back on
+/// the engine (Pingora's bounded pipe and TCP flow control), so its memory stays flat while the
+/// engine could have produced far more than the client read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_of_a_fast_stream_keeps_the_edge_small() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fast = sim(SimKind::Vllm, |c| c.tokens_per_second = 1e9).await;
+    let edge = start_edge(&format!(
+        "timeouts: {{ client_write: 60s }}\n{}",
+        one_pool(&fast)
+    ))
+    .await;
+    // Warm up the process (allocator pools, TLS-free buffers) with one ordinary stream.
+    let r = raw(edge.addr, &post("/v1/chat/completions", &chat(MODEL, 1000))).await;
+    assert_eq!(status_of(&r), 200);
+    let before = rss_bytes(edge.pid());
+    let mut c = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    c.write_all(&post("/v1/chat/completions", &chat(MODEL, 50_000_000)))
+        .await
+        .unwrap();
+    let mut read = 0usize;
+    let mut peak = before;
+    let mut buf = [0u8; 4096];
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        read += c.read(&mut buf).await.unwrap();
+        peak = peak.max(rss_bytes(edge.pid()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "slow reader: read {read} bytes in 4 s; edge RSS {} MiB before, peak {} MiB",
+        before >> 20,
+        peak >> 20
+    );
+    assert!(read > 0);
+    assert!(
+        peak.saturating_sub(before) < 32 << 20,
+        "the edge buffered the engine's output: RSS {before} → {peak}"
     );
 }
