@@ -632,3 +632,28 @@ async fn a_slow_reader_of_a_fast_stream_keeps_the_edge_small() {
         "the edge buffered the engine's output: RSS {before} → {peak}"
     );
 }
+
+/// A request head larger than `limits.max_header_bytes` gets 431 in the API's error shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_heads_get_431() {
+    let s = sim(SimKind::Vllm, |_| {}).await;
+    let edge = embedded::edge(&format!(
+        "limits: {{ max_header_bytes: 4KiB }}\n{}",
+        one_pool(&s)
+    ))
+    .await;
+    let body = chat(MODEL, 2);
+    let with_header = |bytes: usize| {
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nX-Big: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len(),
+            "a".repeat(bytes)
+        )
+    };
+    let r = raw(edge.addr, with_header(1000).as_bytes()).await;
+    assert_eq!(status_of(&r), 200);
+    let r = raw(edge.addr, with_header(5000).as_bytes()).await;
+    assert_eq!(status_of(&r), 431, "{}", String::from_utf8_lossy(&r));
+    assert_openai_error(&body_of(&r), "request_header_too_large");
+    assert_eq!(s.stats().requests, 1, "the engine never saw it");
+}

@@ -32,8 +32,12 @@ pub struct CompiledEdge {
     pub grace_period: Duration,
     /// Where a new process takes the listeners over (`okome edge --upgrade`).
     pub upgrade_sock: std::path::PathBuf,
+    /// Reload when the file changes.
+    pub watch_config: bool,
     /// Largest request body routed on its model.
     pub max_body: u64,
+    /// Largest request head.
+    pub max_header_bytes: u64,
     /// Upstream timeouts (each at least 1 ms).
     pub timeouts: Timeouts,
     /// Retry settings (at least one attempt, a budget ratio in 0..=1).
@@ -182,6 +186,14 @@ pub fn compile(
             format!("{ratio} is not a fraction of requests between 0 and 1"),
         );
     }
+    if cfg.limits.value.max_header_bytes.0 < 1024 {
+        push(
+            &mut out,
+            at(&cfg.limits),
+            "limits.max_header_bytes".into(),
+            "must be at least 1KiB (a browser's request head alone is larger)".into(),
+        );
+    }
     if cfg.limits.value.max_body.0 == 0 {
         push(
             &mut out,
@@ -290,7 +302,9 @@ pub fn compile(
         threads: cfg.server.value.threads,
         grace_period: cfg.server.value.grace_period.0,
         upgrade_sock: cfg.server.value.upgrade_sock.clone(),
+        watch_config: cfg.server.value.watch_config,
         max_body: cfg.limits.value.max_body.0,
+        max_header_bytes: cfg.limits.value.max_header_bytes.0,
         timeouts: cfg.timeouts.value,
         retry: cfg.retry.value,
         pools,

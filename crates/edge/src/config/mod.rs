@@ -219,6 +219,13 @@ pub struct ServerSection {
     /// The Unix socket a new process (`okome edge --upgrade`) takes the listeners over.
     #[serde(default = "default_upgrade_sock")]
     pub upgrade_sock: PathBuf,
+    /// Reload when the config file changes (SIGHUP reloads either way).
+    #[serde(default = "default_true")]
+    pub watch_config: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_upgrade_sock() -> PathBuf {
@@ -231,6 +238,7 @@ impl Default for ServerSection {
             threads: None,
             grace_period: default_grace(),
             upgrade_sock: default_upgrade_sock(),
+            watch_config: true,
         }
     }
 }
@@ -246,12 +254,20 @@ pub struct Limits {
     /// Largest request body routed on its `"model"`; larger gets 413.
     #[serde(default = "default_max_body")]
     pub max_body: ByteSize,
+    /// Largest request head (request line and headers); larger gets 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: ByteSize,
+}
+
+fn default_max_header_bytes() -> ByteSize {
+    ByteSize(64 << 10)
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body: default_max_body(),
+            max_header_bytes: default_max_header_bytes(),
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct Edge {
     pub max_attempts: u32,
     /// Largest body routed.
     pub max_body: u64,
+    /// Largest request head.
+    pub max_header_bytes: u64,
     /// The arbiters' decisions, when the config names arbiters.
     pub arbiters: Option<Arc<ArbiterFeeds>>,
     /// Start a W3C trace for requests that come without a `traceparent`.
@@ -107,6 +109,7 @@ impl Edge {
             timeouts: cfg.timeouts,
             max_attempts: cfg.retry.max_attempts,
             max_body: cfg.max_body,
+            max_header_bytes: cfg.max_header_bytes,
             arbiters: None,
             generate_traceparent: cfg.tracing.generate_traceparent,
             access_log,

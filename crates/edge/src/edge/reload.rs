@@ -207,6 +207,7 @@ impl Reloader {
                 None
             }
         };
+        let watch_file = self.applied.lock().watch_config;
         let mut seen = self.modified();
         let mut tick = tokio::time::interval(FILE_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -226,7 +227,7 @@ impl Reloader {
                     let _ = self.reload_file().await;
                     seen = self.modified();
                 }
-                _ = tick.tick() => {
+                _ = tick.tick(), if watch_file => {
                     let now = self.modified();
                     if now != seen {
                         // Let the editor finish writing.
@@ -264,6 +265,9 @@ fn process_settings_changed(old: &CompiledEdge, new: &CompiledEdge) -> Vec<&'sta
     }
     if old.upgrade_sock != new.upgrade_sock {
         out.push("server.upgrade_sock");
+    }
+    if old.watch_config != new.watch_config {
+        out.push("server.watch_config");
     }
     if old.control != new.control {
         out.push("control");

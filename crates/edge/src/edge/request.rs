@@ -210,6 +210,24 @@ async fn decide_inner(
     trace(edge, req, &mut ctx.effects);
 
     // 1. The head.
+    let head_bytes = path.len()
+        + req.uri.query().map_or(0, str::len)
+        + req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if head_bytes as u64 > edge.max_header_bytes {
+        return Err(EdgeError::new(
+            431,
+            "request_header_too_large",
+            format!(
+                "the request head is {head_bytes} bytes; this edge takes at most {}",
+                edge.max_header_bytes
+            ),
+        )
+        .closing());
+    }
     if req.version == http::Version::HTTP_11 && !req.headers.contains_key(http::header::HOST) {
         return Err(bad_request(
             "missing_host",
