@@ -37,7 +37,7 @@ fn request(beta: bool) -> Vec<u8> {
     .into_bytes()
 }
 
-/// ~100 live streams and a steady rate of new requests while the config changes a route, adds
+/// ~200 live streams and a steady rate of new requests while the config changes a route, adds
 /// a backend and removes another: every stream completes byte-identical to what the engine
 /// sends, no request fails, the removed backend gets no new request, and the new route serves
 /// as soon as the reload returns.
@@ -56,7 +56,7 @@ async fn reload_under_load_loses_no_stream() {
     let direct = normalize(&body_of(&raw(a.addr(), &request(false)).await));
 
     // Live streams, started before the reload.
-    let live: Vec<_> = (0..100)
+    let live: Vec<_> = (0..200)
         .map(|_| tokio::spawn(raw_owned(edge.addr, request(false))))
         .collect();
     // A steady rate of new requests across the reload.
@@ -82,7 +82,7 @@ async fn reload_under_load_loses_no_stream() {
         .await
         .unwrap_or_else(|e| panic!("reload: {e}"));
     println!(
-        "reload applied in {:?} with 100 streams live",
+        "reload applied in {:?} with 200 streams live",
         started.elapsed()
     );
     assert_eq!(version, 2);
@@ -656,4 +656,52 @@ async fn oversized_request_heads_get_431() {
     assert_eq!(status_of(&r), 431, "{}", String::from_utf8_lossy(&r));
     assert_openai_error(&body_of(&r), "request_header_too_large");
     assert_eq!(s.stats().requests, 1, "the engine never saw it");
+}
+
+/// A body that stops arriving gets 408 at `client_body`; past `limits.max_requests` requests
+/// get 503 with Retry-After instead of queueing, and running streams are not disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_time_out_and_the_edge_caps_its_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = sim(SimKind::Vllm, |c| c.tokens_per_second = 20.0).await;
+    let edge = embedded::edge(&format!(
+        "timeouts: {{ client_body: 1s }}\nlimits: {{ max_requests: 2 }}\n{}",
+        one_pool(&s)
+    ))
+    .await;
+
+    let mut c = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    c.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"model\":",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut got))
+        .await
+        .expect("the edge kept waiting for the body");
+    assert!(n.is_ok());
+    assert_eq!(status_of(&got), 408, "{}", String::from_utf8_lossy(&got));
+    assert_openai_error(&body_of(&got), "request_timeout");
+    drop(c);
+
+    let long: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(raw_owned(
+                edge.addr,
+                post("/v1/chat/completions", &chat(MODEL, 20)),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = raw(edge.addr, &post("/v1/chat/completions", &chat(MODEL, 2))).await;
+    assert_eq!(status_of(&r), 503, "{}", String::from_utf8_lossy(&r));
+    assert_openai_error(&body_of(&r), "edge_at_capacity");
+    assert_eq!(header_of(&r, "retry-after").as_deref(), Some("1"));
+    for h in long {
+        let r = h.await.unwrap();
+        assert!(String::from_utf8_lossy(&body_of(&r)).ends_with("data: [DONE]\n\n"));
+    }
+    let r = raw(edge.addr, &post("/v1/chat/completions", &chat(MODEL, 2))).await;
+    assert_eq!(status_of(&r), 200);
 }

@@ -38,6 +38,8 @@ pub struct CompiledEdge {
     pub max_body: u64,
     /// Largest request head.
     pub max_header_bytes: u64,
+    /// Requests run at once (`None`: no limit).
+    pub max_requests: Option<u64>,
     /// Upstream timeouts (each at least 1 ms).
     pub timeouts: Timeouts,
     /// Retry settings (at least one attempt, a budget ratio in 0..=1).
@@ -186,6 +188,14 @@ pub fn compile(
             format!("{ratio} is not a fraction of requests between 0 and 1"),
         );
     }
+    if cfg.limits.value.max_requests == Some(0) {
+        push(
+            &mut out,
+            at(&cfg.limits),
+            "limits.max_requests".into(),
+            "0 would refuse every request; leave it out for no limit".into(),
+        );
+    }
     if cfg.limits.value.max_header_bytes.0 < 1024 {
         push(
             &mut out,
@@ -217,6 +227,7 @@ pub fn compile(
         ("idle", t.idle),
         ("client_head", t.client_head),
         ("client_write", t.client_write),
+        ("client_body", t.client_body),
     ] {
         if d.0 < std::time::Duration::from_millis(1) {
             push(
@@ -305,6 +316,7 @@ pub fn compile(
         watch_config: cfg.server.value.watch_config,
         max_body: cfg.limits.value.max_body.0,
         max_header_bytes: cfg.limits.value.max_header_bytes.0,
+        max_requests: cfg.limits.value.max_requests,
         timeouts: cfg.timeouts.value,
         retry: cfg.retry.value,
         pools,

@@ -257,6 +257,9 @@ pub struct Limits {
     /// Largest request head (request line and headers); larger gets 431.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: ByteSize,
+    /// Requests this edge runs at once; more get 503 with Retry-After (default: no limit).
+    #[serde(default)]
+    pub max_requests: Option<u64>,
 }
 
 fn default_max_header_bytes() -> ByteSize {
@@ -268,6 +271,7 @@ impl Default for Limits {
         Limits {
             max_body: default_max_body(),
             max_header_bytes: default_max_header_bytes(),
+            max_requests: None,
         }
     }
 }
@@ -297,6 +301,13 @@ pub struct Timeouts {
     /// then ended and the engine released.
     #[serde(default = "default_client_write")]
     pub client_write: Dur,
+    /// Longest a client may take to send a whole request body once its head is in.
+    #[serde(default = "default_client_body")]
+    pub client_body: Dur,
+}
+
+fn default_client_body() -> Dur {
+    Dur(Duration::from_secs(30))
 }
 
 fn default_client_head() -> Dur {
@@ -314,6 +325,7 @@ impl Default for Timeouts {
             idle: default_idle(),
             client_head: default_client_head(),
             client_write: default_client_write(),
+            client_body: default_client_body(),
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct Edge {
     pub max_body: u64,
     /// Largest request head.
     pub max_header_bytes: u64,
+    /// Requests run at once.
+    pub max_requests: Option<u64>,
     /// The arbiters' decisions, when the config names arbiters.
     pub arbiters: Option<Arc<ArbiterFeeds>>,
     /// Start a W3C trace for requests that come without a `traceparent`.
@@ -110,6 +112,7 @@ impl Edge {
             max_attempts: cfg.retry.max_attempts,
             max_body: cfg.max_body,
             max_header_bytes: cfg.max_header_bytes,
+            max_requests: cfg.max_requests,
             arbiters: None,
             generate_traceparent: cfg.tracing.generate_traceparent,
             access_log,

@@ -209,7 +209,20 @@ async fn decide_inner(
     ctx.req.request_id = request_id(req);
     trace(edge, req, &mut ctx.effects);
 
-    // 1. The head.
+    // 1. The head. Past the edge's concurrency limit, nothing more is done for a request.
+    if let Some(max) = edge.max_requests {
+        if edge.drain.active() > max {
+            return Err(EdgeError {
+                status: 503,
+                message: format!(
+                    "this edge is at its limit of {max} concurrent requests; retry in a second"
+                ),
+                code: "edge_at_capacity",
+                retry_after: Some(1),
+                close: true,
+            });
+        }
+    }
     let head_bytes = path.len()
         + req.uri.query().map_or(0, str::len)
         + req
@@ -298,7 +311,17 @@ async fn decide_inner(
     if !upgrade && declares_body(req) {
         let tenant_limit = ctx.effects.tenant.as_ref().and_then(|t| t.max_body_bytes);
         let limit = tenant_limit.map_or(edge.max_body, |t| t.min(edge.max_body));
-        match body::read_all(session, limit).await {
+        let deadline = edge.timeouts.client_body.0;
+        let read = tokio::time::timeout(deadline, body::read_all(session, limit)).await;
+        let Ok(read) = read else {
+            return Err(EdgeError::new(
+                408,
+                "request_timeout",
+                format!("the request body did not arrive within {deadline:?}"),
+            )
+            .closing());
+        };
+        match read {
             Ok(b) => ctx.req.body = Some(b),
             Err(BodyError::TooLarge { limit }) => {
                 let whose = if tenant_limit.is_some_and(|t| t <= edge.max_body) {
