@@ -16,7 +16,7 @@ const MODEL: &str = "Qwen/Qwen3-8B";
 const STREAM_TOKENS: u32 = 30;
 
 fn config(pool: &[std::net::SocketAddr], with_new_route: bool) -> EdgeBuilder {
-    let mut b = EdgeBuilder::new().pool("vllm", "vllm", pool);
+    let mut b = EdgeBuilder::new().pool_with("vllm", "vllm", pool, json!({"models": [MODEL]}));
     if with_new_route {
         // Matches only requests carrying the header, so the old route still takes the rest.
         b = b.route(Route::to_pool("beta", "vllm").set(
@@ -262,10 +262,12 @@ fn hup(edge: &EdgeProc) {
     edge.signal("HUP");
 }
 
+/// One vLLM pool that knows its model (no dependence on discovery on a busy machine) and one
+/// route to it.
 fn one_pool(s: &okome_sim::SimHandle) -> String {
     format!(
-        "pools:\n{}routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\n",
-        pool("vllm", "vllm", &[s.addr()])
+        "pools:\n  vllm:\n    kind: vllm\n    backends: [\"{}\"]\n    models: [\"{MODEL}\"]\n    health_check: {{ interval: 500ms, timeout: 400ms }}\nroutes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\n",
+        s.addr()
     )
 }
 
