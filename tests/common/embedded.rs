@@ -51,13 +51,7 @@ impl TestEdge {
 
     /// Sum of a metric's samples whose label set contains every `labels` pair.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let text = reqwest::get(self.admin_url("/metrics"))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        super::sum_metric(&text, name, labels)
+        super::scrape_metric(self.admin, name, labels).await
     }
 }
 

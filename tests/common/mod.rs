@@ -119,14 +119,19 @@ impl EdgeProc {
 
     /// Sum of a metric's samples whose label set contains every `labels` pair.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let text = reqwest::get(self.admin_url("/metrics"))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        sum_metric(&text, name, labels)
+        scrape_metric(self.admin, name, labels).await
     }
+}
+
+/// Scrapes an admin listener's `/metrics` and sums `name`'s samples that carry all `labels`.
+pub async fn scrape_metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    sum_metric(&text, name, labels)
 }
 
 /// Sums the samples of `name` in Prometheus text that carry all `labels`.
