@@ -707,3 +707,59 @@ async fn slow_bodies_time_out_and_the_edge_caps_its_requests() {
     let r = raw(edge.addr, &post("/v1/chat/completions", &chat(MODEL, 2))).await;
     assert_eq!(status_of(&r), 200);
 }
+
+/// `listeners[].max_connections`: connections over the cap get a clear 503 on their first
+/// request and are closed; a kept-alive connection keeps its place across requests, and a closed
+/// one frees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_caps_its_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = sim(SimKind::Vllm, |_| {}).await;
+    let body = one_pool(&s);
+    let edge =
+        embedded::edge_with_listener("  - { address: 127.0.0.1:0, max_connections: 2 }\n", &body)
+            .await;
+    let req = || {
+        let b = chat(MODEL, 2);
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{b}",
+            b.len()
+        )
+        .into_bytes()
+    };
+    // One whole response off a kept-alive connection.
+    async fn exchange(c: &mut tokio::net::TcpStream, req: &[u8]) -> Vec<u8> {
+        c.write_all(req).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !(got.ends_with(b"0\r\n\r\n")
+            || (got.starts_with(b"HTTP/1.1 503") && got.ends_with(b"}")))
+        {
+            let n = c.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+    let mut a = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let mut b = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    assert_eq!(status_of(&exchange(&mut a, &req()).await), 200);
+    assert_eq!(status_of(&exchange(&mut b, &req()).await), 200);
+    // Kept alive: the same connections go on.
+    assert_eq!(status_of(&exchange(&mut a, &req()).await), 200);
+    let r = raw(edge.addr, &post("/v1/chat/completions", &chat(MODEL, 2))).await;
+    assert_eq!(status_of(&r), 503, "{}", String::from_utf8_lossy(&r));
+    assert_openai_error(&body_of(&r), "too_many_connections");
+    assert_eq!(header_of(&r, "retry-after").as_deref(), Some("1"));
+    drop(a);
+    assert!(
+        eventually(5, || async {
+            status_of(&raw(edge.addr, &post("/v1/chat/completions", &chat(MODEL, 2))).await) == 200
+        })
+        .await,
+        "a closed connection frees its place"
+    );
+    assert_eq!(status_of(&exchange(&mut b, &req()).await), 200);
+}

@@ -59,6 +59,12 @@ impl TestEdge {
 /// two worker threads, a one-second grace period, and the access log in its folder unless the
 /// body configures one.
 pub async fn edge(yaml_body: &str) -> TestEdge {
+    edge_with_listener("  - address: 127.0.0.1:0\n", yaml_body).await
+}
+
+/// [`edge`] with another `listeners:` entry (e.g. with `max_connections`); its address must
+/// be on port 0.
+pub async fn edge_with_listener(listener: &str, yaml_body: &str) -> TestEdge {
     let dir = tempfile::tempdir().expect("tempdir");
     let access_log = (!yaml_body.contains("access_log:")).then(|| dir.path().join("access.log"));
     let log_section = access_log
@@ -66,7 +72,7 @@ pub async fn edge(yaml_body: &str) -> TestEdge {
         .map(|p| format!("access_log:\n  path: {}\n", p.display()))
         .unwrap_or_default();
     let framing = format!(
-        "listeners:\n  - address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nserver:\n  threads: 2\n  grace_period: 1s\n{log_section}"
+        "listeners:\n{listener}admin:\n  address: 127.0.0.1:0\nserver:\n  threads: 2\n  grace_period: 1s\n{log_section}"
     );
     let yaml = format!("{framing}{yaml_body}");
     let path = dir.path().join("edge.yaml");

@@ -24,6 +24,8 @@ pub const MAX_ATTEMPTS: u32 = 16;
 pub struct CompiledEdge {
     /// Client listeners.
     pub listeners: Vec<SocketAddr>,
+    /// Connection caps of the listeners that have one.
+    pub max_connections: Vec<(SocketAddr, usize)>,
     /// The admin listener.
     pub admin: SocketAddr,
     /// Proxy worker threads (`None`: one per core).
@@ -188,6 +190,19 @@ pub fn compile(
             format!("{ratio} is not a fraction of requests between 0 and 1"),
         );
     }
+    if cfg
+        .listeners
+        .value
+        .iter()
+        .any(|l| l.max_connections == Some(0))
+    {
+        push(
+            &mut out,
+            at(&cfg.listeners),
+            "listeners.max_connections".into(),
+            "0 would refuse every connection; leave it out for no limit".into(),
+        );
+    }
     if cfg.limits.value.max_requests == Some(0) {
         push(
             &mut out,
@@ -309,6 +324,12 @@ pub fn compile(
     }
     Ok(CompiledEdge {
         listeners: cfg.listeners.value.iter().map(|l| l.address).collect(),
+        max_connections: cfg
+            .listeners
+            .value
+            .iter()
+            .filter_map(|l| Some((l.address, l.max_connections?)))
+            .collect(),
         admin: cfg.admin.address,
         threads: cfg.server.value.threads,
         grace_period: cfg.server.value.grace_period.0,

@@ -184,6 +184,9 @@ fn default_control_timeout() -> Dur {
 pub struct Listener {
     /// `IP:PORT` to bind.
     pub address: SocketAddr,
+    /// Client connections open at once on this listener; more get 503 and are closed.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 /// The admin listener.

@@ -44,6 +44,11 @@ pub struct RequestCtx {
     pub edge: std::sync::Arc<super::Edge>,
     /// Holds the drain open while the request runs.
     pub active: super::drain::Active,
+    /// The connection's place under its listener's cap (`None`: first request not checked
+    /// yet, or no cap); carried to the connection's next request.
+    pub connection: Option<std::sync::Arc<super::connections::Slot>>,
+    /// Whether the connection's slot was settled (taken or found not needed).
+    pub connection_checked: bool,
     /// What the request is.
     pub req: RequestInfo,
     /// What the route's filters found and asked for (tenant, headers, admission).
@@ -124,6 +129,8 @@ impl RequestCtx {
     pub fn new(edge: std::sync::Arc<super::Edge>) -> Self {
         RequestCtx {
             active: edge.drain.enter(),
+            connection: None,
+            connection_checked: false,
             edge,
             req: RequestInfo {
                 start: Instant::now(),

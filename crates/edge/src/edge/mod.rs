@@ -10,6 +10,7 @@
 
 pub mod access_log;
 pub mod body;
+pub mod connections;
 pub mod ctx;
 pub mod drain;
 pub mod embedded;
@@ -68,6 +69,8 @@ pub struct Edge {
     pub version: u64,
     /// The process's drain state (shared by every generation).
     pub drain: Arc<drain::Drain>,
+    /// The listeners' connection caps (shared by every generation).
+    pub connections: Arc<connections::ConnectionLimits>,
 }
 
 /// Label values of a stream's metrics.
@@ -118,6 +121,7 @@ impl Edge {
             access_log,
             version: 1,
             drain: drain::Drain::new(),
+            connections: connections::ConnectionLimits::new(&cfg.max_connections),
         }
     }
 

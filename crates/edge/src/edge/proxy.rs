@@ -35,6 +35,29 @@ impl ProxyHttp for Proxy {
         RequestCtx::new(self.current.load_full())
     }
 
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        prev: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        if let Ok(slot) = prev.downcast::<Arc<super::connections::Slot>>() {
+            ctx.connection = Some(*slot);
+        }
+        ctx.connection_checked = true;
+    }
+
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        ctx: &RequestCtx,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        // The slot goes on with the connection; it is released when the connection closes.
+        ctx.connection
+            .clone()
+            .map(|s| Box::new(s) as Box<dyn std::any::Any + Send + Sync>)
+    }
+
     fn request_head_timeout(&self) -> Option<Duration> {
         Some(self.current.load().timeouts.client_head.0)
     }

@@ -159,6 +159,7 @@ impl Reloader {
         );
         edge.arbiters = self.arbiters.clone();
         edge.drain = old.drain.clone();
+        edge.connections = old.connections.clone();
         edge.version = old.version + 1;
         super::server::init_series(&edge);
         let version = edge.version;
@@ -251,7 +252,7 @@ impl Reloader {
 /// The settings that live with the process and differ between `old` and `new`.
 fn process_settings_changed(old: &CompiledEdge, new: &CompiledEdge) -> Vec<&'static str> {
     let mut out = Vec::new();
-    if old.listeners != new.listeners {
+    if old.listeners != new.listeners || old.max_connections != new.max_connections {
         out.push("listeners");
     }
     if old.admin != new.admin {

@@ -209,7 +209,31 @@ async fn decide_inner(
     ctx.req.request_id = request_id(req);
     trace(edge, req, &mut ctx.effects);
 
-    // 1. The head. Past the edge's concurrency limit, nothing more is done for a request.
+    // 1. The head. A new connection over its listener's cap, or a request past the edge's
+    // concurrency limit: nothing more is done for it.
+    if !ctx.connection_checked {
+        ctx.connection_checked = true;
+        let local = session
+            .as_downstream()
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .copied();
+        match edge.connections.admit(local) {
+            Ok(slot) => ctx.connection = slot,
+            Err(full) => {
+                return Err(EdgeError {
+                    status: 503,
+                    message: format!(
+                        "this listener is at its limit of {} connections; retry in a second",
+                        full.max
+                    ),
+                    code: "too_many_connections",
+                    retry_after: Some(1),
+                    close: true,
+                })
+            }
+        }
+    }
     if let Some(max) = edge.max_requests {
         if edge.drain.active() > max {
             return Err(EdgeError {
