@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Side-by-side harness: on one machine, `okome sim` is the engine, and the same workloads run,
-# interleaved round by round (A B A B …), against the engine directly (the floor), okome, nginx,
-# HAProxy and LiteLLM. Raw results go to OUT/runs.jsonl; okome-report writes OUT/RESULTS.md and
+# interleaved round by round (A B A B …), against the engine directly (the floor), bare Pingora
+# (`bare-pingora`: the same Pingora crates with one upstream_peer, the floor for okome's design),
+# okome, nginx, HAProxy and LiteLLM. On a machine with two or more CPUs the proxies run pinned to
+# their own core(s) and the engine plus load generator to the others (PIN=0 turns that off), so
+# a heavier proxy does not also slow the engine and the client. Raw results go to OUT/runs.jsonl; okome-report writes OUT/RESULTS.md and
 # the PNG plots.
 #
 #   cargo build --release -p okome -p okome-benchmarks && benchmarks/compare.sh
@@ -9,7 +12,7 @@
 #
 # Options: --smoke, --out DIR (default benchmarks/), --rounds N (default 3), --workers N (worker
 # processes / threads for every proxy, default 1), --only a,b,c,d,e, --contenders LIST.
-# Environment: OKOME_BIN, LOAD_BIN, REPORT_BIN override the binaries (default
+# Environment: OKOME_BIN, LOAD_BIN, REPORT_BIN, PINGORA_BIN override the binaries (default
 # $CARGO_TARGET_DIR/release or target/release); sizes: A_STREAMS, A_TOKENS, B_SIZES, B_TOKENS,
 # C_CONC, C_SECS, D_STREAMS, D_SECS, A_RAMP, B_RAMP, LITELLM_A_STREAMS. Needs jq and curl.
 set -euo pipefail
@@ -18,6 +21,7 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 OKOME=${OKOME_BIN:-$TARGET/release/okome}
 LOAD=${LOAD_BIN:-$TARGET/release/okome-load}
 REPORT=${REPORT_BIN:-$TARGET/release/okome-report}
+PINGORA=${PINGORA_BIN:-$TARGET/release/bare-pingora}
 CONF=$ROOT/benchmarks/conf
 OUT=$ROOT/benchmarks
 ROUNDS=3; WORKERS=1; SMOKE=0; ONLY=a,b,c,d,e; CONTENDERS=""
@@ -43,16 +47,31 @@ if [ "$SMOKE" = 1 ]; then
   ROUNDS=1
   : "${A_STREAMS:=20}" "${A_TOKENS:=10}" "${A_TPS:=200}" "${B_SIZES:=20 50}" "${B_TOKENS:=3}" "${B_TPS:=10}"
   : "${C_CONC:=4}" "${C_SECS:=1}" "${D_STREAMS:=4}" "${D_SECS:=1}" "${A_RAMP:=100ms}" "${B_RAMP:=200ms}"
-  [ -n "$CONTENDERS" ] || CONTENDERS=direct,okome
+  [ -n "$CONTENDERS" ] || CONTENDERS=direct,pingora,okome
 else
   : "${A_STREAMS:=1000}" "${A_TOKENS:=200}" "${A_TPS:=50}" "${B_SIZES:=1000 4000 9000}" "${B_TOKENS:=10}" "${B_TPS:=1}"
   : "${C_CONC:=64}" "${C_SECS:=5}" "${D_STREAMS:=100}" "${D_SECS:=5}" "${A_RAMP:=1s}" "${B_RAMP:=3s}"
-  [ -n "$CONTENDERS" ] || CONTENDERS=direct,okome,nginx,haproxy,litellm
+  [ -n "$CONTENDERS" ] || CONTENDERS=direct,pingora,okome,nginx,haproxy,litellm
 fi
 : "${LITELLM_A_STREAMS:=100}"
 has() { case ",$CONTENDERS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 NOTES=()
+if has pingora && [ ! -x "$PINGORA" ]; then
+  NOTES+=("bare Pingora left out: $PINGORA is not built (cargo build --release -p okome-benchmarks).")
+  CONTENDERS=$(echo ",$CONTENDERS," | sed "s/,pingora,/,/; s/^,//; s/,$//")
+fi
+# Pinning: proxies on their own core(s), the engine and the load generator on the rest.
+NCPU=$(nproc)
+PX=""; RX=""
+if [ "${PIN:-1}" = 1 ] && [ "$NCPU" -ge 2 ] && command -v taskset >/dev/null; then
+  PW=$WORKERS; [ "$PW" -gt $((NCPU - 1)) ] && PW=$((NCPU - 1))
+  PROXY_CPUS="0-$((PW - 1))"; REST_CPUS="$PW-$((NCPU - 1))"
+  PX="taskset -c $PROXY_CPUS"; RX="taskset -c $REST_CPUS"
+  NOTES+=("Pinned: the proxy under test on CPU(s) $PROXY_CPUS, the engine and the load generator on CPU(s) $REST_CPUS (taskset).")
+else
+  NOTES+=("Not pinned (PIN=0, one CPU, or no taskset): proxies, engine and load generator share the CPUs.")
+fi
 for c in nginx haproxy litellm; do
   if has $c && ! command -v $c >/dev/null; then
     NOTES+=("$c is not installed on this machine: left out.")
@@ -82,7 +101,7 @@ cleanup() { # SIGINT: fast shutdown for okome (Pingora), nginx and HAProxy; then
 trap 'cleanup; rm -rf "$WORK"' EXIT
 
 SIM=127.0.0.1:19100
-declare -A ADDR=([direct]=$SIM [okome]=127.0.0.1:19181 [nginx]=127.0.0.1:19182 [haproxy]=127.0.0.1:19183 [litellm]=127.0.0.1:19184)
+declare -A ADDR=([direct]=$SIM [pingora]=127.0.0.1:19185 [okome]=127.0.0.1:19181 [nginx]=127.0.0.1:19182 [haproxy]=127.0.0.1:19183 [litellm]=127.0.0.1:19184)
 declare -A PID
 OKOME_ADMIN=127.0.0.1:19191
 
@@ -101,12 +120,17 @@ wait_port() { # addr
 
 # Start the engine (with the workload's knobs) and every contender in front of it.
 start_all() { # sim flags...
-  RUST_LOG=warn "$OKOME" sim --kind vllm --listen $SIM --max-concurrent 1000000 "$@" > "$WORK/sim.log" 2>&1 &
+  RUST_LOG=warn $RX "$OKOME" sim --kind vllm --listen $SIM --max-concurrent 1000000 "$@" > "$WORK/sim.log" 2>&1 &
   PID[direct]=$!; PIDS+=($!)
   wait_port $SIM
+  if has pingora; then
+    RUST_LOG=warn $PX "$PINGORA" --listen "${ADDR[pingora]}" --upstream $SIM --threads "$WORKERS" > "$WORK/pingora.log" 2>&1 &
+    PID[pingora]=$!; PIDS+=($!)
+    wait_port "${ADDR[pingora]}"
+  fi
   if has okome; then
     fill okome.yaml $SIM "${ADDR[okome]}"
-    RUST_LOG=warn "$OKOME" edge -c "$WORK/okome.yaml" > "$WORK/okome.log" 2>&1 &
+    RUST_LOG=warn $PX "$OKOME" edge -c "$WORK/okome.yaml" > "$WORK/okome.log" 2>&1 &
     PID[okome]=$!; PIDS+=($!)
     wait_port "${ADDR[okome]}"
     for _ in $(seq 100); do curl -sf "http://$OKOME_ADMIN/readyz" >/dev/null && break; sleep 0.1; done
@@ -114,19 +138,19 @@ start_all() { # sim flags...
   if has nginx; then
     mkdir -p "$WORK"/nginx_{body,proxy,fastcgi,uwsgi,scgi}
     fill nginx.conf $SIM "${ADDR[nginx]}"
-    nginx -c "$WORK/nginx.conf" -p "$WORK" > "$WORK/nginx.log" 2>&1 &
+    $PX nginx -c "$WORK/nginx.conf" -p "$WORK" > "$WORK/nginx.log" 2>&1 &
     PID[nginx]=$!; PIDS+=($!)
     wait_port "${ADDR[nginx]}"
   fi
   if has haproxy; then
     fill haproxy.cfg $SIM "${ADDR[haproxy]}"
-    haproxy -f "$WORK/haproxy.cfg" -db > "$WORK/haproxy.log" 2>&1 &
+    $PX haproxy -f "$WORK/haproxy.cfg" -db > "$WORK/haproxy.log" 2>&1 &
     PID[haproxy]=$!; PIDS+=($!)
     wait_port "${ADDR[haproxy]}"
   fi
   if has litellm && [ "${LITELLM_THIS:-1}" = 1 ]; then
     fill litellm.yaml $SIM "${ADDR[litellm]}"
-    LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_LOG=ERROR LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY=true litellm --config "$WORK/litellm.yaml" \
+    LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_LOG=ERROR LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY=true $PX litellm --config "$WORK/litellm.yaml" \
       --host 127.0.0.1 --port "${ADDR[litellm]#*:}" --num_workers "$WORKERS" > "$WORK/litellm.log" 2>&1 &
     PID[litellm]=$!; PIDS+=($!)
     wait_port "${ADDR[litellm]}" || { NOTES+=("LiteLLM did not start: see its log."); tail -5 "$WORK/litellm.log" >&2; }
@@ -168,7 +192,7 @@ measure() {
   local base; base=$(rss_kb "$pid"); local t0; t0=$(cpu_ticks "$pid"); local s0; s0=$(cpu_ticks "${PID[direct]}")
   sampler "$pid" "$stop" "$peak" &
   local sp=$!
-  local out; out=$("$@" 2> "$WORK/load.err") || true
+  local out; out=$($RX "$@" 2> "$WORK/load.err") || true
   touch "$stop"; wait $sp
   local t1; t1=$(cpu_ticks "$pid"); local s1; s1=$(cpu_ticks "${PID[direct]}")
   [ -n "$out" ] || out='{"error":"load generator failed"}'

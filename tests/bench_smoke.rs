@@ -15,17 +15,27 @@ fn have(tool: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// `okome-load` and `okome-report` next to the `okome` binary under test; built with the same
-/// cargo, profile and target directory when they are not there yet.
-fn bench_bins(okome: &Path) -> (PathBuf, PathBuf) {
+/// `okome-load`, `okome-report` and `bare-pingora` next to the `okome` binary under test; built
+/// with the same cargo, profile and target directory when they are not there yet.
+fn bench_bins(okome: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let dir = okome.parent().expect("bin dir");
-    let (load, report) = (dir.join("okome-load"), dir.join("okome-report"));
-    if !load.exists() || !report.exists() {
+    let (load, report, pingora) = (
+        dir.join("okome-load"),
+        dir.join("okome-report"),
+        dir.join("bare-pingora"),
+    );
+    if !load.exists() || !report.exists() || !pingora.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let target_dir = dir.parent().expect("target dir");
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "-p", "okome-benchmarks", "--bin", "okome-load"])
-            .args(["--bin", "okome-report", "--target-dir"])
+            .args([
+                "--bin",
+                "okome-report",
+                "--bin",
+                "bare-pingora",
+                "--target-dir",
+            ])
             .arg(target_dir)
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if dir.ends_with("release") {
@@ -34,7 +44,7 @@ fn bench_bins(okome: &Path) -> (PathBuf, PathBuf) {
         let st = cmd.status().expect("run cargo build");
         assert!(st.success(), "building okome-benchmarks failed");
     }
-    (load, report)
+    (load, report, pingora)
 }
 
 #[test]
@@ -46,7 +56,7 @@ fn compare_smoke_runs_every_workload() {
         }
     }
     let okome = PathBuf::from(env!("CARGO_BIN_EXE_okome"));
-    let (load, report) = bench_bins(&okome);
+    let (load, report, pingora) = bench_bins(&okome);
     let out = tempfile::tempdir().expect("tempdir");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let res = Command::new("bash")
@@ -56,6 +66,7 @@ fn compare_smoke_runs_every_workload() {
         .env("OKOME_BIN", &okome)
         .env("LOAD_BIN", &load)
         .env("REPORT_BIN", &report)
+        .env("PINGORA_BIN", &pingora)
         .output()
         .expect("run compare.sh");
     let log = String::from_utf8_lossy(&res.stderr);
@@ -72,7 +83,7 @@ fn compare_smoke_runs_every_workload() {
         vec!["a", "b", "d"]
     };
     for w in wanted {
-        for c in ["direct", "okome"] {
+        for c in ["direct", "pingora", "okome"] {
             let sel: Vec<_> = runs.iter().filter(|r| r["w"] == w && r["c"] == c).collect();
             assert!(!sel.is_empty(), "no {w}/{c} run:\n{log}");
             for r in sel {

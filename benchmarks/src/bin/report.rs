@@ -13,8 +13,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 /// Contenders in table order, with their plot colour.
-const CONTENDERS: [(&str, RGBColor); 5] = [
+const CONTENDERS: [(&str, RGBColor); 6] = [
     ("direct", RGBColor(0, 0, 0)),
+    ("pingora", RGBColor(240, 140, 0)),
     ("okome", RGBColor(220, 30, 30)),
     ("nginx", RGBColor(30, 80, 220)),
     ("haproxy", RGBColor(20, 160, 60)),
