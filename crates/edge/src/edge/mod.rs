@@ -98,30 +98,47 @@ fn model_json(id: &str, owned_by: &str) -> serde_json::Value {
     serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": owned_by})
 }
 
+/// What every config generation of the edge shares with the next: the process's own state.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// Metrics registry.
+    pub metrics: Metrics,
+    /// The filters' policy cache and rate counters.
+    pub env: okome_filters::FilterEnv,
+    /// Where each request's record goes.
+    pub access_log: Arc<access_log::AccessLog>,
+    /// The arbiters' decisions, when the config names arbiters.
+    pub arbiters: Option<Arc<ArbiterFeeds>>,
+    /// The drain state.
+    pub drain: Arc<drain::Drain>,
+    /// The listeners' connection caps.
+    pub connections: Arc<connections::ConnectionLimits>,
+}
+
 impl Edge {
-    /// Builds the proxy state from a compiled config (cannot fail: compile checked it all).
+    /// Builds config generation `version` of the proxy state from a compiled config (cannot
+    /// fail: compile checked it all) over the process's shared state.
     pub fn new(
         cfg: &CompiledEdge,
-        metrics: Metrics,
         upstreams: Arc<Upstreams>,
-        env: &okome_filters::FilterEnv,
-        access_log: Arc<access_log::AccessLog>,
+        shared: &Shared,
+        version: u64,
     ) -> Self {
         Edge {
-            routes: RouteTable::new(&cfg.routes, &upstreams, env),
+            routes: RouteTable::new(&cfg.routes, &upstreams, &shared.env),
             upstreams,
-            metrics,
+            metrics: shared.metrics.clone(),
             timeouts: cfg.timeouts,
             max_attempts: cfg.retry.max_attempts,
             max_body: cfg.max_body,
             max_header_bytes: cfg.max_header_bytes,
             max_requests: cfg.max_requests,
-            arbiters: None,
+            arbiters: shared.arbiters.clone(),
             generate_traceparent: cfg.tracing.generate_traceparent,
-            access_log,
-            version: 1,
-            drain: drain::Drain::new(),
-            connections: connections::ConnectionLimits::new(&cfg.max_connections),
+            access_log: shared.access_log.clone(),
+            version,
+            drain: shared.drain.clone(),
+            connections: shared.connections.clone(),
         }
     }
 

@@ -7,11 +7,8 @@
 //! period, control plane, arbiters, access log) cannot change this way: such a reload is refused
 //! as needing a restart (or `okome edge --upgrade`), never half-applied.
 
-use super::access_log::AccessLog;
-use super::Edge;
+use super::{Edge, Shared};
 use crate::config::compile::CompiledEdge;
-use crate::metrics::Metrics;
-use crate::upstream::arbiter::ArbiterFeeds;
 use crate::upstream::{health, Upstreams};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
@@ -71,10 +68,7 @@ pub struct Reloader {
     busy: tokio::sync::Mutex<()>,
     current: Arc<ArcSwap<Edge>>,
     upstreams: watch::Sender<Arc<Upstreams>>,
-    env: okome_filters::FilterEnv,
-    metrics: Metrics,
-    arbiters: Option<Arc<ArbiterFeeds>>,
-    access_log: Arc<AccessLog>,
+    shared: Shared,
     status: Arc<ArcSwap<ReloadStatus>>,
 }
 
@@ -89,14 +83,8 @@ pub struct Parts {
     pub current: Arc<ArcSwap<Edge>>,
     /// Where the pools of each new config are published (probes, arbiter feeds, admin).
     pub upstreams: watch::Sender<Arc<Upstreams>>,
-    /// The filters' policy cache and counters.
-    pub env: okome_filters::FilterEnv,
-    /// The process's metrics.
-    pub metrics: Metrics,
-    /// The arbiters' feeds.
-    pub arbiters: Option<Arc<ArbiterFeeds>>,
-    /// The access log.
-    pub access_log: Arc<AccessLog>,
+    /// What every generation shares (metrics, policy, access log, arbiters, drain, caps).
+    pub shared: Shared,
     /// What `/status` shows.
     pub status: Arc<ArcSwap<ReloadStatus>>,
 }
@@ -110,10 +98,7 @@ impl Reloader {
             busy: tokio::sync::Mutex::new(()),
             current: parts.current,
             upstreams: parts.upstreams,
-            env: parts.env,
-            metrics: parts.metrics,
-            arbiters: parts.arbiters,
-            access_log: parts.access_log,
+            shared: parts.shared,
             status: parts.status,
         })
     }
@@ -145,22 +130,12 @@ impl Reloader {
         let old = self.current.load_full();
         let upstreams = Arc::new(Upstreams::rebuild(
             &cfg,
-            &self.metrics,
+            &self.shared.metrics,
             Some(&old.upstreams),
         ));
         // New backends start unhealthy: probe them (and learn their models) before traffic.
         health::bootstrap(&upstreams).await;
-        let mut edge = Edge::new(
-            &cfg,
-            self.metrics.clone(),
-            upstreams.clone(),
-            &self.env,
-            self.access_log.clone(),
-        );
-        edge.arbiters = self.arbiters.clone();
-        edge.drain = old.drain.clone();
-        edge.connections = old.connections.clone();
-        edge.version = old.version + 1;
+        let edge = Edge::new(&cfg, upstreams.clone(), &self.shared, old.version + 1);
         super::server::init_series(&edge);
         let version = edge.version;
         let summary = format!(
@@ -182,12 +157,13 @@ impl Reloader {
     }
 
     fn record(&self, result: &'static str, message: String) {
-        self.metrics
+        self.shared
+            .metrics
             .config_reloads
             .with_label_values(&[result])
             .inc();
         let version = self.current.load().version;
-        self.metrics.config_version.set(version as i64);
+        self.shared.metrics.config_version.set(version as i64);
         self.status.store(Arc::new(ReloadStatus {
             version,
             last_result: result,

@@ -3,10 +3,11 @@
 //! [`run`] serves it with Pingora's server on the configured listeners until SIGINT/SIGTERM;
 //! [`super::embedded`] serves it inside another process (tests, benchmarks).
 
+use super::connections::ConnectionLimits;
 use super::drain::{Drain, DrainSignals};
 use super::proxy::Proxy;
 use super::reload::{self, ReloadStatus, Reloader};
-use super::Edge;
+use super::{Edge, Shared};
 use crate::config::compile::CompiledEdge;
 use crate::metrics::Metrics;
 use crate::upstream::{health, Upstreams};
@@ -142,9 +143,15 @@ pub async fn assemble(
         supervisor.spawn("policy key writer", move || c.clone().write_keys());
         env.policy = cache;
     }
-    let mut edge = Edge::new(&cfg, metrics.clone(), upstreams, &env, access_log.clone());
-    edge.arbiters = arbiters.clone();
-    edge.drain = drain.clone();
+    let shared = Shared {
+        metrics: metrics.clone(),
+        env,
+        access_log,
+        arbiters,
+        drain: drain.clone(),
+        connections: ConnectionLimits::new(&cfg.max_connections),
+    };
+    let edge = Edge::new(&cfg, upstreams, &shared, 1);
     init_series(&edge);
     metrics.config_version.set(1);
     let current = Arc::new(ArcSwap::from_pointee(edge));
@@ -154,10 +161,7 @@ pub async fn assemble(
         applied: cfg,
         current: current.clone(),
         upstreams: publish_upstreams,
-        env,
-        metrics,
-        arbiters,
-        access_log,
+        shared,
         status: reload_status,
     });
     if watch_file {
