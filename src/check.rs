@@ -104,12 +104,30 @@ pub fn file(path: &Path) -> Result<Report, CheckError> {
         });
     }
     let cfg = crate::config::parse(path, &text)?;
+    let tls: Vec<String> = cfg
+        .listeners
+        .iter()
+        .filter_map(|l| {
+            let set = l.tls.as_ref()?;
+            let names: Vec<String> = set
+                .loaded
+                .iter()
+                .map(|(_, names, _)| names.join(" "))
+                .collect();
+            Some(format!("{} serves {}", l.address, names.join(", ")))
+        })
+        .collect();
     Ok(Report {
         summary: format!(
-            "edge config, {} listener(s), {} pool(s), {} route(s)",
+            "edge config, {} listener(s), {} pool(s), {} route(s){}",
             cfg.listeners.len(),
             cfg.pools.len(),
-            cfg.routes.len()
+            cfg.routes.len(),
+            if tls.is_empty() {
+                String::new()
+            } else {
+                format!("; TLS: {}", tls.join("; "))
+            }
         ),
         warnings: cfg.warnings,
     })

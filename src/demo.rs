@@ -125,7 +125,7 @@ pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
     let listen = cfg
         .listeners
         .first()
-        .map(|l| l.to_string())
+        .map(|l| l.address.to_string())
         .unwrap_or_default();
     let admin = cfg.admin;
     println!(

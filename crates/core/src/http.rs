@@ -1,5 +1,6 @@
-//! The one HTTP client okome's components call each other and the engines with: plain HTTP/1,
-//! pooled, `TCP_NODELAY`, every call bounded in time and in body size.
+//! The one HTTP client okome's components call each other and the engines with: HTTP/1 (plain,
+//! or TLS with the caller's rustls settings), pooled, `TCP_NODELAY`, every call bounded in time
+//! and in body size.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -59,7 +60,13 @@ pub enum GetError {
 /// A pooled HTTP/1 client; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Client {
-    inner: Hyper<HttpConnector, Empty<Bytes>>,
+    inner: Inner,
+}
+
+#[derive(Clone, Debug)]
+enum Inner {
+    Plain(Hyper<HttpConnector, Empty<Bytes>>),
+    Tls(Hyper<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>),
 }
 
 impl Default for Client {
@@ -74,9 +81,39 @@ impl Client {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         Client {
-            inner: Hyper::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .build(conn),
+            inner: Inner::Plain(
+                Hyper::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(30))
+                    .build(conn),
+            ),
+        }
+    }
+
+    /// A client for `https://` URLs (and plain ones) with these TLS settings (roots, client
+    /// certificate); `server_name`, when given, is sent as SNI and checked instead of the URL's
+    /// host.
+    pub fn with_tls(
+        config: std::sync::Arc<rustls::ClientConfig>,
+        server_name: Option<rustls::pki_types::ServerName<'static>>,
+    ) -> Self {
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.enforce_http(false);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(rustls::ClientConfig::clone(&config))
+            .https_or_http();
+        let builder = match server_name {
+            Some(name) => builder.with_server_name_resolver(
+                hyper_rustls::FixedServerNameResolver::new(name),
+            ),
+            None => builder,
+        };
+        Client {
+            inner: Inner::Tls(
+                Hyper::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(30))
+                    .build(builder.enable_http1().wrap_connector(conn)),
+            ),
         }
     }
 
@@ -119,14 +156,14 @@ impl Client {
                 url: url.to_owned(),
                 message: e.to_string(),
             })?;
-            let resp = self
-                .inner
-                .request(req)
-                .await
-                .map_err(|e| GetError::Request {
-                    url: url.to_owned(),
-                    message: e.to_string(),
-                })?;
+            let resp = match &self.inner {
+                Inner::Plain(c) => c.request(req).await,
+                Inner::Tls(c) => c.request(req).await,
+            }
+            .map_err(|e| GetError::Request {
+                url: url.to_owned(),
+                message: error_chain(&e),
+            })?;
             let status = resp.status();
             let body = http_body_util::Limited::new(resp.into_body(), MAX_BODY)
                 .collect()
@@ -145,4 +182,16 @@ impl Client {
                 timeout,
             })?
     }
+}
+
+/// An error with its causes (hyper's own message hides a TLS failure's reason).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

@@ -16,4 +16,5 @@ pub mod edge;
 pub mod metrics;
 pub mod policy;
 pub mod stream;
+pub mod tls;
 pub mod upstream;

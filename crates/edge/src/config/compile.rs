@@ -23,9 +23,7 @@ pub const MAX_ATTEMPTS: u32 = 16;
 #[derive(Debug)]
 pub struct CompiledEdge {
     /// Client listeners.
-    pub listeners: Vec<SocketAddr>,
-    /// Connection caps of the listeners that have one.
-    pub max_connections: Vec<(SocketAddr, usize)>,
+    pub listeners: Vec<CompiledListener>,
     /// The admin listener.
     pub admin: SocketAddr,
     /// Proxy worker threads (`None`: one per core).
@@ -63,6 +61,30 @@ pub struct CompiledEdge {
     pub warnings: Vec<String>,
 }
 
+/// A client listener with its certificates loaded.
+#[derive(Debug)]
+pub struct CompiledListener {
+    /// `IP:PORT` to bind.
+    pub address: SocketAddr,
+    /// Connections open at once (`None`: no cap).
+    pub max_connections: Option<usize>,
+    /// The certificates served, by SNI (`None`: plaintext).
+    pub tls: Option<std::sync::Arc<crate::tls::CertSet>>,
+    /// HTTP/2: by ALPN on TLS, h2c on plaintext.
+    pub http2: bool,
+}
+
+impl CompiledListener {
+    /// The same socket and protocol settings (what a reload cannot change); the certificates
+    /// themselves may differ.
+    pub fn same_socket(&self, other: &CompiledListener) -> bool {
+        self.address == other.address
+            && self.max_connections == other.max_connections
+            && self.tls.is_some() == other.tls.is_some()
+            && self.http2 == other.http2
+    }
+}
+
 /// A pool with its addresses parsed and its key read.
 #[derive(Debug)]
 pub struct CompiledPool {
@@ -80,6 +102,8 @@ pub struct CompiledPool {
     pub ejection: Ejection,
     /// `Authorization: Bearer …` from the pool's `api_key`.
     pub auth: Option<http::HeaderValue>,
+    /// TLS to the backends.
+    pub tls: Option<std::sync::Arc<super::tls::UpstreamTls>>,
 }
 
 /// A route with pools resolved to indices, rules parsed and filters compiled.
@@ -135,10 +159,11 @@ fn at<T>(s: &Spanned<T>) -> u64 {
 pub type ReadSecret<'a> = &'a dyn Fn(&SecretSource) -> Result<Secret, SecretError>;
 
 /// Compiles a parsed config: checks every value, reads the secrets it names with `read_secret`
-/// and returns the typed config, or every problem found.
+/// and the certificates with `read_file`, and returns the typed config, or every problem found.
 pub fn compile(
     cfg: &EdgeConfig,
     read_secret: ReadSecret<'_>,
+    read_file: crate::tls::ReadFile<'_>,
 ) -> Result<CompiledEdge, Vec<Problem>> {
     let mut out = Vec::new();
 
@@ -190,18 +215,24 @@ pub fn compile(
             format!("{ratio} is not a fraction of requests between 0 and 1"),
         );
     }
-    if cfg
+    let listeners: Vec<CompiledListener> = cfg
         .listeners
         .value
         .iter()
-        .any(|l| l.max_connections == Some(0))
-    {
-        push(
-            &mut out,
-            at(&cfg.listeners),
-            "listeners.max_connections".into(),
-            "0 would refuse every connection; leave it out for no limit".into(),
-        );
+        .enumerate()
+        .filter_map(|(i, l)| {
+            super::tls::compile_listener(i, l, at(&cfg.listeners), read_file, &mut out)
+        })
+        .collect();
+    for (i, l) in listeners.iter().enumerate() {
+        if listeners[..i].iter().any(|o| o.address == l.address) {
+            push(
+                &mut out,
+                at(&cfg.listeners),
+                format!("listeners[{i}].address"),
+                format!("{} is listed twice", l.address),
+            );
+        }
     }
     if cfg.limits.value.max_requests == Some(0) {
         push(
@@ -266,7 +297,7 @@ pub fn compile(
         .pools
         .value
         .iter()
-        .map(|(name, pool)| compile_pool(name, pool, read_secret, &mut out))
+        .map(|(name, pool)| compile_pool(name, pool, read_secret, read_file, &mut out))
         .collect();
     let has_control = cfg.control.is_some();
     let mut route_names = HashSet::new();
@@ -323,13 +354,7 @@ pub fn compile(
         return Err(out);
     }
     Ok(CompiledEdge {
-        listeners: cfg.listeners.value.iter().map(|l| l.address).collect(),
-        max_connections: cfg
-            .listeners
-            .value
-            .iter()
-            .filter_map(|l| Some((l.address, l.max_connections?)))
-            .collect(),
+        listeners,
         admin: cfg.admin.address,
         threads: cfg.server.value.threads,
         grace_period: cfg.server.value.grace_period.0,
@@ -396,6 +421,7 @@ fn compile_pool(
     name: &str,
     pool: &Spanned<super::Pool>,
     read_secret: ReadSecret<'_>,
+    read_file: crate::tls::ReadFile<'_>,
     out: &mut Vec<Problem>,
 ) -> CompiledPool {
     let key = format!("pools.{name}");
@@ -473,6 +499,9 @@ fn compile_pool(
             .map_err(|e| push(out, at(pool), format!("{key}.api_key"), e.to_string()))
             .ok()
     });
+    let tls = p.tls.as_ref().and_then(|t| {
+        super::tls::compile_backend_tls(name, t, read_file, out).map(std::sync::Arc::new)
+    });
     CompiledPool {
         name: name.to_owned(),
         kind: p.kind,
@@ -481,6 +510,7 @@ fn compile_pool(
         health: hc.clone(),
         ejection: p.ejection,
         auth,
+        tls,
     }
 }
 
@@ -684,7 +714,7 @@ mod tests {
         compile(&cfg, &|src| match src {
             SecretSource::Env(var) => Ok(Secret::new(format!("secret-of-{var}"))),
             SecretSource::File(_) => Err(SecretError::Empty("test".into())),
-        })
+        }, &|p| std::fs::read(p))
     }
 
     const BASE: &str = "listeners: [{address: 127.0.0.1:8080}]

@@ -5,6 +5,7 @@
 //! limits, filter chains) on the way.
 
 pub mod compile;
+pub mod tls;
 
 pub use compile::CompiledEdge;
 pub use okome_core::config::{
@@ -187,6 +188,55 @@ pub struct Listener {
     /// Client connections open at once on this listener; more get 503 and are closed.
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Serve TLS on this listener with these certificates.
+    #[serde(default)]
+    pub tls: Option<Spanned<ListenerTls>>,
+    /// Speak HTTP/2 to clients: by ALPN on a TLS listener (default on), as h2c (prior
+    /// knowledge) on a plaintext one (default off). HTTP/1.1 is always served too.
+    #[serde(default)]
+    pub http2: Option<bool>,
+}
+
+/// TLS on a client listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificate chains and their keys; each is served for the names in its certificate
+    /// (SNI), the first also to clients that name none or an unknown one.
+    pub certificates: Vec<Spanned<CertificateFiles>>,
+}
+
+/// A certificate chain and its private key, PEM files.
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    /// The chain: leaf first, then intermediates (relative paths: from the config's folder).
+    pub cert: PathBuf,
+    /// The leaf's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// TLS to a pool's backends.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTls {
+    /// CA certificates (PEM) the backends' certificates must chain to; without it, the
+    /// system's roots.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// A client certificate chain (PEM) presented to the backends (mTLS); needs `key`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM); needs `cert`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// The name sent as SNI and checked against the backend's certificate (default: the
+    /// backend's host name; an `IP:PORT` backend is checked against its IP).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Check the backend's certificate at all (turn off only for testing).
+    #[serde(default = "default_true")]
+    pub verify: bool,
 }
 
 /// The admin listener.
@@ -403,6 +453,9 @@ pub struct Pool {
     /// are): `{ file: PATH }` or `{ env: VAR }`.
     #[serde(default)]
     pub api_key: Option<SecretSource>,
+    /// Speak TLS to the backends (requests and probes).
+    #[serde(default)]
+    pub tls: Option<Spanned<BackendTls>>,
 }
 
 /// Active health check settings.
@@ -576,7 +629,12 @@ pub fn parse(path: &Path, text: &str) -> Result<CompiledEdge, ConfigError> {
             file: path.to_path_buf(),
             message,
         })?;
-    compile::compile(&cfg, &|s| s.load(path.parent())).map_err(|problems| ConfigError::Invalid {
+    let folder = path.parent();
+    let read_file = |p: &Path| match folder {
+        Some(f) if p.is_relative() => std::fs::read(f.join(p)),
+        _ => std::fs::read(p),
+    };
+    compile::compile(&cfg, &|s| s.load(folder), &read_file).map_err(|problems| ConfigError::Invalid {
         file: path.to_path_buf(),
         problems,
     })

@@ -85,11 +85,12 @@ fn serve(cfg: CompiledEdge, ready: Ready, mut stopped: watch::Receiver<bool>) {
         }
     };
     rt.block_on(async move {
-        let listen = cfg
+        let (listen, http2) = cfg
             .listeners
             .first()
-            .copied()
-            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+            .map_or((SocketAddr::from(([127, 0, 0, 1], 0)), false), |l| {
+                (l.address, l.http2)
+            });
         let bound = tokio::net::TcpListener::bind(listen)
             .await
             .and_then(|l| Ok((l.local_addr()?, l)));
@@ -114,7 +115,24 @@ fn serve(cfg: CompiledEdge, ready: Ready, mut stopped: watch::Receiver<bool>) {
         };
         // Pingora's listener sets what a session knows of its socket (the client's address).
         let listener = pingora_core::protocols::l4::listener::Listener::from(listener);
-        let proxy = Arc::new(pingora_proxy::http_proxy(&conf, assembled.proxy));
+        let mut proxy = pingora_proxy::http_proxy(&conf, assembled.proxy);
+        // TLS as `okome edge` serves it: the same settings, built into an acceptor here.
+        let tls = match assembled.certs.first().cloned().flatten() {
+            Some(certs) => match super::server::tls_settings(certs, http2) {
+                Ok(settings) => Some(Arc::new(settings.build())),
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            },
+            None => {
+                if http2 {
+                    proxy.server_options = Some(super::server::h2c_options());
+                }
+                None
+            }
+        };
+        let proxy = Arc::new(proxy);
         let reloader = assembled.reloader.clone();
         let (shutdown_tx, shutdown) = watch::channel(false);
         let _ = ready.send(Ok((addr, assembled.admin, reloader)));
@@ -123,9 +141,18 @@ fn serve(cfg: CompiledEdge, ready: Ready, mut stopped: watch::Receiver<bool>) {
                 accepted = listener.accept() => {
                     let Ok(mut stream) = accepted else { continue };
                     let _ = stream.set_nodelay();
-                    let (app, shutdown) = (proxy.clone(), shutdown.clone());
+                    let (app, shutdown, tls) = (proxy.clone(), shutdown.clone(), tls.clone());
                     tokio::spawn(async move {
-                        let stream: pingora_core::protocols::Stream = Box::new(stream);
+                        let stream: pingora_core::protocols::Stream = match tls {
+                            Some(acceptor) => match acceptor.tls_handshake(stream).await {
+                                Ok(s) => Box::new(s),
+                                Err(e) => {
+                                    log::debug!("TLS handshake failed: {e}");
+                                    return;
+                                }
+                            },
+                            None => Box::new(stream),
+                        };
                         let mut next = app.process_new(stream, &shutdown).await;
                         while let Some(reused) = next {
                             next = app.process_new(reused, &shutdown).await;

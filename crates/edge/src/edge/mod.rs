@@ -113,6 +113,9 @@ pub struct Shared {
     pub drain: Arc<drain::Drain>,
     /// The listeners' connection caps.
     pub connections: Arc<connections::ConnectionLimits>,
+    /// What each TLS listener serves, by listener index (`None`: plaintext); a reload swaps
+    /// the certificates in place.
+    pub certs: Vec<Option<Arc<crate::tls::ServerCerts>>>,
 }
 
 impl Edge {

@@ -37,7 +37,23 @@ pub fn next(edge: &Edge, ctx: &mut RequestCtx) -> Result<HttpPeer, EdgeError> {
                     ])
                     .inc();
             }
-            let mut peer = HttpPeer::new(backend.addr, false, String::new());
+            let mut peer = match &pool.tls {
+                None => HttpPeer::new(backend.addr, false, String::new()),
+                Some(tls) => {
+                    // Pingora checks the certificate against the SNI name (and skips the check
+                    // when there is none): an IP backend is checked against its IP.
+                    let name = tls
+                        .server_name
+                        .clone()
+                        .unwrap_or_else(|| backend.addr.ip().to_string());
+                    let mut peer = HttpPeer::new(backend.addr, true, name);
+                    peer.options.ca = tls.ca.clone();
+                    peer.client_cert_key = tls.client_cert.clone();
+                    peer.options.verify_cert = tls.verify;
+                    peer.options.verify_hostname = tls.verify;
+                    peer
+                }
+            };
             let t = &edge.timeouts;
             peer.options.connection_timeout = Some(t.connect.0);
             peer.options.total_connection_timeout = Some(t.connect.0);

@@ -14,8 +14,8 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What Pingora runs: the current edge, swapped whole by a reload.
-#[derive(Debug)]
+/// What Pingora runs: the current edge, swapped whole by a reload (one clone per listener).
+#[derive(Debug, Clone)]
 pub struct Proxy {
     current: Arc<ArcSwap<Edge>>,
 }

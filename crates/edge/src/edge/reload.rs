@@ -148,6 +148,12 @@ impl Reloader {
                 .sum::<usize>(),
             edge.routes.routes.len()
         );
+        // Certificates change in place: new handshakes get them, open connections keep theirs.
+        for (served, l) in self.shared.certs.iter().zip(&cfg.listeners) {
+            if let (Some(served), Some(set)) = (served, &l.tls) {
+                served.replace(set.clone());
+            }
+        }
         self.current.store(Arc::new(edge));
         self.upstreams.send_replace(upstreams);
         *self.applied.lock() = cfg;
@@ -228,7 +234,13 @@ impl Reloader {
 /// The settings that live with the process and differ between `old` and `new`.
 fn process_settings_changed(old: &CompiledEdge, new: &CompiledEdge) -> Vec<&'static str> {
     let mut out = Vec::new();
-    if old.listeners != new.listeners || old.max_connections != new.max_connections {
+    if old.listeners.len() != new.listeners.len()
+        || old
+            .listeners
+            .iter()
+            .zip(&new.listeners)
+            .any(|(a, b)| !a.same_socket(b))
+    {
         out.push("listeners");
     }
     if old.admin != new.admin {

@@ -44,6 +44,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The TLS listener could not be set up.
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
     /// The runtime for the background work could not be built.
     #[error("cannot start the edge's runtime: {0}")]
     Runtime(std::io::Error),
@@ -62,6 +65,8 @@ pub struct Assembled {
     pub admin: SocketAddr,
     /// The drain state (`/readyz`, shutdown).
     pub drain: Arc<Drain>,
+    /// Each listener's certificates (`None`: plaintext), by listener index.
+    pub certs: Vec<Option<Arc<crate::tls::ServerCerts>>>,
 }
 
 /// Builds the edge from a compiled config: opens the access log, starts the admin listener and
@@ -149,8 +154,19 @@ pub async fn assemble(
         access_log,
         arbiters,
         drain: drain.clone(),
-        connections: ConnectionLimits::new(&cfg.max_connections),
+        connections: ConnectionLimits::new(
+            &cfg.listeners
+                .iter()
+                .filter_map(|l| Some((l.address, l.max_connections?)))
+                .collect::<Vec<_>>(),
+        ),
+        certs: cfg
+            .listeners
+            .iter()
+            .map(|l| l.tls.clone().map(crate::tls::ServerCerts::new))
+            .collect(),
     };
+    let certs = shared.certs.clone();
     let edge = Edge::new(&cfg, upstreams, &shared, 1);
     init_series(&edge);
     metrics.config_version.set(1);
@@ -174,6 +190,7 @@ pub async fn assemble(
         supervisor,
         admin,
         drain,
+        certs,
     })
 }
 
@@ -217,6 +234,29 @@ pub fn server_conf(cfg: &CompiledEdge) -> ServerConf {
     }
 }
 
+/// Pingora's TLS settings for a listener serving `certs` (chosen per handshake by SNI, swapped
+/// by reloads), offering HTTP/2 by ALPN when `http2`.
+pub fn tls_settings(
+    certs: Arc<crate::tls::ServerCerts>,
+    http2: bool,
+) -> Result<pingora_core::listeners::tls::TlsSettings, StartError> {
+    // The paths are ignored once a certificate resolver is set.
+    let mut settings = pingora_core::listeners::tls::TlsSettings::intermediate("", "")
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    settings.set_cert_resolver(certs);
+    if http2 {
+        settings.enable_h2();
+    }
+    Ok(settings)
+}
+
+/// The server options of an h2c listener: HTTP/2 with prior knowledge, HTTP/1.1 otherwise.
+pub fn h2c_options() -> pingora_core::apps::HttpServerOptions {
+    let mut o = pingora_core::apps::HttpServerOptions::default();
+    o.h2c = true;
+    o
+}
+
 /// Starts the background work on `control`, then runs the proxy on this thread until
 /// SIGINT/SIGTERM; SIGHUP or an edit of `path` (the file it was loaded from) reloads the config.
 ///
@@ -228,7 +268,7 @@ pub fn run(
     control: &tokio::runtime::Runtime,
     upgrade: bool,
 ) -> Result<(), StartError> {
-    for &address in cfg.listeners.iter().filter(|_| !upgrade) {
+    for address in cfg.listeners.iter().filter(|_| !upgrade).map(|l| l.address) {
         // Pingora reports a taken port only by exiting from a worker; check first so the
         // operator gets a clear message.
         std::net::TcpListener::bind(address).map_err(|source| StartError::Bind {
@@ -239,7 +279,8 @@ pub fn run(
     }
     let conf = server_conf(&cfg);
     let conf_grace = cfg.grace_period.as_secs();
-    let listeners = cfg.listeners.clone();
+    let listeners: Vec<(SocketAddr, bool)> =
+        cfg.listeners.iter().map(|l| (l.address, l.http2)).collect();
     let assembled = control.block_on(assemble(
         cfg,
         path.map(std::path::Path::to_path_buf),
@@ -258,22 +299,43 @@ pub fn run(
         );
     }
     server.bootstrap();
-    let mut svc = pingora_proxy::http_proxy_service(&server.configuration, assembled.proxy);
-    for l in &listeners {
+    for (i, &(address, http2)) in listeners.iter().enumerate() {
+        let certs = assembled.certs.get(i).cloned().flatten();
+        let mut svc = pingora_proxy::http_proxy_service_with_name(
+            &server.configuration,
+            assembled.proxy.clone(),
+            &format!("okome edge {address}"),
+        );
         // Pingora buffers 64 KiB of reads per client connection for TLS's sake; a plaintext token
         // stream holds its connection for minutes and reads only the request, so that buffer was
         // most of the edge's memory per stream. Larger reads (request bodies) bypass it.
-        svc.add_listener(
-            ListenerConfig::tcp(l.to_string())
-                .l4_buffer(L4BufferSettings::default().read(CLIENT_READ_BUFFER)),
-        );
-        log::info!("edge listening on {l} ({threads} worker threads)");
+        let mut listener = ListenerConfig::tcp(address.to_string())
+            .l4_buffer(L4BufferSettings::default().read(CLIENT_READ_BUFFER));
+        let what = match certs {
+            Some(certs) => {
+                listener = listener.tls(tls_settings(certs, http2)?);
+                if http2 {
+                    "TLS, HTTP/2 and HTTP/1.1 by ALPN"
+                } else {
+                    "TLS, HTTP/1.1"
+                }
+            }
+            None if http2 => {
+                if let Some(app) = svc.app_logic_mut() {
+                    app.server_options = Some(h2c_options());
+                }
+                "plaintext, HTTP/1.1 and h2c"
+            }
+            None => "plaintext, HTTP/1.1",
+        };
+        svc.add_listener(listener);
+        log::info!("edge listening on {address} ({what}; {threads} worker threads)");
+        server.add_service(svc);
     }
     log::info!(
         "admin listening on http://{} (/ /ui /metrics /healthz /readyz /status)",
         assembled.admin
     );
-    server.add_service(svc);
     log::info!(
         "background tasks: {}",
         assembled.supervisor.names().join(", ")

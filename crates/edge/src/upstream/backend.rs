@@ -15,6 +15,8 @@ pub struct Backend {
     pub id: String,
     /// `http://IP:PORT`, where probes go.
     pub base_url: String,
+    /// `https://IP:PORT`, where probes go when its pool speaks TLS.
+    pub tls_base_url: String,
     /// Name of its pool.
     pub pool: String,
     healthy: AtomicBool,
@@ -38,6 +40,7 @@ impl Backend {
             addr,
             id: addr.to_string(),
             base_url: format!("http://{addr}"),
+            tls_base_url: format!("https://{addr}"),
             pool: pool.to_owned(),
             healthy: AtomicBool::new(false),
             ok_streak: AtomicU32::new(0),

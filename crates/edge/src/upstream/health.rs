@@ -15,8 +15,11 @@ const DISCOVERY_EVERY: u64 = 5;
 /// Runs one round of probes and discovery for every pool; used at start-up so the first
 /// request already sees real health.
 pub async fn bootstrap(up: &Upstreams) {
-    let c = Client::new();
-    let rounds = up.pools.iter().map(|p| round(&c, p, true));
+    let plain = Client::new();
+    let rounds = up
+        .pools
+        .iter()
+        .map(|p| async { round(&client_for(p, &plain), p, true).await });
     futures::future::join_all(rounds).await;
 }
 
@@ -36,7 +39,7 @@ pub async fn run(mut current: watch::Receiver<Arc<Upstreams>>) {
 /// Probes the pools of one config forever.
 async fn run_pools(up: Arc<Upstreams>) {
     let loops = up.pools.iter().cloned().map(|pool| async move {
-        let c = Client::new();
+        let c = client_for(&pool, &Client::new());
         let mut tick = tokio::time::interval(pool.health.interval.0);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await; // the bootstrap round (at start or reload) just ran
@@ -50,11 +53,28 @@ async fn run_pools(up: Arc<Upstreams>) {
     futures::future::join_all(loops).await;
 }
 
+/// The client that probes `pool`: `plain`, or one with the pool's TLS settings.
+fn client_for(pool: &Pool, plain: &Client) -> Client {
+    match &pool.tls {
+        None => plain.clone(),
+        Some(tls) => Client::with_tls(
+            tls.probe_config.clone(),
+            tls.server_name
+                .as_deref()
+                .and_then(|n| rustls::pki_types::ServerName::try_from(n.to_owned()).ok()),
+        ),
+    }
+}
+
 /// How the engine client sees one backend of a pool.
 fn engine<'a>(pool: &'a Pool, b: &'a Backend) -> Engine<'a> {
     Engine {
         kind: pool.kind,
-        base: &b.base_url,
+        base: if pool.tls.is_some() {
+            &b.tls_base_url
+        } else {
+            &b.base_url
+        },
         auth: pool.auth.as_ref(),
         health_path: pool.health.path.as_deref(),
         // The edge asks TF Serving about the pool's first model: one answer per probe.

@@ -27,6 +27,8 @@ pub struct Pool {
     pub auth: Option<http::HeaderValue>,
     /// Retries this pool may still cause.
     pub retry_budget: crate::edge::retry::RetryBudget,
+    /// TLS to the backends (requests and probes).
+    pub tls: Option<Arc<crate::config::tls::UpstreamTls>>,
 }
 
 impl Pool {
@@ -61,6 +63,7 @@ impl Pool {
             health: cfg.health.clone(),
             ejection: cfg.ejection,
             auth: cfg.auth.clone(),
+            tls: cfg.tls.clone(),
             retry_budget: crate::edge::retry::RetryBudget::new(
                 retry.budget_ratio,
                 retry.budget_reserve,

@@ -1,0 +1,329 @@
+//! TLS: certificates for client listeners, chosen by SNI and swapped on reload without touching
+//! open connections, and the client side of TLS to backends (CA, client certificate).
+//!
+//! Certificates are read and checked when the config is compiled (a key that does not match its
+//! certificate, an empty file or an expired chain refuses the config with its line and key);
+//! what the listener serves is a [`ServerCerts`], one per TLS listener for the life of the
+//! process, whose certificate set a reload replaces.
+
+use arc_swap::ArcSwap;
+use pingora_rustls::ResolvesServerCert;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::ClientHello;
+use rustls::sign::CertifiedKey;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why certificate material could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// No PEM certificate in the file.
+    #[error("{0}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it")]
+    NoCertificate(PathBuf),
+    /// A certificate does not parse.
+    #[error("{path}: certificate does not parse: {message}")]
+    BadCertificate {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// No PEM private key in the file.
+    #[error("{0}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in it")]
+    NoKey(PathBuf),
+    /// The key is of a kind TLS cannot sign with here.
+    #[error("{path}: unusable private key: {message}")]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The key is not the certificate's.
+    #[error("{key} is not the private key of {cert}")]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// The leaf certificate has expired.
+    #[error("{path}: the certificate expired at {not_after}")]
+    Expired {
+        /// The file.
+        path: PathBuf,
+        /// Its `notAfter`, as the certificate says it.
+        not_after: String,
+    },
+}
+
+/// One certificate chain with its key, and the names it is served for.
+#[derive(Debug)]
+pub struct LoadedCert {
+    /// The chain and signing key rustls serves.
+    pub key: Arc<CertifiedKey>,
+    /// DNS names from the leaf's subjectAltName (`*.example.com` for wildcards).
+    pub names: Vec<String>,
+    /// When the leaf expires (Unix seconds).
+    pub not_after: i64,
+    /// The certificate file, for messages and `/status`.
+    pub path: PathBuf,
+}
+
+/// Reads a file through the config's reader.
+pub type ReadFile<'a> = &'a dyn Fn(&Path) -> std::io::Result<Vec<u8>>;
+
+fn read(read_file: ReadFile<'_>, path: &Path) -> Result<Vec<u8>, TlsError> {
+    read_file(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads every PEM certificate of a file.
+pub fn load_chain(
+    read_file: ReadFile<'_>,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(read_file, path)?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::BadCertificate {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate(path.to_path_buf()));
+    }
+    Ok(chain)
+}
+
+/// Reads the first PEM private key of a file.
+pub fn load_key(read_file: ReadFile<'_>, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(read_file, path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoKey(path.to_path_buf()),
+        other => TlsError::BadKey {
+            path: path.to_path_buf(),
+            message: other.to_string(),
+        },
+    })
+}
+
+/// The crypto provider okome's TLS uses (the one Pingora's rustls backend is built with).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads and checks a certificate chain and its key: they must parse, match, and the leaf must
+/// not have expired at `now` (Unix seconds).
+pub fn load_cert(
+    read_file: ReadFile<'_>,
+    cert: &Path,
+    key: &Path,
+    now: i64,
+) -> Result<LoadedCert, TlsError> {
+    let chain = load_chain(read_file, cert)?;
+    let private = load_key(read_file, key)?;
+    let (names, not_after, not_after_text) = leaf_facts(&chain[0]).map_err(|message| {
+        TlsError::BadCertificate {
+            path: cert.to_path_buf(),
+            message,
+        }
+    })?;
+    if not_after < now {
+        return Err(TlsError::Expired {
+            path: cert.to_path_buf(),
+            not_after: not_after_text,
+        });
+    }
+    let certified = CertifiedKey::from_der(chain, private, &provider()).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        },
+        other => TlsError::BadKey {
+            path: key.to_path_buf(),
+            message: other.to_string(),
+        },
+    })?;
+    Ok(LoadedCert {
+        key: Arc::new(certified),
+        names,
+        not_after,
+        path: cert.to_path_buf(),
+    })
+}
+
+/// The leaf's DNS names (subjectAltName, else the subject's CN) and expiry.
+fn leaf_facts(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64, String), String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, x509) = X509Certificate::from_der(der.as_ref()).map_err(|e| e.to_string())?;
+    let mut names: Vec<String> = match x509.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if names.is_empty() {
+        names.extend(
+            x509.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .map(str::to_ascii_lowercase),
+        );
+    }
+    let validity = x509.validity();
+    Ok((
+        names,
+        validity.not_after.timestamp(),
+        validity.not_after.to_string(),
+    ))
+}
+
+/// The certificates of one listener, by the name they serve.
+#[derive(Debug)]
+pub struct CertSet {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `example.com` for `*.example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+    /// What is loaded, for `/status`: file, names, expiry.
+    pub loaded: Vec<(PathBuf, Vec<String>, i64)>,
+}
+
+impl CertSet {
+    /// A set from loaded certificates, the first being the default; `None` when empty. Where two
+    /// certificates name the same host, the first listed serves it.
+    pub fn new(certs: Vec<LoadedCert>) -> Option<Self> {
+        let default = certs.first()?.key.clone();
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for c in &certs {
+            for n in &c.names {
+                match n.strip_prefix("*.") {
+                    Some(parent) => wildcard.entry(parent.to_owned()),
+                    None => exact.entry(n.clone()),
+                }
+                .or_insert_with(|| c.key.clone());
+            }
+        }
+        Some(CertSet {
+            exact,
+            wildcard,
+            default,
+            loaded: certs
+                .into_iter()
+                .map(|c| (c.path, c.names, c.not_after))
+                .collect(),
+        })
+    }
+
+    /// The certificate for a client that asked for `sni` (or for none).
+    pub fn choose(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = sni.map(str::to_ascii_lowercase) else {
+            return self.default.clone();
+        };
+        if let Some(k) = self.exact.get(&name) {
+            return k.clone();
+        }
+        name.split_once('.')
+            .and_then(|(_, parent)| self.wildcard.get(parent))
+            .unwrap_or(&self.default)
+            .clone()
+    }
+}
+
+/// What a TLS listener serves: its current certificate set, replaced whole by a reload while
+/// handshakes go on.
+#[derive(Debug)]
+pub struct ServerCerts(ArcSwap<CertSet>);
+
+impl ServerCerts {
+    /// Serves `set` until [`ServerCerts::replace`].
+    pub fn new(set: Arc<CertSet>) -> Arc<Self> {
+        Arc::new(ServerCerts(ArcSwap::new(set)))
+    }
+
+    /// New handshakes get `set`; connections already up keep theirs.
+    pub fn replace(&self, set: Arc<CertSet>) {
+        self.0.store(set);
+    }
+
+    /// The set served now.
+    pub fn current(&self) -> Arc<CertSet> {
+        self.0.load_full()
+    }
+}
+
+impl ResolvesServerCert for ServerCerts {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load().choose(hello.server_name()))
+    }
+}
+
+/// Accepts any server certificate (a pool's `tls.verify: false`, for testing); signatures are
+/// still checked, so the handshake itself is sound.
+#[derive(Debug)]
+pub struct NoVerify(pub Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
