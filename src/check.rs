@@ -108,7 +108,7 @@ pub fn file(path: &Path) -> Result<Report, CheckError> {
         .listeners
         .iter()
         .filter_map(|l| {
-            let set = l.tls.as_ref()?;
+            let set = &l.tls.as_ref()?.certs;
             let names: Vec<String> = set
                 .loaded
                 .iter()

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 pub mod embedded;
+pub mod pki;
 pub mod prom;
 
 use okome_sim::{SimConfig, SimHandle, SimKind};

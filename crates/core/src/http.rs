@@ -103,9 +103,9 @@ impl Client {
             .with_tls_config(rustls::ClientConfig::clone(&config))
             .https_or_http();
         let builder = match server_name {
-            Some(name) => builder.with_server_name_resolver(
-                hyper_rustls::FixedServerNameResolver::new(name),
-            ),
+            Some(name) => {
+                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+            }
             None => builder,
         };
         Client {

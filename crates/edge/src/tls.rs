@@ -135,12 +135,11 @@ pub fn load_cert(
 ) -> Result<LoadedCert, TlsError> {
     let chain = load_chain(read_file, cert)?;
     let private = load_key(read_file, key)?;
-    let (names, not_after, not_after_text) = leaf_facts(&chain[0]).map_err(|message| {
-        TlsError::BadCertificate {
+    let (names, not_after, not_after_text) =
+        leaf_facts(&chain[0]).map_err(|message| TlsError::BadCertificate {
             path: cert.to_path_buf(),
             message,
-        }
-    })?;
+        })?;
     if not_after < now {
         return Err(TlsError::Expired {
             path: cert.to_path_buf(),
@@ -325,5 +324,119 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The CAs a TLS listener requires client certificates from (mTLS), replaced whole by a reload.
+#[derive(Debug)]
+pub struct ClientCa(ArcSwap<Arc<dyn rustls::server::danger::ClientCertVerifier>>);
+
+impl ClientCa {
+    /// A verifier requiring a client certificate that chains to one of `roots`.
+    pub fn verifier(
+        roots: Vec<CertificateDer<'static>>,
+    ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+        let mut store = rustls::RootCertStore::empty();
+        for r in roots {
+            store.add(r).map_err(|e| e.to_string())?;
+        }
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider())
+            .build()
+            .map_err(|e| e.to_string())
+    }
+
+    /// Requires certificates `verifier` accepts until [`ClientCa::replace`].
+    pub fn new(verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>) -> Arc<Self> {
+        Arc::new(ClientCa(ArcSwap::from_pointee(verifier)))
+    }
+
+    /// New handshakes are checked by `verifier`.
+    pub fn replace(&self, verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>) {
+        self.0.store(Arc::new(verifier));
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for ClientCa {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        // The hints are optional; they cannot borrow from a verifier a reload may replace.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.0
+            .load()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.load().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.load().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.load().supported_verify_schemes()
+    }
+}
+
+/// A listener's TLS material from one config: its certificates and the client CAs it requires.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// Certificates by SNI.
+    pub certs: Arc<CertSet>,
+    /// Client certificates must chain to these (mTLS); `None`: none asked for.
+    pub client_ca: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+}
+
+/// What a TLS listener serves for the life of the process; a reload replaces the contents.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// Its certificates.
+    pub certs: Arc<ServerCerts>,
+    /// Its client-certificate check.
+    pub client_ca: Option<Arc<ClientCa>>,
+}
+
+impl Served {
+    /// Serves `tls` until [`Served::replace`].
+    pub fn new(tls: &ListenerTls) -> Self {
+        Served {
+            certs: ServerCerts::new(tls.certs.clone()),
+            client_ca: tls.client_ca.clone().map(ClientCa::new),
+        }
+    }
+
+    /// New handshakes get `tls` (whether a client CA is required cannot change: a reload that
+    /// would change it is refused as needing a restart).
+    pub fn replace(&self, tls: &ListenerTls) {
+        self.certs.replace(tls.certs.clone());
+        if let (Some(served), Some(v)) = (&self.client_ca, &tls.client_ca) {
+            served.replace(v.clone());
+        }
     }
 }

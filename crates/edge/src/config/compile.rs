@@ -68,8 +68,8 @@ pub struct CompiledListener {
     pub address: SocketAddr,
     /// Connections open at once (`None`: no cap).
     pub max_connections: Option<usize>,
-    /// The certificates served, by SNI (`None`: plaintext).
-    pub tls: Option<std::sync::Arc<crate::tls::CertSet>>,
+    /// The certificates served, by SNI, and the client CAs required (`None`: plaintext).
+    pub tls: Option<crate::tls::ListenerTls>,
     /// HTTP/2: by ALPN on TLS, h2c on plaintext.
     pub http2: bool,
 }
@@ -81,6 +81,8 @@ impl CompiledListener {
         self.address == other.address
             && self.max_connections == other.max_connections
             && self.tls.is_some() == other.tls.is_some()
+            && self.tls.as_ref().map(|t| t.client_ca.is_some())
+                == other.tls.as_ref().map(|t| t.client_ca.is_some())
             && self.http2 == other.http2
     }
 }
@@ -711,10 +713,14 @@ mod tests {
 
     fn compile_text(text: &str) -> Result<CompiledEdge, Vec<Problem>> {
         let cfg: EdgeConfig = serde_saphyr::from_str(text).unwrap();
-        compile(&cfg, &|src| match src {
-            SecretSource::Env(var) => Ok(Secret::new(format!("secret-of-{var}"))),
-            SecretSource::File(_) => Err(SecretError::Empty("test".into())),
-        }, &|p| std::fs::read(p))
+        compile(
+            &cfg,
+            &|src| match src {
+                SecretSource::Env(var) => Ok(Secret::new(format!("secret-of-{var}"))),
+                SecretSource::File(_) => Err(SecretError::Empty("test".into())),
+            },
+            &|p| std::fs::read(p),
+        )
     }
 
     const BASE: &str = "listeners: [{address: 127.0.0.1:8080}]

@@ -204,6 +204,10 @@ pub struct ListenerTls {
     /// Certificate chains and their keys; each is served for the names in its certificate
     /// (SNI), the first also to clients that name none or an unknown one.
     pub certificates: Vec<Spanned<CertificateFiles>>,
+    /// Require clients to present a certificate signed by one of these CAs (PEM), e.g. stream
+    /// nodes that only the ingress may reach (mTLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// A certificate chain and its private key, PEM files.
@@ -634,8 +638,10 @@ pub fn parse(path: &Path, text: &str) -> Result<CompiledEdge, ConfigError> {
         Some(f) if p.is_relative() => std::fs::read(f.join(p)),
         _ => std::fs::read(p),
     };
-    compile::compile(&cfg, &|s| s.load(folder), &read_file).map_err(|problems| ConfigError::Invalid {
-        file: path.to_path_buf(),
-        problems,
+    compile::compile(&cfg, &|s| s.load(folder), &read_file).map_err(|problems| {
+        ConfigError::Invalid {
+            file: path.to_path_buf(),
+            problems,
+        }
     })
 }

@@ -64,10 +64,34 @@ pub fn compile_listener(
                     }
                 }
             }
+            let client_ca = match &t.value.client_ca {
+                None => None,
+                Some(path) => {
+                    match tls::load_chain(read_file, path).and_then(|roots| {
+                        tls::ClientCa::verifier(roots).map_err(|message| TlsError::BadCertificate {
+                            path: path.clone(),
+                            message,
+                        })
+                    }) {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            out.push(problem(
+                                t.referenced.line(),
+                                format!("{key}.tls.client_ca"),
+                                e.to_string(),
+                            ));
+                            return None;
+                        }
+                    }
+                }
+            };
             if loaded.len() != t.value.certificates.len() {
                 return None;
             }
-            CertSet::new(loaded).map(Arc::new)
+            CertSet::new(loaded).map(|set| tls::ListenerTls {
+                certs: Arc::new(set),
+                client_ca,
+            })
         }
     };
     if certs.is_none() && l.http2 == Some(true) && l.max_connections.is_some() {

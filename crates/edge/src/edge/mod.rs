@@ -115,7 +115,7 @@ pub struct Shared {
     pub connections: Arc<connections::ConnectionLimits>,
     /// What each TLS listener serves, by listener index (`None`: plaintext); a reload swaps
     /// the certificates in place.
-    pub certs: Vec<Option<Arc<crate::tls::ServerCerts>>>,
+    pub certs: Vec<Option<crate::tls::Served>>,
 }
 
 impl Edge {

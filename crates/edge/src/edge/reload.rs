@@ -150,8 +150,8 @@ impl Reloader {
         );
         // Certificates change in place: new handshakes get them, open connections keep theirs.
         for (served, l) in self.shared.certs.iter().zip(&cfg.listeners) {
-            if let (Some(served), Some(set)) = (served, &l.tls) {
-                served.replace(set.clone());
+            if let (Some(served), Some(tls)) = (served, &l.tls) {
+                served.replace(tls);
             }
         }
         self.current.store(Arc::new(edge));

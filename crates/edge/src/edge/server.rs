@@ -66,7 +66,7 @@ pub struct Assembled {
     /// The drain state (`/readyz`, shutdown).
     pub drain: Arc<Drain>,
     /// Each listener's certificates (`None`: plaintext), by listener index.
-    pub certs: Vec<Option<Arc<crate::tls::ServerCerts>>>,
+    pub certs: Vec<Option<crate::tls::Served>>,
 }
 
 /// Builds the edge from a compiled config: opens the access log, starts the admin listener and
@@ -163,7 +163,7 @@ pub async fn assemble(
         certs: cfg
             .listeners
             .iter()
-            .map(|l| l.tls.clone().map(crate::tls::ServerCerts::new))
+            .map(|l| l.tls.as_ref().map(crate::tls::Served::new))
             .collect(),
     };
     let certs = shared.certs.clone();
@@ -237,13 +237,16 @@ pub fn server_conf(cfg: &CompiledEdge) -> ServerConf {
 /// Pingora's TLS settings for a listener serving `certs` (chosen per handshake by SNI, swapped
 /// by reloads), offering HTTP/2 by ALPN when `http2`.
 pub fn tls_settings(
-    certs: Arc<crate::tls::ServerCerts>,
+    served: crate::tls::Served,
     http2: bool,
 ) -> Result<pingora_core::listeners::tls::TlsSettings, StartError> {
     // The paths are ignored once a certificate resolver is set.
     let mut settings = pingora_core::listeners::tls::TlsSettings::intermediate("", "")
         .map_err(|e| StartError::Tls(e.to_string()))?;
-    settings.set_cert_resolver(certs);
+    settings.set_cert_resolver(served.certs);
+    if let Some(ca) = served.client_ca {
+        settings.set_client_cert_verifier(ca);
+    }
     if http2 {
         settings.enable_h2();
     }
