@@ -286,7 +286,11 @@ pub fn edge_config(data: &[u8]) {
         let read_secret = |_: &crate::config::SecretSource| Ok(crate::config::Secret::new("fuzz"));
         if let Ok(compiled) = crate::config::compile::compile(&cfg, &read_secret) {
             let metrics = crate::metrics::Metrics::default();
-            let up = crate::upstream::Upstreams::new(&compiled, &metrics);
+            let up = crate::upstream::Upstreams::new(
+                &compiled,
+                &metrics,
+                &crate::upstream::dns::Resolved::default(),
+            );
             let env = okome_filters::FilterEnv::default();
             let _ = crate::edge::routes::RouteTable::new(&compiled.routes, &up, &env);
         }
