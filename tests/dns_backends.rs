@@ -115,6 +115,43 @@ async fn localhost_backend_serves_a_stream_byte_identically_and_status_shows_its
     assert_eq!(s.stats().requests, 2);
 }
 
+/// A reload that brings a name resolves it before it swaps: the first request after the reload
+/// returns is served from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_resolves_its_new_names_before_the_swap() {
+    let (s1, s2) = (
+        sim(SimKind::Vllm, |_| {}).await,
+        sim(SimKind::Vllm, |_| {}).await,
+    );
+    let route = || Route::to_pool("openai", "vllm").path_prefix("/v1/");
+    let edge = EdgeBuilder::new()
+        .pool("vllm", "vllm", &[s1.addr()])
+        .route(route())
+        .start()
+        .await;
+    let (names, _) = pool_status(edge.admin, "vllm").await;
+    assert!(names.is_empty(), "{names:?}");
+    let body = EdgeBuilder::new()
+        .pool_with(
+            "vllm",
+            "vllm",
+            &[],
+            json!({"backends": [format!("localhost:{}", s2.addr().port())]}),
+        )
+        .route(route())
+        .yaml();
+    assert_eq!(edge.reload(&body).await.unwrap(), 2);
+    let r = raw(edge.addr, &post("/v1/chat/completions", &stream_body(2))).await;
+    assert_eq!(status_of(&r), 200, "{}", String::from_utf8_lossy(&r));
+    assert_eq!((s1.stats().requests, s2.stats().requests), (0, 1));
+    let (names, backends) = pool_status(edge.admin, "vllm").await;
+    assert_eq!(names[0]["name"], format!("localhost:{}", s2.addr().port()));
+    assert!(
+        backends.iter().all(|b| b["name"] == "localhost"),
+        "{backends:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // A real name whose answer changes: `okome edge` with its own /etc/hosts.
 // ---------------------------------------------------------------------------------------------
