@@ -77,7 +77,12 @@ pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
             PoolKind::Ollama => SimKind::Ollama,
             PoolKind::Tfserving => SimKind::TfServing,
         };
-        for &addr in &pool.backends {
+        // A simulator per literal address; a `HOST:PORT` backend is whatever the name gives.
+        let addrs = pool.backends.iter().filter_map(|b| match b {
+            okome::config::compile::BackendSpec::Addr(a) => Some(*a),
+            okome::config::compile::BackendSpec::Name { .. } => None,
+        });
+        for addr in addrs {
             let mut sc = SimConfig::new(kind);
             sc.listen = addr;
             if !pool.models.is_empty() {

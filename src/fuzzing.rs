@@ -288,7 +288,11 @@ pub fn edge_config(data: &[u8]) {
         let read_file = |_: &std::path::Path| Err(std::io::ErrorKind::NotFound.into());
         if let Ok(compiled) = crate::config::compile::compile(&cfg, &read_secret, &read_file) {
             let metrics = crate::metrics::Metrics::default();
-            let up = crate::upstream::Upstreams::new(&compiled, &metrics);
+            let up = crate::upstream::Upstreams::new(
+                &compiled,
+                &metrics,
+                &crate::upstream::dns::Resolved::default(),
+            );
             let env = okome_filters::FilterEnv::default();
             let _ = crate::edge::routes::RouteTable::new(&compiled.routes, &up, &env);
         }

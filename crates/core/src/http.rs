@@ -90,11 +90,12 @@ impl Client {
     }
 
     /// A client for `https://` URLs (and plain ones) with these TLS settings (roots, client
-    /// certificate); `server_name`, when given, is sent as SNI and checked instead of the URL's
-    /// host.
+    /// certificate); the server name sent as SNI and checked is `names[URL's host:port]`, else
+    /// `default_name`, else the URL's host.
     pub fn with_tls(
         config: std::sync::Arc<rustls::ClientConfig>,
-        server_name: Option<rustls::pki_types::ServerName<'static>>,
+        names: std::collections::HashMap<String, rustls::pki_types::ServerName<'static>>,
+        default_name: Option<rustls::pki_types::ServerName<'static>>,
     ) -> Self {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
@@ -102,12 +103,10 @@ impl Client {
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(rustls::ClientConfig::clone(&config))
             .https_or_http();
-        let builder = match server_name {
-            Some(name) => {
-                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
-            }
-            None => builder,
-        };
+        let builder = builder.with_server_name_resolver(ServerNames {
+            names,
+            default_name,
+        });
         Client {
             inner: Inner::Tls(
                 Hyper::builder(TokioExecutor::new())
@@ -194,4 +193,32 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+/// Which name a TLS connection checks: by `host:port`, then a default, then the URL's host.
+struct ServerNames {
+    names: std::collections::HashMap<String, rustls::pki_types::ServerName<'static>>,
+    default_name: Option<rustls::pki_types::ServerName<'static>>,
+}
+
+impl hyper_rustls::ResolveServerName for ServerNames {
+    fn resolve(
+        &self,
+        uri: &http::Uri,
+    ) -> Result<rustls::pki_types::ServerName<'static>, Box<dyn std::error::Error + Sync + Send>>
+    {
+        if let Some(n) = uri
+            .authority()
+            .and_then(|a| self.names.get(a.as_str()))
+            .or(self.default_name.as_ref())
+        {
+            return Ok(n.clone());
+        }
+        let host = uri.host().unwrap_or_default();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        Ok(rustls::pki_types::ServerName::try_from(host.to_owned())?)
+    }
 }

@@ -91,6 +91,8 @@ pub struct Metrics {
     pub arbiter_fresh: IntGaugeVec,
     /// The arbiter's decision per backend (0 ok, 1 pressured, 2 shedding, 3 down).
     pub backend_arbiter_state: IntGaugeVec,
+    /// Lookups of pools' `HOST:PORT` backends: changed, unchanged, error.
+    pub dns_resolutions: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -282,6 +284,13 @@ impl Metrics {
             ),
             BACKEND_LABELS,
         );
+        let dns_resolutions = IntCounterVec::new(
+            Opts::new(
+                "okome_dns_resolutions_total",
+                "Lookups of pools' HOST:PORT backends by result: changed (a new address set, applied as a new generation), unchanged, error (the last good addresses keep serving).",
+            ),
+            &["pool", "result"],
+        );
         let tenant_tokens = IntCounterVec::new(
             Opts::new(
                 "okome_tenant_tokens_total",
@@ -331,6 +340,7 @@ impl Metrics {
             let backend_prefix_hits = reg(r, backend_prefix_hits)?;
             let arbiter_fresh = reg(r, arbiter_fresh)?;
             let backend_arbiter_state = reg(r, backend_arbiter_state)?;
+            let dns_resolutions = reg(r, dns_resolutions)?;
             Ok(Metrics {
                 registry: registry.clone(),
                 ttft,
@@ -361,6 +371,7 @@ impl Metrics {
                 backend_prefix_hits,
                 arbiter_fresh,
                 backend_arbiter_state,
+                dns_resolutions,
             })
         })();
         #[allow(clippy::expect_used)]

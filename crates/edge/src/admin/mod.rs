@@ -10,6 +10,7 @@ use crate::edge::drain::Drain;
 use crate::edge::reload::ReloadStatus;
 use crate::metrics::Metrics;
 use crate::upstream::arbiter::ArbiterFeeds;
+use crate::upstream::dns::{Dns, NameStatus};
 use crate::upstream::Upstreams;
 use arc_swap::ArcSwap;
 use axum::extract::State;
@@ -32,6 +33,7 @@ struct AdminState {
     started: Instant,
     live: LiveFigures,
     arbiters: Option<Arc<ArbiterFeeds>>,
+    dns: Arc<Dns>,
 }
 
 /// Binds the admin listener and serves it on the current runtime.
@@ -42,6 +44,7 @@ pub async fn serve(
     arbiters: Option<Arc<ArbiterFeeds>>,
     reload: Arc<ArcSwap<ReloadStatus>>,
     drain: Arc<Drain>,
+    dns: Arc<Dns>,
 ) -> std::io::Result<SocketAddr> {
     let state = Arc::new(AdminState {
         metrics,
@@ -51,6 +54,7 @@ pub async fn serve(
         started: Instant::now(),
         live: LiveFigures::default(),
         arbiters,
+        dns,
     });
     let app = Router::new()
         .route("/metrics", get(metrics_page))
@@ -170,11 +174,15 @@ struct PoolStatus {
     queue_depth: u64,
     live: Live,
     backends: Vec<BackendStatus>,
+    /// Its `HOST:PORT` backends: what each resolved to, when, and the last lookup error.
+    names: Vec<NameStatus>,
 }
 
 #[derive(Serialize)]
 struct BackendStatus {
     address: String,
+    /// The `HOST` it was resolved from; null for a backend listed as `IP:PORT`.
+    name: Option<String>,
     healthy: bool,
     /// `ok`, `ejected` (passive ejection after live failures) or `down` (failing its health check).
     state: &'static str,
@@ -203,6 +211,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
                     let ejected_ms = b.ejected_for_ms();
                     BackendStatus {
                         address: b.id.clone(),
+                        name: b.name.clone(),
                         healthy: b.healthy(),
                         state: if !b.healthy() {
                             "down"
@@ -234,6 +243,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
                 queue_depth: backends.iter().map(|b| b.queue_depth).sum(),
                 live: take(&p.name, ""),
                 backends,
+                names: s.dns.status(&p.name),
             }
         })
         .collect();

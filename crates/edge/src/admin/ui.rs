@@ -106,7 +106,8 @@ function spark(points) {
 }
 function backendRow(b) {
   const l = b.live || {};
-  return "<tr data-backend=\"" + esc(b.address) + "\"><td>" + esc(b.address) + "</td>" +
+  return "<tr data-backend=\"" + esc(b.address) + "\"><td>" + esc(b.address) +
+    (b.name ? " <span class=dim>" + esc(b.name) + "</span>" : "") + "</td>" +
     "<td><span class=\"state s-" + esc(b.state) + "\">" + esc(b.state) + "</span>" +
     (b.ejected_for_seconds > 0 ? " <span class=dim>" + b.ejected_for_seconds.toFixed(1) + " s</span>" : "") +
     (b.arbiter && b.arbiter.state !== "ok" ? " <span class=\"state s-" + esc(b.arbiter.state) + "\" title=\"arbiter: " +
@@ -115,6 +116,10 @@ function backendRow(b) {
     "<td>" + pair(l.ttft_p50, l.ttft_p95) + "</td><td>" + pair(l.gap_p95, l.gap_p99) + "</td>" +
     "<td>" + ms(l.jitter_p50) + "</td><td class=streams>" + (l.streams || 0) + " <span class=dim>/ " + (l.streams_total || 0) + "</span></td></tr>";
 }
+function nameLine(n) {
+  return esc(n.name) + " → " + (n.addresses.length ? n.addresses.map(esc).join(", ") : "nothing yet") +
+    (n.failing ? " <span style=\"color:var(--bad)\">(lookup failing: " + esc(n.last_error || "") + ")</span>" : "");
+}
 function poolSection(p) {
   const l = p.live || {};
   return "<section class=\"pool\" data-pool=\"" + esc(p.name) + "\"><h2>" + esc(p.name) +
@@ -122,6 +127,7 @@ function poolSection(p) {
     p.inflight + " · queued " + p.queue_depth + " · TTFT p50/p95 " + pair(l.ttft_p50, l.ttft_p95) +
     " · gap p99 " + ms(l.gap_p99) + "</small></h2>" +
     (p.models.length ? "<div class=dim>models: " + p.models.map(esc).join(", ") + "</div>" : "") +
+    ((p.names || []).length ? "<div class=dim>names: " + p.names.map(nameLine).join(" · ") + "</div>" : "") +
     "<table><thead><tr><th>backend</th><th>state</th><th>in flight</th><th>queue</th>" +
     "<th>TTFT p50 / p95</th><th>gap p95 / p99</th><th>jitter p50</th><th>streams 1 min / total</th></tr></thead><tbody>" +
     p.backends.map(backendRow).join("") + "</tbody></table></section>";

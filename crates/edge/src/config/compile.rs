@@ -94,8 +94,10 @@ pub struct CompiledPool {
     pub name: String,
     /// Engine kind.
     pub kind: PoolKind,
-    /// Backend addresses, in config order, no duplicates.
-    pub backends: Vec<SocketAddr>,
+    /// Backends as written, in config order, no duplicates: addresses and names to resolve.
+    pub backends: Vec<BackendSpec>,
+    /// How often its names are resolved again (at least [`MIN_RESOLVE_EVERY`]).
+    pub resolve_every: Duration,
     /// Models named in the config.
     pub models: Vec<String>,
     /// Health check settings.
@@ -106,6 +108,113 @@ pub struct CompiledPool {
     pub auth: Option<http::HeaderValue>,
     /// TLS to the backends.
     pub tls: Option<std::sync::Arc<super::tls::UpstreamTls>>,
+}
+
+impl CompiledPool {
+    /// The `HOST:PORT` backends, in config order.
+    pub fn names(&self) -> impl Iterator<Item = (&str, u16)> {
+        self.backends.iter().filter_map(|b| match b {
+            BackendSpec::Name { host, port } => Some((host.as_str(), *port)),
+            BackendSpec::Addr(_) => None,
+        })
+    }
+}
+
+/// How often a pool's names are resolved again unless it says (`pools.<name>.resolve_every`).
+pub const DEFAULT_RESOLVE_EVERY: Duration = Duration::from_secs(5);
+/// The shortest `resolve_every`: more often would only load the resolver (and its upstream).
+pub const MIN_RESOLVE_EVERY: Duration = Duration::from_secs(1);
+/// The longest DNS name (RFC 1035), without the trailing dot.
+const MAX_NAME_LEN: usize = 253;
+
+/// One entry of `pools.<name>.backends`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BackendSpec {
+    /// A literal `IP:PORT` (IPv6 as `[::1]:8000`).
+    Addr(SocketAddr),
+    /// `HOST:PORT`: every address the system resolver gives for `host`, on `port`; resolved at
+    /// start and again every `resolve_every`.
+    Name {
+        /// The DNS name, lowercased (DNS names are case-insensitive).
+        host: String,
+        /// The port on every address of the name.
+        port: u16,
+    },
+}
+
+impl BackendSpec {
+    /// Parses `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT`; the error says what is wrong in words.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(BackendSpec::Addr(addr));
+        }
+        let Some((host, port)) = s.rsplit_once(':') else {
+            return Err("no port".into());
+        };
+        if host.starts_with('[') || host.contains(':') {
+            return Err(
+                "not an IPv6 address: write it in brackets with a port, like [::1]:8000".into(),
+            );
+        }
+        let port = match port.parse::<u16>() {
+            Ok(0) => return Err("port 0 cannot be connected to".into()),
+            Ok(p) => p,
+            Err(_) => return Err(format!("{port:?} is not a port")),
+        };
+        check_dns_name(host)?;
+        Ok(BackendSpec::Name {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for BackendSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendSpec::Addr(a) => write!(f, "{a}"),
+            BackendSpec::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// A name the resolver can be asked about: dot-separated labels of letters, digits and '-'
+/// (not at a label's ends), at most 63 characters each and 253 in all, an optional final dot
+/// (fully qualified: no search domain is tried). A last label of digits only is refused: such
+/// a "name" is a mistyped IPv4 address, which getaddrinfo would read in the old numeric forms
+/// (`10.1` = 10.0.0.1) instead of failing.
+fn check_dns_name(host: &str) -> Result<(), String> {
+    let bare = host.strip_suffix('.').unwrap_or(host);
+    if bare.is_empty() {
+        return Err("no host before the port".into());
+    }
+    if bare.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "the host name is {} characters long; DNS allows {MAX_NAME_LEN}",
+            bare.len()
+        ));
+    }
+    let labels: Vec<&str> = bare.split('.').collect();
+    for label in &labels {
+        let ok = (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!(
+                "{host:?} is not an IP address or a DNS name (letters, digits and '-' between dots)"
+            ));
+        }
+    }
+    if labels
+        .last()
+        .is_some_and(|l| l.bytes().all(|c| c.is_ascii_digit()))
+    {
+        return Err(format!("{host:?} is not a valid IP address"));
+    }
+    Ok(())
 }
 
 /// A route with pools resolved to indices, rules parsed and filters compiled.
@@ -389,6 +498,24 @@ fn warnings(cfg: &EdgeConfig) -> Vec<String> {
             ));
         }
     }
+    for (name, pool) in &cfg.pools.value {
+        let Some(r) = &pool.value.resolve_every else {
+            continue;
+        };
+        // Ignored rather than refused: a templated config may switch a pool between
+        // addresses and names, and the key does no harm where there is nothing to resolve.
+        let names = pool
+            .value
+            .backends
+            .iter()
+            .any(|b| matches!(BackendSpec::parse(&b.value), Ok(BackendSpec::Name { .. })));
+        if !names {
+            w.push(format!(
+                "line {}: pools.{name}.resolve_every: the pool has no HOST:PORT backend, so there is nothing to resolve; ignored",
+                at(r)
+            ));
+        }
+    }
     w
 }
 
@@ -433,30 +560,46 @@ fn compile_pool(
             out,
             at(pool),
             format!("{key}.backends"),
-            "a pool needs at least one backend `IP:PORT`".into(),
+            "a pool needs at least one backend `IP:PORT` or `HOST:PORT`".into(),
         );
     }
     let mut backends = Vec::with_capacity(p.backends.len());
     for (i, b) in p.backends.iter().enumerate() {
-        match b.value.parse::<SocketAddr>() {
-            Ok(addr) if backends.contains(&addr) => push(
+        match BackendSpec::parse(&b.value) {
+            Ok(spec) if backends.contains(&spec) => push(
                 out,
                 at(b),
                 format!("{key}.backends[{i}]"),
-                format!("backend {addr} is listed twice"),
+                format!("backend {spec} is listed twice"),
             ),
-            Ok(addr) => backends.push(addr),
-            Err(_) => push(
+            Ok(spec) => backends.push(spec),
+            Err(why) => push(
                 out,
                 at(b),
                 format!("{key}.backends[{i}]"),
                 format!(
-                    "bad address {:?}: expected IP:PORT like 127.0.0.1:8000",
+                    "bad address {:?}: {why}; expected IP:PORT like 127.0.0.1:8000 or HOST:PORT like vllm-0.internal:8000",
                     b.value
                 ),
             ),
         }
     }
+    let resolve_every = match &p.resolve_every {
+        Some(r) if r.value.0 < MIN_RESOLVE_EVERY => {
+            push(
+                out,
+                at(r),
+                format!("{key}.resolve_every"),
+                format!(
+                    "{} is too often to ask the resolver: at least 1s (leave it out for 5s)",
+                    r.value
+                ),
+            );
+            DEFAULT_RESOLVE_EVERY
+        }
+        Some(r) => r.value.0,
+        None => DEFAULT_RESOLVE_EVERY,
+    };
     let hc = &p.health_check;
     if hc.timeout > hc.interval {
         push(
@@ -508,6 +651,7 @@ fn compile_pool(
         name: name.to_owned(),
         kind: p.kind,
         backends,
+        resolve_every,
         models: p.models.clone(),
         health: hc.clone(),
         ejection: p.ejection,
@@ -779,6 +923,115 @@ pools:
         assert_eq!(
             (problems[0].line, problems[0].key.as_str()),
             (3, "pools.p.api_key")
+        );
+    }
+    #[test]
+    fn backends_are_addresses_or_names() {
+        let c = compile_text(
+            "listeners: [{address: 127.0.0.1:8080}]\npools:\n  p:\n    kind: vllm\n    backends: [127.0.0.1:9001, \"[::1]:9002\", localhost:8000, VLLM-0.Engines.svc.cluster.local.:8000]\n    resolve_every: 2s\nroutes: [{name: r, pool: p}]\n",
+        )
+        .unwrap();
+        let p = &c.pools[0];
+        assert_eq!(
+            p.backends,
+            [
+                BackendSpec::Addr("127.0.0.1:9001".parse().unwrap()),
+                BackendSpec::Addr("[::1]:9002".parse().unwrap()),
+                BackendSpec::Name {
+                    host: "localhost".into(),
+                    port: 8000
+                },
+                BackendSpec::Name {
+                    host: "vllm-0.engines.svc.cluster.local.".into(),
+                    port: 8000
+                },
+            ]
+        );
+        assert_eq!(p.resolve_every, Duration::from_secs(2));
+        assert_eq!(
+            p.names().collect::<Vec<_>>(),
+            [
+                ("localhost", 8000),
+                ("vllm-0.engines.svc.cluster.local.", 8000)
+            ]
+        );
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        // Without the key: the default.
+        let c = compile_text(&format!("{BASE}routes: [{{name: r, pool: zeta}}]\n")).unwrap();
+        assert_eq!(c.pools[1].resolve_every, DEFAULT_RESOLVE_EVERY);
+    }
+
+    #[test]
+    fn bad_backends_are_reported_at_their_line_and_key() {
+        let problems = compile_text(
+            &"listeners: [{address: 127.0.0.1:8080}]
+pools:
+  p:
+    kind: vllm
+    backends:
+      - localhost
+      - ::1:8000
+      - bad_name:8000
+      - -x.example:8000
+      - 10.0.300.1:8000
+      - host:0
+      - host:http
+      - Engine.local:8000
+      - engine.LOCAL:8000
+      - x.example:8000
+    resolve_every: 0s
+  q:
+    kind: vllm
+    backends: [\"LONG:1\"]
+    resolve_every: 500ms
+routes: [{name: r, pool: p}]
+"
+            .replace("LONG", &"abcdefghi.".repeat(26)),
+        )
+        .unwrap_err();
+        let found: Vec<(u64, &str, &str)> = problems
+            .iter()
+            .map(|p| (p.line, p.key.as_str(), p.message.as_str()))
+            .collect();
+        let has = |line: u64, key: &str, words: &str| {
+            assert!(
+                found
+                    .iter()
+                    .any(|(l, k, m)| *l == line && *k == key && m.contains(words)),
+                "want {line} {key} {words:?} in {found:#?}"
+            )
+        };
+        has(6, "pools.p.backends[0]", "no port");
+        has(7, "pools.p.backends[1]", "brackets");
+        has(8, "pools.p.backends[2]", "not an IP address or a DNS name");
+        has(9, "pools.p.backends[3]", "not an IP address or a DNS name");
+        has(10, "pools.p.backends[4]", "not a valid IP address");
+        has(11, "pools.p.backends[5]", "port 0");
+        has(12, "pools.p.backends[6]", "not a port");
+        // Names are case-insensitive: the same name twice is a duplicate.
+        has(14, "pools.p.backends[8]", "listed twice");
+        has(16, "pools.p.resolve_every", "at least 1s");
+        has(19, "pools.q.backends[0]", "DNS allows 253");
+        has(20, "pools.q.resolve_every", "at least 1s");
+        // Every bad address is told the accepted forms.
+        assert!(problems
+            .iter()
+            .filter(|p| p.message.starts_with("bad address"))
+            .all(|p| p.message.contains("IP:PORT") && p.message.contains("HOST:PORT")));
+        assert_eq!(problems.len(), 11, "{problems:#?}");
+    }
+
+    #[test]
+    fn resolve_every_without_names_is_ignored_with_a_warning() {
+        let c = compile_text(
+            "listeners: [{address: 127.0.0.1:8080}]\npools:\n  p:\n    kind: vllm\n    backends: [127.0.0.1:9001]\n    resolve_every: 10s\nroutes: [{name: r, pool: p}]\n",
+        )
+        .unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(
+            c.warnings[0].starts_with("line 6: pools.p.resolve_every"),
+            "{:?}",
+            c.warnings
         );
     }
 }

@@ -442,8 +442,11 @@ pub use okome_engine::EngineKind as PoolKind;
 pub struct Pool {
     /// Engine kind: `vllm`, `ollama`, `tfserving` or `openai`.
     pub kind: PoolKind,
-    /// Backend addresses, `IP:PORT`.
+    /// Backends, `IP:PORT` or `HOST:PORT` (a name resolved by the system resolver).
     pub backends: Vec<Spanned<String>>,
+    /// How often the pool's `HOST:PORT` backends are resolved again (default 5s, at least 1s).
+    #[serde(default)]
+    pub resolve_every: Option<Spanned<Dur>>,
     /// Models this pool serves; empty = learn them from the engines.
     #[serde(default)]
     pub models: Vec<String>,

@@ -41,11 +41,12 @@ pub fn next(edge: &Edge, ctx: &mut RequestCtx) -> Result<HttpPeer, EdgeError> {
                 None => HttpPeer::new(backend.addr, false, String::new()),
                 Some(tls) => {
                     // Pingora checks the certificate against the SNI name (and skips the check
-                    // when there is none): an IP backend is checked against its IP.
-                    let name = tls
-                        .server_name
-                        .clone()
-                        .unwrap_or_else(|| backend.addr.ip().to_string());
+                    // when there is none): a backend from a name is checked against that name,
+                    // an IP backend against its IP.
+                    let name = match (&tls.server_name, &backend.name) {
+                        (Some(n), _) | (None, Some(n)) => n.clone(),
+                        (None, None) => backend.addr.ip().to_string(),
+                    };
                     let mut peer = HttpPeer::new(backend.addr, true, name);
                     peer.options.ca = tls.ca.clone();
                     peer.client_cert_key = tls.client_cert.clone();

@@ -6,9 +6,13 @@
 //! serving. Settings that live with the process (listeners, admin listener, worker threads, grace
 //! period, control plane, arbiters, access log) cannot change this way: such a reload is refused
 //! as needing a restart (or `okome edge --upgrade`), never half-applied.
+//!
+//! A pool's `HOST:PORT` backend that resolves to other addresses is applied the same way, as a
+//! new generation of the config serving ([`Reloader::apply_resolution`]).
 
 use super::{Edge, Shared};
 use crate::config::compile::CompiledEdge;
+use crate::upstream::dns::Dns;
 use crate::upstream::{health, Upstreams};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
@@ -70,6 +74,7 @@ pub struct Reloader {
     upstreams: watch::Sender<Arc<Upstreams>>,
     shared: Shared,
     status: Arc<ArcSwap<ReloadStatus>>,
+    dns: Arc<Dns>,
 }
 
 /// What a reloader is built from: the edge serving now and what it shares with the next ones.
@@ -87,6 +92,8 @@ pub struct Parts {
     pub shared: Shared,
     /// What `/status` shows.
     pub status: Arc<ArcSwap<ReloadStatus>>,
+    /// What the pools' names resolve to.
+    pub dns: Arc<Dns>,
 }
 
 impl Reloader {
@@ -100,6 +107,7 @@ impl Reloader {
             upstreams: parts.upstreams,
             shared: parts.shared,
             status: parts.status,
+            dns: parts.dns,
         })
     }
 
@@ -127,17 +135,27 @@ impl Reloader {
         if !changed.is_empty() {
             return Err(ReloadError::NeedsRestart(changed));
         }
+        // Names new to this config are resolved before the swap (known ones keep their last
+        // answer until the resolver task comes round), so their backends serve at once.
+        self.dns.resolve_config(&cfg, true).await;
         let old = self.current.load_full();
         let upstreams = Arc::new(Upstreams::rebuild(
             &cfg,
             &self.shared.metrics,
             Some(&old.upstreams),
+            &self.dns.resolved(),
         ));
         // New backends start unhealthy: probe them (and learn their models) before traffic.
         health::bootstrap(&upstreams).await;
-        let edge = Edge::new(&cfg, upstreams.clone(), &self.shared, old.version + 1);
-        super::server::init_series(&edge);
-        let version = edge.version;
+        let version = old.version + 1;
+        // Certificates change in place: new handshakes get them, open connections keep theirs.
+        for (served, l) in self.shared.certs.iter().zip(&cfg.listeners) {
+            if let (Some(served), Some(tls)) = (served, &l.tls) {
+                served.replace(tls);
+            }
+        }
+        self.install(&cfg, upstreams.clone(), version);
+        let edge = self.current.load();
         let summary = format!(
             "{} pool(s), {} backend(s), {} route(s)",
             upstreams.pools.len(),
@@ -148,18 +166,66 @@ impl Reloader {
                 .sum::<usize>(),
             edge.routes.routes.len()
         );
-        // Certificates change in place: new handshakes get them, open connections keep theirs.
-        for (served, l) in self.shared.certs.iter().zip(&cfg.listeners) {
-            if let (Some(served), Some(tls)) = (served, &l.tls) {
-                served.replace(tls);
-            }
-        }
-        self.current.store(Arc::new(edge));
-        self.upstreams.send_replace(upstreams);
         *self.applied.lock() = cfg;
         log::info!("config v{version} applied: {summary}");
         self.record("applied", format!("v{version}: {summary}"));
         Ok(version)
+    }
+
+    /// Rebuilds the config serving with what its names resolve to now, and swaps it in when a
+    /// pool's backends changed (a new generation with the same config version: requests
+    /// running finish on theirs, backends that stay keep their state, new ones are probed
+    /// first). Whether it swapped.
+    pub async fn apply_resolution(&self) -> bool {
+        let _one = self.busy.lock().await;
+        let old = self.current.load_full();
+        let upstreams = Arc::new(Upstreams::rebuild(
+            &self.applied.lock(),
+            &self.shared.metrics,
+            Some(&old.upstreams),
+            &self.dns.resolved(),
+        ));
+        if upstreams.same_backends(&old.upstreams) {
+            return false;
+        }
+        health::bootstrap(&upstreams).await;
+        // `busy` is held: the applied config is still the one the pools were built from.
+        self.install(&self.applied.lock(), upstreams.clone(), old.version);
+        for (p, was) in upstreams.pools.iter().zip(&old.upstreams.pools) {
+            let ids = |pool: &crate::upstream::Pool| {
+                pool.backends
+                    .iter()
+                    .map(|b| b.id.clone())
+                    .collect::<std::collections::BTreeSet<_>>()
+            };
+            let (now, before) = (ids(p), ids(was));
+            if now != before {
+                let list = |s: Vec<&String>| {
+                    s.into_iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                log::info!(
+                    "pool {}: backends from names changed: added [{}], removed [{}]; {} backend(s), {} healthy",
+                    p.name,
+                    list(now.difference(&before).collect()),
+                    list(before.difference(&now).collect()),
+                    p.backends.len(),
+                    p.backends.iter().filter(|b| b.eligible()).count()
+                );
+            }
+        }
+        true
+    }
+
+    /// Swaps in an edge of `cfg` over `upstreams` and publishes its pools (probes, arbiter
+    /// feeds, admin, resolver).
+    fn install(&self, cfg: &CompiledEdge, upstreams: Arc<Upstreams>, version: u64) {
+        let edge = Edge::new(cfg, upstreams.clone(), &self.shared, version);
+        super::server::init_series(&edge);
+        self.current.store(Arc::new(edge));
+        self.upstreams.send_replace(upstreams);
     }
 
     fn record(&self, result: &'static str, message: String) {

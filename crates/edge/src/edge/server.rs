@@ -1,5 +1,5 @@
 //! Assembles and runs the edge: [`assemble`] builds the proxy state and starts the background
-//! work (admin listener, health probes, arbiter feeds, policy watch) on a small control runtime;
+//! work (admin listener, health probes, arbiter feeds, policy watch, DNS resolver) on a small control runtime;
 //! [`run`] serves it with Pingora's server on the configured listeners until SIGINT/SIGTERM;
 //! [`super::embedded`] serves it inside another process (tests, benchmarks).
 
@@ -10,6 +10,7 @@ use super::reload::{self, ReloadStatus, Reloader};
 use super::{Edge, Shared};
 use crate::config::compile::CompiledEdge;
 use crate::metrics::Metrics;
+use crate::upstream::dns::{self, Dns};
 use crate::upstream::{health, Upstreams};
 use arc_swap::ArcSwap;
 use okome_core::supervisor::Supervisor;
@@ -69,10 +70,10 @@ pub struct Assembled {
     pub certs: Vec<Option<crate::tls::Served>>,
 }
 
-/// Builds the edge from a compiled config: opens the access log, starts the admin listener and
-/// runs the first health round (so the first request sees real health), then supervises the
-/// probes, arbiter feeds, policy watch and (with a `path` to watch) config reloads on
-/// `background`.
+/// Builds the edge from a compiled config: opens the access log, resolves the pools' names,
+/// starts the admin listener and runs the first health round (so the first request sees real
+/// health), then supervises the probes, arbiter feeds, policy watch, the DNS resolver and (with
+/// a `path` to watch) config reloads on `background`.
 pub async fn assemble(
     cfg: CompiledEdge,
     path: Option<std::path::PathBuf>,
@@ -86,7 +87,11 @@ pub async fn assemble(
             })?;
     let access_log = Arc::new(access_log);
     let metrics = Metrics::new();
-    let upstreams = Arc::new(Upstreams::new(&cfg, &metrics));
+    // Names are resolved once before anything is built; one that does not resolve gives its
+    // pool no backend for now (logged), and the resolver task keeps trying.
+    let dns = Dns::new(metrics.clone());
+    dns.resolve_config(&cfg, false).await;
+    let upstreams = Arc::new(Upstreams::new(&cfg, &metrics, &dns.resolved()));
     let (publish_upstreams, current_upstreams) = watch::channel(upstreams.clone());
     let supervisor = Supervisor::new(background, Some(metrics.task_restarts.clone()));
     let drain = Drain::new();
@@ -109,6 +114,7 @@ pub async fn assemble(
         arbiters.clone(),
         reload_status.clone(),
         drain.clone(),
+        dns.clone(),
     )
     .await
     .map_err(|source| StartError::Bind {
@@ -179,7 +185,15 @@ pub async fn assemble(
         upstreams: publish_upstreams,
         shared,
         status: reload_status,
+        dns: dns.clone(),
     });
+    {
+        // Always running (it idles without names): a reload may bring the first name.
+        let (d, r, up) = (dns, reloader.clone(), current_upstreams.clone());
+        supervisor.spawn("dns resolver", move || {
+            dns::run(d.clone(), r.clone(), up.clone())
+        });
+    }
     if watch_file {
         let r = reloader.clone();
         supervisor.spawn("config reload", move || r.clone().watch());

@@ -13,6 +13,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// `IP:PORT`, used as the metric label.
     pub id: String,
+    /// The configured `HOST` it was resolved from (`None`: listed as `IP:PORT`).
+    pub name: Option<String>,
     /// `http://IP:PORT`, where probes go.
     pub base_url: String,
     /// `https://IP:PORT`, where probes go when its pool speaks TLS.
@@ -39,6 +41,7 @@ impl Backend {
         Backend {
             addr,
             id: addr.to_string(),
+            name: None,
             base_url: format!("http://{addr}"),
             tls_base_url: format!("https://{addr}"),
             pool: pool.to_owned(),
@@ -54,6 +57,12 @@ impl Backend {
             verdict: arc_swap::ArcSwapOption::empty(),
             prefix_seen: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// The same backend, known as resolved from `name`.
+    pub fn with_name(mut self, name: Option<String>) -> Self {
+        self.name = name;
+        self
     }
 
     fn now_ms(&self) -> u64 {

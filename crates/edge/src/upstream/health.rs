@@ -57,12 +57,26 @@ async fn run_pools(up: Arc<Upstreams>) {
 fn client_for(pool: &Pool, plain: &Client) -> Client {
     match &pool.tls {
         None => plain.clone(),
-        Some(tls) => Client::with_tls(
-            tls.probe_config.clone(),
-            tls.server_name
-                .as_deref()
-                .and_then(|n| rustls::pki_types::ServerName::try_from(n.to_owned()).ok()),
-        ),
+        Some(tls) => {
+            // As on requests (`edge::peer`): the pool's server name, else the name a backend
+            // was resolved from, else its IP.
+            let names = pool
+                .backends
+                .iter()
+                .filter(|_| tls.server_name.is_none())
+                .filter_map(|b| {
+                    let name = rustls::pki_types::ServerName::try_from(b.name.clone()?).ok()?;
+                    Some((b.addr.to_string(), name))
+                })
+                .collect();
+            Client::with_tls(
+                tls.probe_config.clone(),
+                names,
+                tls.server_name
+                    .as_deref()
+                    .and_then(|n| rustls::pki_types::ServerName::try_from(n.to_owned()).ok()),
+            )
+        }
     }
 }
 

@@ -6,9 +6,11 @@
 //! - [`select`]: power-of-two-choices on in-flight plus the engine's queue.
 //! - [`health`]: active probes per engine kind, queue scraping and model discovery.
 //! - [`arbiter`]: the GPU arbiter's decisions, long-polled and attached to backends.
+//! - [`dns`]: `HOST:PORT` backends resolved at start and again periodically.
 
 pub mod arbiter;
 pub mod backend;
+pub mod dns;
 pub mod health;
 pub mod pool;
 pub mod select;

@@ -1,7 +1,8 @@
 //! Pools of backends and the models they serve.
 
+use super::dns::Resolved;
 use super::Backend;
-use crate::config::compile::{CompiledEdge, CompiledPool};
+use crate::config::compile::{BackendSpec, CompiledEdge, CompiledPool};
 use crate::config::{self, PoolKind};
 use arc_swap::ArcSwap;
 use std::collections::BTreeSet;
@@ -14,8 +15,12 @@ pub struct Pool {
     pub name: String,
     /// Engine kind.
     pub kind: PoolKind,
-    /// Its backends, in config order.
+    /// Its backends, in config order; a name's addresses (sorted) where the name is listed.
     pub backends: Vec<Arc<Backend>>,
+    /// Its `HOST:PORT` backends, in config order (resolved again every `resolve_every`).
+    pub names: Vec<(String, u16)>,
+    /// How often its names are resolved again.
+    pub resolve_every: std::time::Duration,
     /// Models named in the config (never replaced by discovery).
     pub static_models: Vec<String>,
     learned: ArcSwap<BTreeSet<String>>,
@@ -32,22 +37,50 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Builds a pool from its compiled config; backends of `old` (the pool of the same name
-    /// before a reload) at the same address are kept with their live state (health, in-flight,
-    /// ejection), and so are its learned models when the engine kind is the same.
+    /// Builds a pool from its compiled config, its names as `resolved` (a name not resolved
+    /// yet gives no backend); an address listed twice (a literal and a name, or two names) is
+    /// one backend, the first. Backends of `old` (the pool of the same name in the generation
+    /// before) at the same address and from the same name are kept with their live state
+    /// (health, in-flight, ejection), and so are its learned models when the engine kind is
+    /// the same.
     pub fn new(
         cfg: &CompiledPool,
         retry: &config::Retry,
         metrics: &crate::metrics::Metrics,
         old: Option<&Pool>,
+        resolved: &Resolved,
     ) -> Self {
-        let backends = cfg
-            .backends
-            .iter()
-            .map(|&addr| {
-                old.and_then(|o| o.backends.iter().find(|b| b.addr == addr))
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(Backend::new(&cfg.name, addr, metrics.clone())))
+        let mut addrs: Vec<(std::net::SocketAddr, Option<&str>)> = Vec::new();
+        for spec in &cfg.backends {
+            let found: Vec<_> = match spec {
+                BackendSpec::Addr(a) => vec![(*a, None)],
+                BackendSpec::Name { host, port } => resolved
+                    .addrs(&cfg.name, host, *port)
+                    .iter()
+                    .map(|a| (*a, Some(host.as_str())))
+                    .collect(),
+            };
+            for (a, name) in found {
+                if !addrs.iter().any(|(b, _)| *b == a) {
+                    addrs.push((a, name));
+                }
+            }
+        }
+        let backends = addrs
+            .into_iter()
+            .map(|(addr, name)| {
+                old.and_then(|o| {
+                    o.backends
+                        .iter()
+                        .find(|b| b.addr == addr && b.name.as_deref() == name)
+                })
+                .cloned()
+                .unwrap_or_else(|| {
+                    Arc::new(
+                        Backend::new(&cfg.name, addr, metrics.clone())
+                            .with_name(name.map(str::to_owned)),
+                    )
+                })
             })
             .collect();
         let learned = old
@@ -58,6 +91,8 @@ impl Pool {
             name: cfg.name.clone(),
             kind: cfg.kind,
             backends,
+            names: cfg.names().map(|(h, p)| (h.to_owned(), p)).collect(),
+            resolve_every: cfg.resolve_every,
             static_models: cfg.models.clone(),
             learned: ArcSwap::new(learned),
             health: cfg.health.clone(),
@@ -137,17 +172,20 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Builds all pools, in the compiled config's order (routes refer to them by index).
-    pub fn new(cfg: &CompiledEdge, metrics: &crate::metrics::Metrics) -> Self {
-        Self::rebuild(cfg, metrics, None)
+    /// Builds all pools, in the compiled config's order (routes refer to them by index), their
+    /// names as `resolved`.
+    pub fn new(cfg: &CompiledEdge, metrics: &crate::metrics::Metrics, resolved: &Resolved) -> Self {
+        Self::rebuild(cfg, metrics, None, resolved)
     }
 
-    /// Builds the pools of a reloaded config: pools and backends that keep their name and
-    /// address keep their live state (see [`Pool::new`]); the others start fresh.
+    /// Builds the pools of a new generation (a reload, or names that resolve differently):
+    /// pools and backends that keep their name and address keep their live state (see
+    /// [`Pool::new`]); the others start fresh.
     pub fn rebuild(
         cfg: &CompiledEdge,
         metrics: &crate::metrics::Metrics,
         old: Option<&Upstreams>,
+        resolved: &Resolved,
     ) -> Self {
         Upstreams {
             pools: cfg
@@ -155,10 +193,29 @@ impl Upstreams {
                 .iter()
                 .map(|p| {
                     let before = old.and_then(|o| o.pools.iter().find(|q| q.name == p.name));
-                    Arc::new(Pool::new(p, &cfg.retry, metrics, before.map(|b| &**b)))
+                    Arc::new(Pool::new(
+                        p,
+                        &cfg.retry,
+                        metrics,
+                        before.map(|b| &**b),
+                        resolved,
+                    ))
                 })
                 .collect(),
         }
+    }
+
+    /// Whether `other` has the same pools with the same backends (same `Arc`s: nothing to swap).
+    pub fn same_backends(&self, other: &Upstreams) -> bool {
+        self.pools.len() == other.pools.len()
+            && self.pools.iter().zip(&other.pools).all(|(a, b)| {
+                a.name == b.name
+                    && a.backends.len() == b.backends.len()
+                    && a.backends
+                        .iter()
+                        .zip(&b.backends)
+                        .all(|(x, y)| Arc::ptr_eq(x, y))
+            })
     }
 
     /// Index of a pool by name.
