@@ -27,6 +27,11 @@ pub struct Pool {
     pub auth: Option<http::HeaderValue>,
     /// Retries this pool may still cause.
     pub retry_budget: crate::edge::retry::RetryBudget,
+    /// Where each backend is probed (`http://IP:PORT`, in backend order): its own address, or
+    /// its host at `health_check.port` (an okome node's admin listener).
+    pub probe_bases: Vec<String>,
+    /// The consistent-hash ring over all backends, when the pool is sticky.
+    pub sticky: Option<super::hash::Sticky>,
 }
 
 impl Pool {
@@ -48,6 +53,18 @@ impl Pool {
                     .unwrap_or_else(|| Arc::new(Backend::new(&cfg.name, addr, metrics.clone())))
             })
             .collect();
+        // Per generation, not per backend: a reload may change the probe port.
+        let probe_bases = cfg
+            .backends
+            .iter()
+            .map(|a| match cfg.probe_port {
+                Some(port) => format!("http://{}", std::net::SocketAddr::new(a.ip(), port)),
+                None => format!("http://{a}"),
+            })
+            .collect();
+        let sticky = (!cfg.sticky.is_empty()).then(|| {
+            super::hash::Sticky::new(cfg.sticky.clone(), &cfg.backends).counted(metrics, &cfg.name)
+        });
         let learned = old
             .filter(|o| o.kind == cfg.kind)
             .map(|o| o.learned.load_full())
@@ -65,6 +82,8 @@ impl Pool {
                 retry.budget_ratio,
                 retry.budget_reserve,
             ),
+            probe_bases,
+            sticky,
         }
     }
 
@@ -97,15 +116,18 @@ impl Pool {
         self.backends.iter().any(|b| b.eligible())
     }
 
-    /// Whether this pool can answer requests of `api`.
+    /// Whether this pool can answer requests of `api` (stream nodes speak every client API:
+    /// their own pools decide).
     pub fn speaks(&self, api: crate::api::Api) -> bool {
         use crate::api::Api;
         matches!(
             (api, self.kind),
-            (
-                Api::OpenAi,
-                PoolKind::Vllm | PoolKind::Ollama | PoolKind::Openai
-            ) | (Api::Ollama, PoolKind::Ollama)
+            (_, PoolKind::Okome)
+                | (
+                    Api::OpenAi,
+                    PoolKind::Vllm | PoolKind::Ollama | PoolKind::Openai
+                )
+                | (Api::Ollama, PoolKind::Ollama)
                 | (Api::TfServing, PoolKind::Tfserving)
         )
     }
