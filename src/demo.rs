@@ -76,6 +76,14 @@ pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
             PoolKind::Vllm | PoolKind::Openai => SimKind::Vllm,
             PoolKind::Ollama => SimKind::Ollama,
             PoolKind::Tfserving => SimKind::TfServing,
+            // Stream nodes are okome edges, not engines: a simulator cannot stand in for one.
+            PoolKind::Okome => {
+                log::warn!(
+                    "demo: pool {} is kind okome: start its stream nodes yourself",
+                    pool.name
+                );
+                continue;
+            }
         };
         for &addr in &pool.backends {
             let mut sc = SimConfig::new(kind);
