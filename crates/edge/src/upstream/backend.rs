@@ -13,7 +13,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// `IP:PORT`, used as the metric label.
     pub id: String,
-    /// `http://IP:PORT`, where probes go.
+    /// `http://IP:PORT`, its own address (probes go to the pool's `probe_bases`, which a
+    /// `health_check.port` may point elsewhere).
     pub base_url: String,
     /// Name of its pool.
     pub pool: String,
