@@ -76,6 +76,14 @@ pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
             PoolKind::Vllm | PoolKind::Openai => SimKind::Vllm,
             PoolKind::Ollama => SimKind::Ollama,
             PoolKind::Tfserving => SimKind::TfServing,
+            // Stream nodes are okome edges, not engines: a simulator cannot stand in for one.
+            PoolKind::Okome => {
+                log::warn!(
+                    "demo: pool {} is kind okome: start its stream nodes yourself",
+                    pool.name
+                );
+                continue;
+            }
         };
         // A simulator per literal address; a `HOST:PORT` backend is whatever the name gives.
         let addrs = pool.backends.iter().filter_map(|b| match b {

@@ -220,3 +220,21 @@ fn shipped_config_plans() {
     let p = plan(&c, None).expect("conf/arbiter.yaml plans");
     assert_eq!(p.engines.len(), 3);
 }
+
+#[test]
+fn okome_edges_are_not_engines() {
+    let err = ArbiterConfig::from_str(
+        "arbiter.yaml",
+        r#"
+gpu: { source: none }
+gpus:
+  - { uuid: GPU-1111, memory: 80GiB }
+engines:
+  - { name: n, kind: okome, address: 127.0.0.1:8080, budget: 10GiB }
+"#,
+    )
+    .expect_err("an okome edge is refused");
+    let msg = format!("{err:?}");
+    assert!(msg.contains("engines[0].kind"), "{msg}");
+    assert!(msg.contains("not a GPU engine"), "{msg}");
+}

@@ -81,6 +81,10 @@ fn shipped_configs_pass() {
             "conf/demo.yaml",
             "edge config, 1 listener(s), 3 pool(s), 3 route(s)",
         ),
+        (
+            "conf/ingress.yaml",
+            "edge config, 1 listener(s), 1 pool(s), 1 route(s)",
+        ),
     ] {
         let path = root.join(name);
         let out = check(&[&path]);

@@ -49,6 +49,12 @@ impl TestEdge {
         self._edge.reloader.apply(cfg).await
     }
 
+    /// Starts draining, as SIGTERM would: `/readyz` answers 503 from now on (an embedded edge
+    /// keeps serving what reaches it).
+    pub fn drain(&self) {
+        self._edge.drain.start();
+    }
+
     /// Sum of a metric's samples whose label set contains every `labels` pair.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         super::scrape_metric(self.admin, name, labels).await
@@ -65,6 +71,12 @@ pub async fn edge(yaml_body: &str) -> TestEdge {
 /// [`edge`] with another `listeners:` entry (e.g. with `max_connections`); its address must
 /// be on port 0.
 pub async fn edge_with_listener(listener: &str, yaml_body: &str) -> TestEdge {
+    edge_at(listener, "127.0.0.1:0", yaml_body).await
+}
+
+/// [`edge_with_listener`] with the admin listener on `admin` (e.g. another loopback address,
+/// `127.0.0.2:0`, or a port shared with an edge on another address).
+pub async fn edge_at(listener: &str, admin: &str, yaml_body: &str) -> TestEdge {
     let dir = tempfile::tempdir().expect("tempdir");
     let access_log = (!yaml_body.contains("access_log:")).then(|| dir.path().join("access.log"));
     let log_section = access_log
@@ -72,7 +84,7 @@ pub async fn edge_with_listener(listener: &str, yaml_body: &str) -> TestEdge {
         .map(|p| format!("access_log:\n  path: {}\n", p.display()))
         .unwrap_or_default();
     let framing = format!(
-        "listeners:\n{listener}admin:\n  address: 127.0.0.1:0\nserver:\n  threads: 2\n  grace_period: 1s\n{log_section}"
+        "listeners:\n{listener}admin:\n  address: {admin}\nserver:\n  threads: 2\n  grace_period: 1s\n{log_section}"
     );
     let yaml = format!("{framing}{yaml_body}");
     let path = dir.path().join("edge.yaml");

@@ -141,7 +141,7 @@ pub struct GpuSpec {
     pub memory: Option<ByteSize>,
 }
 
-/// Engine kind: the engine client's (`openai` is refused: nothing to plan or watch).
+/// Engine kind: the engine client's (`openai` and `okome` are refused: nothing to plan or watch).
 pub use okome_engine::EngineKind;
 
 /// An engine's memory budget: bytes (`40GiB`, `40.5GiB`) or a fraction of the GPU (`0.5`, `50%`).
@@ -529,6 +529,17 @@ impl ArbiterConfig {
                         format!("engines[{i}].kind"),
                         "the arbiter plans and watches vllm, ollama and tfserving engines; \
                      a generic OpenAI server has no GPU settings or signals to read"
+                            .into(),
+                    ),
+                );
+            }
+            if e.kind == EngineKind::Okome {
+                out.push(
+                    self.problem(
+                        line,
+                        format!("engines[{i}].kind"),
+                        "the arbiter plans and watches vllm, ollama and tfserving engines; \
+                     an okome edge is a proxy, not a GPU engine: list the engines behind it"
                             .into(),
                     ),
                 );

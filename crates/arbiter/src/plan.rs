@@ -119,7 +119,7 @@ fn default_rank(k: EngineKind) -> u32 {
         EngineKind::Vllm => 0,
         EngineKind::Tfserving => 1,
         EngineKind::Ollama => 2,
-        EngineKind::Openai => 3,
+        EngineKind::Openai | EngineKind::Okome => 3,
     }
 }
 
@@ -527,7 +527,7 @@ fn settings_for(
             ));
         }
         // Refused by the config: no settings to give.
-        EngineKind::Openai => {}
+        EngineKind::Openai | EngineKind::Okome => {}
     }
     if !args.is_empty() {
         env.push(("OKOME_ENGINE_ARGS".into(), args.join(" ")));

@@ -74,7 +74,7 @@ pub async fn probe(c: &Client, e: &EngineSpec, timeout: Duration) -> EngineSigna
             }
         }
         // Refused by the config: nothing more to read.
-        EngineKind::Openai => {}
+        EngineKind::Openai | EngineKind::Okome => {}
     }
     s
 }

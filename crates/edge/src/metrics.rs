@@ -87,6 +87,8 @@ pub struct Metrics {
     pub backend_prefix_hits: IntCounterVec,
     /// Requests refused because the arbiter said the backends are saturated.
     pub shed: IntCounterVec,
+    /// Picks in pools with `sticky:`, by result (`hit`, `moved`, `no_key`).
+    pub sticky_picks: IntCounterVec,
     /// 1 while an arbiter's state is fresh enough to obey.
     pub arbiter_fresh: IntGaugeVec,
     /// The arbiter's decision per backend (0 ok, 1 pressured, 2 shedding, 3 down).
@@ -273,6 +275,13 @@ impl Metrics {
             ),
             &["reason", "priority"],
         );
+        let sticky_picks = IntCounterVec::new(
+            Opts::new(
+                "okome_sticky_picks_total",
+                "Backend picks in pools with sticky routing: hit (the key's own backend), moved (the next on the ring: the key's own was out), no_key (no key in the request: least loaded).",
+            ),
+            &["pool", "result"],
+        );
         let arbiter_fresh = IntGaugeVec::new(
             Opts::new("okome_arbiter_fresh", "1 while the arbiter's state is fresh enough to obey; 0 means the edge routes on its own signals."),
             &["arbiter"],
@@ -336,6 +345,7 @@ impl Metrics {
             let policy_snapshot_age_seconds = reg(r, policy_snapshot_age_seconds)?;
             let tenant_tokens = reg(r, tenant_tokens)?;
             let shed = reg(r, shed)?;
+            let sticky_picks = reg(r, sticky_picks)?;
             let backend_prefix_queries = reg(r, backend_prefix_queries)?;
             let backend_prefix_hits = reg(r, backend_prefix_hits)?;
             let arbiter_fresh = reg(r, arbiter_fresh)?;
@@ -367,6 +377,7 @@ impl Metrics {
                 policy_snapshot_age_seconds,
                 tenant_tokens,
                 shed,
+                sticky_picks,
                 backend_prefix_queries,
                 backend_prefix_hits,
                 arbiter_fresh,

@@ -24,6 +24,9 @@ pub enum EngineKind {
     Tfserving,
     /// Any other OpenAI-compatible server.
     Openai,
+    /// Another okome edge (a stream node behind an ingress): speaks every client API, serves
+    /// whatever its own pools serve, and is ready while its admin `/readyz` says so.
+    Okome,
 }
 
 impl EngineKind {
@@ -34,6 +37,7 @@ impl EngineKind {
             EngineKind::Ollama => "ollama",
             EngineKind::Tfserving => "tfserving",
             EngineKind::Openai => "openai",
+            EngineKind::Okome => "okome",
         }
     }
 }

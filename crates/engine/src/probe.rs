@@ -7,6 +7,8 @@
 //! - TF Serving: `GET /v1/models/{model}`, healthy when a version is `AVAILABLE`; finished
 //!   requests from its Prometheus page when one is configured. It has no model listing.
 //! - OpenAI-compatible: `GET /v1/models` (200), models from it.
+//! - okome (a stream node): `GET /readyz` (200) on its admin listener, so a draining node
+//!   (503 from SIGTERM on) leaves the rotation. No model listing: routes name its pool.
 
 use crate::prom::{self, VllmMetrics};
 use crate::EngineKind;
@@ -19,7 +21,7 @@ use std::time::Duration;
 pub struct Engine<'a> {
     /// Its kind.
     pub kind: EngineKind,
-    /// `http://IP:PORT`.
+    /// `http://IP:PORT` where it is probed (an okome node: its admin listener).
     pub base: &'a str,
     /// The engine's own key, sent as `Authorization`.
     pub auth: Option<&'a http::HeaderValue>,
@@ -69,6 +71,7 @@ pub async fn health(c: &Client, e: &Engine<'_>) -> Result<(), Unhealthy> {
         EngineKind::Vllm => "/health",
         EngineKind::Ollama => "/",
         EngineKind::Openai => "/v1/models",
+        EngineKind::Okome => "/readyz",
         EngineKind::Tfserving => {
             return match e.health_path {
                 Some(p) => tf_available(c, e, p).await,
@@ -159,7 +162,7 @@ pub async fn tfserving_requests(c: &Client, e: &Engine<'_>, path: &str) -> Optio
 }
 
 /// The models an engine serves, from its listing API (`None` for TF Serving, which has none,
-/// or when the listing cannot be read). Ollama's `name:latest` is listed under both names,
+/// for an okome node, whose routes are its own, or when the listing cannot be read). Ollama's `name:latest` is listed under both names,
 /// as clients use both.
 pub async fn models(c: &Client, e: &Engine<'_>) -> Option<Vec<String>> {
     match e.kind {
@@ -196,6 +199,6 @@ pub async fn models(c: &Client, e: &Engine<'_>) -> Option<Vec<String>> {
             }
             Some(out)
         }
-        EngineKind::Tfserving => None,
+        EngineKind::Tfserving | EngineKind::Okome => None,
     }
 }

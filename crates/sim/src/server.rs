@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     pub last_credentials: RwLock<Vec<String>>,
     /// `x-request-id` of the last engine request.
     pub last_request_id: RwLock<Option<String>>,
+    /// Forwarding headers of the last engine request (tests check the client's address arrives).
+    pub last_forwarded: RwLock<Vec<String>>,
 }
 
 impl Shared {
@@ -132,6 +134,7 @@ impl Shared {
             last_traceparent: self.last_traceparent.read().clone(),
             last_credentials: self.last_credentials.read().clone(),
             last_request_id: self.last_request_id.read().clone(),
+            last_forwarded: self.last_forwarded.read().clone(),
         }
     }
 
@@ -168,6 +171,7 @@ pub(crate) async fn start(cfg: SimConfig) -> io::Result<Arc<Shared>> {
         last_traceparent: RwLock::new(None),
         last_credentials: RwLock::new(Vec::new()),
         last_request_id: RwLock::new(None),
+        last_forwarded: RwLock::new(Vec::new()),
         cfg,
     });
     tokio::spawn(accept_loop(
@@ -273,13 +277,20 @@ async fn handle(sim: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bod
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        *sim.last_credentials.write() = ["authorization", "x-api-key", "proxy-authorization"]
-            .iter()
-            .filter_map(|h| {
-                let v = req.headers().get(*h)?;
-                Some(format!("{h}: {}", String::from_utf8_lossy(v.as_bytes())))
-            })
-            .collect();
+        let lines = |names: &[&str]| -> Vec<String> {
+            names
+                .iter()
+                .flat_map(|h| {
+                    req.headers()
+                        .get_all(*h)
+                        .iter()
+                        .map(move |v| format!("{h}: {}", String::from_utf8_lossy(v.as_bytes())))
+                })
+                .collect()
+        };
+        *sim.last_credentials.write() =
+            lines(&["authorization", "x-api-key", "proxy-authorization"]);
+        *sim.last_forwarded.write() = lines(&["x-forwarded-for", "x-forwarded-proto"]);
     }
     // vLLM's --api-key guards every /v1 path with exactly this check and answer.
     if let Some(key) = &sim.cfg.api_key {

@@ -37,6 +37,10 @@ pub struct SimStats {
     /// The `x-request-id` header of the last API request, if it had one.
     #[serde(default)]
     pub last_request_id: Option<String>,
+    /// The forwarding headers of the last API request (`x-forwarded-for`,
+    /// `x-forwarded-proto`), as `name: value` lines; empty when it carried none.
+    #[serde(default)]
+    pub last_forwarded: Vec<String>,
 }
 
 /// Why a generation finished, as in vLLM's `finished_reason` label.

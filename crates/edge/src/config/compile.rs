@@ -9,6 +9,7 @@ use super::{
 };
 use crate::edge::routes::{RouteMatch, Target};
 use crate::edge::surface::{AllowEntry, EndpointRule, Surface};
+use crate::upstream::hash::KeySource;
 use okome_filters::{CompiledFilter, FilterSpec, Glob};
 use serde_saphyr::Spanned;
 use std::collections::HashSet;
@@ -56,6 +57,8 @@ pub struct CompiledEdge {
     pub tracing: Tracing,
     /// The access log.
     pub access_log: AccessLogSection,
+    /// Peers whose `X-Forwarded-For` is believed (`trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Things that work but an operator should know about (printed by `okome check`, logged at
     /// start), each with its line.
     pub warnings: Vec<String>,
@@ -108,6 +111,10 @@ pub struct CompiledPool {
     pub auth: Option<http::HeaderValue>,
     /// TLS to the backends.
     pub tls: Option<std::sync::Arc<super::tls::UpstreamTls>>,
+    /// The port probes go to on each backend's host (`None`: the backend's own port).
+    pub probe_port: Option<u16>,
+    /// Sticky key sources in order (`sticky.key`); empty: no stickiness.
+    pub sticky: Vec<KeySource>,
 }
 
 impl CompiledPool {
@@ -216,6 +223,10 @@ fn check_dns_name(host: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The admin port an `okome` pool's backends are probed on by default (`admin.address`'s
+/// default port).
+pub const OKOME_ADMIN_PORT: u16 = 9090;
 
 /// A route with pools resolved to indices, rules parsed and filters compiled.
 #[derive(Debug)]
@@ -461,6 +472,7 @@ pub fn compile(
             );
         }
     }
+    let trusted_proxies = compile_trusted_proxies(cfg, &mut out);
     if !out.is_empty() {
         return Err(out);
     }
@@ -482,6 +494,7 @@ pub fn compile(
         arbiter: cfg.arbiter.as_ref().map(|a| a.value.clone()),
         tracing: cfg.tracing,
         access_log: cfg.access_log.clone(),
+        trusted_proxies,
         warnings: warnings(cfg),
     })
 }
@@ -517,6 +530,34 @@ fn warnings(cfg: &EdgeConfig) -> Vec<String> {
         }
     }
     w
+}
+
+/// Parses `trusted_proxies`: CIDRs (`10.77.0.0/24`) or single addresses (`10.77.0.5`).
+fn compile_trusted_proxies(cfg: &EdgeConfig, out: &mut Vec<Problem>) -> Vec<ipnet::IpNet> {
+    let mut nets = Vec::with_capacity(cfg.trusted_proxies.len());
+    for (i, t) in cfg.trusted_proxies.iter().enumerate() {
+        let v = t.value.trim();
+        let parsed = v
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| v.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            // `10.77.0.9/24` is most likely a typo for the network: say so instead of guessing.
+            Ok(net) if net.trunc() != net => push(
+                out,
+                at(t),
+                format!("trusted_proxies[{i}]"),
+                format!("{v} has host bits set: did you mean {}?", net.trunc()),
+            ),
+            Ok(net) => nets.push(net),
+            Err(_) => push(
+                out,
+                at(t),
+                format!("trusted_proxies[{i}]"),
+                format!("{v:?} is not a CIDR like 10.77.0.0/24 or an IP address"),
+            ),
+        }
+    }
+    nets
 }
 
 fn compile_control(
@@ -630,6 +671,25 @@ fn compile_pool(
             );
         }
     }
+    if hc.port == Some(0) {
+        push(
+            out,
+            at(pool),
+            format!("{key}.health_check.port"),
+            "port 0 cannot be probed; leave it out to probe the backend's own port".into(),
+        );
+    }
+    let sticky = compile_sticky(&key, p, out);
+    if p.kind == PoolKind::Okome && p.api_key.is_some() {
+        push(
+            out,
+            at(pool),
+            format!("{key}.api_key"),
+            "an okome pool passes each client's own key on to the stream node (which \
+             authenticates it); a pool key would replace it: remove `api_key`"
+                .into(),
+        );
+    }
     if p.kind == PoolKind::Tfserving && p.models.is_empty() && hc.path.is_none() {
         push(
             out,
@@ -657,7 +717,42 @@ fn compile_pool(
         ejection: p.ejection,
         auth,
         tls,
+        probe_port: hc
+            .port
+            .or((p.kind == PoolKind::Okome).then_some(OKOME_ADMIN_PORT)),
+        sticky,
     }
+}
+
+/// Parses a pool's `sticky.key`: at least one source, each one known.
+fn compile_sticky(key: &str, p: &super::Pool, out: &mut Vec<Problem>) -> Vec<KeySource> {
+    let Some(st) = &p.sticky else {
+        return Vec::new();
+    };
+    if st.value.key.is_empty() {
+        push(
+            out,
+            at(st),
+            format!("{key}.sticky.key"),
+            "name at least one key source, e.g. [header:x-conversation-id, api_key]; \
+             leave `sticky` out for least-loaded picks"
+                .into(),
+        );
+    }
+    let mut sources = Vec::with_capacity(st.value.key.len());
+    for (i, s) in st.value.key.iter().enumerate() {
+        match KeySource::parse(&s.value) {
+            Ok(src) if sources.contains(&src) => push(
+                out,
+                at(s),
+                format!("{key}.sticky.key[{i}]"),
+                format!("{:?} is listed twice", s.value),
+            ),
+            Ok(src) => sources.push(src),
+            Err(e) => push(out, at(s), format!("{key}.sticky.key[{i}]"), e.to_string()),
+        }
+    }
+    sources
 }
 
 /// Compiles one route; `None` when it has problems (all pushed to `out`).
@@ -704,6 +799,9 @@ fn compile_route(
             .collect::<Option<Vec<_>>>()
             .map(Target::ByModel),
     };
+    if r.pool.is_none() {
+        check_model_candidates(cfg, r, key, route, out);
+    }
     let mut fallback = Vec::with_capacity(r.fallback.len());
     for (j, p) in r.fallback.iter().enumerate() {
         if r.pool.as_ref().is_some_and(|t| t.value == p.value) {
@@ -757,6 +855,40 @@ fn compile_route(
         surface,
         default_model: r.default_model.as_ref().map(|m| m.value.clone()),
     })
+}
+
+/// A route that picks its pool by model can never pick an `okome` pool that lists no models
+/// (stream nodes are not asked for theirs): say so rather than answer 404 at run time.
+fn check_model_candidates(
+    cfg: &EdgeConfig,
+    r: &super::Route,
+    key: &str,
+    route: &Spanned<super::Route>,
+    out: &mut Vec<Problem>,
+) {
+    let blind = |name: &str| {
+        cfg.pools
+            .value
+            .get(name)
+            .is_some_and(|p| p.value.kind == PoolKind::Okome && p.value.models.is_empty())
+    };
+    let why = |name: &str| {
+        format!(
+            "pool {name:?} is kind okome and lists no models (stream nodes are not asked for \
+             theirs), so picking a pool by model never finds it: route to it with `pool: {name}`, \
+             or list its `models`"
+        )
+    };
+    if r.pools.is_empty() {
+        if let Some(name) = cfg.pools.value.keys().find(|n| blind(n)) {
+            push(out, at(route), format!("{key}.pool"), why(name));
+        }
+    }
+    for (j, p) in r.pools.iter().enumerate() {
+        if blind(&p.value) {
+            push(out, at(p), format!("{key}.pools[{j}]"), why(&p.value));
+        }
+    }
 }
 
 /// Compiles a route's filters and checks the chain: tenant-aware filters need a control plane,
@@ -1033,5 +1165,120 @@ routes: [{name: r, pool: p}]
             "{:?}",
             c.warnings
         );
+    }
+
+    const STREAM_NODES: &str = "listeners: [{address: 127.0.0.1:8080}]
+pools:
+  nodes:
+    kind: okome
+    backends: [10.77.0.3:8080, 10.77.0.4:8080]
+    sticky:
+      key:
+        - header:x-conversation-id
+        - cookie:x
+        - api_key
+";
+
+    #[test]
+    fn sticky_key_sources_are_checked_at_their_line() {
+        let problems = compile_text(&format!(
+            "{STREAM_NODES}routes: [{{name: r, pool: nodes}}]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            (problems[0].line, problems[0].key.as_str()),
+            (9, "pools.nodes.sticky.key[1]")
+        );
+        assert!(problems[0].message.contains("cookie:x"), "{problems:?}");
+
+        let empty = "listeners: [{address: 127.0.0.1:8080}]
+pools:
+  nodes:
+    kind: okome
+    backends: [10.77.0.3:8080]
+    sticky: {key: []}
+routes: [{name: r, pool: nodes}]
+";
+        let problems = compile_text(empty).unwrap_err();
+        assert_eq!(
+            problems
+                .iter()
+                .map(|p| (p.line, p.key.as_str()))
+                .collect::<Vec<_>>(),
+            [(6, "pools.nodes.sticky.key")]
+        );
+    }
+
+    #[test]
+    fn an_okome_pool_is_probed_on_the_admin_port_and_sticky() {
+        let ok = STREAM_NODES.replace("        - cookie:x\n", "");
+        let c = compile_text(&format!("{ok}routes: [{{name: r, pool: nodes}}]\n")).unwrap();
+        assert_eq!(c.pools[0].kind, PoolKind::Okome);
+        assert_eq!(c.pools[0].probe_port, Some(OKOME_ADMIN_PORT));
+        assert_eq!(
+            c.pools[0].sticky,
+            [
+                KeySource::Header(http::HeaderName::from_static("x-conversation-id")),
+                KeySource::ApiKey
+            ]
+        );
+        // Any kind may name the port; the others default to the backend's own.
+        let c = compile_text(&format!(
+            "{BASE}  beta: {{kind: vllm, backends: [127.0.0.1:9004], health_check: {{port: 9100}}}}\nroutes: [{{name: r, pool: zeta}}]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.pools[1].probe_port, Some(9100));
+        assert_eq!(c.pools[2].probe_port, None);
+        assert!(c.pools[2].sticky.is_empty());
+    }
+
+    #[test]
+    fn an_okome_pool_without_models_is_not_picked_by_model() {
+        let ok = STREAM_NODES.replace("        - cookie:x\n", "");
+        let problems =
+            compile_text(&format!("{ok}routes:\n  - name: r\n    pools: [nodes]\n")).unwrap_err();
+        assert_eq!(
+            (problems[0].line, problems[0].key.as_str()),
+            (12, "routes[0].pools[0]")
+        );
+        assert!(problems[0].message.contains("pool: nodes"), "{problems:?}");
+        let problems = compile_text(&format!("{ok}routes:\n  - name: r\n")).unwrap_err();
+        assert_eq!(problems[0].key, "routes[0].pool", "{problems:?}");
+        // With its models listed, it can be.
+        let listed = ok.replace("    sticky:", "    models: [m]\n    sticky:");
+        compile_text(&format!("{listed}routes:\n  - name: r\n")).unwrap();
+        // A pool key would replace the client's, which the stream node authenticates.
+        let keyed = ok.replace("    sticky:", "    api_key: {env: K}\n    sticky:");
+        let problems =
+            compile_text(&format!("{keyed}routes: [{{name: r, pool: nodes}}]\n")).unwrap_err();
+        assert_eq!(problems[0].key, "pools.nodes.api_key");
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidrs() {
+        let text = |list: &str| {
+            format!("{BASE}routes: [{{name: r, pool: zeta}}]\ntrusted_proxies:\n{list}")
+        };
+        let c = compile_text(&text("  - 10.77.0.0/24\n  - 127.0.0.1\n  - ::1/128\n")).unwrap();
+        assert_eq!(
+            c.trusted_proxies,
+            ["10.77.0.0/24", "127.0.0.1/32", "::1/128"].map(|n| n.parse::<ipnet::IpNet>().unwrap())
+        );
+        let problems = compile_text(&text(
+            "  - 10.77.0.0/24\n  - 10.77.0.0/33\n  - 10.77.0.9/24\n  - nope\n",
+        ))
+        .unwrap_err();
+        let found: Vec<(u64, &str)> = problems.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert_eq!(
+            found,
+            [
+                (8, "trusted_proxies[1]"),
+                (9, "trusted_proxies[2]"),
+                (10, "trusted_proxies[3]")
+            ],
+            "{problems:?}"
+        );
+        assert!(problems[1].message.contains("10.77.0.0/24"), "{problems:?}");
     }
 }

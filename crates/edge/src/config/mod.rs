@@ -61,6 +61,10 @@ pub struct EdgeConfig {
     /// The access log: one JSON object per request and line.
     #[serde(default)]
     pub access_log: AccessLogSection,
+    /// Peers (CIDRs) whose `X-Forwarded-For` is believed: an ingress in front of this stream
+    /// node. From them, the client is the rightmost forwarded address that is not trusted.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
 }
 
 /// A section left out of the file: its defaults, which are valid, at no place in the file.
@@ -440,7 +444,7 @@ pub use okome_engine::EngineKind as PoolKind;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pool {
-    /// Engine kind: `vllm`, `ollama`, `tfserving` or `openai`.
+    /// Engine kind: `vllm`, `ollama`, `tfserving`, `openai`, or `okome` (stream nodes).
     pub kind: PoolKind,
     /// Backends, `IP:PORT` or `HOST:PORT` (a name resolved by the system resolver).
     pub backends: Vec<Spanned<String>>,
@@ -463,6 +467,18 @@ pub struct Pool {
     /// Speak TLS to the backends (requests and probes).
     #[serde(default)]
     pub tls: Option<Spanned<BackendTls>>,
+    /// Consistent-hash stickiness: requests with the same key go to the same backend.
+    #[serde(default)]
+    pub sticky: Option<Spanned<Sticky>>,
+}
+
+/// Sticky routing by consistent hashing (`pools.<name>.sticky`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sticky {
+    /// Key sources in order, the first present in the request wins: `header:<name>`,
+    /// `api_key` (the caller's key, hashed) or `stream_id` (`x-okome-stream-id`).
+    pub key: Vec<Spanned<String>>,
 }
 
 /// Active health check settings.
@@ -475,8 +491,13 @@ pub struct HealthCheck {
     /// Per-check timeout.
     #[serde(default = "default_hc_timeout")]
     pub timeout: Dur,
-    /// Override the probe path (default per kind: vLLM `/health`, Ollama `/`, TF Serving `/v1/models/<model>`).
+    /// Override the probe path (default per kind: vLLM `/health`, Ollama `/`, TF Serving
+    /// `/v1/models/<model>`, okome `/readyz`).
     pub path: Option<String>,
+    /// Probe this port on the backend's host instead of the backend's own port (default: the
+    /// admin port 9090 for kind `okome`, the backend's port for the others).
+    #[serde(default)]
+    pub port: Option<u16>,
     /// Consecutive failures that mark a backend unhealthy.
     #[serde(default = "default_fall")]
     pub unhealthy_after: u32,
@@ -491,6 +512,7 @@ impl Default for HealthCheck {
             interval: default_hc_interval(),
             timeout: default_hc_timeout(),
             path: None,
+            port: None,
             unhealthy_after: default_fall(),
             healthy_after: default_rise(),
         }

@@ -83,6 +83,43 @@ pub struct RequestInfo {
     pub max_tokens: Option<u64>,
     /// The pre-read request body, replayed to every attempt (dropped once the response starts).
     pub body: Option<Bytes>,
+    /// The TCP peer (a client, or a proxy in front of this edge).
+    pub peer: Option<std::net::SocketAddr>,
+    /// The client behind a trusted proxy (`trusted_proxies`), from `X-Forwarded-For`; `None`:
+    /// the peer is the client.
+    pub client: Option<std::net::IpAddr>,
+    /// Whether the peer is a trusted proxy (its `X-Forwarded-Proto` is passed on).
+    pub proxied: bool,
+    /// The scheme the client used on this listener: `http` (a TLS listener will say `https`),
+    /// sent as `X-Forwarded-Proto`.
+    pub scheme: &'static str,
+}
+
+impl RequestInfo {
+    /// A request accepted now, nothing known about it yet.
+    pub fn new() -> Self {
+        RequestInfo {
+            start: Instant::now(),
+            request_id: String::new(),
+            api: Api::OpenAi,
+            route: None,
+            model: None,
+            wants_stream: false,
+            upgrade: false,
+            max_tokens: None,
+            body: None,
+            peer: None,
+            client: None,
+            proxied: false,
+            scheme: "http",
+        }
+    }
+}
+
+impl Default for RequestInfo {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// The attempts: which pools to try, which backends were tried, the current one.
@@ -132,17 +169,7 @@ impl RequestCtx {
             connection: None,
             connection_checked: false,
             edge,
-            req: RequestInfo {
-                start: Instant::now(),
-                request_id: String::new(),
-                api: Api::OpenAi,
-                route: None,
-                model: None,
-                wants_stream: false,
-                upgrade: false,
-                max_tokens: None,
-                body: None,
-            },
+            req: RequestInfo::new(),
             effects: FilterEffects::default(),
             attempt: AttemptState::default(),
             stream: StreamState::default(),

@@ -56,7 +56,8 @@ impl Drain {
         self.active.load(Relaxed)
     }
 
-    fn start(&self) {
+    /// Starts draining: `/readyz` answers 503 from now on (what SIGTERM does first).
+    pub fn start(&self) {
         if !self.draining.swap(true, Relaxed) {
             log::info!(
                 "draining: /readyz answers 503; {} request(s) in flight",

@@ -5,6 +5,7 @@
 //! test wants. Connections are driven as Pingora's listening service drives them
 //! (`ServerApp::process_new` until the connection is not reused).
 
+use super::drain::Drain;
 use super::reload::Reloader;
 use super::server::{assemble, server_conf, StartError};
 use crate::config::compile::CompiledEdge;
@@ -22,6 +23,9 @@ pub struct Embedded {
     pub admin: SocketAddr,
     /// Applies new configs to it (what SIGHUP does to `okome edge`).
     pub reloader: Arc<Reloader>,
+    /// Its drain state: [`Drain::start`] turns `/readyz` 503 as SIGTERM does (requests are
+    /// still served: an embedded edge has no listener to close).
+    pub drain: Arc<Drain>,
     stop: watch::Sender<bool>,
 }
 
@@ -37,10 +41,11 @@ impl Embedded {
             .spawn(move || serve(cfg, ready_tx, stopped))
             .map_err(StartError::Runtime)?;
         match ready_rx.await {
-            Ok(Ok((addr, admin, reloader))) => Ok(Embedded {
+            Ok(Ok((addr, admin, reloader, drain))) => Ok(Embedded {
                 addr,
                 admin,
                 reloader,
+                drain,
                 stop,
             }),
             Ok(Err(e)) => Err(e),
@@ -68,7 +73,8 @@ impl Drop for Embedded {
     }
 }
 
-type Ready = oneshot::Sender<Result<(SocketAddr, SocketAddr, Arc<Reloader>), StartError>>;
+type Ready =
+    oneshot::Sender<Result<(SocketAddr, SocketAddr, Arc<Reloader>, Arc<Drain>), StartError>>;
 
 /// The embedded edge's thread: a runtime of its own for the proxy and the background work.
 fn serve(cfg: CompiledEdge, ready: Ready, mut stopped: watch::Receiver<bool>) {
@@ -135,7 +141,12 @@ fn serve(cfg: CompiledEdge, ready: Ready, mut stopped: watch::Receiver<bool>) {
         let proxy = Arc::new(proxy);
         let reloader = assembled.reloader.clone();
         let (shutdown_tx, shutdown) = watch::channel(false);
-        let _ = ready.send(Ok((addr, assembled.admin, reloader)));
+        let _ = ready.send(Ok((
+            addr,
+            assembled.admin,
+            reloader,
+            assembled.drain.clone(),
+        )));
         loop {
             tokio::select! {
                 accepted = listener.accept() => {

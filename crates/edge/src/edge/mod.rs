@@ -3,7 +3,8 @@
 //!
 //! One file per proxy phase: [`request`] (head checks, route, header filters, body, body
 //! filters), [`peer`] (backend for each attempt), [`body`] (replaying the pre-read body),
-//! [`upstream_request`] (what the engine is sent: credentials stripped, framing normalised),
+//! [`upstream_request`] (what the engine is sent: credentials stripped, framing normalised,
+//! [`forwarded`] client address),
 //! [`response`] (retry on 502/503, stream tap), [`failure`] (retry policy, errors in the
 //! client's shape), [`logging`] (metrics, access log). What a route exposes is [`surface`];
 //! reading the body's model is [`peek`].
@@ -15,6 +16,7 @@ pub mod ctx;
 pub mod drain;
 pub mod embedded;
 pub mod failure;
+pub mod forwarded;
 pub mod logging;
 pub mod peek;
 pub mod peer;
@@ -71,6 +73,8 @@ pub struct Edge {
     pub drain: Arc<drain::Drain>,
     /// The listeners' connection caps (shared by every generation).
     pub connections: Arc<connections::ConnectionLimits>,
+    /// Peers whose `X-Forwarded-For` is believed (`trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Label values of a stream's metrics.
@@ -142,6 +146,7 @@ impl Edge {
             version,
             drain: shared.drain.clone(),
             connections: shared.connections.clone(),
+            trusted_proxies: cfg.trusted_proxies.clone(),
         }
     }
 

@@ -3,18 +3,44 @@
 use super::respond::EdgeError;
 use super::{ctx::RequestCtx, Edge};
 use crate::upstream::arbiter::Verdict;
+use crate::upstream::hash::StickyPick;
 use crate::upstream::select;
 use pingora_core::upstreams::peer::HttpPeer;
 use std::sync::Arc;
 
-/// Chooses the backend for the next attempt, or says why there is none.
-pub fn next(edge: &Edge, ctx: &mut RequestCtx) -> Result<HttpPeer, EdgeError> {
+/// Chooses the backend for the next attempt, or says why there is none: in a sticky pool, the
+/// request key's backend on the ring (`headers` carry the key); else the less loaded of two.
+pub fn next(
+    edge: &Edge,
+    ctx: &mut RequestCtx,
+    headers: &http::HeaderMap,
+) -> Result<HttpPeer, EdgeError> {
     ctx.attempt.inflight = None;
     // The arbiter refusal with the soonest Retry-After, for the 503 if nothing takes the request.
     let mut shed: Option<Arc<Verdict>> = None;
     while let Some(&pi) = ctx.attempt.plan.get(ctx.attempt.plan_pos) {
         let pool = &edge.upstreams.pools[pi];
-        if let Some(bi) = select::pick(&pool.backends, |b| edge.skip(ctx, pi, b)) {
+        let skip = |b| edge.skip(ctx, pi, b);
+        let picked = match &pool.sticky {
+            Some(sticky) => match sticky.key(headers) {
+                Some(key) => {
+                    let p = sticky.pick(&pool.backends, key, skip);
+                    if p.is_some() {
+                        sticky.count(p);
+                    }
+                    p.map(StickyPick::index)
+                }
+                None => {
+                    let p = select::pick(&pool.backends, skip);
+                    if p.is_some() {
+                        sticky.count(None);
+                    }
+                    p
+                }
+            },
+            None => select::pick(&pool.backends, skip),
+        };
+        if let Some(bi) = picked {
             let backend = &pool.backends[bi];
             ctx.attempt.tried.push((pi, bi));
             ctx.attempt.current = Some((pi, bi));

@@ -87,18 +87,20 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let edge = Arc::clone(&ctx.edge);
-        peer::next(&edge, ctx).map(Box::new).map_err(|err| {
-            let status = err.status;
-            Error::because(
-                ErrorType::HTTPStatus(status),
-                "no backend for the request",
-                err,
-            )
-        })
+        peer::next(&edge, ctx, &session.req_header().headers)
+            .map(Box::new)
+            .map_err(|err| {
+                let status = err.status;
+                Error::because(
+                    ErrorType::HTTPStatus(status),
+                    "no backend for the request",
+                    err,
+                )
+            })
     }
 
     async fn request_body_filter(
@@ -202,7 +204,11 @@ impl ProxyHttp for Proxy {
         let written = session.response_written().map(|r| r.status.as_u16());
         let down = session.as_downstream();
         let req = session.req_header();
-        let client = down.client_addr().map(ToString::to_string);
+        // Behind a trusted proxy, the client it forwarded for; else the TCP peer.
+        let client = match ctx.req.client {
+            Some(ip) => Some(ip.to_string()),
+            None => down.client_addr().map(ToString::to_string),
+        };
         let seen = logging::Seen {
             method: req.method.as_str(),
             path: req.uri.path(),

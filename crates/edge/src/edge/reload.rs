@@ -335,3 +335,32 @@ fn process_settings_changed(old: &CompiledEdge, new: &CompiledEdge) -> Vec<&'sta
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn compiled(extra: &str, pool_extra: &str) -> CompiledEdge {
+        let text = format!(
+            "listeners: [{{address: 127.0.0.1:8080}}]\npools:\n  n: {{kind: okome, backends: [10.77.0.3:8080, 10.77.0.4:8080]{pool_extra}}}\nroutes: [{{name: r, pool: n}}]\n{extra}"
+        );
+        crate::config::parse(std::path::Path::new("edge.yaml"), &text).unwrap()
+    }
+
+    /// Stickiness and trusted proxies are per config generation: a reload applies them.
+    #[test]
+    fn sticky_and_trusted_proxies_reload_without_a_restart() {
+        let old = compiled("", "");
+        let new = compiled(
+            "trusted_proxies: [10.77.0.0/24]\n",
+            ", sticky: {key: [header:x-conversation-id]}, health_check: {port: 9191}",
+        );
+        assert!(process_settings_changed(&old, &new).is_empty());
+        assert_ne!(old.trusted_proxies, new.trusted_proxies);
+        assert_ne!(old.pools[0].sticky, new.pools[0].sticky);
+        // Whereas a process setting still needs one.
+        let moved = compiled("admin: {address: 127.0.0.1:9191}\n", "");
+        assert_eq!(process_settings_changed(&old, &moved), ["admin.address"]);
+    }
+}

@@ -208,6 +208,15 @@ async fn decide_inner(
     });
     ctx.req.request_id = request_id(req);
     trace(edge, req, &mut ctx.effects);
+    ctx.req.peer = session
+        .as_downstream()
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .copied();
+    if let Some(peer) = ctx.req.peer {
+        (ctx.req.client, ctx.req.proxied) =
+            super::forwarded::resolve(req, peer, &edge.trusted_proxies);
+    }
 
     // 1. The head. A new connection over its listener's cap, or a request past the edge's
     // concurrency limit: nothing more is done for it.
@@ -438,24 +447,31 @@ async fn decide_inner(
     }
     run_filters(edge, session, ctx, ri, Phase::Body).await?;
 
-    if ctx.req.api == Api::OpenAi && listing && path == "/v1/models" {
+    if ctx.req.api == Api::OpenAi && listing {
         let pools = route.reachable_pools(&edge.upstreams, ctx.req.api);
-        let effects = &ctx.effects;
-        return Ok(Decision::ListModels(
-            edge.models_list_body(&pools, |m| route.allows_model(m, effects)),
-        ));
-    }
-    if let (Api::OpenAi, true, Some(id)) = (ctx.req.api, listing, Api::openai_model_id(&path)) {
-        // OpenAI's models.retrieve: the model object when the caller may use it here.
-        let pools = route.reachable_pools(&edge.upstreams, ctx.req.api);
-        return match edge.model_object(&pools, id) {
-            Some(body) if route.allows_model(id, &ctx.effects) => Ok(Decision::ListModels(body)),
-            _ => Err(EdgeError::new(
-                404,
-                "model_not_found",
-                format!("The model `{id}` does not exist or you do not have access to it."),
-            )),
-        };
+        // Behind a stream-node pool the models are the stream nodes' to list: ask them.
+        let stream_nodes = pools
+            .iter()
+            .any(|&i| edge.upstreams.pools[i].kind == crate::config::PoolKind::Okome);
+        if !stream_nodes && path == "/v1/models" {
+            let effects = &ctx.effects;
+            return Ok(Decision::ListModels(
+                edge.models_list_body(&pools, |m| route.allows_model(m, effects)),
+            ));
+        }
+        if let Some(id) = Api::openai_model_id(&path).filter(|_| !stream_nodes) {
+            // OpenAI's models.retrieve: the model object when the caller may use it here.
+            return match edge.model_object(&pools, id) {
+                Some(body) if route.allows_model(id, &ctx.effects) => {
+                    Ok(Decision::ListModels(body))
+                }
+                _ => Err(EdgeError::new(
+                    404,
+                    "model_not_found",
+                    format!("The model `{id}` does not exist or you do not have access to it."),
+                )),
+            };
+        }
     }
 
     // 6. The pools to try. The control plane's model route, when `policy` found one, decides.

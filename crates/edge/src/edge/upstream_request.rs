@@ -1,6 +1,9 @@
-//! `upstream_request_filter`: what the engine is sent. The client's credentials never leave the
-//! edge (a pool may send its own key), the framing is one the engine cannot read two ways, and
-//! the target is origin-form.
+//! `upstream_request_filter`: what the engine is sent. The client's credentials never reach an
+//! engine (a pool may send its own key), the framing is one the engine cannot read two ways, the
+//! target is origin-form, and the client's address and scheme go along ([`super::forwarded`]).
+//!
+//! A stream node (pool kind `okome`) is another okome edge, not an engine: it gets the client's
+//! `Host` and credentials as they came, since it routes and authenticates them itself.
 
 use super::{ctx::RequestCtx, Edge};
 use pingora_error::Result;
@@ -15,14 +18,21 @@ const CLIENT_CREDENTIALS: [http::HeaderName; 3] = [
 
 /// Rewrites the upstream request of the current attempt.
 pub fn prepare(edge: &Edge, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    let stream_node = ctx
+        .attempt
+        .current
+        .is_some_and(|(pi, _)| edge.upstreams.pools[pi].kind == crate::config::PoolKind::Okome);
     // Engines bound to loopback (Ollama) refuse foreign Host headers: speak as a local client.
-    if let Some((pi, bi)) = ctx.attempt.current {
+    if let Some((pi, bi)) = ctx.attempt.current.filter(|_| !stream_node) {
         let id = &edge.upstreams.pools[pi].backends[bi].id;
         req.insert_header(http::header::HOST, id.as_str())?;
     }
-    for name in &CLIENT_CREDENTIALS {
-        req.remove_header(name);
+    if !stream_node {
+        for name in &CLIENT_CREDENTIALS {
+            req.remove_header(name);
+        }
     }
+    super::forwarded::apply(req, &ctx.req)?;
     if let Some(auth) = ctx
         .attempt
         .current

@@ -15,10 +15,9 @@ pub struct Backend {
     pub id: String,
     /// The configured `HOST` it was resolved from (`None`: listed as `IP:PORT`).
     pub name: Option<String>,
-    /// `http://IP:PORT`, where probes go.
+    /// `http://IP:PORT`, its own address (probes go to the pool's `probe_bases`, which a
+    /// `health_check.port` may point elsewhere).
     pub base_url: String,
-    /// `https://IP:PORT`, where probes go when its pool speaks TLS.
-    pub tls_base_url: String,
     /// Name of its pool.
     pub pool: String,
     healthy: AtomicBool,
@@ -43,7 +42,6 @@ impl Backend {
             id: addr.to_string(),
             name: None,
             base_url: format!("http://{addr}"),
-            tls_base_url: format!("https://{addr}"),
             pool: pool.to_owned(),
             healthy: AtomicBool::new(false),
             ok_streak: AtomicU32::new(0),

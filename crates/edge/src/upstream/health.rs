@@ -1,7 +1,7 @@
 //! Active health probes of every pool, queue-depth scraping and model discovery, each at the
 //! pool's interval. What a probe asks each engine kind is `okome_engine::probe`'s.
 
-use super::{Backend, Pool, Upstreams};
+use super::{Pool, Upstreams};
 use crate::config::PoolKind;
 use okome_engine::probe::{self, Engine};
 use okome_engine::{prom, Client};
@@ -80,15 +80,11 @@ fn client_for(pool: &Pool, plain: &Client) -> Client {
     }
 }
 
-/// How the engine client sees one backend of a pool.
-fn engine<'a>(pool: &'a Pool, b: &'a Backend) -> Engine<'a> {
+/// How the engine client sees backend `i` of a pool.
+fn engine(pool: &Pool, i: usize) -> Engine<'_> {
     Engine {
         kind: pool.kind,
-        base: if pool.tls.is_some() {
-            &b.tls_base_url
-        } else {
-            &b.base_url
-        },
+        base: &pool.probe_bases[i],
         auth: pool.auth.as_ref(),
         health_path: pool.health.path.as_deref(),
         // The edge asks TF Serving about the pool's first model: one answer per probe.
@@ -98,13 +94,14 @@ fn engine<'a>(pool: &'a Pool, b: &'a Backend) -> Engine<'a> {
 }
 
 async fn round(c: &Client, pool: &Pool, discover: bool) {
-    let probes = pool.backends.iter().map(|b| probe(c, pool, b));
+    let probes = (0..pool.backends.len()).map(|i| probe(c, pool, i));
     futures::future::join_all(probes).await;
-    if discover && pool.kind != PoolKind::Tfserving {
+    // TF Serving has no listing; stream nodes are routed to by pool name.
+    if discover && !matches!(pool.kind, PoolKind::Tfserving | PoolKind::Okome) {
         let mut models = BTreeSet::new();
         let mut any = false;
-        for b in pool.backends.iter().filter(|b| b.healthy()) {
-            if let Some(ms) = probe::models(c, &engine(pool, b)).await {
+        for i in (0..pool.backends.len()).filter(|&i| pool.backends[i].healthy()) {
+            if let Some(ms) = probe::models(c, &engine(pool, i)).await {
                 any = true;
                 models.extend(ms);
             }
@@ -115,8 +112,9 @@ async fn round(c: &Client, pool: &Pool, discover: bool) {
     }
 }
 
-async fn probe(c: &Client, pool: &Pool, b: &Backend) {
-    let e = engine(pool, b);
+async fn probe(c: &Client, pool: &Pool, i: usize) {
+    let b = &pool.backends[i];
+    let e = engine(pool, i);
     let result = probe::health(c, &e).await;
     let ok = result.is_ok();
     let why = result.err().map(|e| e.to_string()).unwrap_or_default();

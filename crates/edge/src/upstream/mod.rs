@@ -4,6 +4,7 @@
 //! - [`backend`]: one engine's live state (health, ejection, in-flight, queue depth), all atomics.
 //! - [`pool`]: a set of interchangeable backends of one kind, and the models they serve.
 //! - [`select`]: power-of-two-choices on in-flight plus the engine's queue.
+//! - [`hash`]: sticky routing by consistent hashing on a request key.
 //! - [`health`]: active probes per engine kind, queue scraping and model discovery.
 //! - [`arbiter`]: the GPU arbiter's decisions, long-polled and attached to backends.
 //! - [`dns`]: `HOST:PORT` backends resolved at start and again periodically.
@@ -11,6 +12,7 @@
 pub mod arbiter;
 pub mod backend;
 pub mod dns;
+pub mod hash;
 pub mod health;
 pub mod pool;
 pub mod select;

@@ -34,6 +34,11 @@ pub struct Pool {
     pub retry_budget: crate::edge::retry::RetryBudget,
     /// TLS to the backends (requests and probes).
     pub tls: Option<Arc<crate::config::tls::UpstreamTls>>,
+    /// Where each backend is probed (`http://IP:PORT`, in backend order): its own address, or
+    /// its host at `health_check.port` (an okome node's admin listener).
+    pub probe_bases: Vec<String>,
+    /// The consistent-hash ring over all backends, when the pool is sticky.
+    pub sticky: Option<super::hash::Sticky>,
 }
 
 impl Pool {
@@ -66,7 +71,7 @@ impl Pool {
                 }
             }
         }
-        let backends = addrs
+        let backends: Vec<Arc<Backend>> = addrs
             .into_iter()
             .map(|(addr, name)| {
                 old.and_then(|o| {
@@ -83,6 +88,21 @@ impl Pool {
                 })
             })
             .collect();
+        // Per generation, not per backend: a reload may change the probe port or TLS. A probe
+        // of the backend's own port speaks the pool's TLS; one of `health_check.port` (an
+        // okome node's admin listener) is plain HTTP.
+        let probe_bases = backends
+            .iter()
+            .map(|b| match cfg.probe_port {
+                Some(port) => format!("http://{}", std::net::SocketAddr::new(b.addr.ip(), port)),
+                None if cfg.tls.is_some() => format!("https://{}", b.addr),
+                None => format!("http://{}", b.addr),
+            })
+            .collect();
+        let sticky = (!cfg.sticky.is_empty()).then(|| {
+            let addrs: Vec<std::net::SocketAddr> = backends.iter().map(|b| b.addr).collect();
+            super::hash::Sticky::new(cfg.sticky.clone(), &addrs).counted(metrics, &cfg.name)
+        });
         let learned = old
             .filter(|o| o.kind == cfg.kind)
             .map(|o| o.learned.load_full())
@@ -103,6 +123,8 @@ impl Pool {
                 retry.budget_ratio,
                 retry.budget_reserve,
             ),
+            probe_bases,
+            sticky,
         }
     }
 
@@ -135,15 +157,18 @@ impl Pool {
         self.backends.iter().any(|b| b.eligible())
     }
 
-    /// Whether this pool can answer requests of `api`.
+    /// Whether this pool can answer requests of `api` (stream nodes speak every client API:
+    /// their own pools decide).
     pub fn speaks(&self, api: crate::api::Api) -> bool {
         use crate::api::Api;
         matches!(
             (api, self.kind),
-            (
-                Api::OpenAi,
-                PoolKind::Vllm | PoolKind::Ollama | PoolKind::Openai
-            ) | (Api::Ollama, PoolKind::Ollama)
+            (_, PoolKind::Okome)
+                | (
+                    Api::OpenAi,
+                    PoolKind::Vllm | PoolKind::Ollama | PoolKind::Openai
+                )
+                | (Api::Ollama, PoolKind::Ollama)
                 | (Api::TfServing, PoolKind::Tfserving)
         )
     }
