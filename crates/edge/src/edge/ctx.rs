@@ -90,7 +90,7 @@ pub struct RequestInfo {
     pub client: Option<std::net::IpAddr>,
     /// Whether the peer is a trusted proxy (its `X-Forwarded-Proto` is passed on).
     pub proxied: bool,
-    /// The scheme the client used on this listener: `http` (a TLS listener will say `https`),
+    /// The scheme the client used on this listener: `http`, or `https` on a TLS listener,
     /// sent as `X-Forwarded-Proto`.
     pub scheme: &'static str,
 }

@@ -213,6 +213,13 @@ async fn decide_inner(
         .client_addr()
         .and_then(|a| a.as_inet())
         .copied();
+    if session
+        .as_downstream()
+        .digest()
+        .is_some_and(|d| d.ssl_digest.is_some())
+    {
+        ctx.req.scheme = "https";
+    }
     if let Some(peer) = ctx.req.peer {
         (ctx.req.client, ctx.req.proxied) =
             super::forwarded::resolve(req, peer, &edge.trusted_proxies);
