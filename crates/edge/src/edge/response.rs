@@ -20,12 +20,19 @@ pub fn on_upstream_header(
     };
     let pool = &edge.upstreams.pools[pi];
     let backend = &pool.backends[bi];
-    if status >= 500 {
+    // A stream node's 503 with Retry-After is its deliberate answer (the core is shedding, no
+    // engine is left, it is at capacity): the node is fine, its siblings share the core and
+    // would say the same, and the client must get the Retry-After. Passed on as it is.
+    let deliberate = pool.kind == crate::config::PoolKind::Okome
+        && status == 503
+        && resp.headers.contains_key(http::header::RETRY_AFTER);
+    if status >= 500 && !deliberate {
         backend.record_failure(&pool.ejection, &format!("answered {status}"), false);
     } else {
         backend.record_success();
     }
     if matches!(status, 502 | 503)
+        && !deliberate
         && edge.retry_after_failure(ctx, super::retry::Failure::Status(status), false)
     {
         let mut e = Error::explain(
