@@ -337,11 +337,22 @@ async fn the_seed_cluster_end_to_end() {
     assert!(body.ends_with("data: [DONE]\n\n"));
     c.script(&["start", "node-03"]);
     c.healthy_nodes(2).await;
-    let (_, node) = c.chat_once(&k3, "drain-back").await;
-    assert_eq!(
-        node.as_deref(),
-        Some("3"),
-        "the conversation went home after the restart"
+    // Home again once the ingress has it back (probed ready, no longer ejected).
+    let tries = std::sync::atomic::AtomicUsize::new(0);
+    let home_again = eventually(10, || async {
+        let n = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (status, node) = c.chat_once(&k3, &format!("drain-back-{n}")).await;
+        status == 200 && node.as_deref() == Some("3")
+    })
+    .await;
+    assert!(
+        home_again,
+        "the conversation never went home after the restart; ingress log:\n{}",
+        c.log("ingress")
+            .lines()
+            .filter(|l| l.contains("drain-back") || l.contains("10.78.0.3"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 
     // 5. Kill node 4 (SIGKILL) mid-run: the stream on node 3 is untouched, node 4's

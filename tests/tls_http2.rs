@@ -473,3 +473,51 @@ fn bad_tls_settings_are_refused_with_line_and_key() {
     );
     assert_eq!(relative, "", "relative certificate paths");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ollama_ndjson_streams_over_h2c_as_over_http1() {
+    let s = sim(SimKind::Ollama, |_| {}).await;
+    let body = EdgeBuilder::new()
+        .pool("ollama", "ollama", &[s.addr()])
+        .route(Route::to_pool("native", "ollama").path_prefix("/api/"))
+        .yaml();
+    let edge =
+        embedded::edge_with_listener("  - address: 127.0.0.1:0\n    http2: true\n", &body).await;
+    let req = ollama_chat("llama3.2:latest", 6);
+    let direct = body_of(&raw(s.addr(), &post("/api/chat", &req)).await);
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let via = stream(&h2c, &edge.url("/api/chat"), &req).await;
+    assert_eq!(via.version, reqwest::Version::HTTP_2);
+    assert_eq!(normalize(&via.body), normalize(&direct));
+    assert!(via.reads >= 3, "NDJSON lines bunched: {} reads", via.reads);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed_after_client_head() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = sim(SimKind::Vllm, |_| {}).await;
+    let body = format!("timeouts: {{client_head: 300ms}}\n{}", vllm_body(s.addr()));
+    let edge =
+        embedded::edge_with_listener("  - address: 127.0.0.1:0\n    http2: true\n", &body).await;
+    let mut conn = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    // The HTTP/2 preface and an empty SETTINGS frame, then nothing.
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // the server's SETTINGS, its ack, a GOAWAY
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an idle h2 connection was kept open");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}

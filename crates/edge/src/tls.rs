@@ -440,3 +440,74 @@ impl Served {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn cert(names: &[&str], expired: bool) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        }
+        let c = params.self_signed(&key).unwrap();
+        let (cp, kp) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cp, c.pem()).unwrap();
+        std::fs::write(&kp, key.serialize_pem()).unwrap();
+        (dir, cp, kp)
+    }
+
+    fn load(names: &[&str]) -> LoadedCert {
+        let (_d, c, k) = cert(names, false);
+        load_cert(&|p| std::fs::read(p), &c, &k, now()).unwrap()
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    #[test]
+    fn sni_picks_exact_then_wildcard_then_the_first() {
+        let a = load(&["api.example.com"]);
+        let b = load(&["*.internal.example.com", "other.example.com"]);
+        let (ka, kb) = (a.key.clone(), b.key.clone());
+        let set = CertSet::new(vec![a, b]).unwrap();
+        assert!(Arc::ptr_eq(&set.choose(Some("api.example.com")), &ka));
+        assert!(Arc::ptr_eq(&set.choose(Some("API.Example.COM")), &ka));
+        assert!(Arc::ptr_eq(
+            &set.choose(Some("n1.internal.example.com")),
+            &kb
+        ));
+        assert!(Arc::ptr_eq(&set.choose(Some("other.example.com")), &kb));
+        // A wildcard covers one label only; unknown names and no SNI get the first.
+        assert!(Arc::ptr_eq(
+            &set.choose(Some("a.b.internal.example.com")),
+            &ka
+        ));
+        assert!(Arc::ptr_eq(&set.choose(Some("nobody.test")), &ka));
+        assert!(Arc::ptr_eq(&set.choose(None), &ka));
+        assert!(CertSet::new(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn expired_or_mismatched_material_is_refused() {
+        let (_d, c, k) = cert(&["old.example.com"], true);
+        let err = load_cert(&|p| std::fs::read(p), &c, &k, now()).unwrap_err();
+        assert!(matches!(err, TlsError::Expired { .. }), "{err}");
+        let (_d1, c1, _) = cert(&["a.example.com"], false);
+        let (_d2, _, k2) = cert(&["b.example.com"], false);
+        let err = load_cert(&|p| std::fs::read(p), &c1, &k2, now()).unwrap_err();
+        assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
+        let err = load_cert(&|p| std::fs::read(p), &k2, &k2, now()).unwrap_err();
+        assert!(matches!(err, TlsError::NoCertificate(_)), "{err}");
+    }
+}

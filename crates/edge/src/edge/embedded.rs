@@ -91,6 +91,7 @@ fn serve(cfg: CompiledEdge, ready: Ready, mut stopped: watch::Receiver<bool>) {
         }
     };
     rt.block_on(async move {
+        let client_head = cfg.timeouts.client_head.0;
         let (listen, http2) = cfg
             .listeners
             .first()
@@ -122,6 +123,9 @@ fn serve(cfg: CompiledEdge, ready: Ready, mut stopped: watch::Receiver<bool>) {
         // Pingora's listener sets what a session knows of its socket (the client's address).
         let listener = pingora_core::protocols::l4::listener::Listener::from(listener);
         let mut proxy = pingora_proxy::http_proxy(&conf, assembled.proxy);
+        if http2 {
+            proxy.server_options = Some(super::server::h2_options(client_head));
+        }
         // TLS as `okome edge` serves it: the same settings, built into an acceptor here.
         let tls = match assembled.certs.first().cloned().flatten() {
             Some(certs) => match super::server::tls_settings(certs, http2) {
@@ -131,12 +135,7 @@ fn serve(cfg: CompiledEdge, ready: Ready, mut stopped: watch::Receiver<bool>) {
                     return;
                 }
             },
-            None => {
-                if http2 {
-                    proxy.server_options = Some(super::server::h2c_options());
-                }
-                None
-            }
+            None => None,
         };
         let proxy = Arc::new(proxy);
         let reloader = assembled.reloader.clone();

@@ -267,10 +267,13 @@ pub fn tls_settings(
     Ok(settings)
 }
 
-/// The server options of an h2c listener: HTTP/2 with prior knowledge, HTTP/1.1 otherwise.
-pub fn h2c_options() -> pingora_core::apps::HttpServerOptions {
+/// The server options of an HTTP/2 listener: h2c with prior knowledge next to HTTP/1.1 when
+/// plaintext (Pingora ignores it under TLS, where ALPN decides), and an HTTP/2 connection with
+/// no stream open for `idle` is closed (the request-head deadline covers HTTP/1.1 only).
+pub fn h2_options(idle: std::time::Duration) -> pingora_core::apps::HttpServerOptions {
     let mut o = pingora_core::apps::HttpServerOptions::default();
     o.h2c = true;
+    o.h2_idle_timeout = Some(idle);
     o
 }
 
@@ -296,6 +299,7 @@ pub fn run(
     }
     let conf = server_conf(&cfg);
     let conf_grace = cfg.grace_period.as_secs();
+    let client_head = cfg.timeouts.client_head.0;
     let listeners: Vec<(SocketAddr, bool)> =
         cfg.listeners.iter().map(|l| (l.address, l.http2)).collect();
     let assembled = control.block_on(assemble(
@@ -337,14 +341,14 @@ pub fn run(
                     "TLS, HTTP/1.1"
                 }
             }
-            None if http2 => {
-                if let Some(app) = svc.app_logic_mut() {
-                    app.server_options = Some(h2c_options());
-                }
-                "plaintext, HTTP/1.1 and h2c"
-            }
+            None if http2 => "plaintext, HTTP/1.1 and h2c",
             None => "plaintext, HTTP/1.1",
         };
+        if http2 {
+            if let Some(app) = svc.app_logic_mut() {
+                app.server_options = Some(h2_options(client_head));
+            }
+        }
         svc.add_listener(listener);
         log::info!("edge listening on {address} ({what}; {threads} worker threads)");
         server.add_service(svc);
