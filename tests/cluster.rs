@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{eventually, normalize, sse_tokens};
+use common::{eventually, normalize, read_stream, sse_tokens};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -160,26 +160,6 @@ fn https_client(ca_pem: &Path) -> reqwest::Client {
         .resolve(HOST, format!("{NET}.1:8443").parse().unwrap())
         .build()
         .unwrap()
-}
-
-/// Reads a streamed response whole: (body, reads that carried bytes, first→last read).
-async fn read_stream(resp: reqwest::Response) -> (Vec<u8>, usize, Duration) {
-    use futures::StreamExt;
-    let mut s = resp.bytes_stream();
-    let (mut body, mut reads, mut first, mut last) = (Vec::new(), 0, None, None);
-    while let Some(chunk) = s.next().await {
-        let Ok(chunk) = chunk else { break };
-        if chunk.is_empty() {
-            continue;
-        }
-        reads += 1;
-        let now = Instant::now();
-        first.get_or_insert(now);
-        last = Some(now);
-        body.extend_from_slice(&chunk);
-    }
-    let spread = last.zip(first).map(|(l, f)| l - f).unwrap_or_default();
-    (body, reads, spread)
 }
 
 async fn openai_sdk_text(client: reqwest::Client, key: &str) -> (String, usize) {

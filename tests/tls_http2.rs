@@ -46,6 +46,18 @@ fn vllm_body(sim: SocketAddr) -> String {
         .yaml()
 }
 
+/// An edge serving HTTPS (HTTP/2 by ALPN) as `api.okome.test`, with a certificate from a fresh
+/// CA, in front of a vLLM `sim`; the folder holding the PKI lives as long as the first value.
+async fn tls_edge(sim: SocketAddr) -> (tempfile::TempDir, Pki, TestEdge) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Pki::new(dir.path(), "test");
+    let (cert, key) = ca.server("api", &[HOST]);
+    let edge =
+        embedded::edge_with_listener(&tls_listener(&[(&cert, &key)], None, ""), &vllm_body(sim))
+            .await;
+    (dir, ca, edge)
+}
+
 /// One streamed response: its HTTP version, body, and how many reads carried bytes, with the
 /// time from the first to the last.
 struct Streamed {
@@ -56,7 +68,6 @@ struct Streamed {
 }
 
 async fn stream(client: &reqwest::Client, url: &str, body: &str) -> Streamed {
-    use futures::StreamExt;
     let resp = client
         .post(url)
         .header("content-type", "application/json")
@@ -66,24 +77,12 @@ async fn stream(client: &reqwest::Client, url: &str, body: &str) -> Streamed {
         .unwrap_or_else(|e| panic!("POST {url}: {e:?}"));
     assert_eq!(resp.status(), 200);
     let version = resp.version();
-    let mut s = resp.bytes_stream();
-    let (mut out, mut reads, mut first, mut last) = (Vec::new(), 0, None, None);
-    while let Some(chunk) = s.next().await {
-        let chunk = chunk.expect("chunk");
-        if chunk.is_empty() {
-            continue;
-        }
-        reads += 1;
-        let now = Instant::now();
-        first.get_or_insert(now);
-        last = Some(now);
-        out.extend_from_slice(&chunk);
-    }
+    let (body, reads, spread) = read_stream(resp).await;
     Streamed {
         version,
-        body: out,
+        body,
         reads,
-        spread: last.zip(first).map(|(l, f)| l - f).unwrap_or_default(),
+        spread,
     }
 }
 
@@ -91,14 +90,7 @@ async fn stream(client: &reqwest::Client, url: &str, body: &str) -> Streamed {
 async fn https_with_http2_relays_sse_byte_identical_and_paced() {
     const TOKENS: u32 = 16;
     let s = sim(SimKind::Vllm, |c| c.tokens_per_second = 20.0).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Pki::new(dir.path(), "test");
-    let (cert, key) = ca.server("api", &[HOST]);
-    let edge = embedded::edge_with_listener(
-        &tls_listener(&[(&cert, &key)], None, ""),
-        &vllm_body(s.addr()),
-    )
-    .await;
+    let (_dir, ca, edge) = tls_edge(s.addr()).await;
 
     let body = chat_body(TOKENS);
     let direct = body_of(&raw(s.addr(), &post("/v1/chat/completions", &body)).await);
@@ -287,14 +279,7 @@ async fn h2c_with_prior_knowledge_on_a_plaintext_listener() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_over_https_negotiates_http2_and_streams() {
     let s = sim(SimKind::Vllm, |_| {}).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Pki::new(dir.path(), "test");
-    let (cert, key) = ca.server("api", &[HOST]);
-    let edge = embedded::edge_with_listener(
-        &tls_listener(&[(&cert, &key)], None, ""),
-        &vllm_body(s.addr()),
-    )
-    .await;
+    let (_dir, ca, edge) = tls_edge(s.addr()).await;
     let port = edge.addr.port();
     let out = std::process::Command::new("curl")
         .args(["-sS", "--http2", "-N", "-o", "-", "-w", "\n%{http_version}"])
@@ -318,14 +303,7 @@ async fn curl_over_https_negotiates_http2_and_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_stream_reset_cancels_the_engine_request() {
     let s = sim(SimKind::Vllm, |c| c.tokens_per_second = 10.0).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Pki::new(dir.path(), "test");
-    let (cert, key) = ca.server("api", &[HOST]);
-    let edge = embedded::edge_with_listener(
-        &tls_listener(&[(&cert, &key)], None, ""),
-        &vllm_body(s.addr()),
-    )
-    .await;
+    let (_dir, ca, edge) = tls_edge(s.addr()).await;
     let client = pki::https_client(&ca, HOST, edge.addr);
     let resp = client
         .post(edge_url(&edge, "/v1/chat/completions"))

@@ -416,3 +416,24 @@ pub fn normalize(b: &[u8]) -> String {
     }
     out
 }
+
+/// Reads a streamed response whole: (body, reads that carried bytes, time from the first such
+/// read to the last). A broken stream ends the read where it broke.
+pub async fn read_stream(resp: reqwest::Response) -> (Vec<u8>, usize, Duration) {
+    use futures::StreamExt;
+    let mut s = resp.bytes_stream();
+    let (mut body, mut reads, mut first, mut last) = (Vec::new(), 0, None, None);
+    while let Some(chunk) = s.next().await {
+        let Ok(chunk) = chunk else { break };
+        if chunk.is_empty() {
+            continue;
+        }
+        reads += 1;
+        let now = std::time::Instant::now();
+        first.get_or_insert(now);
+        last = Some(now);
+        body.extend_from_slice(&chunk);
+    }
+    let spread = last.zip(first).map(|(l, f)| l - f).unwrap_or_default();
+    (body, reads, spread)
+}
