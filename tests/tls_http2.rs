@@ -125,6 +125,18 @@ async fn https_with_http2_relays_sse_byte_identical_and_paced() {
             .await,
         2.0
     );
+    // The certificate's expiry is published for alerting (rcgen's default: far in the future).
+    let expiry = edge
+        .metric(
+            "okome_tls_certificate_expiry_timestamp_seconds",
+            &[("names", HOST)],
+        )
+        .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(expiry > now, "expiry {expiry}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

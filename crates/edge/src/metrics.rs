@@ -77,6 +77,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// The config generation serving.
     pub config_version: prometheus::IntGauge,
+    /// When each served certificate expires (Unix seconds), by listener and file.
+    pub tls_cert_expiry: IntGaugeVec,
     /// Seconds since that snapshot was published.
     pub policy_snapshot_age_seconds: prometheus::Gauge,
     /// Tokens charged to each tenant (settled counts).
@@ -246,6 +248,13 @@ impl Metrics {
             "okome_config_version",
             "The config generation serving: 1 at start, +1 per applied reload.",
         );
+        let tls_cert_expiry = IntGaugeVec::new(
+            Opts::new(
+                "okome_tls_certificate_expiry_timestamp_seconds",
+                "When each certificate a TLS listener serves expires (Unix seconds; alert on it minus time()). Replaced by a reload.",
+            ),
+            &["listener", "cert", "names"],
+        );
         let policy_snapshot_version = prometheus::IntGauge::new(
             "okome_policy_snapshot_version",
             "Version of the policy snapshot in use.",
@@ -342,6 +351,7 @@ impl Metrics {
             let task_restarts = reg(r, task_restarts)?;
             let config_reloads = reg(r, config_reloads)?;
             let config_version = reg(r, config_version)?;
+            let tls_cert_expiry = reg(r, tls_cert_expiry)?;
             let policy_snapshot_age_seconds = reg(r, policy_snapshot_age_seconds)?;
             let tenant_tokens = reg(r, tenant_tokens)?;
             let shed = reg(r, shed)?;
@@ -374,6 +384,7 @@ impl Metrics {
                 task_restarts,
                 config_reloads,
                 config_version,
+                tls_cert_expiry,
                 policy_snapshot_age_seconds,
                 tenant_tokens,
                 shed,
@@ -389,6 +400,24 @@ impl Metrics {
         let m = m.expect("metric definitions are static and valid");
         register_process_metrics(&m.registry);
         m
+    }
+
+    /// Publishes the expiry of every certificate the listeners serve now (old series dropped).
+    pub fn set_certificates(&self, listeners: &[crate::config::compile::CompiledListener]) {
+        self.tls_cert_expiry.reset();
+        for l in listeners {
+            let Some(tls) = &l.tls else { continue };
+            let listener = l.address.to_string();
+            for (path, names, not_after) in &tls.certs.loaded {
+                self.tls_cert_expiry
+                    .with_label_values(&[
+                        listener.as_str(),
+                        &path.display().to_string(),
+                        &names.join(" "),
+                    ])
+                    .set(*not_after);
+            }
+        }
     }
 
     /// Creates every series whose labels are known up front at 0, so dashboards, `rate()` and

@@ -154,6 +154,7 @@ impl Reloader {
                 served.replace(tls);
             }
         }
+        self.shared.metrics.set_certificates(&cfg.listeners);
         self.install(&cfg, upstreams.clone(), version);
         let edge = self.current.load();
         let summary = format!(

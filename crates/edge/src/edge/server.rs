@@ -176,6 +176,7 @@ pub async fn assemble(
     let edge = Edge::new(&cfg, upstreams, &shared, 1);
     init_series(&edge);
     metrics.config_version.set(1);
+    metrics.set_certificates(&cfg.listeners);
     let current = Arc::new(ArcSwap::from_pointee(edge));
     let watch_file = path.is_some();
     let reloader = Reloader::new(reload::Parts {
