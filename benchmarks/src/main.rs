@@ -8,17 +8,24 @@
 //! deviation of that stream's gaps) and total time, into HDR histograms. Prints one JSON object;
 //! `--cdf` adds percentile curves for plots. One process holds tens of thousands of streams
 //! (one task each; `--source-ips` spreads client sockets over 127.0.0.x to avoid running out of
-//! ephemeral ports).
+//! ephemeral ports). `--tls-ca` loads an HTTPS target (HTTP/1.1 over TLS, a full handshake per
+//! stream); TTFT then counts from the request's write after the handshake, and `connect_ms` holds
+//! TCP connect + handshake.
 
 use clap::Parser;
 use hdrhistogram::Histogram;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Mutex;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
 
 /// Streaming load: TTFT, inter-token gaps, jitter and total time as the client sees them.
 #[derive(Parser, Debug)]
@@ -69,6 +76,13 @@ struct Args {
     /// Print the first failures' messages to stderr (at most this many).
     #[arg(long, default_value_t = 5)]
     show_errors: u64,
+    /// Speak TLS to the target, trusting the CA certificates (PEM) in this file.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Name sent as SNI and checked against the target's certificate (also the `Host` header);
+    /// default: the target's IP.
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    tls_name: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -80,6 +94,7 @@ enum Format {
 
 /// Per-task histograms and counters, merged at the end.
 struct Stats {
+    connect: Histogram<u64>,
     ttft: Histogram<u64>,
     gaps: Histogram<u64>,
     jitter: Histogram<u64>,
@@ -93,6 +108,7 @@ struct Stats {
 impl Stats {
     fn new() -> Self {
         Self {
+            connect: hist(),
             ttft: hist(),
             gaps: hist(),
             jitter: hist(),
@@ -108,6 +124,7 @@ impl Stats {
         self.streams += 1;
         self.tokens += s.tokens;
         self.bytes += s.bytes;
+        let _ = self.connect.record(us(s.connect));
         let _ = self.ttft.record(us(s.ttft));
         let _ = self.total.record(us(s.total));
         if s.gap_n > 0 {
@@ -116,6 +133,7 @@ impl Stats {
     }
 
     fn merge(&mut self, o: &Stats) {
+        let _ = self.connect.add(&o.connect);
         let _ = self.ttft.add(&o.ttft);
         let _ = self.gaps.add(&o.gaps);
         let _ = self.jitter.add(&o.jitter);
@@ -138,6 +156,8 @@ fn hist() -> Histogram<u64> {
 
 /// What one stream measured.
 struct StreamTimes {
+    /// TCP connect, plus the TLS handshake on an HTTPS target.
+    connect: Duration,
     ttft: Duration,
     total: Duration,
     tokens: u64,
@@ -162,16 +182,64 @@ struct Shared {
     next_ip: AtomicUsize,
     errors_shown: AtomicU64,
     totals: Mutex<Stats>,
+    tls: Option<Tls>,
+}
+
+/// What a TLS stream needs: the client config (shared) and the name to ask for and check.
+struct Tls {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+}
+
+fn tls_setup(ca: &Path, name: Option<&str>, target: SocketAddr) -> Result<Tls, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
+        let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    // ring, as the edge uses: no process-wide default provider to pick.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // The request is written as HTTP/1.1: say so, or an h2-capable listener may pick h2.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = match name {
+        Some(n) => ServerName::try_from(n.to_string()).map_err(|e| format!("{n}: {e}"))?,
+        None => ServerName::IpAddress(target.ip().into()),
+    };
+    Ok(Tls {
+        connector: TlsConnector::from(Arc::new(config)),
+        name,
+    })
 }
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    let tls = match &args.tls_ca {
+        Some(ca) => match tls_setup(ca, args.tls_name.as_deref(), args.target) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("okome-load: TLS: {e}");
+                std::process::exit(2);
+            }
+        },
+        None => None,
+    };
+    let host = match &args.tls_name {
+        Some(n) => format!("{n}:{}", args.target.port()),
+        None => args.target.to_string(),
+    };
     let extra: String = args.headers.iter().map(|h| format!("{h}\r\n")).collect();
     let request = format!(
         "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{}",
         args.path,
-        args.target,
+        host,
         args.body.len(),
         args.body
     )
@@ -182,6 +250,7 @@ async fn main() {
         next_ip: AtomicUsize::new(0),
         errors_shown: AtomicU64::new(0),
         totals: Mutex::new(Stats::new()),
+        tls,
     });
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -248,6 +317,8 @@ async fn main() {
         "bytes": t.bytes,
         "seconds": secs,
         "tokens_per_sec": t.tokens as f64 / secs,
+        "tls": sh.tls.is_some(),
+        "connect_ms": summary(&t.connect),
         "ttft_ms": summary(&t.ttft),
         "gap_ms": summary(&t.gaps),
         "jitter_ms": summary(&t.jitter),
@@ -294,10 +365,27 @@ async fn connect(sh: &Shared) -> std::io::Result<TcpStream> {
     sock.connect(sh.args.target).await
 }
 
-/// One streamed request on a fresh connection; gaps go straight into `gaps`.
+/// One streamed request on a fresh connection (TLS when asked); gaps go straight into `gaps`.
 async fn one(sh: &Shared, gaps: &mut Histogram<u64>) -> std::io::Result<StreamTimes> {
-    let mut s = connect(sh).await?;
+    let t0 = Instant::now();
+    let s = connect(sh).await?;
     s.set_nodelay(true)?;
+    match &sh.tls {
+        None => exchange(sh, s, gaps, t0).await,
+        Some(tls) => {
+            let s = tls.connector.connect(tls.name.clone(), s).await?;
+            exchange(sh, s, gaps, t0).await
+        }
+    }
+}
+
+/// Write the request, time the streamed response until the server closes.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    sh: &Shared,
+    mut s: S,
+    gaps: &mut Histogram<u64>,
+    t0: Instant,
+) -> std::io::Result<StreamTimes> {
     let start = Instant::now();
     s.write_all(&sh.request).await?;
     // Small buffer: a stream's chunks are small, and 10,000 streams must fit in memory.
@@ -305,6 +393,7 @@ async fn one(sh: &Shared, gaps: &mut Histogram<u64>) -> std::io::Result<StreamTi
     let mut carry: Vec<u8> = Vec::new();
     let mut last: Option<Instant> = None;
     let mut st = StreamTimes {
+        connect: start - t0,
         ttft: Duration::ZERO,
         total: Duration::ZERO,
         tokens: 0,
@@ -320,10 +409,13 @@ async fn one(sh: &Shared, gaps: &mut Histogram<u64>) -> std::io::Result<StreamTi
         Format::Ndjson => (false, true),
     };
     loop {
-        let n = s.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
+        let n = match s.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            // A TLS peer that closes without close_notify: the body is what came before.
+            Err(e) if in_body && e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
+        };
         let now = Instant::now();
         st.bytes += n as u64;
         carry.extend_from_slice(&buf[..n]);
