@@ -327,6 +327,10 @@ fn process_settings_changed(old: &CompiledEdge, new: &CompiledEdge) -> Vec<&'sta
     if old.control != new.control {
         out.push("control");
     }
+    if old.limit_store != new.limit_store {
+        // The Redis connection and the leases live with the process.
+        out.push("limits.store");
+    }
     if old.arbiter != new.arbiter {
         out.push("arbiter");
     }
