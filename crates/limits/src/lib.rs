@@ -25,7 +25,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,9 @@ pub enum LimitsError {
     /// The address is not `redis://host:port` or `host:port`.
     #[error("not a Redis address (`redis://host:port` or `host:port`): {0}")]
     Address(String),
+    /// Built outside a Tokio runtime.
+    #[error("the Redis store must be built inside a Tokio runtime")]
+    NoRuntime,
     /// The Redis client could not be created.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -140,6 +143,9 @@ impl StoreMetrics {
 struct Health {
     down_until: Option<Instant>,
     backoff: Duration,
+    /// When the one caller probing a failed Redis started; a probe whose caller went away
+    /// (its request dropped mid-call) counts as over after `timeout` + 1 s.
+    probing_since: Option<Instant>,
 }
 
 struct Inner {
@@ -150,8 +156,6 @@ struct Inner {
     settings: RedisSettings,
     fallback: LocalLimits,
     health: Mutex<Health>,
-    /// Set while one request probes a Redis that failed, so the others do not pile on.
-    probing: AtomicBool,
     /// This edge's live leases: lease number → (leases key, lease id).
     leases: Mutex<HashMap<u64, (String, String)>>,
     next_lease: AtomicU64,
@@ -186,6 +190,8 @@ impl RedisLimits {
     /// A store on `settings.url`. Connects lazily (the edge starts while Redis is down); must be
     /// called inside the Tokio runtime that will run its settlements and connection.
     pub fn new(settings: RedisSettings, metrics: StoreMetrics) -> Result<RedisLimits, LimitsError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| LimitsError::NoRuntime)?;
         let client = redis::Client::open(settings.url.as_str())?;
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout.max(Duration::from_millis(200))))
@@ -205,13 +211,13 @@ impl RedisLimits {
                 health: Mutex::new(Health {
                     down_until: None,
                     backoff: MIN_BACKOFF,
+                    probing_since: None,
                 }),
-                probing: AtomicBool::new(false),
                 leases: Mutex::new(HashMap::new()),
                 next_lease: AtomicU64::new(0),
                 instance: format!("{:016x}", rand::random::<u64>()),
                 metrics,
-                runtime: tokio::runtime::Handle::current(),
+                runtime,
             }),
         })
     }
@@ -246,10 +252,20 @@ impl Inner {
     /// Whether to ask Redis now: always while healthy; after a failure, once the backoff has
     /// passed, one caller at a time.
     fn may_ask(&self) -> bool {
-        let h = self.health.lock();
+        let mut h = self.health.lock();
+        let now = Instant::now();
         match h.down_until {
             None => true,
-            Some(t) if Instant::now() >= t => !self.probing.swap(true, Ordering::AcqRel),
+            Some(t) if now >= t => {
+                let stale = self.settings.timeout + Duration::from_secs(1);
+                let free = h
+                    .probing_since
+                    .is_none_or(|since| now.duration_since(since) > stale);
+                if free {
+                    h.probing_since = Some(now);
+                }
+                free
+            }
             Some(_) => false,
         }
     }
@@ -260,7 +276,7 @@ impl Inner {
             log::info!("limits: Redis at {} answers again", self.settings.url);
         }
         h.backoff = MIN_BACKOFF;
-        self.probing.store(false, Ordering::Release);
+        h.probing_since = None;
     }
 
     fn failed(&self, op: &'static str, why: &str) {
@@ -275,7 +291,7 @@ impl Inner {
             h.backoff = (h.backoff * 2).min(MAX_BACKOFF);
         }
         h.down_until = Some(Instant::now() + h.backoff);
-        self.probing.store(false, Ordering::Release);
+        h.probing_since = None;
     }
 
     /// Seconds a fail-closed tenant is told to wait.
