@@ -77,13 +77,10 @@ impl RedisServer {
 
     async fn conn(&self) -> Option<redis::aio::MultiplexedConnection> {
         let c = redis::Client::open(format!("redis://{}", self.address())).ok()?;
-        tokio::time::timeout(
-            Duration::from_secs(1),
-            c.get_multiplexed_async_connection(),
-        )
-        .await
-        .ok()?
-        .ok()
+        tokio::time::timeout(Duration::from_secs(1), c.get_multiplexed_async_connection())
+            .await
+            .ok()?
+            .ok()
     }
 
     async fn ping(&self) -> bool {
@@ -192,7 +189,12 @@ fn chat_request(tenant: &str, max_tokens: u32) -> Vec<u8> {
 }
 
 /// Sends `per_edge[i]` requests to edge `i`, all at once, interleaved; the responses.
-async fn burst(edges: &[SocketAddr], per_edge: &[usize], tenant: &str, max_tokens: u32) -> Vec<Vec<u8>> {
+async fn burst(
+    edges: &[SocketAddr],
+    per_edge: &[usize],
+    tenant: &str,
+    max_tokens: u32,
+) -> Vec<Vec<u8>> {
     let mut tasks = Vec::new();
     let most = per_edge.iter().copied().max().unwrap_or(0);
     for round in 0..most {
@@ -246,6 +248,10 @@ async fn read_tokens(c: &mut tokio::net::TcpStream, tokens: usize) -> Vec<u8> {
             break;
         }
         got.extend_from_slice(&buf[..n]);
+    }
+    if status_of(&got) != 200 {
+        // A refusal: the whole of it (the edge closes after it).
+        let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got)).await;
     }
     got
 }
@@ -387,12 +393,12 @@ async fn tokens_per_minute_counts_reservations_and_refunds_cut_streams() {
     assert_eq!(redis.window("metered", "tpm").await, 200, "reserved");
     drop(c);
     // The edge settles off the token path; Redis then holds what was relayed, not 200.
-    let refunded = eventually(10, || async {
-        redis.window("metered", "tpm").await < 200
-    })
-    .await;
+    let refunded = eventually(10, || async { redis.window("metered", "tpm").await < 200 }).await;
     let held = redis.window("metered", "tpm").await;
-    assert!(refunded, "the cut stream was not refunded: {held} tokens held");
+    assert!(
+        refunded,
+        "the cut stream was not refunded: {held} tokens held"
+    );
     let relayed = slow_edge.metric("okome_tokens_total", &[]).await;
     assert_eq!(held as f64, relayed, "charged {held}, relayed {relayed}");
     // 250 more fit in 300/min on another edge only because the unused reservation came back.
@@ -438,7 +444,13 @@ async fn concurrent_streams_hold_across_edges_and_a_killed_edges_leases_expire()
     let c = embedded::edge(&body_for(state.path())).await;
 
     let (_sa, got) = open_stream(a.addr, "streams", 100, 1).await;
-    assert_eq!(status_of(&got), 200, "A: {}\n{}", String::from_utf8_lossy(&got), a.log_text());
+    assert_eq!(
+        status_of(&got),
+        200,
+        "A: {}\n{}",
+        String::from_utf8_lossy(&got),
+        a.log_text()
+    );
     let (sb, got) = open_stream(b.addr, "streams", 100, 1).await;
     assert_eq!(status_of(&got), 200, "B: {}", String::from_utf8_lossy(&got));
     assert_eq!(redis.live_leases("streams").await, 2);
@@ -551,7 +563,9 @@ async fn redis_down_fails_open_or_closed_per_tenant_and_shared_counting_resumes(
     let mut errors = 0.0;
     let mut unavailable = 0.0;
     for e in &edges {
-        errors += e.metric("okome_limits_store_errors_total", &[("op", "admit")]).await;
+        errors += e
+            .metric("okome_limits_store_errors_total", &[("op", "admit")])
+            .await;
         unavailable += e
             .metric(
                 "okome_limits_refused_total",
@@ -575,8 +589,14 @@ async fn redis_down_fails_open_or_closed_per_tenant_and_shared_counting_resumes(
         }
     })
     .await;
-    assert!(resumed, "shared counting did not resume after Redis came back");
-    eprintln!("shared counting resumed {:?} after Redis came back", back.elapsed());
+    assert!(
+        resumed,
+        "shared counting did not resume after Redis came back"
+    );
+    eprintln!(
+        "shared counting resumed {:?} after Redis came back",
+        back.elapsed()
+    );
     assert!(redis.window("strict", "rpm").await >= 1);
     // Every edge counts in Redis again (each probes once its backoff has passed): a request
     // admitted there adds one to the shared window.

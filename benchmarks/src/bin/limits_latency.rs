@@ -54,7 +54,8 @@ async fn run(store: Arc<dyn LimitStore>, t: &TenantPolicy, n: u64, callers: u64)
                 let started = Instant::now();
                 let a = store.admit(&t, 3, 100).await;
                 let us = started.elapsed().as_micros() as u64;
-                h.record(us.max(1)).unwrap_or_else(|e| panic!("record: {e}"));
+                h.record(us.max(1))
+                    .unwrap_or_else(|e| panic!("record: {e}"));
                 match a {
                     Ok(a) => a.settle(40),
                     Err(e) => panic!("refused: {e:?}"),
@@ -102,8 +103,16 @@ async fn main() {
     // Warm up: connect, load the script.
     let _ = run(shared.clone(), &t, 200, 1).await;
     for callers in [1, args.concurrency] {
-        line("local", callers, &run(local.clone(), &t, args.requests, callers).await);
-        line("redis", callers, &run(shared.clone(), &t, args.requests, callers).await);
+        line(
+            "local",
+            callers,
+            &run(local.clone(), &t, args.requests, callers).await,
+        );
+        line(
+            "redis",
+            callers,
+            &run(shared.clone(), &t, args.requests, callers).await,
+        );
     }
     let errors: u64 = ["admit", "settle"]
         .iter()

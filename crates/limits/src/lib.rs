@@ -190,8 +190,7 @@ impl RedisLimits {
     /// A store on `settings.url`. Connects lazily (the edge starts while Redis is down); must be
     /// called inside the Tokio runtime that will run its settlements and connection.
     pub fn new(settings: RedisSettings, metrics: StoreMetrics) -> Result<RedisLimits, LimitsError> {
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| LimitsError::NoRuntime)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| LimitsError::NoRuntime)?;
         let client = redis::Client::open(settings.url.as_str())?;
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout.max(Duration::from_millis(200))))
@@ -337,19 +336,11 @@ impl Inner {
             inv.key(key).arg(id);
         }
         let mut conn = self.conn.clone();
-        let _: Outcome<i64> = self
-            .call("renew", limit, inv.invoke_async(&mut conn))
-            .await;
+        let _: Outcome<i64> = self.call("renew", limit, inv.invoke_async(&mut conn)).await;
     }
 
     /// Settles (or, with `tokens` none, just releases) an admission, on the store's runtime.
-    fn spawn_settle(
-        self: &Arc<Self>,
-        tenant: &str,
-        bucket: i64,
-        delta: i64,
-        lease: Option<u64>,
-    ) {
+    fn spawn_settle(self: &Arc<Self>, tenant: &str, bucket: i64, delta: i64, lease: Option<u64>) {
         let lease_id = lease
             .and_then(|n| self.leases.lock().remove(&n))
             .map(|(_, id)| id)
@@ -549,7 +540,8 @@ impl Drop for SharedAdmission {
     fn drop(&mut self) {
         // Dropped unsettled: the reservation stays charged; the lease is released.
         if let Some(lease) = self.lease.take() {
-            self.store.spawn_settle(&self.tenant, self.bucket, 0, Some(lease));
+            self.store
+                .spawn_settle(&self.tenant, self.bucket, 0, Some(lease));
         }
     }
 }

@@ -151,8 +151,7 @@ mod tests {
         assert_eq!(key.tenant.id, "t");
         assert_eq!(key.tenant.on_limits_unavailable, OnLimitsUnavailable::Open);
         let closed: TenantPolicy =
-            serde_json::from_str(r#"{"id":"t","on_limits_unavailable":"closed"}"#)
-                .expect("closed");
+            serde_json::from_str(r#"{"id":"t","on_limits_unavailable":"closed"}"#).expect("closed");
         assert_eq!(closed.on_limits_unavailable, OnLimitsUnavailable::Closed);
     }
 

@@ -1164,7 +1164,11 @@ pools:
         };
         assert_eq!(
             (r.url.as_str(), r.timeout, r.lease),
-            ("redis://cache:6380", Duration::from_millis(20), Duration::from_secs(2))
+            (
+                "redis://cache:6380",
+                Duration::from_millis(20),
+                Duration::from_secs(2)
+            )
         );
         // A redis section under `store: local` is ignored, with a warning.
         let c = compile_text(&format!(
