@@ -312,3 +312,36 @@ fn nonsensical_values_are_refused_where_they_are_written() {
         assert!(stderr.contains(&want), "{want:?} not in:\n{stderr}");
     }
 }
+
+#[test]
+fn the_shared_limit_store_is_checked() {
+    // `store: redis` without an address, at the `limits:` line (13).
+    let (path, stderr) = fails(
+        "redis-no-address.yaml",
+        &format!("{GOOD}limits:\n  store: redis\n"),
+    );
+    assert!(
+        stderr.starts_with(&format!("{}:13: limits.redis.address: ", path.display())),
+        "{stderr}"
+    );
+    // A timeout that leaves a renewal no time within the lease.
+    let (path, stderr) = fails(
+        "redis-timeout.yaml",
+        &format!(
+            "{GOOD}limits:\n  store: redis\n  redis: {{ address: \"127.0.0.1:6379\", timeout: 2s, lease: 3s }}\n"
+        ),
+    );
+    assert!(
+        stderr.starts_with(&format!("{}:13: limits.redis.timeout: ", path.display())),
+        "{stderr}"
+    );
+    // A valid one passes without Redis running (the edge connects lazily).
+    let (_dir, path) = write(
+        "redis.yaml",
+        &format!(
+            "{GOOD}limits:\n  store: redis\n  redis: {{ address: \"redis://127.0.0.1:1\" }}\n"
+        ),
+    );
+    let out = check(&[&path]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

@@ -7,7 +7,7 @@
 use super::error::{ControlError, Problem};
 use super::store::Published;
 use okome_core::config::ByteSize;
-use okome_wire::control::{ModelRoute, Priority, Snapshot, TenantPolicy};
+use okome_wire::control::{ModelRoute, OnLimitsUnavailable, Priority, Snapshot, TenantPolicy};
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 use std::collections::HashMap;
@@ -108,6 +108,10 @@ pub struct TenantSpec {
     /// Largest request body (`4MiB`); absent = the edge's own limit.
     #[serde(default)]
     pub max_body: Option<ByteSize>,
+    /// While an edge's shared limit store (Redis) is slow or down: `open` (default; the edge's
+    /// local share of the limits) or `closed` (503 `limits_unavailable`).
+    #[serde(default)]
+    pub on_limits_unavailable: OnLimitsUnavailable,
 }
 
 impl TenantSpec {
@@ -121,6 +125,7 @@ impl TenantSpec {
             tokens_per_minute: self.tokens_per_minute,
             max_concurrent_streams: self.max_concurrent_streams,
             max_body_bytes: self.max_body.map(|b| b.0),
+            on_limits_unavailable: self.on_limits_unavailable,
         }
     }
 }

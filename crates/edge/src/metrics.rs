@@ -97,6 +97,8 @@ pub struct Metrics {
     pub backend_arbiter_state: IntGaugeVec,
     /// Lookups of pools' `HOST:PORT` backends: changed, unchanged, error.
     pub dns_resolutions: IntCounterVec,
+    /// The shared limit store's: allowed on error, refusals by limit, errors, round trips.
+    pub limits: okome_limits::StoreMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -361,6 +363,12 @@ impl Metrics {
             let arbiter_fresh = reg(r, arbiter_fresh)?;
             let backend_arbiter_state = reg(r, backend_arbiter_state)?;
             let dns_resolutions = reg(r, dns_resolutions)?;
+            let limits = okome_limits::StoreMetrics::new()?;
+            r.register(Box::new(limits.allowed_on_error.clone()))?;
+            r.register(Box::new(limits.refused.clone()))?;
+            r.register(Box::new(limits.errors.clone()))?;
+            r.register(Box::new(limits.latency.clone()))?;
+            limits.init_series();
             Ok(Metrics {
                 registry: registry.clone(),
                 ttft,
@@ -394,6 +402,7 @@ impl Metrics {
                 arbiter_fresh,
                 backend_arbiter_state,
                 dns_resolutions,
+                limits,
             })
         })();
         #[allow(clippy::expect_used)]

@@ -2,7 +2,9 @@
 //! and an in-flight count per tenant. Locks are per tenant and held for a few arithmetic
 //! operations, never across an await.
 
-use crate::tenancy::{Admission, Denied, LimitStore, Limits};
+use crate::policy::TenantPolicy;
+use crate::tenancy::{Admission, Denied, LimitStore, Limits, Refusal};
+use async_trait::async_trait;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -164,8 +166,9 @@ impl LocalLimits {
     }
 }
 
-impl LimitStore for LocalLimits {
-    fn admit(
+impl LocalLimits {
+    /// Admits one request under explicit (already per-edge) limits, now.
+    pub fn admit_limits(
         &self,
         tenant: &str,
         limits: Limits,
@@ -174,12 +177,30 @@ impl LimitStore for LocalLimits {
         self.admit_at(tenant, limits, reserve_tokens, self.epoch.elapsed())
     }
 
-    fn streams_full(&self, tenant: &str, limits: Limits) -> Option<Denied> {
+    /// Whether `tenant` holds all of `limits.concurrent` streams at this edge.
+    pub fn full(&self, tenant: &str, limits: Limits) -> Option<Denied> {
         let max = limits.concurrent?;
         (self.counters(tenant).inflight.load(Relaxed) >= max).then_some(Denied {
             limit: "concurrent_streams",
             retry_after: 1,
         })
+    }
+}
+
+#[async_trait]
+impl LimitStore for LocalLimits {
+    async fn admit(
+        &self,
+        tenant: &TenantPolicy,
+        edges: u32,
+        reserve_tokens: u64,
+    ) -> Result<Box<dyn Admission>, Refusal> {
+        self.admit_limits(&tenant.id, Limits::share_of(tenant, edges), reserve_tokens)
+            .map_err(Refusal::Limited)
+    }
+
+    fn streams_full(&self, tenant: &TenantPolicy, edges: u32) -> Option<Denied> {
+        self.full(&tenant.id, Limits::share_of(tenant, edges))
     }
 }
 
@@ -294,6 +315,7 @@ mod tests {
             tokens_per_minute: Some(1000),
             max_concurrent_streams: Some(1),
             max_body_bytes: None,
+            on_limits_unavailable: Default::default(),
         };
         let s = Limits::share_of(&p, 3);
         assert_eq!(s.requests_per_minute, Some(4));

@@ -1,9 +1,10 @@
-//! `ratelimit`: per-tenant requests/min, tokens/min and concurrent streams at this edge.
+//! `ratelimit`: per-tenant requests/min, tokens/min and concurrent streams, counted by the
+//! edge's [`LimitStore`] (this edge's share of each limit, or a shared store across edges).
 //!
 //! Tokens are charged while the stream runs: `max_tokens` (or a default) is reserved at
 //! admission and settled with the real count when the stream ends, disconnects included.
 
-use crate::tenancy::{LimitStore, Limits, PolicySource};
+use crate::tenancy::{LimitStore, PolicySource, Refusal};
 use crate::{Filter, FilterEffects, FilterRequest, Rejection, Verdict};
 use async_trait::async_trait;
 use http::StatusCode;
@@ -42,8 +43,7 @@ impl Filter for RateLimit {
         let Some(tenant) = effects.tenant.as_ref() else {
             return Verdict::Continue;
         };
-        let limits = Limits::share_of(tenant, self.policy.edges());
-        match self.store.streams_full(&tenant.id, limits) {
+        match self.store.streams_full(tenant, self.policy.edges()) {
             Some(d) => refuse(&tenant.id, d),
             None => Verdict::Continue,
         }
@@ -59,14 +59,22 @@ impl Filter for RateLimit {
                 retry_after: None,
             });
         };
-        let limits = Limits::share_of(&tenant, self.policy.edges());
         let reserve = req.max_tokens.unwrap_or(self.default_reserve);
-        match self.store.admit(&tenant.id, limits, reserve) {
+        match self.store.admit(&tenant, self.policy.edges(), reserve).await {
             Ok(a) => {
                 effects.admission = Some(a);
                 Verdict::Continue
             }
-            Err(d) => refuse(&tenant.id, d),
+            Err(Refusal::Limited(d)) => refuse(&tenant.id, d),
+            Err(Refusal::Unavailable { retry_after }) => Verdict::Reject(Rejection {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: format!(
+                    "the rate limit store cannot be reached and tenant `{}` fails closed; retry in {retry_after} s",
+                    tenant.id
+                ),
+                code: "limits_unavailable",
+                retry_after: Some(retry_after),
+            }),
         }
     }
 }

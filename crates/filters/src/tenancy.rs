@@ -71,21 +71,35 @@ pub trait Admission: Send + Sync + Debug {
     fn reserved(&self) -> u64;
 }
 
+/// Why a [`LimitStore`] did not admit a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A limit is reached (429).
+    Limited(Denied),
+    /// The shared store cannot answer and the tenant fails closed (503 `limits_unavailable`).
+    Unavailable {
+        /// Seconds until the store is asked again.
+        retry_after: u64,
+    },
+}
+
 /// Rate and concurrency counters per tenant; local to an edge by default, replaceable by a
 /// shared store.
+#[async_trait]
 pub trait LimitStore: Send + Sync + Debug {
-    /// Admits one request reserving `reserve_tokens`, or says which limit refuses it.
-    fn admit(
+    /// Admits one request of `tenant` reserving `reserve_tokens`, or says why not. `edges` is how
+    /// many edges share the tenant's cluster-wide limits (a local store enforces its share).
+    async fn admit(
         &self,
-        tenant: &str,
-        limits: Limits,
+        tenant: &TenantPolicy,
+        edges: u32,
         reserve_tokens: u64,
-    ) -> Result<Box<dyn Admission>, Denied>;
+    ) -> Result<Box<dyn Admission>, Refusal>;
 
     /// Whether the tenant already holds all its concurrent streams: checked on the request head,
     /// so a tenant at its limit is refused before its body is read. [`admit`](Self::admit)
     /// still decides atomically.
-    fn streams_full(&self, _tenant: &str, _limits: Limits) -> Option<Denied> {
+    fn streams_full(&self, _tenant: &TenantPolicy, _edges: u32) -> Option<Denied> {
         None
     }
 }

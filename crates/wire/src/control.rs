@@ -56,6 +56,30 @@ pub struct TenantPolicy {
     /// Largest request body in bytes; none = the edge's own limit.
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// What an edge with a shared limit store does while the store cannot answer.
+    #[serde(default)]
+    pub on_limits_unavailable: OnLimitsUnavailable,
+}
+
+/// A tenant's requests while the shared limit store (Redis) is slow or down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLimitsUnavailable {
+    /// Admit under the edge's local share of the limits (`limit / edges`): the default.
+    #[default]
+    Open,
+    /// Refuse with 503 `limits_unavailable` and `Retry-After`.
+    Closed,
+}
+
+impl OnLimitsUnavailable {
+    /// Lower-case name, as in config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnLimitsUnavailable::Open => "open",
+            OnLimitsUnavailable::Closed => "closed",
+        }
+    }
 }
 
 fn all_models() -> Vec<String> {
@@ -125,6 +149,10 @@ mod tests {
             serde_json::from_str(r#"{"version":3,"tenant":{"id":"t"},"issued":"x"}"#)
                 .expect("tolerant key info");
         assert_eq!(key.tenant.id, "t");
+        assert_eq!(key.tenant.on_limits_unavailable, OnLimitsUnavailable::Open);
+        let closed: TenantPolicy =
+            serde_json::from_str(r#"{"id":"t","on_limits_unavailable":"closed"}"#).expect("closed");
+        assert_eq!(closed.on_limits_unavailable, OnLimitsUnavailable::Closed);
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct CompiledEdge {
     pub max_header_bytes: u64,
     /// Requests run at once (`None`: no limit).
     pub max_requests: Option<u64>,
+    /// Where tenants' limits are counted (lives with the process: a change needs a restart).
+    pub limit_store: LimitStoreConfig,
     /// Upstream timeouts (each at least 1 ms).
     pub timeouts: Timeouts,
     /// Retry settings (at least one attempt, a budget ratio in 0..=1).
@@ -62,6 +64,76 @@ pub struct CompiledEdge {
     /// Things that work but an operator should know about (printed by `okome check`, logged at
     /// start), each with its line.
     pub warnings: Vec<String>,
+}
+
+/// Where tenants' limits are counted, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitStoreConfig {
+    /// This edge's share of each limit, in memory.
+    Local,
+    /// Shared by every edge, in Redis.
+    Redis(okome_limits::RedisSettings),
+}
+
+/// Checks `limits.store` and `limits.redis`.
+fn compile_limit_store(cfg: &EdgeConfig, out: &mut Vec<Problem>) -> LimitStoreConfig {
+    let l = &cfg.limits.value;
+    let line = at(&cfg.limits);
+    let Some(r) = &l.redis else {
+        if l.store == super::LimitStoreKind::Redis {
+            push(
+                out,
+                line,
+                "limits.redis.address".into(),
+                "`store: redis` needs the Redis address (`redis://host:port` or `host:port`)"
+                    .into(),
+            );
+        }
+        return LimitStoreConfig::Local;
+    };
+    let url = match okome_limits::parse_address(&r.address) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            push(out, line, "limits.redis.address".into(), e.to_string());
+            None
+        }
+    };
+    let (timeout, lease) = (r.timeout.0, r.lease.0);
+    if timeout < Duration::from_millis(1) {
+        push(
+            out,
+            line,
+            "limits.redis.timeout".into(),
+            "must be at least 1ms".into(),
+        );
+    }
+    if lease < Duration::from_secs(1) {
+        push(
+            out,
+            line,
+            "limits.redis.lease".into(),
+            "must be at least 1s (leases are renewed every third of it)".into(),
+        );
+    } else if timeout * 3 >= lease {
+        push(
+            out,
+            line,
+            "limits.redis.timeout".into(),
+            format!(
+                "{timeout:?} must be well under the lease ({lease:?}): a renewal has a third of it"
+            ),
+        );
+    }
+    match (l.store, url) {
+        (super::LimitStoreKind::Redis, Some(url)) => {
+            LimitStoreConfig::Redis(okome_limits::RedisSettings {
+                url,
+                timeout,
+                lease,
+            })
+        }
+        _ => LimitStoreConfig::Local,
+    }
 }
 
 /// A client listener with its certificates loaded.
@@ -473,6 +545,7 @@ pub fn compile(
         }
     }
     let trusted_proxies = compile_trusted_proxies(cfg, &mut out);
+    let limit_store = compile_limit_store(cfg, &mut out);
     if !out.is_empty() {
         return Err(out);
     }
@@ -486,6 +559,7 @@ pub fn compile(
         max_body: cfg.limits.value.max_body.0,
         max_header_bytes: cfg.limits.value.max_header_bytes.0,
         max_requests: cfg.limits.value.max_requests,
+        limit_store,
         timeouts: cfg.timeouts.value,
         retry: cfg.retry.value,
         pools,
@@ -510,6 +584,25 @@ fn warnings(cfg: &EdgeConfig) -> Vec<String> {
                 at(c)
             ));
         }
+    }
+    let l = &cfg.limits.value;
+    if l.store == super::LimitStoreKind::Local && l.redis.is_some() {
+        w.push(format!(
+            "line {}: limits.redis is set but limits.store is `local`: tenants' limits are counted per edge and Redis is not used",
+            at(&cfg.limits)
+        ));
+    }
+    let ratelimited = cfg.routes.value.iter().any(|r| {
+        r.value
+            .filters
+            .iter()
+            .any(|f| matches!(f.value, FilterSpec::Ratelimit { .. }))
+    });
+    if l.store == super::LimitStoreKind::Redis && !ratelimited {
+        w.push(format!(
+            "line {}: limits.store is `redis` but no route has the `ratelimit` filter: nothing is counted there",
+            at(&cfg.limits)
+        ));
     }
     for (name, pool) in &cfg.pools.value {
         let Some(r) = &pool.value.resolve_every else {
@@ -1043,6 +1136,84 @@ pools:
             2,
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn limit_store_is_local_by_default_and_redis_when_configured() {
+        let routes = "routes: [{name: r, pool: zeta}]\n";
+        let c = compile_text(&format!("{BASE}{routes}")).unwrap();
+        assert_eq!(c.limit_store, LimitStoreConfig::Local);
+        let c = compile_text(&format!(
+            "{BASE}{routes}limits:\n  store: redis\n  redis: {{address: 10.0.0.5:6379}}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.limit_store,
+            LimitStoreConfig::Redis(okome_limits::RedisSettings {
+                url: "redis://10.0.0.5:6379".into(),
+                timeout: Duration::from_millis(50),
+                lease: Duration::from_secs(30),
+            })
+        );
+        let c = compile_text(&format!(
+            "{BASE}{routes}limits:\n  store: redis\n  redis: {{address: \"redis://cache:6380\", timeout: 20ms, lease: 2s}}\n"
+        ))
+        .unwrap();
+        let LimitStoreConfig::Redis(r) = &c.limit_store else {
+            panic!("{:?}", c.limit_store)
+        };
+        assert_eq!(
+            (r.url.as_str(), r.timeout, r.lease),
+            (
+                "redis://cache:6380",
+                Duration::from_millis(20),
+                Duration::from_secs(2)
+            )
+        );
+        // A redis section under `store: local` is ignored, with a warning.
+        let c = compile_text(&format!(
+            "{BASE}{routes}limits:\n  redis: {{address: 10.0.0.5:6379}}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.limit_store, LimitStoreConfig::Local);
+        assert!(
+            c.warnings.iter().any(|w| w.contains("limits.redis")),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
+    fn bad_limit_store_settings_are_refused_at_their_line_and_key() {
+        let routes = "routes: [{name: r, pool: zeta}]\n";
+        let keys = |yaml: &str| -> Vec<(u64, String)> {
+            compile_text(&format!("{BASE}{routes}{yaml}"))
+                .unwrap_err()
+                .into_iter()
+                .map(|p| (p.line, p.key))
+                .collect()
+        };
+        assert_eq!(
+            keys("limits:\n  store: redis\n"),
+            [(7, "limits.redis.address".to_string())]
+        );
+        assert_eq!(
+            keys("limits:\n  store: redis\n  redis: {address: \"http://x:1\"}\n"),
+            [(7, "limits.redis.address".to_string())]
+        );
+        assert_eq!(
+            keys("limits:\n  store: redis\n  redis: {address: \"x:1\", lease: 500ms}\n"),
+            [(7, "limits.redis.lease".to_string())]
+        );
+        assert_eq!(
+            keys("limits:\n  store: redis\n  redis: {address: \"x:1\", timeout: 1s, lease: 2s}\n"),
+            [(7, "limits.redis.timeout".to_string())]
+        );
+        // An unknown store is a parse error (the parser names line and column).
+        assert!(serde_saphyr::from_str::<EdgeConfig>(&format!(
+            "{BASE}{routes}limits:\n  store: memcached\n"
+        ))
+        .is_err());
     }
 
     #[test]

@@ -321,6 +321,46 @@ pub struct Limits {
     /// Requests this edge runs at once; more get 503 with Retry-After (default: no limit).
     #[serde(default)]
     pub max_requests: Option<u64>,
+    /// Where tenants' limits (`ratelimit`) are counted: `local` (this edge's share, the
+    /// default) or `redis` (shared by every edge; see `redis`).
+    #[serde(default)]
+    pub store: LimitStoreKind,
+    /// The shared store, for `store: redis`.
+    #[serde(default)]
+    pub redis: Option<RedisSection>,
+}
+
+/// Where tenants' limits are counted.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitStoreKind {
+    /// Each edge enforces `ceil(limit / edges)` on its own.
+    #[default]
+    Local,
+    /// Every edge counts in one Redis.
+    Redis,
+}
+
+/// `limits.redis`: the shared limit store.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    /// `redis://host:port` or `host:port`.
+    pub address: String,
+    /// Longest wait for Redis on a request; past it the tenant's `on_limits_unavailable` applies.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: Dur,
+    /// How long a stream's concurrency lease lives without renewal (renewed every third of it).
+    #[serde(default = "default_lease")]
+    pub lease: Dur,
+}
+
+fn default_redis_timeout() -> Dur {
+    Dur(okome_limits::DEFAULT_TIMEOUT)
+}
+
+fn default_lease() -> Dur {
+    Dur(okome_limits::DEFAULT_LEASE)
 }
 
 fn default_max_header_bytes() -> ByteSize {
@@ -333,6 +373,8 @@ impl Default for Limits {
             max_body: default_max_body(),
             max_header_bytes: default_max_header_bytes(),
             max_requests: None,
+            store: LimitStoreKind::Local,
+            redis: None,
         }
     }
 }

@@ -328,6 +328,10 @@ fn process_settings_changed(old: &CompiledEdge, new: &CompiledEdge) -> Vec<&'sta
     if old.control != new.control {
         out.push("control");
     }
+    if old.limit_store != new.limit_store {
+        // The Redis connection and the leases live with the process.
+        out.push("limits.store");
+    }
     if old.arbiter != new.arbiter {
         out.push("arbiter");
     }
@@ -363,5 +367,26 @@ mod tests {
         // Whereas a process setting still needs one.
         let moved = compiled("admin: {address: 127.0.0.1:9191}\n", "");
         assert_eq!(process_settings_changed(&old, &moved), ["admin.address"]);
+    }
+
+    /// The shared limit store lives with the process (its connection, its leases).
+    #[test]
+    fn a_change_of_limit_store_needs_a_restart() {
+        let local = compiled("", "");
+        let redis = |lease: &str| {
+            compiled(
+                &format!("limits: {{store: redis, redis: {{address: 127.0.0.1:6379{lease}}}}}\n"),
+                "",
+            )
+        };
+        assert_eq!(
+            process_settings_changed(&local, &redis("")),
+            ["limits.store"]
+        );
+        assert_eq!(
+            process_settings_changed(&redis(""), &redis(", lease: 10s")),
+            ["limits.store"]
+        );
+        assert!(process_settings_changed(&redis(""), &redis("")).is_empty());
     }
 }

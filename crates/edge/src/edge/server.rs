@@ -48,6 +48,9 @@ pub enum StartError {
     /// The TLS listener could not be set up.
     #[error("cannot set up TLS: {0}")]
     Tls(String),
+    /// The shared limit store could not be set up.
+    #[error("limits.redis: {0}")]
+    Limits(#[from] okome_limits::LimitsError),
     /// The runtime for the background work could not be built.
     #[error("cannot start the edge's runtime: {0}")]
     Runtime(std::io::Error),
@@ -153,6 +156,20 @@ pub async fn assemble(
         let c = cache.clone();
         supervisor.spawn("policy key writer", move || c.clone().write_keys());
         env.policy = cache;
+    }
+    if let crate::config::compile::LimitStoreConfig::Redis(settings) = &cfg.limit_store {
+        // Connects lazily: the edge starts (and fails open or closed per tenant) while Redis
+        // is down.
+        let store = okome_limits::RedisLimits::new(settings.clone(), metrics.limits.clone())?;
+        log::info!(
+            "tenant limits shared in Redis at {} (timeout {:?}, lease {:?})",
+            settings.url,
+            settings.timeout,
+            settings.lease
+        );
+        let s = store.clone();
+        supervisor.spawn("limits lease renewal", move || s.clone().renew_leases());
+        env.limits = Arc::new(store);
     }
     let shared = Shared {
         metrics: metrics.clone(),

@@ -313,6 +313,7 @@ impl PolicySource for PolicyCache {
                         tokens_per_minute: None,
                         max_concurrent_streams: None,
                         max_body_bytes: None,
+                        on_limits_unavailable: Default::default(),
                     })),
                 }
             }
