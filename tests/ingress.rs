@@ -375,3 +375,36 @@ async fn sticky_keys_stay_put_and_move_only_off_a_draining_node() {
         );
     }
 }
+
+/// One engine down must not take a stream node out of the ingress's rotation for every model:
+/// the ingress probes `/readyz?pools=any`, which stays 200 while any pool can serve, while a
+/// load balancer in front of a single edge keeps the strict `/readyz` (every pool).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_one_dead_pool_stays_ready_for_the_ingress() {
+    let s = sim(SimKind::Vllm, |_| {}).await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead); // nothing listens there now
+    let edge = embedded::EdgeBuilder::new()
+        .pool("vllm", "vllm", &[s.addr()])
+        .pool("ollama", "ollama", &[dead_addr])
+        .route(embedded::Route::to_pool("openai", "vllm").path_prefix("/v1/"))
+        .start()
+        .await;
+    let get = |q: &'static str| {
+        let url = edge.admin_url(&format!("/readyz{q}"));
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, text) = get("").await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("ollama"), "{text}");
+    assert_eq!(get("?pools=all").await.0, 503);
+    assert_eq!(get("?pools=any").await, (200, "ready\n".to_owned()));
+    assert_eq!(get("?pools=some").await.0, 400);
+    // Draining is not ready either way.
+    edge.drain();
+    assert_eq!(get("?pools=any").await.0, 503);
+}

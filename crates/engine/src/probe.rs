@@ -7,8 +7,9 @@
 //! - TF Serving: `GET /v1/models/{model}`, healthy when a version is `AVAILABLE`; finished
 //!   requests from its Prometheus page when one is configured. It has no model listing.
 //! - OpenAI-compatible: `GET /v1/models` (200), models from it.
-//! - okome (a stream node): `GET /readyz` (200) on its admin listener, so a draining node
-//!   (503 from SIGTERM on) leaves the rotation. No model listing: routes name its pool.
+//! - okome (a stream node): `GET /readyz?pools=any` (200) on its admin listener, so a draining
+//!   node (503 from SIGTERM on) or one with no engine left leaves the rotation, but one engine
+//!   down does not take it out for every model. No model listing: routes name its pool.
 
 use crate::prom::{self, VllmMetrics};
 use crate::EngineKind;
@@ -71,7 +72,9 @@ pub async fn health(c: &Client, e: &Engine<'_>) -> Result<(), Unhealthy> {
         EngineKind::Vllm => "/health",
         EngineKind::Ollama => "/",
         EngineKind::Openai => "/v1/models",
-        EngineKind::Okome => "/readyz",
+        // Ready while it serves any pool: one engine down on the core must not take every
+        // stream node, and with them every model, out of the ingress's rotation.
+        EngineKind::Okome => "/readyz?pools=any",
         EngineKind::Tfserving => {
             return match e.health_path {
                 Some(p) => tf_available(c, e, p).await,

@@ -96,7 +96,29 @@ async fn metrics_page(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     )
 }
 
-async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+/// `/readyz` query: `pools=all` (the default: every pool has a healthy backend, what a load
+/// balancer in front of one edge wants) or `pools=any` (at least one has: what an ingress probing
+/// its stream nodes wants, so one engine down does not take a node out for every model).
+#[derive(serde::Deserialize, Default)]
+struct ReadyQuery {
+    #[serde(default)]
+    pools: Option<String>,
+}
+
+async fn readyz(
+    State(s): State<Arc<AdminState>>,
+    axum::extract::Query(q): axum::extract::Query<ReadyQuery>,
+) -> impl IntoResponse {
+    let any = match q.pools.as_deref() {
+        None | Some("all") => false,
+        Some("any") => true,
+        Some(other) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("pools={other:?}: expected `all` or `any`\n"),
+            )
+        }
+    };
     if s.drain.draining() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -113,7 +135,7 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         .filter(|p| !p.any_eligible())
         .map(|p| p.name.as_str())
         .collect();
-    if missing.is_empty() {
+    if missing.is_empty() || (any && missing.len() < upstreams.pools.len()) {
         (StatusCode::OK, "ready\n".to_owned())
     } else {
         (
