@@ -58,6 +58,22 @@ async fn tls_edge(sim: SocketAddr) -> (tempfile::TempDir, Pki, TestEdge) {
     (dir, ca, edge)
 }
 
+/// Runs curl with `args`, streaming (`-N`), and asserts it spoke HTTP/2; the body it printed.
+fn curl_http2(args: &[std::ffi::OsString]) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-N", "-o", "-", "-w", "\n%{http_version}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.ends_with("\n2"),
+        "curl: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 /// One streamed response: its HTTP version, body, and how many reads carried bytes, with the
 /// time from the first to the last.
 struct Streamed {
@@ -265,26 +281,14 @@ async fn h2c_with_prior_knowledge_on_a_plaintext_listener() {
     assert_eq!(normalize(&body_of(&h1)), normalize(&direct));
 
     // curl, the way an operator would try it.
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sS",
-            "--http2-prior-knowledge",
-            "-N",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_version}",
-        ])
-        .args(["-H", "content-type: application/json", "-d", &body])
-        .arg(edge.url("/v1/chat/completions"))
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.ends_with("\n2"),
-        "curl: {text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = curl_http2(&[
+        "--http2-prior-knowledge".into(),
+        "-H".into(),
+        "content-type: application/json".into(),
+        "-d".into(),
+        body.clone().into(),
+        edge.url("/v1/chat/completions").into(),
+    ]);
     assert_eq!(sse_tokens(&text), 8);
 }
 
@@ -293,21 +297,18 @@ async fn curl_over_https_negotiates_http2_and_streams() {
     let s = sim(SimKind::Vllm, |_| {}).await;
     let (_dir, ca, edge) = tls_edge(s.addr()).await;
     let port = edge.addr.port();
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--http2", "-N", "-o", "-", "-w", "\n%{http_version}"])
-        .arg("--cacert")
-        .arg(&ca.ca)
-        .args(["--resolve", &format!("{HOST}:{port}:127.0.0.1")])
-        .args(["-H", "content-type: application/json", "-d", &chat_body(6)])
-        .arg(format!("https://{HOST}:{port}/v1/chat/completions"))
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.ends_with("\n2"),
-        "curl: {text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = curl_http2(&[
+        "--http2".into(),
+        "--cacert".into(),
+        ca.ca.clone().into(),
+        "--resolve".into(),
+        format!("{HOST}:{port}:127.0.0.1").into(),
+        "-H".into(),
+        "content-type: application/json".into(),
+        "-d".into(),
+        chat_body(6).into(),
+        format!("https://{HOST}:{port}/v1/chat/completions").into(),
+    ]);
     assert_eq!(sse_tokens(&text), 6);
     assert!(text.contains("data: [DONE]"));
 }

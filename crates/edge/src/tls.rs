@@ -264,11 +264,6 @@ impl ServerCerts {
     pub fn replace(&self, set: Arc<CertSet>) {
         self.0.store(set);
     }
-
-    /// The set served now.
-    pub fn current(&self) -> Arc<CertSet> {
-        self.0.load_full()
-    }
 }
 
 impl ResolvesServerCert for ServerCerts {
