@@ -6,6 +6,7 @@
 pub mod embedded;
 pub mod pki;
 pub mod prom;
+pub mod python;
 
 use okome_sim::{SimConfig, SimHandle, SimKind};
 use std::net::SocketAddr;
