@@ -1,6 +1,7 @@
 //! The official Python clients (OpenAI, Ollama, grpcio) the tests drive through the edge: a
 //! virtualenv made by `tests/clients/setup.sh` (which `.ci/run` calls) and scripts under
-//! `tests/clients/`. A missing virtualenv fails the test with the command that makes it.
+//! `tests/clients/`. A missing or stale virtualenv is made on first use (under a lock, as test
+//! binaries run in parallel), so `cargo test --workspace` alone works on a fresh machine.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -14,13 +15,21 @@ pub fn interpreter() -> PathBuf {
         },
         PathBuf::from,
     );
-    let py = venv.join("bin/python");
+    let setup = script("setup.sh");
+    // setup.sh returns at once when the virtualenv matches requirements.txt.
+    let status = Command::new("flock")
+        .arg(std::env::temp_dir().join("okome-pyenv.lock"))
+        .arg("bash")
+        .arg(&setup)
+        .env("OKOME_PYENV", &venv)
+        .status()
+        .expect("run flock (util-linux)");
     assert!(
-        py.exists(),
-        "{} is missing: run `bash tests/clients/setup.sh` (the official Python clients the tests drive)",
-        py.display()
+        status.success(),
+        "{} failed ({status}): the tests need the official Python clients from PyPI",
+        setup.display()
     );
-    py
+    venv.join("bin/python")
 }
 
 /// `tests/clients/<name>`.
