@@ -975,3 +975,117 @@ async fn traceparent_is_passed_through_or_generated() {
         edge.log_text()
     );
 }
+
+/// A TF Serving pool needs no model list (TF Serving cannot list its models): the reference
+/// config used to name `model`, so a TF Serving serving `half_plus_two` was probed as unhealthy
+/// and every request got 503. Now any name is relayed, the engine's own 404 for a name it lacks
+/// comes through byte for byte, health does not hang on a name, and the names the engine
+/// serves are learned and shown on `/status`. A configured list restricts the pool to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tfserving_pool_without_a_model_list_relays_any_model_and_learns_it() {
+    let s = sim(SimKind::TfServing, |c| {
+        c.models = vec!["half_plus_two".into()]
+    })
+    .await;
+    let edge = embedded::edge(&one_pool_config(
+        &pool("tfserving", "tfserving", &[s.addr()]),
+        &[("/v1/models/", "tfserving")],
+    ))
+    .await;
+    let ready = eventually(5, || async {
+        reqwest::get(edge.admin_url("/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(
+        ready,
+        "TF Serving pool not ready; log:\n{}",
+        edge.log_text()
+    );
+
+    let predict = r#"{"instances":[1.0,2.0,5.0]}"#;
+    let via = assert_relayed_identically(
+        &edge,
+        s.addr(),
+        &post("/v1/models/half_plus_two:predict", predict),
+        "application/json",
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_slice(&via).expect("predict JSON");
+    assert_eq!(v["predictions"], serde_json::json!([2.5, 3.0, 4.5]), "{v}");
+
+    // A name the engine does not serve: its own 404, byte for byte, for status and predict.
+    for req in [
+        get("/v1/models/no_such_model"),
+        post("/v1/models/no_such_model:predict", predict),
+    ] {
+        let direct = raw(s.addr(), &req).await;
+        let via = raw(edge.addr, &req).await;
+        assert_eq!(
+            status_of(&direct),
+            404,
+            "{}",
+            String::from_utf8_lossy(&direct)
+        );
+        assert_eq!(status_of(&via), 404, "{}", String::from_utf8_lossy(&via));
+        assert_eq!(body_of(&via), body_of(&direct));
+        let e: serde_json::Value = serde_json::from_slice(&body_of(&via)).expect("JSON");
+        // "Could not find any versions of model …" (status), "Servable not found …" (predict).
+        assert!(
+            e["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("no_such_model")),
+            "not the engine's answer: {e}"
+        );
+    }
+
+    // Learned from the 2xx answer, confirmed AVAILABLE by discovery: on /status.
+    let learned = eventually(5, || async {
+        let st: serde_json::Value = reqwest::get(edge.admin_url("/status"))
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("status JSON");
+        st["pools"].as_array().into_iter().flatten().any(|p| {
+            p["name"] == "tfserving" && p["models"] == serde_json::json!(["half_plus_two"])
+        })
+    })
+    .await;
+    assert!(
+        learned,
+        "half_plus_two not learned; log:\n{}",
+        edge.log_text()
+    );
+
+    // A configured list restricts: a name outside it is refused by the edge in TF Serving's
+    // shape and never reaches the engine.
+    let restricted = embedded::edge(&one_pool_config(
+        &format!(
+            "{}    models: [half_plus_two]\n",
+            pool("tfserving", "tfserving", &[s.addr()])
+        ),
+        &[("/v1/models/", "tfserving")],
+    ))
+    .await;
+    let n = s.stats().requests;
+    let r = raw(
+        restricted.addr,
+        &post("/v1/models/other_model:predict", predict),
+    )
+    .await;
+    assert_eq!(status_of(&r), 404, "{}", String::from_utf8_lossy(&r));
+    let e: serde_json::Value = serde_json::from_slice(&body_of(&r)).expect("JSON");
+    assert!(
+        e["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("other_model")),
+        "{e}"
+    );
+    assert_eq!(
+        s.stats().requests,
+        n,
+        "the restricted name reached the engine"
+    );
+}

@@ -4,8 +4,11 @@
 //!   models from `/v1/models`.
 //! - Ollama: `GET /` (200 "Ollama is running"); loaded models and their VRAM from `/api/ps`;
 //!   models from `/api/tags`. It exposes no queue.
-//! - TF Serving: `GET /v1/models/{model}`, healthy when a version is `AVAILABLE`; finished
-//!   requests from its Prometheus page when one is configured. It has no model listing.
+//! - TF Serving: `GET /v1/models/{model}` for any name: up when it answers in TF Serving's shape
+//!   (a model status, or its `{"error": "Servable not found…"}` 404), so health never hangs on
+//!   one model's name. Which models are `AVAILABLE` is asked per name ([`tf_model_available`]):
+//!   TF Serving has no model listing. Finished requests from its Prometheus page when one is
+//!   configured.
 //! - OpenAI-compatible: `GET /v1/models` (200), models from it.
 //! - okome (a stream node): `GET /readyz?pools=any` (200) on its admin listener, so a draining
 //!   node (503 from SIGTERM on) or one with no engine left leaves the rotation, but one engine
@@ -28,7 +31,7 @@ pub struct Engine<'a> {
     pub auth: Option<&'a http::HeaderValue>,
     /// A health path that replaces the kind's.
     pub health_path: Option<&'a str>,
-    /// TF Serving: the models that must each have an `AVAILABLE` version.
+    /// TF Serving: the model names to ask about (the first one is probed; none: a reserved name).
     pub models: &'a [String],
     /// Per-call timeout.
     pub timeout: Duration,
@@ -48,15 +51,12 @@ pub enum Unhealthy {
         /// The decoder's message.
         message: String,
     },
-    /// TF Serving has the model but no version of it is serving.
+    /// The status path given as the health check names a model with no `AVAILABLE` version.
     #[error("{url}: no version is AVAILABLE")]
     NoVersionAvailable {
         /// What was asked.
         url: String,
     },
-    /// A TF Serving engine with no model to ask about.
-    #[error("no model to probe (list the engine's models)")]
-    NoModel,
 }
 
 impl Engine<'_> {
@@ -76,23 +76,32 @@ pub async fn health(c: &Client, e: &Engine<'_>) -> Result<(), Unhealthy> {
         // stream node, and with them every model, out of the ingress's rotation.
         EngineKind::Okome => "/readyz?pools=any",
         EngineKind::Tfserving => {
-            return match e.health_path {
-                Some(p) => tf_available(c, e, p).await,
-                None if e.models.is_empty() => Err(Unhealthy::NoModel),
-                None => {
-                    for m in e.models {
-                        tf_available(c, e, &format!("/v1/models/{m}")).await?;
-                    }
-                    Ok(())
-                }
-            };
+            // An explicit health path names a model status the operator wants AVAILABLE.
+            if let Some(p) = e.health_path {
+                return match tf_answers(c, e, p).await? {
+                    true => Ok(()),
+                    false => Err(Unhealthy::NoVersionAvailable {
+                        url: format!("{}{p}", e.base),
+                    }),
+                };
+            }
+            let model = e.models.first().map_or(TF_PROBE_MODEL, String::as_str);
+            return tf_answers(c, e, &format!("/v1/models/{model}"))
+                .await
+                .map(|_| ());
         }
     };
     e.get(c, e.health_path.unwrap_or(default)).await?;
     Ok(())
 }
 
-async fn tf_available(c: &Client, e: &Engine<'_>, path: &str) -> Result<(), Unhealthy> {
+/// The model name asked when a TF Serving pool knows none: any name will do, as a 404 in TF
+/// Serving's shape proves the model server answers.
+pub const TF_PROBE_MODEL: &str = "okome-health-probe";
+
+/// TF Serving's answer to `GET path` (a model status path): whether a version is `AVAILABLE`
+/// (`false` for its own 404 "Servable not found"), or why it is not TF Serving answering.
+async fn tf_answers(c: &Client, e: &Engine<'_>, path: &str) -> Result<bool, Unhealthy> {
     #[derive(Deserialize)]
     struct Status {
         model_version_status: Vec<Version>,
@@ -101,20 +110,37 @@ async fn tf_available(c: &Client, e: &Engine<'_>, path: &str) -> Result<(), Unhe
     struct Version {
         state: String,
     }
-    let body = e.get(c, path).await?;
-    let url = || format!("{}{path}", e.base);
-    let s: Status = serde_json::from_slice(&body).map_err(|err| Unhealthy::NotModelStatus {
-        url: url(),
-        message: err.to_string(),
-    })?;
-    if s.model_version_status
-        .iter()
-        .any(|v| v.state == "AVAILABLE")
-    {
-        Ok(())
-    } else {
-        Err(Unhealthy::NoVersionAvailable { url: url() })
+    #[derive(Deserialize)]
+    struct NotFound {
+        #[allow(dead_code)] // its presence is what is checked
+        error: String,
     }
+    let url = format!("{}{path}", e.base);
+    let (status, body) = c.get_response(&url, e.auth, e.timeout).await?;
+    let not_status = |message: String| Unhealthy::NotModelStatus {
+        url: url.clone(),
+        message,
+    };
+    match status {
+        s if s.is_success() => {
+            let st: Status =
+                serde_json::from_slice(&body).map_err(|err| not_status(err.to_string()))?;
+            Ok(st
+                .model_version_status
+                .iter()
+                .any(|v| v.state == "AVAILABLE"))
+        }
+        http::StatusCode::NOT_FOUND => serde_json::from_slice::<NotFound>(&body)
+            .map(|_| false)
+            .map_err(|err| not_status(format!("404 that is not TF Serving's: {err}"))),
+        status => Err(Unhealthy::Get(GetError::Status { url, status })),
+    }
+}
+
+/// Whether TF Serving has an `AVAILABLE` version of `model`; `None` when it did not answer in
+/// its shape.
+pub async fn tf_model_available(c: &Client, e: &Engine<'_>, model: &str) -> Option<bool> {
+    tf_answers(c, e, &format!("/v1/models/{model}")).await.ok()
 }
 
 /// vLLM's `/metrics`; `None` when it cannot be read.

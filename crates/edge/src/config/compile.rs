@@ -783,14 +783,6 @@ fn compile_pool(
                 .into(),
         );
     }
-    if p.kind == PoolKind::Tfserving && p.models.is_empty() && hc.path.is_none() {
-        push(
-            out,
-            at(pool),
-            format!("{key}.models"),
-            "a tfserving pool must list its models (TF Serving has no model listing API)".into(),
-        );
-    }
     let auth = p.api_key.as_ref().and_then(|src| {
         read_secret(src)
             .map(|s| s.bearer())

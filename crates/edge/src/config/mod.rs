@@ -493,7 +493,9 @@ pub struct Pool {
     /// How often the pool's `HOST:PORT` backends are resolved again (default 5s, at least 1s).
     #[serde(default)]
     pub resolve_every: Option<Spanned<Dur>>,
-    /// Models this pool serves; empty = learn them from the engines.
+    /// Models this pool serves; empty = learn them from the engines. TF Serving cannot list
+    /// its models: empty relays any model name (the engine answers a name it lacks itself) and
+    /// learns the names it answers with an `AVAILABLE` version; a list restricts the pool to it.
     #[serde(default)]
     pub models: Vec<String>,
     /// Active health checking.

@@ -192,6 +192,21 @@ pub async fn decide(edge: &Edge, session: &mut Session, ctx: &mut RequestCtx) ->
     }
 }
 
+/// Whether `GET /v1/models/{m}` is TF Serving's model status rather than OpenAI's
+/// `models.retrieve`: a TF Serving pool serves `m`, or no OpenAI pool knows `m` while a TF
+/// Serving pool takes any name (TF Serving cannot list its models: it answers for itself).
+fn is_tf_model(up: &crate::upstream::Upstreams, m: &str) -> bool {
+    use crate::config::PoolKind;
+    let pools = &up.pools;
+    pools
+        .iter()
+        .any(|p| p.kind == PoolKind::Tfserving && p.serves(m))
+        || (pools.iter().any(|p| p.open_tf())
+            && !pools
+                .iter()
+                .any(|p| p.kind != PoolKind::Tfserving && p.speaks(Api::OpenAi) && p.serves(m)))
+}
+
 async fn decide_inner(
     edge: &Edge,
     session: &mut Session,
@@ -200,12 +215,7 @@ async fn decide_inner(
     let req = session.req_header();
     let path = req.uri.path().to_owned();
     let method = req.method.clone();
-    ctx.req.api = Api::classify(&path, |m| {
-        edge.upstreams
-            .pools
-            .iter()
-            .any(|p| p.kind == crate::config::PoolKind::Tfserving && p.serves(m))
-    });
+    ctx.req.api = Api::classify(&path, |m| is_tf_model(&edge.upstreams, m));
     ctx.req.request_id = request_id(req);
     trace(edge, req, &mut ctx.effects);
     ctx.req.peer = session

@@ -31,6 +31,11 @@ pub fn on_upstream_header(
     } else {
         backend.record_success();
     }
+    if (200..300).contains(&status) && ctx.req.api == crate::api::Api::TfServing {
+        if let Some(m) = ctx.req.model.as_deref() {
+            pool.learn_tf_model(m);
+        }
+    }
     if matches!(status, 502 | 503)
         && !deliberate
         && edge.retry_after_failure(ctx, super::retry::Failure::Status(status), false)

@@ -147,6 +147,12 @@ impl Route {
     pub fn plan(&self, up: &Upstreams, api: Api, model: Option<&str>) -> Option<Vec<usize>> {
         let mut plan = Vec::with_capacity(1 + self.fallback.len());
         match &self.target {
+            // A TF Serving pool's model list restricts what its route relays.
+            Target::Pool(p)
+                if api == Api::TfServing && model.is_some_and(|m| !up.pools[*p].takes(m)) =>
+            {
+                return None
+            }
             Target::Pool(p) => plan.push(*p),
             Target::ByModel(cands) => {
                 let speaking: Vec<usize> = if cands.is_empty() {
@@ -158,7 +164,7 @@ impl Route {
                 };
                 match model {
                     Some(m) => {
-                        plan.extend(speaking.iter().copied().filter(|&i| up.pools[i].serves(m)))
+                        plan.extend(speaking.iter().copied().filter(|&i| up.pools[i].takes(m)))
                     }
                     // No model (GET, WebSocket): the first candidate answers.
                     None => plan.extend(speaking.first().copied()),

@@ -87,7 +87,8 @@ fn engine(pool: &Pool, i: usize) -> Engine<'_> {
         base: &pool.probe_bases[i],
         auth: pool.auth.as_ref(),
         health_path: pool.health.path.as_deref(),
-        // The edge asks TF Serving about the pool's first model: one answer per probe.
+        // The edge asks TF Serving about the pool's first configured model (else a reserved
+        // name): any answer in TF Serving's shape means it is up.
         models: pool.static_models.get(..1).unwrap_or_default(),
         timeout: pool.health.timeout.0,
     }
@@ -96,6 +97,9 @@ fn engine(pool: &Pool, i: usize) -> Engine<'_> {
 async fn round(c: &Client, pool: &Pool, discover: bool) {
     let probes = (0..pool.backends.len()).map(|i| probe(c, pool, i));
     futures::future::join_all(probes).await;
+    if discover && pool.kind == PoolKind::Tfserving {
+        discover_tf(c, pool).await;
+    }
     // TF Serving has no listing; stream nodes are routed to by pool name.
     if discover && !matches!(pool.kind, PoolKind::Tfserving | PoolKind::Okome) {
         let mut models = BTreeSet::new();
@@ -110,6 +114,36 @@ async fn round(c: &Client, pool: &Pool, discover: bool) {
             pool.set_learned(models);
         }
     }
+}
+
+/// TF Serving cannot list its models: the candidates are the configured ones and those
+/// learned from traffic ([`Pool::learn_tf_model`]); each is asked for on the healthy backends
+/// and the learned set becomes those with an `AVAILABLE` version on one of them. A backend
+/// that does not answer keeps what was known (a blip must not forget models).
+async fn discover_tf(c: &Client, pool: &Pool) {
+    let mut candidates: BTreeSet<String> = pool.learned().as_ref().clone();
+    candidates.extend(pool.static_models.iter().cloned());
+    let healthy = pool.backends.iter().any(|b| b.healthy());
+    if candidates.is_empty() || !healthy {
+        return;
+    }
+    let mut available = BTreeSet::new();
+    for i in (0..pool.backends.len()).filter(|&i| pool.backends[i].healthy()) {
+        let e = engine(pool, i);
+        for m in &candidates {
+            if available.contains(m) {
+                continue;
+            }
+            match probe::tf_model_available(c, &e, m).await {
+                Some(true) => {
+                    available.insert(m.clone());
+                }
+                Some(false) => {}
+                None => return,
+            }
+        }
+    }
+    pool.set_learned(available);
 }
 
 async fn probe(c: &Client, pool: &Pool, i: usize) {

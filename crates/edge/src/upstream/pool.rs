@@ -133,6 +133,44 @@ impl Pool {
         self.static_models.iter().any(|m| m == model) || self.learned.load().contains(model)
     }
 
+    /// Whether a request for `model` may go to this pool: a TF Serving pool without a model
+    /// list takes any name (TF Serving cannot list its models, and answers a name it does not
+    /// have itself, in its shape); a list restricts; other pools take the models they serve.
+    pub fn takes(&self, model: &str) -> bool {
+        self.open_tf() || self.serves(model)
+    }
+
+    /// A TF Serving pool with no configured model list.
+    pub fn open_tf(&self) -> bool {
+        self.kind == PoolKind::Tfserving && self.static_models.is_empty()
+    }
+
+    /// Learns a TF Serving model from traffic: the engine just answered a request for it with
+    /// a 2xx. Rare (once per name), so a copy of the set is fine; bounded so that a flood of
+    /// names cannot grow it without end.
+    pub fn learn_tf_model(&self, model: &str) {
+        const MAX_LEARNED: usize = 1024;
+        if self.kind != PoolKind::Tfserving || self.serves(model) {
+            return;
+        }
+        self.learned.rcu(|cur| {
+            let mut next = cur.as_ref().clone();
+            if next.len() < MAX_LEARNED {
+                next.insert(model.to_owned());
+            }
+            next
+        });
+        log::info!(
+            "pool {}: learned TF Serving model {model} from a 2xx answer",
+            self.name
+        );
+    }
+
+    /// The learned models alone (TF Serving's discovery re-checks them).
+    pub fn learned(&self) -> Arc<BTreeSet<String>> {
+        self.learned.load_full()
+    }
+
     /// Every model known for this pool.
     pub fn models(&self) -> BTreeSet<String> {
         let mut all: BTreeSet<String> = self.learned.load().as_ref().clone();
