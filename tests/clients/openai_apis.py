@@ -6,7 +6,8 @@ usage: openai_apis.py BASE_URL MODE MODEL
   MODE embeddings: embeddings.create with a string, a list, token ids (vLLM), as base64 (the
                    client's default) and as floats
   MODE embeddings_text: the same without token-id inputs (Ollama reads strings only)
-  MODE completions: completions.create, whole and streamed (with usage); models.retrieve
+  MODE completions: completions.create, whole and streamed (with usage)
+  MODE retrieve: models.retrieve (vLLM has no such route: the edge answers it)
   MODE responses: responses.create, whole and streamed (every event type in order)
 """
 
@@ -56,6 +57,7 @@ elif mode == "completions":
         if c.usage:
             usage = c.usage.completion_tokens
     out["stream"] = {"text": text, "chunks": chunks, "completion_tokens": usage}
+elif mode == "retrieve":
     m = client.models.retrieve(model)
     out["retrieve"] = {"id": m.id, "object": m.object}
 elif mode == "responses":

@@ -264,6 +264,9 @@ struct PartRef<'a> {
     output_index: u32,
 }
 
+/// Events before the first delta: created, in_progress, output_item.added, content_part.added.
+const OPENING_EVENTS: u64 = 4;
+
 /// Frames of one streamed response.
 struct ResponsesStream {
     meta: Meta,
@@ -299,7 +302,9 @@ impl StreamFormat for ResponsesStream {
             output_index: u32,
             part: OutputText<'a>,
         }
-        let mut seq = self.seq;
+        // gen.rs asks for the preamble after framing the first token, so the opening events
+        // number themselves from 0 and tokens start after them.
+        let mut seq = 0;
         let m = &self.meta;
         let mut out = event(
             "response.created",
@@ -338,7 +343,7 @@ impl StreamFormat for ResponsesStream {
                 },
             },
         ));
-        self.seq = seq;
+        debug_assert_eq!(seq, OPENING_EVENTS);
         Some(out.into())
     }
 
@@ -540,7 +545,7 @@ pub(crate) async fn create(sim: Arc<Shared>, req: Request<Incoming>) -> io::Resu
     if parsed.stream.unwrap_or(false) {
         let fmt = ResponsesStream {
             meta,
-            seq: 0,
+            seq: OPENING_EVENTS,
             text: String::new(),
         };
         return Ok(server::streaming(vllm::SSE, gen::stream_body(g, fmt)));
