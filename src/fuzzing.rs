@@ -5,7 +5,7 @@
 //! (`assert!`s) below saw two views of the same input disagree.
 
 use crate::api::Api;
-use crate::stream::classify::{classify, Event};
+use crate::stream::classify::{classify, Event, LineState};
 use crate::stream::framing::LineFramer;
 use crate::stream::{Format, StreamTap};
 use std::path::Path;
@@ -106,10 +106,11 @@ fn reference_events(format: Format, payload: &[u8]) -> Vec<Event> {
     }
     let mut lines: Vec<&[u8]> = payload.split(|&b| b == b'\n').collect();
     lines.pop();
+    let mut state = LineState::default();
     lines
         .into_iter()
         .filter(|l| l.len() <= crate::stream::framing::MAX_LINE)
-        .map(|l| classify(format, l.strip_suffix(b"\r").unwrap_or(l)))
+        .map(|l| classify(format, &mut state, l.strip_suffix(b"\r").unwrap_or(l)))
         .collect()
 }
 

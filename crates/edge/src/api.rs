@@ -82,6 +82,15 @@ impl Api {
     }
 }
 
+impl Api {
+    /// The `error` event that ends a Responses API stream cut by an upstream failure
+    /// (`ResponseErrorEvent`; `sequence` continues the stream's numbering).
+    pub fn responses_stream_error(message: &str, sequence: u64) -> Bytes {
+        let ev = json!({ "code": "upstream_error", "message": message, "param": null, "sequence_number": sequence, "type": "error" });
+        Bytes::from(format!("event: error\ndata: {ev}\n\n"))
+    }
+}
+
 fn openai_type(status: u16) -> &'static str {
     match status {
         400 | 404 | 405 | 411 | 413 | 422 => "invalid_request_error",

@@ -95,6 +95,9 @@ pub struct SimArgs {
     /// Stream N tokens, then hold the connection open sending nothing [default: off].
     #[arg(long, value_name = "N")]
     pub stall_after_tokens: Option<u32>,
+    /// vLLM only: `generate` (chat, completions, responses) or `pooling` (an embedding model: `/v1/embeddings`) [default: generate].
+    #[arg(long, value_enum, value_name = "RUNNER")]
+    pub runner: Option<crate::config::Runner>,
 }
 
 impl SimArgs {
@@ -119,6 +122,7 @@ impl SimArgs {
         c.default_max_tokens = self.max_tokens.unwrap_or(c.default_max_tokens);
         c.max_concurrent = self.max_concurrent.unwrap_or(c.max_concurrent);
         c.max_queue = self.max_queue.or(c.max_queue);
+        c.runner = self.runner.unwrap_or(c.runner);
         c.faults = Faults {
             refuse_connections: self.refuse_connections,
             http_500: self.http_500,

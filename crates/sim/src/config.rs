@@ -57,6 +57,18 @@ impl std::fmt::Display for SimKind {
     }
 }
 
+/// What a vLLM engine runs its model for (vLLM's `--runner`): one process either generates or
+/// embeds, and only the matching OpenAI endpoints exist.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Runner {
+    /// A generative model: chat, completions and responses; `/v1/embeddings` is 404.
+    #[default]
+    Generate,
+    /// An embedding model: `/v1/embeddings` only; the generative endpoints are 404.
+    Pooling,
+}
+
 /// Everything one simulated engine needs: address, models, timing, queueing and faults.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "RawSimConfig")]
@@ -85,6 +97,8 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Like vLLM's `--api-key`: `/v1/*` requests without `Authorization: Bearer KEY` get 401.
     pub api_key: Option<String>,
+    /// vLLM only: generative or embedding model (Ollama embeds with any model).
+    pub runner: Runner,
 }
 
 impl SimConfig {
@@ -107,6 +121,7 @@ impl SimConfig {
             },
             faults: Faults::default(),
             api_key: None,
+            runner: Runner::Generate,
         }
     }
 
@@ -149,6 +164,7 @@ struct RawSimConfig {
     max_queue: Option<usize>,
     faults: Option<Faults>,
     api_key: Option<String>,
+    runner: Option<Runner>,
 }
 
 impl TryFrom<RawSimConfig> for SimConfig {
@@ -169,6 +185,7 @@ impl TryFrom<RawSimConfig> for SimConfig {
             max_queue: r.max_queue.or(d.max_queue),
             faults: r.faults.unwrap_or_default(),
             api_key: r.api_key,
+            runner: r.runner.unwrap_or_default(),
         };
         cfg.validate()?;
         Ok(cfg)

@@ -6,11 +6,15 @@
 
 pub mod cli;
 mod config;
+mod embeddings;
 mod faults;
 mod gen;
 mod ollama;
+mod ollama_compat;
+mod ollama_manage;
 mod openai;
 pub mod pressure;
+mod responses;
 mod server;
 mod stats;
 mod tfserving;
@@ -22,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use cli::{SimArgs, SimError};
-pub use config::{SimConfig, SimFile, SimKind};
+pub use config::{Runner, SimConfig, SimFile, SimKind};
 pub use faults::Faults;
 pub use pressure::{Pressure, SimGpu};
 pub use stats::SimStats;

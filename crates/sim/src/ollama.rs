@@ -17,17 +17,17 @@ use super::stats::Finish;
 use super::tokens;
 
 /// gin's `c.JSON` content type.
-const JSON: &str = "application/json; charset=utf-8";
-const NDJSON: &str = "application/x-ndjson";
-const SSE: &str = "text/event-stream";
+pub(crate) const JSON: &str = "application/json; charset=utf-8";
+pub(crate) const NDJSON: &str = "application/x-ndjson";
+pub(crate) const SSE: &str = "text/event-stream";
 /// The version `/api/version` reports (the release whose OpenAI stream format the sim speaks).
 pub(crate) const VERSION: &str = "0.32.6";
 /// Mid-stream error text (docs/api/errors.mdx).
-const RUN_ERROR: &str = "an error was encountered while running the model";
+pub(crate) const RUN_ERROR: &str = "an error was encountered while running the model";
 /// What a failed runner reports.
-const RUNNER_DIED: &str = "llama runner process has terminated: exit status 2";
+pub(crate) const RUNNER_DIED: &str = "llama runner process has terminated: exit status 2";
 /// ErrMaxQueue (two spaces, as in server/sched.go).
-const BUSY: &str = "server busy, please try again.  maximum pending requests exceeded";
+pub(crate) const BUSY: &str = "server busy, please try again.  maximum pending requests exceeded";
 
 #[derive(Serialize)]
 struct ErrorBody<'a> {
@@ -35,12 +35,12 @@ struct ErrorBody<'a> {
 }
 
 /// `{"error":"..."}` with a status.
-fn error(status: StatusCode, msg: &str) -> Response<Body> {
+pub(crate) fn error(status: StatusCode, msg: &str) -> Response<Body> {
     server::json(status, JSON, &ErrorBody { error: msg })
 }
 
 /// The OpenAI-compat error shape (openai.NewError).
-fn compat_error(status: StatusCode, msg: &str) -> Response<Body> {
+pub(crate) fn compat_error(status: StatusCode, msg: &str) -> Response<Body> {
     #[derive(Serialize)]
     struct Inner<'a> {
         message: &'a str,
@@ -94,12 +94,27 @@ pub(crate) async fn route(sim: Arc<Shared>, req: Request<Incoming>) -> io::Resul
         ("/api/chat", Method::POST) => return generate(sim, req, Api::Chat).await,
         ("/api/generate", Method::POST) => return generate(sim, req, Api::Generate).await,
         ("/v1/chat/completions", Method::POST) => return compat_chat(sim, req).await,
+        ("/api/show", Method::POST) => return super::ollama_manage::show(sim, req).await,
+        ("/api/pull", Method::POST) => return super::ollama_manage::pull(sim, req).await,
+        ("/api/embed", Method::POST) => return super::embeddings::ollama_native(sim, req).await,
+        ("/api/embeddings", Method::POST) => {
+            return super::embeddings::ollama_legacy(sim, req).await
+        }
+        ("/v1/embeddings", Method::POST) => {
+            return super::embeddings::ollama_compat(sim, req).await
+        }
+        ("/v1/completions", Method::POST) => {
+            return super::ollama_compat::completions(sim, req).await
+        }
+        (p, Method::GET) if p.starts_with("/v1/models/") => {
+            super::ollama_compat::retrieve(&sim, &p["/v1/models/".len()..])
+        }
         _ => server::text(StatusCode::NOT_FOUND, "text/plain", "404 page not found"),
     })
 }
 
 /// Ollama names without a tag mean `:latest`.
-fn normalize(name: &str) -> String {
+pub(crate) fn normalize(name: &str) -> String {
     if name.contains(':') {
         name.to_string()
     } else {
@@ -107,12 +122,12 @@ fn normalize(name: &str) -> String {
     }
 }
 
-fn served(sim: &Shared, name: &str) -> bool {
+pub(crate) fn served(sim: &Shared, name: &str) -> bool {
     let n = normalize(name);
     sim.cfg.models.iter().any(|m| normalize(m) == n)
 }
 
-fn not_found(name: &str) -> String {
+pub(crate) fn not_found(name: &str) -> String {
     format!("model \"{name}\" not found, try pulling it first")
 }
 
@@ -229,8 +244,16 @@ async fn generate(
     }
 }
 
+/// Reads a gin-bound JSON body: `missing request body` when empty, Go's message when invalid.
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err("missing request body".into());
+    }
+    serde_json::from_slice(body).map_err(|e| go_json_error(body, &e))
+}
+
 /// A Go `encoding/json` style message for a body that does not parse.
-fn go_json_error(body: &[u8], e: &serde_json::Error) -> String {
+pub(crate) fn go_json_error(body: &[u8], e: &serde_json::Error) -> String {
     if e.is_eof() {
         return "unexpected EOF".into();
     }
@@ -397,7 +420,7 @@ impl StreamFormat for NativeStream {
 }
 
 #[derive(Serialize)]
-struct Details {
+pub(crate) struct Details {
     parent_model: &'static str,
     format: &'static str,
     family: &'static str,
@@ -406,7 +429,7 @@ struct Details {
     quantization_level: &'static str,
 }
 
-const DETAILS: Details = Details {
+pub(crate) const DETAILS: Details = Details {
     parent_model: "",
     format: "gguf",
     family: "llama",
@@ -416,9 +439,9 @@ const DETAILS: Details = Details {
 };
 
 /// Model file size the sim reports (llama3.2:3b's).
-const SIZE: u64 = 2_019_393_189;
+pub(crate) const SIZE: u64 = 2_019_393_189;
 
-fn digest(name: &str) -> String {
+pub(crate) fn digest(name: &str) -> String {
     let h = tokens::hash_bytes(name.as_bytes());
     (0..4u64).map(|i| tokens::hex_id(h ^ i)).collect()
 }

@@ -13,14 +13,15 @@ use super::openai::{sse, GenBody, Null, DONE};
 use super::server::{self, Body, Shared};
 use super::stats::Finish;
 use super::tokens;
+use crate::config::Runner;
 
-const JSON: &str = "application/json";
+pub(crate) const JSON: &str = "application/json";
 /// Starlette appends the charset to every `text/*` media type.
-const SSE: &str = "text/event-stream; charset=utf-8";
+pub(crate) const SSE: &str = "text/event-stream; charset=utf-8";
 /// The version `/version` reports.
 pub(crate) const VERSION: &str = "0.19.1";
 /// vLLM's message when the engine core died (what a 500 says).
-const ENGINE_DEAD: &str =
+pub(crate) const ENGINE_DEAD: &str =
     "EngineCore encountered an issue. See stack trace (above) for the root cause.";
 
 /// vLLM's error body `{"error":{"message","type","param","code"}}`.
@@ -39,7 +40,12 @@ struct ErrorInner<'a> {
 }
 
 /// An error response in vLLM's shape.
-fn error(status: StatusCode, kind: &str, message: &str, param: Option<&str>) -> Response<Body> {
+pub(crate) fn error(
+    status: StatusCode,
+    kind: &str,
+    message: &str,
+    param: Option<&str>,
+) -> Response<Body> {
     let body = ErrorBody {
         error: ErrorInner {
             message,
@@ -52,7 +58,7 @@ fn error(status: StatusCode, kind: &str, message: &str, param: Option<&str>) -> 
 }
 
 /// FastAPI's `{"detail": ...}` for unknown routes and methods.
-fn detail(status: StatusCode, msg: &str) -> Response<Body> {
+pub(crate) fn detail(status: StatusCode, msg: &str) -> Response<Body> {
     #[derive(Serialize)]
     struct Detail<'a> {
         detail: &'a str,
@@ -65,6 +71,16 @@ pub(crate) async fn route(sim: Arc<Shared>, req: Request<Incoming>) -> io::Resul
     let path = req.uri().path().to_string();
     let m = req.method().clone();
     Ok(match (path.as_str(), m) {
+        // One vLLM process either generates or embeds; the other task's routes do not exist.
+        ("/v1/chat/completions" | "/v1/completions" | "/v1/responses", Method::POST)
+            if sim.cfg.runner == Runner::Pooling =>
+        {
+            detail(StatusCode::NOT_FOUND, "Not Found")
+        }
+        ("/v1/embeddings", Method::POST) if sim.cfg.runner == Runner::Pooling => {
+            return super::embeddings::vllm(sim, req).await
+        }
+        ("/v1/responses", Method::POST) => return super::responses::create(sim, req).await,
         ("/v1/chat/completions", Method::POST) => return generate(sim, req, Api::Chat).await,
         ("/v1/completions", Method::POST) => return generate(sim, req, Api::Completions).await,
         ("/v1/models", Method::GET) => models(&sim),

@@ -5,7 +5,6 @@
 use super::respond::{self, EdgeError};
 use super::retry::Failure;
 use super::{ctx::RequestCtx, Edge};
-use crate::api::Api;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_proxy::{FailToProxy, Session};
@@ -80,7 +79,7 @@ pub async fn on_fail(
                 format!("the model server failed mid-stream: {}", e.etype().as_str())
             };
             if let Some(tap) = ctx.stream.tap.as_ref() {
-                if let Some(bytes) = Api::stream_error(tap.format(), &msg) {
+                if let Some(bytes) = tap.terminal_error(&msg) {
                     let _ = session.write_response_body(Some(bytes), true).await;
                 }
             }

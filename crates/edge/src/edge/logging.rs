@@ -78,7 +78,14 @@ pub fn outcome(e: Option<&Error>, ctx: &RequestCtx) -> Outcome {
             Outcome::Timeout
         }
         Some(_) => Outcome::UpstreamError,
-        None if ctx.stream.tap.as_ref().is_some_and(|t| t.stats.error) => Outcome::UpstreamError,
+        None if ctx
+            .stream
+            .tap
+            .as_ref()
+            .is_some_and(|t| t.stats.error || t.cut_short()) =>
+        {
+            Outcome::UpstreamError
+        }
         None => Outcome::Completed,
     }
 }

@@ -14,7 +14,7 @@
 use super::body::{self, BodyError};
 use super::peek::{peek, PeekError};
 use super::respond::EdgeError;
-use super::surface::{path_is_clean, Refusal};
+use super::surface::{models_retrieve_path, path_is_clean, Refusal};
 use super::{ctx::RequestCtx, routes::RouteQuery, Edge};
 use crate::api::Api;
 use okome_filters::{FilterEffects, FilterRequest, Phase, Verdict};
@@ -213,8 +213,11 @@ async fn decide_inner(
     ctx: &mut RequestCtx,
 ) -> Result<Decision, EdgeError> {
     let req = session.req_header();
-    let path = req.uri.path().to_owned();
     let method = req.method.clone();
+    let retrieve = models_retrieve_path(&method, req.uri.path());
+    let path = retrieve
+        .clone()
+        .unwrap_or_else(|| req.uri.path().to_owned());
     ctx.req.api = Api::classify(&path, |m| is_tf_model(&edge.upstreams, m));
     ctx.req.request_id = request_id(req);
     trace(edge, req, &mut ctx.effects);
@@ -297,7 +300,9 @@ async fn decide_inner(
             "HTTP/1.1 requests need a Host header",
         ));
     }
-    if !path_is_clean(&path) {
+    // A decoded `%2F` is only read as OpenAI's models.retrieve, which the edge answers itself;
+    // TF Serving would read the encoded name differently from the edge.
+    if !path_is_clean(&path) || (retrieve.is_some() && ctx.req.api != Api::OpenAi) {
         return Err(bad_request(
             "bad_path",
             "the request path has dot segments, empty segments or encoded separators",

@@ -242,9 +242,44 @@ pub fn path_is_clean(path: &str) -> bool {
     !path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
+/// OpenAI's `models.retrieve` path with the id's `/` decoded: the official SDKs send
+/// `GET /v1/models/Qwen%2FQwen3-8B` for the id `Qwen/Qwen3-8B` (one path segment). `None`
+/// unless it is a GET or HEAD under `/v1/models/` whose only encoded separators are `%2F`.
+/// The edge answers that path itself from the models it knows, so no engine has to agree on
+/// the decoding; the caller still refuses it when the decoded path is not OpenAI's.
+pub fn models_retrieve_path(method: &Method, path: &str) -> Option<String> {
+    if !matches!(*method, Method::GET | Method::HEAD) {
+        return None;
+    }
+    let id = path.strip_prefix("/v1/models/")?;
+    if !id.contains("%2F") && !id.contains("%2f") {
+        return None;
+    }
+    let decoded = format!("/v1/models/{}", id.replace("%2F", "/").replace("%2f", "/"));
+    path_is_clean(&decoded).then_some(decoded)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_sdk_encoded_model_id_is_decoded_for_models_retrieve_only() {
+        let get = Method::GET;
+        assert_eq!(
+            models_retrieve_path(&get, "/v1/models/Qwen%2FQwen3-8B").as_deref(),
+            Some("/v1/models/Qwen/Qwen3-8B")
+        );
+        assert_eq!(models_retrieve_path(&get, "/v1/models/m"), None);
+        assert_eq!(
+            models_retrieve_path(&Method::POST, "/v1/models/a%2Fb"),
+            None
+        );
+        assert_eq!(models_retrieve_path(&get, "/v1/chat%2Fcompletions"), None);
+        assert_eq!(models_retrieve_path(&get, "/v1/models/a%2F..%2Fx"), None);
+        assert_eq!(models_retrieve_path(&get, "/v1/models/a%2F%2e%2e"), None);
+        assert_eq!(models_retrieve_path(&get, "/v1/models/a%2F"), None);
+    }
 
     fn rules(allow: &[&str], deny: &[&str]) -> Surface {
         Surface::new(

@@ -66,12 +66,92 @@ pub enum Event {
     },
 }
 
+/// What the last SSE `event:` line named, for the `data:` line that follows it. OpenAI's
+/// Responses API names every event (`event: response.output_text.delta`); chat and completions
+/// streams name none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Named {
+    /// No `event:` line since the last blank line.
+    #[default]
+    None,
+    /// `response.output_text.delta` (and the reasoning and tool-call argument deltas): a token.
+    Delta,
+    /// `response.completed` / `response.incomplete`: the stream's end, with the usage.
+    End,
+    /// `response.failed` / `error`: the engine failed.
+    Failed,
+    /// Any other named event: bookkeeping (`response.created`, `….done`, …).
+    Other,
+}
+
+/// State carried between the lines of one stream.
+#[derive(Debug, Default)]
+pub struct LineState {
+    named: Named,
+    /// Named `response.*` events seen: a Responses API stream, which must end with
+    /// `response.completed`; also the next event's `sequence_number`.
+    pub responses_events: u64,
+}
+
 /// Classifies one line of a stream.
-pub fn classify(format: Format, line: &[u8]) -> Event {
+pub fn classify(format: Format, state: &mut LineState, line: &[u8]) -> Event {
     match format {
-        Format::Sse => classify_sse(line),
+        Format::Sse => classify_named(state, line),
         Format::Ndjson => classify_ndjson(line),
         Format::Opaque => Event::Other,
+    }
+}
+
+/// SSE with named events: the `event:` line decides what its `data:` line is; a data line
+/// without one is read as a chat/completions chunk.
+fn classify_named(state: &mut LineState, line: &[u8]) -> Event {
+    if let Some(name) = line.strip_prefix(b"event:") {
+        let name = name.strip_prefix(b" ").unwrap_or(name);
+        if name.starts_with(b"response.") || name == b"error" {
+            state.responses_events += 1;
+        }
+        state.named = match name {
+            b"response.output_text.delta"
+            | b"response.reasoning_text.delta"
+            | b"response.function_call_arguments.delta" => Named::Delta,
+            b"response.completed" | b"response.incomplete" => Named::End,
+            b"response.failed" | b"error" => Named::Failed,
+            _ => Named::Other,
+        };
+        return Event::Other;
+    }
+    if line.is_empty() {
+        state.named = Named::None;
+        return Event::Other;
+    }
+    if !line.starts_with(b"data:") {
+        return Event::Other;
+    }
+    match state.named {
+        Named::None => classify_sse(line),
+        Named::Delta => Event::Token,
+        Named::End => {
+            #[derive(Deserialize)]
+            struct Ev {
+                response: Resp,
+            }
+            #[derive(Deserialize)]
+            struct Resp {
+                usage: Option<Usage>,
+            }
+            #[derive(Deserialize)]
+            struct Usage {
+                output_tokens: u64,
+            }
+            let data = &line[b"data:".len()..];
+            let completion_tokens = serde_json::from_slice::<Ev>(data)
+                .ok()
+                .and_then(|e| e.response.usage)
+                .map(|u| u.output_tokens);
+            Event::Done { completion_tokens }
+        }
+        Named::Failed => Event::Error,
+        Named::Other => Event::Other,
     }
 }
 
@@ -168,6 +248,56 @@ mod tests {
             Event::Token
         );
         assert_eq!(classify_sse(b": keep-alive"), Event::Other);
+    }
+
+    #[test]
+    fn responses_events_are_named_and_only_deltas_are_tokens() {
+        let mut st = LineState::default();
+        let mut run = |lines: &[&[u8]]| -> Vec<Event> {
+            lines
+                .iter()
+                .map(|l| classify(Format::Sse, &mut st, l))
+                .collect()
+        };
+        let evs = run(&[
+            b"event: response.content_part.added",
+            br#"data: {"content_index":0,"item_id":"msg_1","output_index":0,"part":{"annotations":[],"text":"","type":"output_text","logprobs":[]},"sequence_number":3,"type":"response.content_part.added"}"#,
+            b"",
+            b"event: response.output_text.delta",
+            br#"data: {"content_index":0,"delta":"Hi","item_id":"msg_1","logprobs":[],"output_index":0,"sequence_number":4,"type":"response.output_text.delta"}"#,
+            b"",
+            b"event: response.output_text.done",
+            br#"data: {"content_index":0,"item_id":"msg_1","logprobs":[],"output_index":0,"text":"Hi","sequence_number":5,"type":"response.output_text.done"}"#,
+            b"",
+            b"event: response.completed",
+            br#"data: {"response":{"id":"resp_1","output":[{"content":[{"text":"Hi"}]}],"usage":{"input_tokens":9,"input_tokens_details":{"cached_tokens":0},"output_tokens":1,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":10}},"sequence_number":6,"type":"response.completed"}"#,
+            b"",
+        ]);
+        let tokens = evs.iter().filter(|e| **e == Event::Token).count();
+        assert_eq!(tokens, 1, "{evs:?}");
+        assert_eq!(
+            evs[10],
+            Event::Done {
+                completion_tokens: Some(1)
+            }
+        );
+        assert_eq!(st.responses_events, 4);
+        // After the blank line, an unnamed chat chunk is read as before.
+        let e = classify(
+            Format::Sse,
+            &mut st,
+            br#"data: {"choices":[{"index":0,"delta":{"content":"x"}}]}"#,
+        );
+        assert_eq!(e, Event::Token);
+        let mut st = LineState::default();
+        assert_eq!(
+            classify(Format::Sse, &mut st, b"event: error"),
+            Event::Other
+        );
+        assert_eq!(
+            classify(Format::Sse, &mut st, br#"data: {"code":"x","message":"boom","param":null,"sequence_number":1,"type":"error"}"#),
+            Event::Error
+        );
     }
 
     #[test]

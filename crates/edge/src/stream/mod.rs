@@ -8,7 +8,7 @@ pub mod classify;
 pub mod framing;
 pub mod stats;
 
-pub use classify::{Event, Format};
+pub use classify::{Event, Format, LineState};
 pub use stats::StreamStats;
 
 use framing::LineFramer;
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 pub struct StreamTap {
     format: Format,
     framer: LineFramer,
+    lines: LineState,
     /// Timing and counts of what went by.
     pub stats: StreamStats,
 }
@@ -29,6 +30,7 @@ impl StreamTap {
         StreamTap {
             format,
             framer: LineFramer::default(),
+            lines: LineState::default(),
             stats: StreamStats::new(start),
         }
     }
@@ -46,10 +48,34 @@ impl StreamTap {
         }
         let format = self.format;
         let stats = &mut self.stats;
+        let lines = &mut self.lines;
         self.framer.feed(chunk, |line| {
-            let ev = classify::classify(format, line);
+            let ev = classify::classify(format, lines, line);
             stats.record(ev, now, on_gap);
         });
+    }
+
+    /// Whether this is an OpenAI Responses API stream (named `response.*` events).
+    pub fn is_responses(&self) -> bool {
+        self.lines.responses_events > 0
+    }
+
+    /// A stream that ended without its end marker where the API promises one: a Responses
+    /// stream without `response.completed` was cut, even when the connection closed cleanly.
+    pub fn cut_short(&self) -> bool {
+        self.is_responses() && !self.stats.done
+    }
+
+    /// The event that ends this stream after an upstream failure, in its own framing: an
+    /// `error` event on a Responses stream, else the API's terminal error.
+    pub fn terminal_error(&self, message: &str) -> Option<bytes::Bytes> {
+        if self.is_responses() {
+            return Some(crate::api::Api::responses_stream_error(
+                message,
+                self.lines.responses_events,
+            ));
+        }
+        crate::api::Api::stream_error(self.format, message)
     }
 }
 
