@@ -351,7 +351,11 @@ pub fn decode_message(v: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         let hex = |c: u8| char::from(c).to_digit(16);
-        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
             (b'%', Some(h), Some(l)) => {
                 // Two hex digits: at most 0xFF.
                 out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
@@ -408,7 +412,10 @@ pub fn request_model(path: &str, body: &[u8]) -> Result<Option<String>, ModelErr
     }
     if path == MULTI_INFERENCE {
         let m: Tasks = decode(body)?;
-        let mut names = m.tasks.into_iter().map(|t| t.model_spec.unwrap_or_default().name);
+        let mut names = m
+            .tasks
+            .into_iter()
+            .map(|t| t.model_spec.unwrap_or_default().name);
         let first = names.next();
         if let Some(f) = &first {
             if names.any(|n| n != *f) {
@@ -483,7 +490,10 @@ mod tests {
             tasks: vec![task("m"), task("m")],
         });
         assert_eq!(
-            request_model(MULTI_INFERENCE, &one).ok().flatten().as_deref(),
+            request_model(MULTI_INFERENCE, &one)
+                .ok()
+                .flatten()
+                .as_deref(),
             Some("m")
         );
         let mixed = frame(&Multi {
@@ -503,7 +513,10 @@ mod tests {
         let body = frame(&msg);
         assert_eq!(body[0], 0);
         assert_eq!(body.len(), 5 + msg.encoded_len());
-        assert!(matches!(unframe(&body[..body.len() - 1]), Err(FrameError::Short)));
+        assert!(matches!(
+            unframe(&body[..body.len() - 1]),
+            Err(FrameError::Short)
+        ));
         let mut two = body.to_vec();
         two.extend_from_slice(&body);
         assert!(matches!(unframe(&two), Err(FrameError::Trailing)));

@@ -65,6 +65,8 @@ pub struct SimConfig {
     pub kind: SimKind,
     /// Address to listen on (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// TF Serving only: where its gRPC API listens (TF Serving's port 8500); `None`: no gRPC.
+    pub grpc_listen: Option<SocketAddr>,
     /// Model names served; the first one names the metrics.
     pub models: Vec<String>,
     /// Base prefill time before the first token.
@@ -93,6 +95,7 @@ impl SimConfig {
         SimConfig {
             kind,
             listen: kind.default_listen(),
+            grpc_listen: None,
             models: vec![kind.default_model().to_string()],
             prefill: Duration::from_millis(30),
             prefill_per_1k_tokens: Duration::from_millis(1),
@@ -124,6 +127,9 @@ impl SimConfig {
         if self.max_concurrent == 0 {
             return Err("max_concurrent must be at least 1".into());
         }
+        if self.grpc_listen.is_some() && self.kind != SimKind::TfServing {
+            return Err("grpc_listen is for kind tfserving (TF Serving's gRPC API)".into());
+        }
         if self.models.is_empty() {
             return Err("models must name at least one model".into());
         }
@@ -137,6 +143,7 @@ impl SimConfig {
 struct RawSimConfig {
     kind: SimKind,
     listen: Option<SocketAddr>,
+    grpc_listen: Option<SocketAddr>,
     models: Option<Vec<String>>,
     #[serde(default, deserialize_with = "opt_duration")]
     prefill: Option<Duration>,
@@ -159,6 +166,7 @@ impl TryFrom<RawSimConfig> for SimConfig {
         let cfg = SimConfig {
             kind: r.kind,
             listen: r.listen.unwrap_or(d.listen),
+            grpc_listen: r.grpc_listen,
             models: r.models.unwrap_or(d.models),
             prefill: r.prefill.unwrap_or(d.prefill),
             prefill_per_1k_tokens: r.prefill_per_1k_tokens.unwrap_or(d.prefill_per_1k_tokens),

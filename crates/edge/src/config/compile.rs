@@ -187,6 +187,8 @@ pub struct CompiledPool {
     pub probe_port: Option<u16>,
     /// Sticky key sources in order (`sticky.key`); empty: no stickiness.
     pub sticky: Vec<KeySource>,
+    /// TF Serving's gRPC port on each backend's host (`grpc_port`).
+    pub grpc_port: Option<u16>,
 }
 
 impl CompiledPool {
@@ -772,6 +774,23 @@ fn compile_pool(
             "port 0 cannot be probed; leave it out to probe the backend's own port".into(),
         );
     }
+    if let Some(g) = &p.grpc_port {
+        if p.kind != PoolKind::Tfserving {
+            push(
+                out,
+                at(g),
+                format!("{key}.grpc_port"),
+                "grpc_port is TF Serving's gRPC port: only a tfserving pool has one".into(),
+            );
+        } else if g.value == 0 {
+            push(
+                out,
+                at(g),
+                format!("{key}.grpc_port"),
+                "port 0 cannot be reached; name TF Serving's --port (usually 8500)".into(),
+            );
+        }
+    }
     let sticky = compile_sticky(&key, p, out);
     if p.kind == PoolKind::Okome && p.api_key.is_some() {
         push(
@@ -814,6 +833,7 @@ fn compile_pool(
             .port
             .or((p.kind == PoolKind::Okome).then_some(OKOME_ADMIN_PORT)),
         sticky,
+        grpc_port: p.grpc_port.as_ref().map(|g| g.value),
     }
 }
 

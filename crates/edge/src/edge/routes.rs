@@ -211,7 +211,7 @@ impl RouteTable {
                     default_model: r.default_model.clone(),
                     apis: Vec::new(),
                 };
-                route.apis = [Api::OpenAi, Api::Ollama, Api::TfServing]
+                route.apis = [Api::OpenAi, Api::Ollama, Api::TfServing, Api::TfServingGrpc]
                     .into_iter()
                     .filter(|&api| {
                         (0..up.pools.len())
