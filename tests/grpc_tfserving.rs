@@ -3,6 +3,7 @@
 //! listener with `http2: true` (h2c) or TLS (ALPN h2). Responses must be the same bytes with the
 //! same status and trailers; deadlines and the engine's statuses pass through; the edge's own
 //! refusals reach the client as gRPC statuses.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
 mod common;
 

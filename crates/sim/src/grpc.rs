@@ -125,15 +125,15 @@ async fn handle(sim: Arc<Shared>, req: Request<Incoming>) -> io::Result<Response
     }
 }
 
-/// TF Serving's `Latest(name)` / `Specific(name, v)`, and whether that servable exists here.
-fn servable(sim: &Shared, spec: &g::ModelSpec) -> Result<(), Response<Body>> {
+/// Whether the servable a spec asks for exists here; TF Serving's status when it does not.
+fn servable(sim: &Shared, spec: &g::ModelSpec) -> Result<(), (Code, String)> {
     let version = match &spec.version_choice {
         None => None,
         Some(g::VersionChoice::Version(v)) => Some(v.value),
         Some(g::VersionChoice::VersionLabel(l)) => {
-            return Err(status(
+            return Err((
                 Code::InvalidArgument,
-                &format!("Unrecognized servable version label: {l}"),
+                format!("Unrecognized servable version label: {l}"),
             ))
         }
     };
@@ -144,9 +144,9 @@ fn servable(sim: &Shared, spec: &g::ModelSpec) -> Result<(), Response<Body>> {
         Some(v) => format!("Specific({}, {v})", spec.name),
         None => format!("Latest({})", spec.name),
     };
-    Err(status(
+    Err((
         Code::NotFound,
-        &format!("Servable not found for request: {request}"),
+        format!("Servable not found for request: {request}"),
     ))
 }
 
@@ -161,8 +161,8 @@ async fn predict(sim: &Arc<Shared>, body: &[u8]) -> io::Result<Response<Body>> {
     if spec.name.is_empty() {
         return Ok(status(Code::InvalidArgument, "Missing ModelSpec"));
     }
-    if let Err(r) = servable(sim, &spec) {
-        return Ok(r);
+    if let Err((code, message)) = servable(sim, &spec) {
+        return Ok(status(code, &message));
     }
     let input = req.inputs.get("x").or_else(|| {
         (req.inputs.len() == 1)

@@ -1139,6 +1139,24 @@ pools:
     }
 
     #[test]
+    fn grpc_port_is_for_tfserving_pools() {
+        let c = compile_text(&format!(
+            "{BASE}  tf: {{kind: tfserving, backends: [127.0.0.1:8501], models: [m], grpc_port: 8500}}\nroutes: [{{name: r, pool: tf}}]\n"
+        ))
+        .unwrap();
+        let port = |name: &str| c.pools.iter().find(|p| p.name == name).map(|p| p.grpc_port);
+        assert_eq!(port("tf"), Some(Some(8500)));
+        assert_eq!(port("zeta"), Some(None));
+        let problems = compile_text(&format!(
+            "{BASE}  beta: {{kind: vllm, backends: [127.0.0.1:9004], grpc_port: 8500}}\n  tf: {{kind: tfserving, backends: [127.0.0.1:8501], models: [m], grpc_port: 0}}\nroutes: [{{name: r, pool: zeta}}]\n"
+        ))
+        .unwrap_err();
+        let found: Vec<(u64, &str)> = problems.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert!(found.contains(&(5, "pools.beta.grpc_port")), "{problems:?}");
+        assert!(found.contains(&(6, "pools.tf.grpc_port")), "{problems:?}");
+    }
+
+    #[test]
     fn every_problem_is_reported_at_its_line_and_key() {
         let problems = compile_text(&format!(
             "{BASE}routes:\n  - name: r\n    pool: nowhere\n    filters:\n      - {{type: set_headers, set: {{\"bad header\": a}}}}\n      - {{type: policy}}\n"
