@@ -285,3 +285,48 @@ async fn grpc_over_tls_with_alpn_h2() {
         assert_eq!(essentials(d), essentials(v), "direct vs edge over TLS");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_are_healthy_only_while_their_grpc_port_answers() {
+    let s = tf_sim(Duration::from_millis(5)).await;
+    // The pool's gRPC port is one where nothing listens: REST answers, gRPC does not.
+    let dead = common::free_port();
+    let good = s.grpc_addr().unwrap().port();
+    let yaml = body(&s, &[MODEL], "")
+        .replace(&format!("grpc_port: {good}"), &format!("grpc_port: {dead}"));
+    let edge = embedded::edge_with_listener(H2C, &yaml).await;
+    let healthy = || edge.metric("okome_backend_healthy", &[("pool", "tf")]);
+    assert_eq!(healthy().await, 0.0, "a backend whose gRPC port is closed");
+    let via = grpc_calls(
+        &edge.addr.to_string(),
+        None,
+        json!([{"method": "predict", "model": MODEL}]),
+    )
+    .await;
+    assert_eq!(via[0]["code"], "UNAVAILABLE", "{via:?}");
+    assert!(
+        via[0]["details"]
+            .as_str()
+            .unwrap()
+            .contains("no healthy backend"),
+        "{via:?}"
+    );
+    // The engine's gRPC port: healthy at the next probes (200 ms apart).
+    edge.reload(&body(&s, &[MODEL], "")).await.unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        if healthy().await == 1.0 {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the backend never became healthy");
+    let via = grpc_calls(
+        &edge.addr.to_string(),
+        None,
+        json!([{"method": "predict", "model": MODEL}]),
+    )
+    .await;
+    assert_eq!(via[0]["code"], "OK", "{via:?}");
+}

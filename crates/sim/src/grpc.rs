@@ -107,7 +107,6 @@ async fn handle(sim: Arc<Shared>, req: Request<Incoming>) -> io::Result<Response
         .and_then(g::parse_timeout);
     let path = req.uri().path().to_owned();
     let body = server::read_body(req.into_body()).await?;
-    sim.counters.record_body(&body);
     let answer = async {
         match path.as_str() {
             g::PREDICT => predict(&sim, &body).await,
@@ -153,6 +152,8 @@ fn servable(sim: &Shared, spec: &g::ModelSpec) -> Result<(), (Code, String)> {
 /// `Predict`: y = x/2 + 2 on the float input (`x`, or the only one), as output `y`; it queues
 /// and takes the prefill time like a one-token generation.
 async fn predict(sim: &Arc<Shared>, body: &[u8]) -> io::Result<Response<Body>> {
+    // Predictions are counted, as on the REST side; status calls (probes) are not.
+    sim.counters.record_body(body);
     let req: g::PredictRequest = match g::decode(body) {
         Ok(r) => r,
         Err(e) => return Ok(status(Code::InvalidArgument, &e.to_string())),
