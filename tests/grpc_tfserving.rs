@@ -330,3 +330,18 @@ async fn backends_are_healthy_only_while_their_grpc_port_answers() {
     .await;
     assert_eq!(via[0]["code"], "OK", "{via:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_predict_request_over_64_kib_is_relayed_whole() {
+    // gRPC clients send no Content-Length: the edge cannot buffer just the tail of the body.
+    let s = tf_sim(Duration::from_millis(5)).await;
+    let edge = embedded::edge_with_listener(H2C, &body(&s, &[MODEL], "")).await;
+    let calls = json!([{"method": "predict", "model": MODEL, "n": 50_000}]);
+    let direct = grpc_calls(&s.grpc_addr().unwrap().to_string(), None, calls.clone()).await;
+    let via = grpc_calls(&edge.addr.to_string(), None, calls).await;
+    assert_eq!(via[0]["code"], "OK", "{}", via[0]["details"]);
+    assert_eq!(essentials(&direct[0]), essentials(&via[0]));
+    assert_eq!(via[0]["y"].as_array().unwrap().len(), 50_000);
+    // 50,000 floats: a 200 kB message, the whole of it at the engine.
+    assert!(s.stats().last_body_len > 200_000);
+}

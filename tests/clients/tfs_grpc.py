@@ -10,7 +10,7 @@ byte comparisons). Prints one JSON object per call, in a list:
    "initial": [[k, v], ...]}
 
 Usage: tfs_grpc.py --proto DIR --target HOST:PORT [--ca PEM --authority NAME] --calls JSON
-where JSON is a list of {"method": "predict"|"status"|"reload", "model": NAME, "x": [floats],
+where JSON is a list of {"method": "predict"|"status"|"reload", "model": NAME, "x": [floats] or "n": N,
 "timeout": seconds, "meta": {key: value}}.
 """
 
@@ -46,7 +46,8 @@ def stubs(proto_dir, out):
 def request(m, call):
     spec = m["model_pb2"].ModelSpec(name=call.get("model", ""))
     if call["method"] == "predict":
-        x = call.get("x", [1.0, 2.0, 5.0])
+        # "n": that many inputs 0, 1, …, 99, 0, … (too many for a command line).
+        x = [float(i % 100) for i in range(call["n"])] if "n" in call else call.get("x", [1.0, 2.0, 5.0])
         shape = m["tensor_shape_pb2"].TensorShapeProto(dim=[m["tensor_shape_pb2"].TensorShapeProto.Dim(size=len(x))])
         t = m["tensor_pb2"].TensorProto(dtype=m["types_pb2"].DT_FLOAT, tensor_shape=shape, float_val=x)
         req = m["predict_pb2"].PredictRequest(model_spec=spec)

@@ -357,7 +357,11 @@ async fn decide_inner(
         let tenant_limit = ctx.effects.tenant.as_ref().and_then(|t| t.max_body_bytes);
         let limit = tenant_limit.map_or(edge.max_body, |t| t.min(edge.max_body));
         let deadline = edge.timeouts.client_body.0;
-        let read = tokio::time::timeout(deadline, body::read_all(session, limit)).await;
+        let read = tokio::time::timeout(
+            deadline,
+            body::read_all(session, limit, ctx.req.api == Api::TfServingGrpc),
+        )
+        .await;
         let Ok(read) = read else {
             return Err(EdgeError::new(
                 408,
