@@ -231,10 +231,12 @@ pub enum Code {
 impl Code {
     /// The code for an HTTP status an HTTP API would have answered with (gRPC's own mapping,
     /// `doc/http-grpc-status-mapping.md`, where it has one; request-shape errors are
-    /// INVALID_ARGUMENT, an endpoint not exposed is UNIMPLEMENTED).
+    /// INVALID_ARGUMENT, a message over the limit RESOURCE_EXHAUSTED as in gRPC servers, an
+    /// endpoint not exposed UNIMPLEMENTED).
     pub fn from_http(status: u16) -> Code {
         match status {
-            400 | 411 | 413 | 422 | 431 => Code::InvalidArgument,
+            400 | 411 | 422 | 431 => Code::InvalidArgument,
+            413 => Code::ResourceExhausted,
             401 => Code::Unauthenticated,
             403 => Code::PermissionDenied,
             404 | 405 => Code::Unimplemented,

@@ -212,6 +212,19 @@ mod tests {
         assert_eq!(c[0].models, vec!["a".to_string(), "b".to_string()]);
         assert_eq!(c[0].faults.drop_after_tokens, Some(3));
         assert_eq!(c[0].listen.port(), 11434);
+        assert_eq!(c[0].grpc_listen, None);
+        // TF Serving: REST on 8501, gRPC on 8500, like the engine.
+        let c = T::parse_from(["x", "--kind", "tfserving"])
+            .a
+            .configs()
+            .expect("valid");
+        assert_eq!(c[0].listen.port(), 8501);
+        assert_eq!(c[0].grpc_listen, "127.0.0.1:8500".parse().ok());
+        let c = T::parse_from(["x", "--kind", "tfserving", "--grpc-listen", "127.0.0.1:0"])
+            .a
+            .configs()
+            .expect("valid");
+        assert_eq!(c[0].grpc_listen, "127.0.0.1:0".parse().ok());
     }
 
     #[test]

@@ -226,6 +226,21 @@ mod tests {
     }
 
     #[test]
+    fn grpc_listen_is_tf_servings() {
+        let f: SimFile = serde_saphyr::from_str(
+            "engines:\n  - kind: tfserving\n    grpc_listen: 127.0.0.1:8500\n  - kind: tfserving\n",
+        )
+        .expect("valid yaml");
+        assert_eq!(f.engines[0].grpc_listen, "127.0.0.1:8500".parse().ok());
+        assert_eq!(f.engines[1].grpc_listen, None);
+        let e = serde_saphyr::from_str::<SimFile>(
+            "engines:\n  - kind: vllm\n    grpc_listen: 127.0.0.1:8500\n",
+        )
+        .expect_err("vllm has no gRPC API");
+        assert!(e.to_string().contains("grpc_listen"), "{e}");
+    }
+
+    #[test]
     fn yaml_unknown_field_is_an_error_with_location() {
         let e = serde_saphyr::from_str::<SimFile>("engines:\n  - kind: vllm\n    prefil: 5ms\n")
             .expect_err("unknown field");

@@ -332,6 +332,37 @@ mod tests {
             ok(Api::TfServing, Method::DELETE, "/v1/models/m"),
             Err(Refusal::Method)
         );
+        // TF Serving gRPC: inference, metadata, status; reloading the config is management.
+        for m in [
+            "PredictionService/Predict",
+            "PredictionService/Classify",
+            "PredictionService/Regress",
+            "PredictionService/MultiInference",
+            "PredictionService/GetModelMetadata",
+            "ModelService/GetModelStatus",
+        ] {
+            let path = format!("/tensorflow.serving.{m}");
+            assert_eq!(
+                s.check(Api::TfServingGrpc, &Method::POST, &path),
+                Ok(()),
+                "{m}"
+            );
+        }
+        let reload = "/tensorflow.serving.ModelService/HandleReloadConfigRequest";
+        assert_eq!(
+            ok(Api::TfServingGrpc, Method::POST, reload),
+            Err(Refusal::Path)
+        );
+        let open = format!("POST {reload}");
+        assert!(rules(&[open.as_str()], &[]).opens_model_management());
+        assert_eq!(
+            ok(
+                Api::TfServingGrpc,
+                Method::POST,
+                "/grpc.health.v1.Health/Check"
+            ),
+            Err(Refusal::Path)
+        );
     }
 
     #[test]
