@@ -93,6 +93,10 @@ pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
         for addr in addrs {
             let mut sc = SimConfig::new(kind);
             sc.listen = addr;
+            // TF Serving's gRPC API where the pool sends gRPC calls.
+            sc.grpc_listen = pool
+                .grpc_port
+                .map(|p| std::net::SocketAddr::new(addr.ip(), p));
             if !pool.models.is_empty() {
                 sc.models = pool.models.clone();
             }

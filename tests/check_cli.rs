@@ -79,7 +79,7 @@ fn shipped_configs_pass() {
         ),
         (
             "conf/demo.yaml",
-            "edge config, 1 listener(s), 3 pool(s), 3 route(s)",
+            "edge config, 1 listener(s), 3 pool(s), 4 route(s)",
         ),
         (
             "conf/ingress.yaml",

@@ -15,6 +15,9 @@ pub enum Api {
     Ollama,
     /// TF Serving REST `/v1/models/{name}[...]`.
     TfServing,
+    /// TF Serving gRPC (`content-type: application/grpc…`): `/tensorflow.serving.*/{method}`,
+    /// unary, relayed to a pool's `grpc_port`.
+    TfServingGrpc,
 }
 
 impl Api {
@@ -41,6 +44,17 @@ impl Api {
         }
     }
 
+    /// Whether a request head is a gRPC call (`content-type: application/grpc[+proto|;…]`):
+    /// such a request speaks [`Api::TfServingGrpc`] whatever its path, so that even a refusal
+    /// reaches the client as a gRPC status.
+    pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+        headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.get(..16))
+            .is_some_and(|v| v.eq_ignore_ascii_case("application/grpc"))
+    }
+
     /// OpenAI's `models.retrieve` id from `/v1/models/{id}` (ids may contain `/`).
     pub fn openai_model_id(path: &str) -> Option<&str> {
         path.strip_prefix("/v1/models/").filter(|id| !id.is_empty())
@@ -65,7 +79,8 @@ impl Api {
                     "code": code,
                 }
             }),
-            Api::Ollama | Api::TfServing => json!({ "error": message }),
+            // A gRPC error has no body (`respond` writes it as trailers); this one is for logs.
+            Api::Ollama | Api::TfServing | Api::TfServingGrpc => json!({ "error": message }),
         };
         Bytes::from(v.to_string())
     }

@@ -4,9 +4,13 @@
 //! - the HTTP client is `okome_core::http`'s, the one every component uses.
 //! - [`prom`]: the Prometheus text parser (vLLM's and TF Serving's `/metrics`).
 //! - [`probe`]: per engine kind, what "healthy" means and what else an engine tells.
+//! - [`tfs_grpc`]: TF Serving's gRPC messages and gRPC's unary framing and statuses.
+//! - [`grpc_probe`]: TF Serving's gRPC side probed with `GetModelStatus`.
 
+pub mod grpc_probe;
 pub mod probe;
 pub mod prom;
+pub mod tfs_grpc;
 
 pub use okome_core::http::{Client, GetError};
 

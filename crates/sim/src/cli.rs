@@ -56,6 +56,9 @@ pub struct SimArgs {
     /// Address to listen on [default: the engine's own port: vllm 127.0.0.1:8000, ollama 127.0.0.1:11434, tfserving 127.0.0.1:8501; port 0 picks a free one].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// TF Serving's gRPC API: address to listen on [default for tfserving: 127.0.0.1:8500, TF Serving's gRPC port].
+    #[arg(long, value_name = "ADDR")]
+    pub grpc_listen: Option<SocketAddr>,
     /// Model name to serve; repeat for several [default: vllm Qwen/Qwen3-8B, ollama llama3.2:latest, tfserving half_plus_two].
     #[arg(long = "model", value_name = "NAME")]
     pub models: Vec<String>,
@@ -110,6 +113,9 @@ impl SimArgs {
         if let Some(l) = self.listen {
             c.listen = l;
         }
+        c.grpc_listen = self.grpc_listen.or_else(|| {
+            (self.kind == SimKind::TfServing).then_some(SocketAddr::from(([127, 0, 0, 1], 8500)))
+        });
         if !self.models.is_empty() {
             c.models = self.models.clone();
         }
@@ -164,6 +170,10 @@ pub fn run(args: SimArgs) -> Result<(), SimError> {
                     .map_err(|source| SimError::Bind { kind, addr, source })?;
             log::info!("okome sim: {} listening on http://{}", h.kind(), h.addr());
             println!("okome sim: {} listening on http://{}", h.kind(), h.addr());
+            if let Some(g) = h.grpc_addr() {
+                log::info!("okome sim: {} gRPC listening on {g} (h2c)", h.kind());
+                println!("okome sim: {} gRPC listening on {g} (h2c)", h.kind());
+            }
             handles.push(h);
         }
         okome_core::runtime::shutdown_signal().await;
@@ -206,6 +216,19 @@ mod tests {
         assert_eq!(c[0].models, vec!["a".to_string(), "b".to_string()]);
         assert_eq!(c[0].faults.drop_after_tokens, Some(3));
         assert_eq!(c[0].listen.port(), 11434);
+        assert_eq!(c[0].grpc_listen, None);
+        // TF Serving: REST on 8501, gRPC on 8500, like the engine.
+        let c = T::parse_from(["x", "--kind", "tfserving"])
+            .a
+            .configs()
+            .expect("valid");
+        assert_eq!(c[0].listen.port(), 8501);
+        assert_eq!(c[0].grpc_listen, "127.0.0.1:8500".parse().ok());
+        let c = T::parse_from(["x", "--kind", "tfserving", "--grpc-listen", "127.0.0.1:0"])
+            .a
+            .configs()
+            .expect("valid");
+        assert_eq!(c[0].grpc_listen, "127.0.0.1:0".parse().ok());
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub struct SimConfig {
     pub kind: SimKind,
     /// Address to listen on (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// TF Serving only: where its gRPC API listens (TF Serving's port 8500); `None`: no gRPC.
+    pub grpc_listen: Option<SocketAddr>,
     /// Model names served; the first one names the metrics.
     pub models: Vec<String>,
     /// Base prefill time before the first token.
@@ -107,6 +109,7 @@ impl SimConfig {
         SimConfig {
             kind,
             listen: kind.default_listen(),
+            grpc_listen: None,
             models: vec![kind.default_model().to_string()],
             prefill: Duration::from_millis(30),
             prefill_per_1k_tokens: Duration::from_millis(1),
@@ -139,6 +142,9 @@ impl SimConfig {
         if self.max_concurrent == 0 {
             return Err("max_concurrent must be at least 1".into());
         }
+        if self.grpc_listen.is_some() && self.kind != SimKind::TfServing {
+            return Err("grpc_listen is for kind tfserving (TF Serving's gRPC API)".into());
+        }
         if self.models.is_empty() {
             return Err("models must name at least one model".into());
         }
@@ -152,6 +158,7 @@ impl SimConfig {
 struct RawSimConfig {
     kind: SimKind,
     listen: Option<SocketAddr>,
+    grpc_listen: Option<SocketAddr>,
     models: Option<Vec<String>>,
     #[serde(default, deserialize_with = "opt_duration")]
     prefill: Option<Duration>,
@@ -175,6 +182,7 @@ impl TryFrom<RawSimConfig> for SimConfig {
         let cfg = SimConfig {
             kind: r.kind,
             listen: r.listen.unwrap_or(d.listen),
+            grpc_listen: r.grpc_listen,
             models: r.models.unwrap_or(d.models),
             prefill: r.prefill.unwrap_or(d.prefill),
             prefill_per_1k_tokens: r.prefill_per_1k_tokens.unwrap_or(d.prefill_per_1k_tokens),
@@ -232,6 +240,21 @@ mod tests {
         assert_eq!(f.engines[0].max_queue, Some(512));
         assert_eq!(f.engines[1].prefill, Duration::from_millis(5));
         assert_eq!(f.engines[1].models, vec!["Qwen/Qwen3-8B".to_string()]);
+    }
+
+    #[test]
+    fn grpc_listen_is_tf_servings() {
+        let f: SimFile = serde_saphyr::from_str(
+            "engines:\n  - kind: tfserving\n    grpc_listen: 127.0.0.1:8500\n  - kind: tfserving\n",
+        )
+        .expect("valid yaml");
+        assert_eq!(f.engines[0].grpc_listen, "127.0.0.1:8500".parse().ok());
+        assert_eq!(f.engines[1].grpc_listen, None);
+        let e = serde_saphyr::from_str::<SimFile>(
+            "engines:\n  - kind: vllm\n    grpc_listen: 127.0.0.1:8500\n",
+        )
+        .expect_err("vllm has no gRPC API");
+        assert!(e.to_string().contains("grpc_listen"), "{e}");
     }
 
     #[test]

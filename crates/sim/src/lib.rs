@@ -9,6 +9,7 @@ mod config;
 mod embeddings;
 mod faults;
 mod gen;
+mod grpc;
 mod ollama;
 mod ollama_compat;
 mod ollama_manage;
@@ -56,6 +57,11 @@ impl SimHandle {
     /// The bound address (the real port when `listen` used port 0).
     pub fn addr(&self) -> SocketAddr {
         self.shared.addr
+    }
+
+    /// The bound gRPC address (TF Serving's gRPC API), when `grpc_listen` asked for one.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.shared.grpc_addr
     }
 
     /// The engine kind.

@@ -31,6 +31,8 @@ pub(crate) type Body = UnsyncBoxBody<Bytes, io::Error>;
 pub(crate) struct Shared {
     pub cfg: SimConfig,
     pub addr: SocketAddr,
+    /// The bound gRPC address (TF Serving's port 8500), when `grpc_listen` asked for one.
+    pub grpc_addr: Option<SocketAddr>,
     pub faults: RwLock<Faults>,
     tps_bits: AtomicU64,
     pub sched: Arc<Scheduler>,
@@ -155,10 +157,16 @@ pub(crate) async fn start(cfg: SimConfig) -> io::Result<Arc<Shared>> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let listener = TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
+    let grpc = match cfg.grpc_listen {
+        Some(a) => Some(TcpListener::bind(a).await?),
+        None => None,
+    };
+    let grpc_addr = grpc.as_ref().map(TcpListener::local_addr).transpose()?;
     let (refuse_tx, refuse_rx) = watch::channel(cfg.faults.refuse_connections);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         addr,
+        grpc_addr,
         faults: RwLock::new(cfg.faults.clone()),
         tps_bits: AtomicU64::new(cfg.tokens_per_second.to_bits()),
         sched: Arc::new(Scheduler::new(cfg.max_concurrent)),
@@ -174,6 +182,13 @@ pub(crate) async fn start(cfg: SimConfig) -> io::Result<Arc<Shared>> {
         last_forwarded: RwLock::new(Vec::new()),
         cfg,
     });
+    if let Some(l) = grpc {
+        tokio::spawn(super::grpc::accept_loop(
+            shared.clone(),
+            l,
+            shutdown_rx.clone(),
+        ));
+    }
     tokio::spawn(accept_loop(
         shared.clone(),
         listener,
@@ -266,31 +281,7 @@ async fn handle(sim: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bod
         req.uri().path(),
         "/health" | "/metrics" | "/" | "/v1/models" | "/api/tags"
     ) {
-        let tp = req
-            .headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        *sim.last_traceparent.write() = tp;
-        *sim.last_request_id.write() = req
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let lines = |names: &[&str]| -> Vec<String> {
-            names
-                .iter()
-                .flat_map(|h| {
-                    req.headers()
-                        .get_all(*h)
-                        .iter()
-                        .map(move |v| format!("{h}: {}", String::from_utf8_lossy(v.as_bytes())))
-                })
-                .collect()
-        };
-        *sim.last_credentials.write() =
-            lines(&["authorization", "x-api-key", "proxy-authorization"]);
-        *sim.last_forwarded.write() = lines(&["x-forwarded-for", "x-forwarded-proto"]);
+        record_request(&sim, req.headers());
     }
     // vLLM's --api-key guards every /v1 path with exactly this check and answer.
     if let Some(key) = &sim.cfg.api_key {
@@ -311,6 +302,32 @@ async fn handle(sim: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bod
         SimKind::Ollama => ollama::route(sim, req).await,
         SimKind::TfServing => tfserving::route(sim, req).await,
     }
+}
+
+/// Remembers what tests look at of an engine request: its trace, id, credentials, forwarding.
+pub(crate) fn record_request(sim: &Shared, headers: &hyper::HeaderMap) {
+    let tp = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    *sim.last_traceparent.write() = tp;
+    *sim.last_request_id.write() = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let lines = |names: &[&str]| -> Vec<String> {
+        names
+            .iter()
+            .flat_map(|h| {
+                headers
+                    .get_all(*h)
+                    .iter()
+                    .map(move |v| format!("{h}: {}", String::from_utf8_lossy(v.as_bytes())))
+            })
+            .collect()
+    };
+    *sim.last_credentials.write() = lines(&["authorization", "x-api-key", "proxy-authorization"]);
+    *sim.last_forwarded.write() = lines(&["x-forwarded-for", "x-forwarded-proto"]);
 }
 
 /// `PUT /_sim/config` body.

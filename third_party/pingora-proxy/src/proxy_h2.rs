@@ -537,6 +537,20 @@ where
                 write_timeout,
             )
             .await?;
+        } else if downstream_state.is_done() && !session.as_mut().is_body_empty() {
+            // okome patch: a body read whole before the upstream was chosen that outgrew the
+            // retry buffer. Nothing is left to read downstream, so without this the upstream
+            // stream would never end; give `request_body_filter` one empty, final chunk to
+            // replace with the body it kept.
+            self.send_body_to2(
+                session,
+                Some(Bytes::new()),
+                true,
+                client_body,
+                ctx,
+                write_timeout,
+            )
+            .await?;
         }
 
         let mut response_state = ResponseStateMachine::new();

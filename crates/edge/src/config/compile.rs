@@ -187,6 +187,8 @@ pub struct CompiledPool {
     pub probe_port: Option<u16>,
     /// Sticky key sources in order (`sticky.key`); empty: no stickiness.
     pub sticky: Vec<KeySource>,
+    /// TF Serving's gRPC port on each backend's host (`grpc_port`).
+    pub grpc_port: Option<u16>,
 }
 
 impl CompiledPool {
@@ -772,6 +774,23 @@ fn compile_pool(
             "port 0 cannot be probed; leave it out to probe the backend's own port".into(),
         );
     }
+    if let Some(g) = &p.grpc_port {
+        if p.kind != PoolKind::Tfserving {
+            push(
+                out,
+                at(g),
+                format!("{key}.grpc_port"),
+                "grpc_port is TF Serving's gRPC port: only a tfserving pool has one".into(),
+            );
+        } else if g.value == 0 {
+            push(
+                out,
+                at(g),
+                format!("{key}.grpc_port"),
+                "port 0 cannot be reached; name TF Serving's --port (usually 8500)".into(),
+            );
+        }
+    }
     let sticky = compile_sticky(&key, p, out);
     if p.kind == PoolKind::Okome && p.api_key.is_some() {
         push(
@@ -806,6 +825,7 @@ fn compile_pool(
             .port
             .or((p.kind == PoolKind::Okome).then_some(OKOME_ADMIN_PORT)),
         sticky,
+        grpc_port: p.grpc_port.as_ref().map(|g| g.value),
     }
 }
 
@@ -1108,6 +1128,24 @@ pools:
         assert!(matches!(c.routes[0].target, Target::Pool(1)));
         assert_eq!(c.routes[0].fallback, [0]);
         assert_eq!(c.routes[0].filters.len(), 1);
+    }
+
+    #[test]
+    fn grpc_port_is_for_tfserving_pools() {
+        let c = compile_text(&format!(
+            "{BASE}  tf: {{kind: tfserving, backends: [127.0.0.1:8501], models: [m], grpc_port: 8500}}\nroutes: [{{name: r, pool: tf}}]\n"
+        ))
+        .unwrap();
+        let port = |name: &str| c.pools.iter().find(|p| p.name == name).map(|p| p.grpc_port);
+        assert_eq!(port("tf"), Some(Some(8500)));
+        assert_eq!(port("zeta"), Some(None));
+        let problems = compile_text(&format!(
+            "{BASE}  beta: {{kind: vllm, backends: [127.0.0.1:9004], grpc_port: 8500}}\n  tf: {{kind: tfserving, backends: [127.0.0.1:8501], models: [m], grpc_port: 0}}\nroutes: [{{name: r, pool: zeta}}]\n"
+        ))
+        .unwrap_err();
+        let found: Vec<(u64, &str)> = problems.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert!(found.contains(&(5, "pools.beta.grpc_port")), "{problems:?}");
+        assert!(found.contains(&(6, "pools.tf.grpc_port")), "{problems:?}");
     }
 
     #[test]

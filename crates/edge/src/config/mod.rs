@@ -514,6 +514,12 @@ pub struct Pool {
     /// Consistent-hash stickiness: requests with the same key go to the same backend.
     #[serde(default)]
     pub sticky: Option<Spanned<Sticky>>,
+    /// Kind `tfserving`: TF Serving's gRPC port (its `--port`, usually 8500) on each backend's
+    /// host. gRPC calls (`tensorflow.serving.PredictionService`, `ModelService`) reaching the
+    /// pool go there over HTTP/2 (h2c, or h2 with the pool's `tls`), and backends are probed
+    /// there with `GetModelStatus` too; without it the pool takes no gRPC.
+    #[serde(default)]
+    pub grpc_port: Option<Spanned<u16>>,
 }
 
 /// Sticky routing by consistent hashing (`pools.<name>.sticky`).

@@ -5,6 +5,10 @@
 //! `limits.max_body`) and arrange for the retry buffer to hold just the last ≤ 64 KiB: that
 //! makes Pingora call `request_body_filter` once per attempt, where [`replay`] swaps in the
 //! whole body. Every attempt, retries and fallbacks included, sends the same bytes.
+//!
+//! To an HTTP/2 upstream (gRPC) a body of unknown length may outgrow the retry buffer: our
+//! patched Pingora then asks `request_body_filter` once with an empty final chunk, which
+//! [`replay`] fills the same way.
 
 use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;
@@ -29,8 +33,13 @@ pub enum BodyError {
     Read(Box<pingora_error::Error>),
 }
 
-/// Reads the whole request body, at most `limit` bytes.
-pub async fn read_all(session: &mut Session, limit: u64) -> Result<Bytes, BodyError> {
+/// Reads the whole request body, at most `limit` bytes. `h2_upstream`: the body goes to an
+/// HTTP/2 upstream, where one of unknown length over 64 KiB is replayed too.
+pub async fn read_all(
+    session: &mut Session,
+    limit: u64,
+    h2_upstream: bool,
+) -> Result<Bytes, BodyError> {
     let declared: Option<u64> = session
         .req_header()
         .headers
@@ -67,7 +76,7 @@ pub async fn read_all(session: &mut Session, limit: u64) -> Result<Bytes, BodyEr
             Err(e) => return Err(BodyError::Read(e)),
         }
     }
-    if declared.is_none() && buf.len() as u64 > RETRY_BUFFER {
+    if declared.is_none() && buf.len() as u64 > RETRY_BUFFER && !h2_upstream {
         return Err(BodyError::LengthRequired);
     }
     Ok(buf.freeze())

@@ -63,8 +63,16 @@ pub fn next(
                     ])
                     .inc();
             }
+            // A gRPC call goes to TF Serving's gRPC port on the backend's host, over HTTP/2
+            // (h2c with prior knowledge, or ALPN h2 with TLS); a pool without one does not
+            // speak gRPC, so it is never in such a plan.
+            let grpc = ctx.req.api == crate::api::Api::TfServingGrpc;
+            let addr = match pool.grpc_port.filter(|_| grpc) {
+                Some(port) => std::net::SocketAddr::new(backend.addr.ip(), port),
+                None => backend.addr,
+            };
             let mut peer = match &pool.tls {
-                None => HttpPeer::new(backend.addr, false, String::new()),
+                None => HttpPeer::new(addr, false, String::new()),
                 Some(tls) => {
                     // Pingora checks the certificate against the SNI name (and skips the check
                     // when there is none): a backend from a name is checked against that name,
@@ -73,7 +81,7 @@ pub fn next(
                         (Some(n), _) | (None, Some(n)) => n.clone(),
                         (None, None) => backend.addr.ip().to_string(),
                     };
-                    let mut peer = HttpPeer::new(backend.addr, true, name);
+                    let mut peer = HttpPeer::new(addr, true, name);
                     peer.options.ca = tls.ca.clone();
                     peer.client_cert_key = tls.client_cert.clone();
                     peer.options.verify_cert = tls.verify;
@@ -81,6 +89,9 @@ pub fn next(
                     peer
                 }
             };
+            if grpc {
+                peer.options.alpn = pingora_core::protocols::ALPN::H2;
+            }
             let t = &edge.timeouts;
             peer.options.connection_timeout = Some(t.connect.0);
             peer.options.total_connection_timeout = Some(t.connect.0);

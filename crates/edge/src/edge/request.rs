@@ -218,7 +218,11 @@ async fn decide_inner(
     let path = retrieve
         .clone()
         .unwrap_or_else(|| req.uri.path().to_owned());
-    ctx.req.api = Api::classify(&path, |m| is_tf_model(&edge.upstreams, m));
+    ctx.req.api = if Api::is_grpc(&req.headers) {
+        Api::TfServingGrpc
+    } else {
+        Api::classify(&path, |m| is_tf_model(&edge.upstreams, m))
+    };
     ctx.req.request_id = request_id(req);
     trace(edge, req, &mut ctx.effects);
     ctx.req.peer = session
@@ -363,11 +367,16 @@ async fn decide_inner(
 
     // 4. The body, up to the edge's limit or the tenant's, whichever is smaller.
     let req = session.req_header();
-    if !upgrade && declares_body(req) {
+    // A gRPC call over HTTP/2 carries no Content-Length, yet always a message (its model).
+    if !upgrade && (declares_body(req) || ctx.req.api == Api::TfServingGrpc) {
         let tenant_limit = ctx.effects.tenant.as_ref().and_then(|t| t.max_body_bytes);
         let limit = tenant_limit.map_or(edge.max_body, |t| t.min(edge.max_body));
         let deadline = edge.timeouts.client_body.0;
-        let read = tokio::time::timeout(deadline, body::read_all(session, limit)).await;
+        let read = tokio::time::timeout(
+            deadline,
+            body::read_all(session, limit, ctx.req.api == Api::TfServingGrpc),
+        )
+        .await;
         let Ok(read) = read else {
             return Err(EdgeError::new(
                 408,
@@ -404,6 +413,11 @@ async fn decide_inner(
     }
     match ctx.req.api {
         Api::TfServing => ctx.req.model = Api::tf_model(&path).map(str::to_owned),
+        Api::TfServingGrpc => {
+            let body = ctx.req.body.as_deref().unwrap_or_default();
+            ctx.req.model = okome_engine::tfs_grpc::request_model(&path, body)
+                .map_err(|e| EdgeError::new(400, "invalid_grpc_message", e.to_string()))?;
+        }
         Api::OpenAi | Api::Ollama => {
             let p = peek(ctx.req.api, ctx.req.body.as_deref().unwrap_or_default()).map_err(
                 |e| match e {

@@ -53,6 +53,14 @@ impl From<okome_filters::Rejection> for EdgeError {
 
 /// Writes `err` to the client; returns the status for logging (0 if the client is gone).
 pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &EdgeError) -> u16 {
+    if ctx.req.api == crate::api::Api::TfServingGrpc {
+        ctx.reply.status = err.status;
+        ctx.reply.edge_error = Some(err.message.clone());
+        return match grpc_error(session, ctx, err).await {
+            Ok(()) => err.status,
+            Err(_) => 0,
+        };
+    }
     let body = ctx.req.api.error_body(err.status, &err.message, err.code);
     ctx.reply.status = err.status;
     ctx.reply.edge_error = Some(err.message.clone());
@@ -69,6 +77,43 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &EdgeError)
     match json(session, err.status, body, &extra).await {
         Ok(()) => err.status,
         Err(_) => 0,
+    }
+}
+
+/// Writes `err` as gRPC does: HTTP 200, trailers-only (one HEADERS frame that ends the stream)
+/// with `grpc-status` for the HTTP status and the message in `grpc-message`; a gRPC client
+/// cannot read an HTTP error status.
+async fn grpc_error(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    err: &EdgeError,
+) -> pingora_error::Result<()> {
+    use okome_engine::tfs_grpc::{encode_message, Code};
+    let mut resp = ResponseHeader::build(200, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
+    let code = match err.code {
+        // A model the edge knows no pool for is TF Serving's own NOT_FOUND, not a missing method.
+        "model_not_found" => Code::NotFound,
+        _ => Code::from_http(err.status),
+    };
+    resp.insert_header("grpc-status", code.as_str())?;
+    resp.insert_header("grpc-message", encode_message(&err.message))?;
+    if let Some(s) = err.retry_after {
+        // gRPC's retry pushback is in milliseconds.
+        resp.insert_header("grpc-retry-pushback-ms", (s * 1000).to_string())?;
+    }
+    if !ctx.req.request_id.is_empty() {
+        resp.insert_header("x-request-id", ctx.req.request_id.as_str())?;
+    }
+    session.set_keepalive(None);
+    match session.as_downstream_mut() {
+        // Pingora's session-level write ignores `end_of_stream` on HTTP/2 and ends the stream
+        // with an empty DATA frame, which gRPC clients read as a status-less answer: end it
+        // with the HEADERS frame itself.
+        pingora_core::protocols::http::ServerSession::H2(h2) => {
+            h2.write_response_header(Box::new(resp), true)
+        }
+        _ => session.write_response_header(Box::new(resp), true).await,
     }
 }
 

@@ -31,6 +31,7 @@ pub fn on_upstream_header(
     } else {
         backend.record_success();
     }
+    // REST only: a gRPC call's 200 says nothing (its status comes in the trailers).
     if (200..300).contains(&status) && ctx.req.api == crate::api::Api::TfServing {
         if let Some(m) = ctx.req.model.as_deref() {
             pool.learn_tf_model(m);

@@ -149,7 +149,8 @@ impl Route {
         match &self.target {
             // A TF Serving pool's model list restricts what its route relays.
             Target::Pool(p)
-                if api == Api::TfServing && model.is_some_and(|m| !up.pools[*p].takes(m)) =>
+                if matches!(api, Api::TfServing | Api::TfServingGrpc)
+                    && model.is_some_and(|m| !up.pools[*p].takes(m)) =>
             {
                 return None
             }
@@ -217,7 +218,7 @@ impl RouteTable {
                     default_model: r.default_model.clone(),
                     apis: Vec::new(),
                 };
-                route.apis = [Api::OpenAi, Api::Ollama, Api::TfServing]
+                route.apis = [Api::OpenAi, Api::Ollama, Api::TfServing, Api::TfServingGrpc]
                     .into_iter()
                     .filter(|&api| {
                         (0..up.pools.len())

@@ -112,6 +112,7 @@ const MODEL_MANAGEMENT: &[&str] = &[
     "/api/blobs/*",
     "/v1/load_lora_adapter",
     "/v1/unload_lora_adapter",
+    "/tensorflow.serving.ModelService/HandleReloadConfigRequest",
 ];
 
 const GET_HEAD: &[Method] = &[Method::GET, Method::HEAD];
@@ -119,7 +120,7 @@ const POST: &[Method] = &[Method::POST];
 
 /// The endpoints a route exposes by default for requests of `api`: inference and read-only
 /// listing, nothing that changes an engine.
-const DEFAULTS: [(Api, &[Method], &str); 18] = [
+const DEFAULTS: [(Api, &[Method], &str); 24] = [
     (Api::OpenAi, POST, "/v1/chat/completions"),
     (Api::OpenAi, POST, "/v1/completions"),
     (Api::OpenAi, POST, "/v1/embeddings"),
@@ -139,12 +140,43 @@ const DEFAULTS: [(Api, &[Method], &str); 18] = [
     (Api::TfServing, POST, "/v1/models/*:predict"),
     (Api::TfServing, POST, "/v1/models/*:classify"),
     (Api::TfServing, POST, "/v1/models/*:regress"),
+    // TF Serving gRPC: inference, metadata and model status (not HandleReloadConfigRequest).
+    (
+        Api::TfServingGrpc,
+        POST,
+        "/tensorflow.serving.PredictionService/Predict",
+    ),
+    (
+        Api::TfServingGrpc,
+        POST,
+        "/tensorflow.serving.PredictionService/Classify",
+    ),
+    (
+        Api::TfServingGrpc,
+        POST,
+        "/tensorflow.serving.PredictionService/Regress",
+    ),
+    (
+        Api::TfServingGrpc,
+        POST,
+        "/tensorflow.serving.PredictionService/MultiInference",
+    ),
+    (
+        Api::TfServingGrpc,
+        POST,
+        "/tensorflow.serving.PredictionService/GetModelMetadata",
+    ),
+    (
+        Api::TfServingGrpc,
+        POST,
+        "/tensorflow.serving.ModelService/GetModelStatus",
+    ),
 ];
 
 /// [`DEFAULTS`] compiled once, per API.
-static DEFAULT_RULES: std::sync::LazyLock<[(Api, Vec<EndpointRule>); 3]> =
+static DEFAULT_RULES: std::sync::LazyLock<[(Api, Vec<EndpointRule>); 4]> =
     std::sync::LazyLock::new(|| {
-        [Api::OpenAi, Api::Ollama, Api::TfServing].map(|api| {
+        [Api::OpenAi, Api::Ollama, Api::TfServing, Api::TfServingGrpc].map(|api| {
             let rules = DEFAULTS
                 .iter()
                 .filter(|(a, _, _)| *a == api)
@@ -334,6 +366,37 @@ mod tests {
         assert_eq!(
             ok(Api::TfServing, Method::DELETE, "/v1/models/m"),
             Err(Refusal::Method)
+        );
+        // TF Serving gRPC: inference, metadata, status; reloading the config is management.
+        for m in [
+            "PredictionService/Predict",
+            "PredictionService/Classify",
+            "PredictionService/Regress",
+            "PredictionService/MultiInference",
+            "PredictionService/GetModelMetadata",
+            "ModelService/GetModelStatus",
+        ] {
+            let path = format!("/tensorflow.serving.{m}");
+            assert_eq!(
+                s.check(Api::TfServingGrpc, &Method::POST, &path),
+                Ok(()),
+                "{m}"
+            );
+        }
+        let reload = "/tensorflow.serving.ModelService/HandleReloadConfigRequest";
+        assert_eq!(
+            ok(Api::TfServingGrpc, Method::POST, reload),
+            Err(Refusal::Path)
+        );
+        let open = format!("POST {reload}");
+        assert!(rules(&[open.as_str()], &[]).opens_model_management());
+        assert_eq!(
+            ok(
+                Api::TfServingGrpc,
+                Method::POST,
+                "/grpc.health.v1.Health/Check"
+            ),
+            Err(Refusal::Path)
         );
     }
 

@@ -149,9 +149,12 @@ async fn discover_tf(c: &Client, pool: &Pool) {
 async fn probe(c: &Client, pool: &Pool, i: usize) {
     let b = &pool.backends[i];
     let e = engine(pool, i);
-    let result = probe::health(c, &e).await;
+    let mut result = probe::health(c, &e).await.map_err(|e| e.to_string());
+    if result.is_ok() {
+        result = super::grpc_health::check(pool, i).await;
+    }
     let ok = result.is_ok();
-    let why = result.err().map(|e| e.to_string()).unwrap_or_default();
+    let why = result.err().unwrap_or_default();
     b.probe_result(
         ok,
         pool.health.healthy_after,

@@ -6,12 +6,14 @@
 //! - [`select`]: power-of-two-choices on in-flight plus the engine's queue.
 //! - [`hash`]: sticky routing by consistent hashing on a request key.
 //! - [`health`]: active probes per engine kind, queue scraping and model discovery.
+//! - [`grpc_health`]: the gRPC side of pools with `grpc_port`, probed with `GetModelStatus`.
 //! - [`arbiter`]: the GPU arbiter's decisions, long-polled and attached to backends.
 //! - [`dns`]: `HOST:PORT` backends resolved at start and again periodically.
 
 pub mod arbiter;
 pub mod backend;
 pub mod dns;
+pub mod grpc_health;
 pub mod hash;
 pub mod health;
 pub mod pool;

@@ -37,6 +37,8 @@ pub struct Pool {
     /// Where each backend is probed (`http://IP:PORT`, in backend order): its own address, or
     /// its host at `health_check.port` (an okome node's admin listener).
     pub probe_bases: Vec<String>,
+    /// TF Serving's gRPC port on each backend's host (`grpc_port`); `None`: no gRPC here.
+    pub grpc_port: Option<u16>,
     /// The consistent-hash ring over all backends, when the pool is sticky.
     pub sticky: Option<super::hash::Sticky>,
 }
@@ -124,6 +126,7 @@ impl Pool {
                 retry.budget_reserve,
             ),
             probe_bases,
+            grpc_port: cfg.grpc_port,
             sticky,
         }
     }
@@ -208,7 +211,9 @@ impl Pool {
                 )
                 | (Api::Ollama, PoolKind::Ollama)
                 | (Api::TfServing, PoolKind::Tfserving)
-        )
+        ) || (api == Api::TfServingGrpc
+            && self.kind == PoolKind::Tfserving
+            && self.grpc_port.is_some())
     }
 
     /// Suggested Retry-After (seconds) when nothing in this pool can take a request.
