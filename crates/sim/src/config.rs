@@ -57,6 +57,9 @@ impl std::fmt::Display for SimKind {
     }
 }
 
+/// Default prefix cache size, in blocks of 16 tokens.
+pub const DEFAULT_PREFIX_CACHE_BLOCKS: usize = 16_384;
+
 /// Everything one simulated engine needs: address, models, timing, queueing and faults.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(try_from = "RawSimConfig")]
@@ -85,6 +88,9 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Like vLLM's `--api-key`: `/v1/*` requests without `Authorization: Bearer KEY` get 401.
     pub api_key: Option<String>,
+    /// vLLM's prefix cache size in blocks of 16 tokens (0: prefix caching off); a cached
+    /// prefix skips its share of `prefill_per_1k_tokens`.
+    pub prefix_cache_blocks: usize,
 }
 
 impl SimConfig {
@@ -107,6 +113,8 @@ impl SimConfig {
             },
             faults: Faults::default(),
             api_key: None,
+            // 256k tokens: the KV cache of an 8B model on one large GPU.
+            prefix_cache_blocks: DEFAULT_PREFIX_CACHE_BLOCKS,
         }
     }
 
@@ -149,6 +157,7 @@ struct RawSimConfig {
     max_queue: Option<usize>,
     faults: Option<Faults>,
     api_key: Option<String>,
+    prefix_cache_blocks: Option<usize>,
 }
 
 impl TryFrom<RawSimConfig> for SimConfig {
@@ -169,6 +178,7 @@ impl TryFrom<RawSimConfig> for SimConfig {
             max_queue: r.max_queue.or(d.max_queue),
             faults: r.faults.unwrap_or_default(),
             api_key: r.api_key,
+            prefix_cache_blocks: r.prefix_cache_blocks.unwrap_or(d.prefix_cache_blocks),
         };
         cfg.validate()?;
         Ok(cfg)

@@ -10,6 +10,7 @@ mod faults;
 mod gen;
 mod ollama;
 mod openai;
+mod prefix_cache;
 pub mod pressure;
 mod server;
 mod stats;
