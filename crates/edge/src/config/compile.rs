@@ -187,6 +187,8 @@ pub struct CompiledPool {
     pub probe_port: Option<u16>,
     /// Sticky key sources in order (`sticky.key`); empty: no stickiness.
     pub sticky: Vec<KeySource>,
+    /// Prefix-affinity settings when the pool has `pick: prefix_affinity`.
+    pub affinity: Option<super::affinity::AffinitySettings>,
 }
 
 impl CompiledPool {
@@ -773,6 +775,14 @@ fn compile_pool(
         );
     }
     let sticky = compile_sticky(&key, p, out);
+    let affinity = super::affinity::compile(
+        &key,
+        p.kind,
+        p.pick.as_ref(),
+        p.prefix_affinity.as_ref(),
+        p.sticky.is_some(),
+        out,
+    );
     if p.kind == PoolKind::Okome && p.api_key.is_some() {
         push(
             out,
@@ -814,6 +824,7 @@ fn compile_pool(
             .port
             .or((p.kind == PoolKind::Okome).then_some(OKOME_ADMIN_PORT)),
         sticky,
+        affinity,
     }
 }
 

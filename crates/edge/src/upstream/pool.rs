@@ -39,6 +39,8 @@ pub struct Pool {
     pub probe_bases: Vec<String>,
     /// The consistent-hash ring over all backends, when the pool is sticky.
     pub sticky: Option<super::hash::Sticky>,
+    /// The prefix table, when the pool picks by prefix affinity.
+    pub affinity: Option<Arc<super::affinity::Affinity>>,
 }
 
 impl Pool {
@@ -103,6 +105,22 @@ impl Pool {
             let addrs: Vec<std::net::SocketAddr> = backends.iter().map(|b| b.addr).collect();
             super::hash::Sticky::new(cfg.sticky.clone(), &addrs).counted(metrics, &cfg.name)
         });
+        // The table names backends by position: it survives a reload only with the same
+        // backends in the same order and the same settings.
+        let affinity = cfg.affinity.map(|settings| {
+            old.filter(|o| {
+                o.backends
+                    .iter()
+                    .map(|b| b.addr)
+                    .eq(backends.iter().map(|b| b.addr))
+            })
+            .and_then(|o| o.affinity.as_ref())
+            .filter(|a| a.settings == settings)
+            .cloned()
+            .unwrap_or_else(|| {
+                Arc::new(super::affinity::Affinity::new(settings).counted(metrics, &cfg.name))
+            })
+        });
         let learned = old
             .filter(|o| o.kind == cfg.kind)
             .map(|o| o.learned.load_full())
@@ -125,6 +143,7 @@ impl Pool {
             ),
             probe_bases,
             sticky,
+            affinity,
         }
     }
 
