@@ -162,3 +162,96 @@ pub fn compile(
     }
     Some(s)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::config::compile::{compile, CompiledEdge};
+    use crate::config::EdgeConfig;
+
+    fn compile_pool(pool: &str) -> Result<CompiledEdge, Vec<Problem>> {
+        let text = format!(
+            "listeners: [{{address: 127.0.0.1:8080}}]\npools:\n  p:\n{pool}routes: [{{name: r, pool: p}}]\n"
+        );
+        let cfg: EdgeConfig = serde_saphyr::from_str(&text).unwrap();
+        compile(
+            &cfg,
+            &|_| Err(crate::config::secret::SecretError::Empty("test".into())),
+            &|p| std::fs::read(p),
+        )
+    }
+
+    fn problems(pool: &str) -> Vec<(u64, String)> {
+        compile_pool(pool)
+            .unwrap_err()
+            .into_iter()
+            .map(|p| (p.line, p.key))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_tuning_and_off() {
+        let vllm = "    kind: vllm\n    backends: [127.0.0.1:9001]\n";
+        let c = compile_pool(&format!("{vllm}    pick: prefix_affinity\n")).unwrap();
+        assert_eq!(c.pools[0].affinity, Some(AffinitySettings::default()));
+        let c = compile_pool(&format!(
+            "{vllm}    pick: prefix_affinity\n    prefix_affinity: {{bytes: 8192, block: 64, load_factor: 1.5, entries: 5000}}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.pools[0].affinity,
+            Some(AffinitySettings {
+                bytes: 8192,
+                block: 64,
+                load_factor: 1.5,
+                entries: 5000
+            })
+        );
+        for off in ["", "    pick: least_loaded\n"] {
+            let c = compile_pool(&format!("{vllm}{off}")).unwrap();
+            assert_eq!(c.pools[0].affinity, None);
+        }
+    }
+
+    #[test]
+    fn problems_are_reported_at_their_line_and_key() {
+        let vllm = "    kind: vllm\n    backends: [127.0.0.1:9001]\n";
+        assert_eq!(
+            problems(&format!(
+                "{vllm}    pick: prefix_affinity\n    prefix_affinity:\n      block: 8\n      load_factor: 0.5\n      entries: 1\n"
+            )),
+            [
+                (8, "pools.p.prefix_affinity.block".to_string()),
+                (9, "pools.p.prefix_affinity.load_factor".to_string()),
+                (10, "pools.p.prefix_affinity.entries".to_string()),
+            ]
+        );
+        assert_eq!(
+            problems(&format!(
+                "{vllm}    pick: prefix_affinity\n    prefix_affinity: {{bytes: 100, block: 256}}\n"
+            )),
+            [(7, "pools.p.prefix_affinity.bytes".to_string())]
+        );
+        assert_eq!(
+            problems(&format!("{vllm}    prefix_affinity: {{bytes: 1024}}\n")),
+            [(6, "pools.p.prefix_affinity".to_string())]
+        );
+        assert_eq!(
+            problems(&format!(
+                "{vllm}    pick: prefix_affinity\n    sticky: {{key: [api_key]}}\n"
+            )),
+            [(6, "pools.p.pick".to_string())]
+        );
+        assert_eq!(
+            problems(
+                "    kind: tfserving\n    models: [m]\n    backends: [127.0.0.1:9001]\n    pick: prefix_affinity\n"
+            ),
+            [(7, "pools.p.pick".to_string())]
+        );
+        let bad: Result<EdgeConfig, _> = serde_saphyr::from_str(
+            "listeners: [{address: 127.0.0.1:8080}]\npools:\n  p:\n    kind: vllm\n    backends: [127.0.0.1:9001]\n    pick: round_robin\nroutes: [{name: r, pool: p}]\n",
+        );
+        assert!(bad.is_err(), "an unknown pick is a parse error");
+    }
+}
