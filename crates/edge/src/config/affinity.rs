@@ -29,9 +29,17 @@ pub struct PrefixAffinity {
     #[serde(default)]
     pub block: Option<Spanned<usize>>,
     /// A backend takes its prefixes while its load is at most this times the pool's mean
-    /// (rounded up, counting the request; default 1.25).
+    /// (rounded up, counting the request; plus `load_slack`; default 1.25).
     #[serde(default)]
     pub load_factor: Option<Spanned<f64>>,
+    /// In-flight requests a backend may have above the bound before it counts as overloaded
+    /// (default 2): at small loads the bound alone would move conversations for one request.
+    #[serde(default)]
+    pub load_slack: Option<Spanned<usize>>,
+    /// The least share (0..1) of the prompt's blocks a backend must have served to be preferred
+    /// (default 0.5); below it the pick is least loaded.
+    #[serde(default)]
+    pub min_match: Option<Spanned<f64>>,
     /// Blocks remembered per pool (default 100000).
     #[serde(default)]
     pub entries: Option<Spanned<usize>>,
@@ -46,6 +54,10 @@ pub struct AffinitySettings {
     pub block: usize,
     /// Load bound, as a multiple of the pool's mean load.
     pub load_factor: f64,
+    /// In-flight requests allowed above the bound.
+    pub load_slack: usize,
+    /// Least share of the prompt's blocks matched for a backend to be preferred.
+    pub min_match: f64,
     /// Blocks remembered.
     pub entries: usize,
 }
@@ -56,6 +68,8 @@ impl Default for AffinitySettings {
             bytes: 4096,
             block: 256,
             load_factor: 1.25,
+            load_slack: 2,
+            min_match: 0.5,
             entries: 100_000,
         }
     }
@@ -121,6 +135,8 @@ pub fn compile(
         bytes: get(&t.bytes, d.bytes),
         block: get(&t.block, d.block),
         load_factor: t.load_factor.as_ref().map_or(d.load_factor, |s| s.value),
+        load_slack: get(&t.load_slack, d.load_slack),
+        min_match: t.min_match.as_ref().map_or(d.min_match, |s| s.value),
         entries: get(&t.entries, d.entries),
     };
     let line_of = |v: Option<u64>| v.unwrap_or(line);
@@ -151,6 +167,23 @@ pub fn compile(
                 "{} must be between 1 (strictly balanced) and 100",
                 s.load_factor
             ),
+        );
+    }
+    if s.load_slack > 10_000 {
+        problem(
+            line_of(t.load_slack.as_ref().map(|b| b.referenced.line())),
+            format!("{key}.prefix_affinity.load_slack"),
+            format!(
+                "{} requests is no bound at all: at most 10000",
+                s.load_slack
+            ),
+        );
+    }
+    if !(s.min_match.is_finite() && (0.0..=1.0).contains(&s.min_match)) {
+        problem(
+            line_of(t.min_match.as_ref().map(|b| b.referenced.line())),
+            format!("{key}.prefix_affinity.min_match"),
+            format!("{} must be a share between 0 and 1", s.min_match),
         );
     }
     if !(64..=100_000_000).contains(&s.entries) {
@@ -205,6 +238,8 @@ mod tests {
                 bytes: 8192,
                 block: 64,
                 load_factor: 1.5,
+                load_slack: 2,
+                min_match: 0.5,
                 entries: 5000
             })
         );

@@ -9,12 +9,17 @@
 //! system prompt shared by all conversations) leaves them all tied, and the tie goes to the least
 //! loaded, so a common system prompt spreads instead of piling onto one replica.
 //!
+//! A match is followed only when it covers at least `min_match` of the prompt's blocks (as
+//! SGLang's cache-aware router does): a new conversation whose only match is a short shared
+//! system prompt is placed by load, so idle backends are not starved by a common preamble.
+//!
 //! Load is bounded as in consistent hashing with bounded loads: a backend takes a request by
 //! affinity only while its load (in-flight + the engine's queue) plus this request stays within
-//! `ceil(load_factor × (total load + 1) / eligible backends)`. The least-loaded backend always
-//! fits that bound, so a pick never fails for load. When the best-matching backends are over it,
-//! the request goes to the least loaded of the backends that fit and share the longest prefix
-//! (often the system prompt), or to the power-of-two-choices pick when none shares any.
+//! `ceil(load_factor × (total load + 1) / eligible backends) + load_slack` (the slack keeps one
+//! extra stream from moving a conversation when loads are small; engines batch many sequences).
+//! The least-loaded backend always fits, so a pick never fails for load. When the
+//! best-matching backends are over it, the request goes to the least loaded of the fitting
+//! backends that share a long enough prefix, or to the power-of-two-choices pick.
 //!
 //! The table is bounded (`entries`) by two generations: blocks are recorded in the young one;
 //! when it fills, it becomes the old one and the former old one is dropped. A lookup reads both
@@ -168,7 +173,8 @@ impl Affinity {
                 matched: 0,
             }));
         }
-        let bound = (self.settings.load_factor * (total + 1) as f64 / count as f64).ceil() as u64;
+        let bound = (self.settings.load_factor * (total + 1) as f64 / count as f64).ceil() as u64
+            + self.settings.load_slack as u64;
         let fits = |i: usize| backends[i].load() + 1 <= bound;
         let mut fitting = 0u64;
         for i in 0..backends.len().min(64) {
@@ -193,13 +199,16 @@ impl Affinity {
                 }
             }
         }
-        let picked = if deepest == 0 {
+        // A match worth following covers a good share of the prompt: a short shared start (a
+        // system prompt on some backends) must not outweigh load, or idle backends starve.
+        let needed = ((self.settings.min_match * blocks.len() as f64).ceil() as usize).max(1);
+        let picked = if deepest < needed {
             Picked {
                 index: select::pick(backends, &skip)?,
                 outcome: Outcome::Miss,
                 matched: 0,
             }
-        } else if best_fit > 0 {
+        } else if best_fit >= needed {
             Picked {
                 index: least_loaded(backends, best_fit_set)?,
                 outcome: if best_fit == deepest {
@@ -210,8 +219,8 @@ impl Affinity {
                 matched: best_fit,
             }
         } else {
-            // Loads moved since the bound was computed, or the fitting backends are past the
-            // 64th: any backend within the bound, else the plain pick.
+            // The backends with enough of the prompt are over the bound: the plain pick among
+            // those within it (the least loaded always is, unless loads moved meanwhile).
             let index = select::pick(backends, |i| skip(i) || !fits(i))
                 .or_else(|| select::pick(backends, &skip))?;
             Picked {
@@ -280,9 +289,11 @@ mod tests {
             .collect()
     }
 
+    /// No slack: the bound bites at once, so spreading is exact.
     fn aff() -> Affinity {
         Affinity::new(AffinitySettings {
             entries: 1000,
+            load_slack: 0,
             ..AffinitySettings::default()
         })
     }
@@ -347,6 +358,29 @@ mod tests {
         assert_eq!(
             a.pick(&p, &[], |_| false).unwrap().outcome,
             Outcome::NoPrefix
+        );
+    }
+
+    #[test]
+    fn a_short_shared_start_does_not_outweigh_load() {
+        let p = pool(4);
+        let a = Affinity::new(AffinitySettings::default());
+        // Backend of the first conversation: it alone served the shared first block.
+        let first = a.pick(&p, &[1, 10, 11, 12], |_| false).unwrap().index;
+        let _busy = p[first].acquire();
+        for c in 0..20u64 {
+            // One block of four in common: below min_match, so least loaded, never `first`.
+            let got = a
+                .pick(&p, &[1, 100 + c, 200 + c, 300 + c], |_| false)
+                .unwrap();
+            assert_eq!(got.outcome, Outcome::Miss);
+            assert_ne!(got.index, first);
+        }
+        // Two of four is enough (and `first` is within the bound thanks to the slack).
+        let got = a.pick(&p, &[1, 10, 500, 501], |_| false).unwrap();
+        assert_eq!(
+            (got.index, got.outcome, got.matched),
+            (first, Outcome::Hit, 2)
         );
     }
 
