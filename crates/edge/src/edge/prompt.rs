@@ -140,9 +140,11 @@ pub fn prefix_blocks(
         return;
     }
     if let Some(system) = &b.system {
-        if !(blocks.feed(b"system") && blocks.feed(ROLE_END) && blocks.feed(system.as_bytes()))
-            || !blocks.feed(MESSAGE_END)
-        {
+        let fed = blocks.feed(b"system")
+            && blocks.feed(ROLE_END)
+            && blocks.feed(system.as_bytes())
+            && blocks.feed(MESSAGE_END);
+        if !fed {
             return;
         }
     }
@@ -174,11 +176,8 @@ fn render_messages(messages: &[Message<'_>], blocks: &mut Blocks<'_>) {
         }
         match &m.content {
             None => {}
-            Some(Content::Text(t)) => {
-                if !blocks.feed(t.as_bytes()) {
-                    return;
-                }
-            }
+            Some(Content::Text(t)) if !blocks.feed(t.as_bytes()) => return,
+            Some(Content::Text(_)) => {}
             Some(Content::Parts(parts)) => {
                 for p in parts {
                     let Some(t) = &p.text else {

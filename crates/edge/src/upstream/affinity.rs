@@ -175,7 +175,8 @@ impl Affinity {
         }
         let bound = (self.settings.load_factor * (total + 1) as f64 / count as f64).ceil() as u64
             + self.settings.load_slack as u64;
-        let fits = |i: usize| backends[i].load() + 1 <= bound;
+        // Within the bound counting this request: load + 1 <= bound.
+        let fits = |i: usize| backends[i].load() < bound;
         let mut fitting = 0u64;
         for i in 0..backends.len().min(64) {
             if eligible & bit(i) != 0 && fits(i) {
