@@ -43,7 +43,7 @@ pools:
 routes:
   - { name: openai, match: { path_prefix: /v1/ }, pool: vllm }
 YAML
-  RUST_LOG=warn $BIN edge -c "$dir/edge.yaml" & pids+=($!)
+  RUST_LOG=warn $BIN edge -c "$dir/edge.yaml" >/dev/null 2>&1 & pids+=($!)
   for _ in $(seq 100); do curl -sf http://$ADMIN/readyz >/dev/null && break; sleep 0.1; done
   for _ in $(seq 50); do
     [ "$(metric http://$ADMIN/metrics okome_backend_healthy)" = "4.000000" ] && break; sleep 0.1

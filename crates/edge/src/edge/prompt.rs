@@ -42,12 +42,60 @@ struct Message<'a> {
     images: Option<IgnoredAny>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// A message's content: text, content parts, or something else. Read by hand rather than as an
+/// untagged enum, which would copy every message into a buffer first.
 enum Content<'a> {
-    Text(#[serde(borrow)] Cow<'a, str>),
-    Parts(#[serde(borrow)] Vec<Part<'a>>),
-    Other(IgnoredAny),
+    Text(Cow<'a, str>),
+    Parts(Vec<Part<'a>>),
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Content<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("message content")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Content<'a>, E> {
+                Ok(Content::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Content<'a>, E> {
+                Ok(Content::Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Content<'a>, A::Error> {
+                let mut parts = Vec::new();
+                while let Some(p) = seq.next_element::<Part<'a>>()? {
+                    parts.push(p);
+                }
+                Ok(Content::Parts(parts))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Content<'a>, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Content::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Content<'a>, E> {
+                Ok(Content::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Content<'a>, E> {
+                Ok(Content::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Content<'a>, E> {
+                Ok(Content::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Content<'a>, E> {
+                Ok(Content::Other)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
 }
 
 /// An OpenAI content part: `{"type":"text","text":…}` or a non-text part (no `text`).
@@ -188,7 +236,7 @@ fn render_messages(messages: &[Message<'_>], blocks: &mut Blocks<'_>) {
                     }
                 }
             }
-            Some(Content::Other(_)) => return,
+            Some(Content::Other) => return,
         }
         if m.images.is_some() || !blocks.feed(MESSAGE_END) {
             return;
@@ -310,6 +358,17 @@ mod tests {
             ]}]})
             .to_string()
         };
+        // Content that is neither text nor parts ends the prefix the same way.
+        let odd = serde_json::json!({"messages": [
+            {"role": "user", "content": text},
+            {"role": "user", "content": 7},
+            {"role": "user", "content": text},
+        ]})
+        .to_string();
+        assert_eq!(
+            blocks(Api::OpenAi, &odd, 16, 4096).len(),
+            (4 + 1 + 64 + 1 + 4 + 1) / 16
+        );
         let a = blocks(Api::OpenAi, &with_image("a.png"), 16, 4096);
         assert_eq!(a.len(), (4 + 1 + 64) / 16);
         assert_eq!(a, blocks(Api::OpenAi, &with_image("b.png"), 16, 4096));

@@ -11,7 +11,10 @@
 //!
 //! A match is followed only when it covers at least `min_match` of the prompt's blocks (as
 //! SGLang's cache-aware router does): a new conversation whose only match is a short shared
-//! system prompt is placed by load, so idle backends are not starved by a common preamble.
+//! system prompt is placed by load. A match that several backends share in full (a long common
+//! preamble, a prompt sent again and again) goes to the least loaded backend, those holding it
+//! first on a tie: a backend that lacks it pays one miss and then holds it too, instead of
+//! being starved by the preamble.
 //!
 //! Load is bounded as in consistent hashing with bounded loads: a backend takes a request by
 //! affinity only while its load (in-flight + the engine's queue) plus this request stays within
@@ -184,7 +187,7 @@ impl Affinity {
             }
         }
         // Walk the chain: `alive` are the eligible backends that served every block so far.
-        let (mut deepest, mut best_fit, mut best_fit_set) = (0usize, 0usize, 0u64);
+        let (mut deepest, mut deepest_set, mut best_fit, mut best_fit_set) = (0, 0u64, 0, 0u64);
         {
             let table = self.table.lock();
             let mut alive = eligible;
@@ -194,6 +197,7 @@ impl Affinity {
                     break;
                 }
                 deepest = d + 1;
+                deepest_set = alive;
                 if alive & fitting != 0 {
                     best_fit = d + 1;
                     best_fit_set = alive & fitting;
@@ -208,6 +212,23 @@ impl Affinity {
                 index: select::pick(backends, &skip)?,
                 outcome: Outcome::Miss,
                 matched: 0,
+            }
+        } else if best_fit == deepest && deepest_set.count_ones() > 1 {
+            // The whole match is shared by several backends (a popular preamble, or a prompt
+            // sent again and again): any backend gets it cached after one miss, so load decides
+            // and a backend without it is not starved. Ties go to those that have it.
+            let a = least_loaded(backends, best_fit_set)?;
+            match least_loaded(backends, eligible) {
+                Some(b) if backends[b].load() < backends[a].load() => Picked {
+                    index: b,
+                    outcome: Outcome::Miss,
+                    matched: 0,
+                },
+                _ => Picked {
+                    index: a,
+                    outcome: Outcome::Hit,
+                    matched: best_fit,
+                },
             }
         } else if best_fit >= needed {
             Picked {
@@ -383,6 +404,24 @@ mod tests {
             (got.index, got.outcome, got.matched),
             (first, Outcome::Hit, 2)
         );
+    }
+
+    #[test]
+    fn a_long_shared_preamble_does_not_starve_a_backend() {
+        let p = pool(4);
+        let a = aff();
+        // Backends 0-2 served a long preamble (4 blocks); backend 3 never did.
+        for i in 0..3 {
+            a.pick(&p, &[1, 2, 3, 4, 50 + i as u64], |b| b != i)
+                .unwrap();
+        }
+        let _busy: Vec<_> = (0..3).map(|i| p[i].acquire()).collect();
+        let got = a.pick(&p, &[1, 2, 3, 4, 99], |_| false).unwrap();
+        assert_eq!((got.index, got.outcome), (3, Outcome::Miss));
+        // Once it holds the preamble too, equal loads go to any holder.
+        let _also = p[3].acquire();
+        let got = a.pick(&p, &[1, 2, 3, 4, 98], |_| false).unwrap();
+        assert_eq!(got.outcome, Outcome::Hit);
     }
 
     #[test]
