@@ -898,9 +898,13 @@ async fn vllm_prefix_cache_counters_are_re_exported_per_backend() {
     .await;
     // Let one scrape record the engine's starting point.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let body = r#"{"model":"Qwen/Qwen3-8B","max_tokens":2,"messages":[{"role":"user","content":"the same long prompt, twice"}]}"#;
+    // Long enough for whole 16-token KV blocks: only those are cached.
+    let body = format!(
+        r#"{{"model":"Qwen/Qwen3-8B","max_tokens":2,"messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "the same long prompt, twice. ".repeat(20)
+    );
     for _ in 0..2 {
-        let r = raw(edge.addr, &post("/v1/chat/completions", body)).await;
+        let r = raw(edge.addr, &post("/v1/chat/completions", &body)).await;
         assert_eq!(status_of(&r), 200, "{}", String::from_utf8_lossy(&r));
     }
     let labels = [("pool", "vllm")];

@@ -213,7 +213,7 @@ async fn every_dashboard_query_names_an_exported_metric() {
         .expect("arbiter");
     // A long health interval, so the refusing engine is found by live traffic (retry + ejection).
     let edge = embedded::edge(&format!(
-        "pools:\n  vllm:\n    kind: vllm\n    backends: [\"{}\", \"{}\"]\n    health_check: {{ interval: 60s, timeout: 500ms }}\n\
+        "pools:\n  vllm:\n    kind: vllm\n    backends: [\"{}\", \"{}\"]\n    health_check: {{ interval: 60s, timeout: 500ms }}\n    pick: prefix_affinity\n\
          routes:\n  - name: openai\n    match: {{ path_prefix: /v1/ }}\n    pool: vllm\n    filters: [{{ type: auth }}, {{ type: policy }}, {{ type: ratelimit }}]\n\
          control:\n  address: {}\n  state_dir: {}\narbiter:\n  addresses: [\"{}\"]\n  max_age: 2s\n",
         a.addr(),

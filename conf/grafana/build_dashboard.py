@@ -179,6 +179,20 @@ panels += [
 ]
 advance()
 panels += [
+    ts("Prefix-affinity picks by result",
+       [(f'sum by (pool, result) (rate(okome_prefix_affinity_picks_total{{{P}}}[$__rate_interval]))',
+         "{{pool}} {{result}}")], "ops", 0, stack=True,
+       desc="Pools with pick: prefix_affinity. hit: the backend that served the longest prefix of the prompt; "
+            "miss: none served enough of it (least loaded); overloaded: the best match was over the load bound; "
+            "none: no whole block of prompt. Compare with the engines' hit ratio above."),
+    ts("Prompt prefix matched by the edge",
+       [(f'sum by (pool) (rate(okome_prefix_affinity_bytes_total{{kind="matched", {P}}}[$__rate_interval])) / sum by (pool) (rate(okome_prefix_affinity_bytes_total{{kind="looked_up", {P}}}[$__rate_interval]))',
+         "{{pool}}")], "percentunit", 12, max_=1,
+       desc="Share of the hashed prompt prefix (prefix_affinity.bytes at most) that the picked backend had served: "
+            "the edge's estimate of the engines' hit ratio."),
+]
+advance()
+panels += [
     ts("Policy cache lookups by result",
        [(f'sum by (result) (rate(okome_policy_cache_requests_total{J}[$__rate_interval]))', "{{result}}")],
        "ops", 0, stack=True),

@@ -91,6 +91,11 @@ pub struct Metrics {
     pub shed: IntCounterVec,
     /// Picks in pools with `sticky:`, by result (`hit`, `moved`, `no_key`).
     pub sticky_picks: IntCounterVec,
+    /// Picks in pools with `pick: prefix_affinity`, by result (`hit`, `miss`, `overloaded`, `none`).
+    pub affinity_picks: IntCounterVec,
+    /// Prompt prefix bytes looked up (`kind="looked_up"`) and found on the picked backend
+    /// (`kind="matched"`) in pools with `pick: prefix_affinity`.
+    pub affinity_bytes: IntCounterVec,
     /// 1 while an arbiter's state is fresh enough to obey.
     pub arbiter_fresh: IntGaugeVec,
     /// The arbiter's decision per backend (0 ok, 1 pressured, 2 shedding, 3 down).
@@ -293,6 +298,20 @@ impl Metrics {
             ),
             &["pool", "result"],
         );
+        let affinity_picks = IntCounterVec::new(
+            Opts::new(
+                "okome_prefix_affinity_picks_total",
+                "Backend picks in pools with pick: prefix_affinity: hit (the backend that served the longest prefix of the prompt), miss (no backend served any of it: least loaded), overloaded (the best-matching backends were over the load bound: least loaded among the others), none (no whole block of prompt to match: least loaded).",
+            ),
+            &["pool", "result"],
+        );
+        let affinity_bytes = IntCounterVec::new(
+            Opts::new(
+                "okome_prefix_affinity_bytes_total",
+                "Rendered prompt-prefix bytes in pools with pick: prefix_affinity: looked_up (whole blocks hashed), matched (of those, the prefix the picked backend had served before).",
+            ),
+            &["pool", "kind"],
+        );
         let arbiter_fresh = IntGaugeVec::new(
             Opts::new("okome_arbiter_fresh", "1 while the arbiter's state is fresh enough to obey; 0 means the edge routes on its own signals."),
             &["arbiter"],
@@ -358,6 +377,8 @@ impl Metrics {
             let tenant_tokens = reg(r, tenant_tokens)?;
             let shed = reg(r, shed)?;
             let sticky_picks = reg(r, sticky_picks)?;
+            let affinity_picks = reg(r, affinity_picks)?;
+            let affinity_bytes = reg(r, affinity_bytes)?;
             let backend_prefix_queries = reg(r, backend_prefix_queries)?;
             let backend_prefix_hits = reg(r, backend_prefix_hits)?;
             let arbiter_fresh = reg(r, arbiter_fresh)?;
@@ -397,6 +418,8 @@ impl Metrics {
                 tenant_tokens,
                 shed,
                 sticky_picks,
+                affinity_picks,
+                affinity_bytes,
                 backend_prefix_queries,
                 backend_prefix_hits,
                 arbiter_fresh,

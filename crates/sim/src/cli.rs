@@ -68,6 +68,9 @@ pub struct SimArgs {
     /// Extra prefill per 1000 prompt tokens (prompt tokens ~ prompt bytes / 4) [default: 1ms].
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub prefill_per_1k_tokens: Option<Duration>,
+    /// vLLM's prefix cache in blocks of 16 tokens; a cached prompt prefix skips its prefill (0: off) [default: 16384].
+    #[arg(long, value_name = "BLOCKS")]
+    pub prefix_cache_blocks: Option<usize>,
     /// Decode speed of one sequence in tokens per second [default: 50].
     #[arg(long, value_name = "TPS")]
     pub tokens_per_second: Option<f64>,
@@ -123,6 +126,7 @@ impl SimArgs {
         c.prefill_per_1k_tokens = self
             .prefill_per_1k_tokens
             .unwrap_or(c.prefill_per_1k_tokens);
+        c.prefix_cache_blocks = self.prefix_cache_blocks.unwrap_or(c.prefix_cache_blocks);
         c.tokens_per_second = self.tokens_per_second.unwrap_or(c.tokens_per_second);
         c.jitter = self.jitter.unwrap_or(c.jitter);
         c.default_max_tokens = self.max_tokens.unwrap_or(c.default_max_tokens);

@@ -68,6 +68,8 @@ pub enum Runner {
     /// An embedding model: `/v1/embeddings` only; the generative endpoints are 404.
     Pooling,
 }
+/// Default prefix cache size, in blocks of 16 tokens.
+pub const DEFAULT_PREFIX_CACHE_BLOCKS: usize = 16_384;
 
 /// Everything one simulated engine needs: address, models, timing, queueing and faults.
 #[derive(Debug, Clone, Deserialize)]
@@ -101,6 +103,9 @@ pub struct SimConfig {
     pub api_key: Option<String>,
     /// vLLM only: generative or embedding model (Ollama embeds with any model).
     pub runner: Runner,
+    /// vLLM's prefix cache size in blocks of 16 tokens (0: prefix caching off); a cached
+    /// prefix skips its share of `prefill_per_1k_tokens`.
+    pub prefix_cache_blocks: usize,
 }
 
 impl SimConfig {
@@ -125,6 +130,8 @@ impl SimConfig {
             faults: Faults::default(),
             api_key: None,
             runner: Runner::Generate,
+            // 256k tokens: the KV cache of an 8B model on one large GPU.
+            prefix_cache_blocks: DEFAULT_PREFIX_CACHE_BLOCKS,
         }
     }
 
@@ -172,6 +179,7 @@ struct RawSimConfig {
     faults: Option<Faults>,
     api_key: Option<String>,
     runner: Option<Runner>,
+    prefix_cache_blocks: Option<usize>,
 }
 
 impl TryFrom<RawSimConfig> for SimConfig {
@@ -194,6 +202,7 @@ impl TryFrom<RawSimConfig> for SimConfig {
             faults: r.faults.unwrap_or_default(),
             api_key: r.api_key,
             runner: r.runner.unwrap_or_default(),
+            prefix_cache_blocks: r.prefix_cache_blocks.unwrap_or(d.prefix_cache_blocks),
         };
         cfg.validate()?;
         Ok(cfg)

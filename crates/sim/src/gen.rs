@@ -27,6 +27,8 @@ pub(crate) struct GenRequest {
     pub prompt_tokens: u32,
     /// Hash of the prompt text (seeds the token text).
     pub prompt_hash: u64,
+    /// Leading prompt tokens found in the engine's prefix cache (their prefill is skipped).
+    pub cached_tokens: u32,
     /// Tokens to generate (at least 1).
     pub max_tokens: u32,
     /// `Length` when the request set a limit, `Stop` when the default applies (an "EOS").
@@ -39,6 +41,7 @@ impl GenRequest {
         GenRequest {
             prompt_tokens: tokens::estimate_tokens(prompt.len()),
             prompt_hash: tokens::hash_bytes(prompt),
+            cached_tokens: 0,
             max_tokens: limit.unwrap_or(default_max).max(1),
             finish: if limit.is_some() {
                 Finish::Length
@@ -102,7 +105,9 @@ impl Gen {
             prefill: Schedule::prefill_for(
                 cfg.prefill,
                 cfg.prefill_per_1k_tokens,
-                self.req.prompt_tokens,
+                self.req
+                    .prompt_tokens
+                    .saturating_sub(self.req.cached_tokens),
             ),
             interval: tokens::interval_for(self.sim.tps()),
             jitter: cfg.jitter,
@@ -110,7 +115,7 @@ impl Gen {
         });
         self.sim
             .counters
-            .record_prompt(self.req.prompt_tokens, self.req.prompt_hash);
+            .record_prompt(self.req.prompt_tokens, self.req.cached_tokens);
     }
 
     pub(crate) fn deadline(&self, i: u32) -> Instant {

@@ -14,6 +14,7 @@ mod ollama;
 mod ollama_compat;
 mod ollama_manage;
 mod openai;
+mod prefix_cache;
 pub mod pressure;
 mod responses;
 mod server;

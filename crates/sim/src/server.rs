@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub last_request_id: RwLock<Option<String>>,
     /// Forwarding headers of the last engine request (tests check the client's address arrives).
     pub last_forwarded: RwLock<Vec<String>>,
+    /// vLLM's prefix cache (automatic prefix caching).
+    pub prefix_cache: super::prefix_cache::PrefixCache,
 }
 
 impl Shared {
@@ -180,6 +182,7 @@ pub(crate) async fn start(cfg: SimConfig) -> io::Result<Arc<Shared>> {
         last_credentials: RwLock::new(Vec::new()),
         last_request_id: RwLock::new(None),
         last_forwarded: RwLock::new(Vec::new()),
+        prefix_cache: super::prefix_cache::PrefixCache::new(cfg.prefix_cache_blocks),
         cfg,
     });
     if let Some(l) = grpc {

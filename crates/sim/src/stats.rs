@@ -108,7 +108,6 @@ pub(crate) struct Counters {
     pub generation_tokens: AtomicU64,
     pub prefix_queries: AtomicU64,
     pub prefix_hits: AtomicU64,
-    pub last_prompt_hash: AtomicU64,
     /// stop, length, abort, error (vLLM's finished_reason; "repetition" stays 0).
     pub finished: [AtomicU64; 4],
     pub ttft: Mutex<Histogram>,
@@ -123,14 +122,13 @@ impl Counters {
             .store(super::tokens::hash_bytes(body), Relaxed);
     }
 
-    /// Records a prompt entering prefill (prefix cache: a repeat of the last prompt is a hit).
-    pub(crate) fn record_prompt(&self, tokens: u32, prompt_hash: u64) {
+    /// Records a prompt entering prefill, `cached` of its tokens found in the prefix cache
+    /// (vLLM counts queries and hits in tokens).
+    pub(crate) fn record_prompt(&self, tokens: u32, cached: u32) {
         let t = u64::from(tokens);
         self.prompt_tokens.fetch_add(t, Relaxed);
         self.prefix_queries.fetch_add(t, Relaxed);
-        if self.last_prompt_hash.swap(prompt_hash, Relaxed) == prompt_hash {
-            self.prefix_hits.fetch_add(t, Relaxed);
-        }
+        self.prefix_hits.fetch_add(u64::from(cached), Relaxed);
     }
 
     /// Records time to first token.

@@ -181,6 +181,9 @@ async fn generate(
         // The chat template adds a few tokens around the messages ("hi" -> 9 in fixture D).
         greq.prompt_tokens = greq.prompt_tokens.saturating_add(8);
     }
+    greq.cached_tokens = sim
+        .prefix_cache
+        .lookup_and_insert(&prompt, greq.prompt_tokens);
     let Ok(g) = Gen::admit(&sim, greq) else {
         return Ok(error(
             StatusCode::SERVICE_UNAVAILABLE,

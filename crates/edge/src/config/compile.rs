@@ -189,6 +189,8 @@ pub struct CompiledPool {
     pub sticky: Vec<KeySource>,
     /// TF Serving's gRPC port on each backend's host (`grpc_port`).
     pub grpc_port: Option<u16>,
+    /// Prefix-affinity settings when the pool has `pick: prefix_affinity`.
+    pub affinity: Option<super::affinity::AffinitySettings>,
 }
 
 impl CompiledPool {
@@ -792,6 +794,14 @@ fn compile_pool(
         }
     }
     let sticky = compile_sticky(&key, p, out);
+    let affinity = super::affinity::compile(
+        &key,
+        p.kind,
+        p.pick.as_ref(),
+        p.prefix_affinity.as_ref(),
+        p.sticky.is_some(),
+        out,
+    );
     if p.kind == PoolKind::Okome && p.api_key.is_some() {
         push(
             out,
@@ -826,6 +836,7 @@ fn compile_pool(
             .or((p.kind == PoolKind::Okome).then_some(OKOME_ADMIN_PORT)),
         sticky,
         grpc_port: p.grpc_port.as_ref().map(|g| g.value),
+        affinity,
     }
 }
 

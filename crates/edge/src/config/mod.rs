@@ -4,6 +4,7 @@
 //! config into typed values, checking everything (unknown pools, duplicate names, impossible
 //! limits, filter chains) on the way.
 
+pub mod affinity;
 pub mod compile;
 pub mod tls;
 
@@ -520,6 +521,12 @@ pub struct Pool {
     /// there with `GetModelStatus` too; without it the pool takes no gRPC.
     #[serde(default)]
     pub grpc_port: Option<Spanned<u16>>,
+    /// How a backend is picked: `least_loaded` (default) or `prefix_affinity`.
+    #[serde(default)]
+    pub pick: Option<Spanned<affinity::Pick>>,
+    /// Tuning of `pick: prefix_affinity`.
+    #[serde(default)]
+    pub prefix_affinity: Option<Spanned<affinity::PrefixAffinity>>,
 }
 
 /// Sticky routing by consistent hashing (`pools.<name>.sticky`).

@@ -139,6 +139,9 @@ pub struct AttemptState {
     pub current: Option<(usize, usize)>,
     /// The in-flight slot on the current backend.
     pub inflight: Option<InflightGuard>,
+    /// The prompt's block hashes for prefix-affinity picks, with the pool they were cut for
+    /// (kept for the retries in that pool).
+    pub prefix: Option<(usize, Vec<u64>)>,
 }
 
 /// The token stream as the tap sees it.

@@ -20,6 +20,7 @@ pub mod forwarded;
 pub mod logging;
 pub mod peek;
 pub mod peer;
+pub mod prompt;
 pub mod proxy;
 pub mod reload;
 pub mod request;

@@ -8,8 +8,10 @@ use crate::upstream::select;
 use pingora_core::upstreams::peer::HttpPeer;
 use std::sync::Arc;
 
-/// Chooses the backend for the next attempt, or says why there is none: in a sticky pool, the
-/// request key's backend on the ring (`headers` carry the key); else the less loaded of two.
+/// Chooses the backend for the next attempt, or says why there is none: in a prefix-affinity
+/// pool, the backend that served the longest start of the prompt (load bounded); in a sticky
+/// pool, the request key's backend on the ring (`headers` carry the key); else the less loaded
+/// of two.
 pub fn next(
     edge: &Edge,
     ctx: &mut RequestCtx,
@@ -20,25 +22,49 @@ pub fn next(
     let mut shed: Option<Arc<Verdict>> = None;
     while let Some(&pi) = ctx.attempt.plan.get(ctx.attempt.plan_pos) {
         let pool = &edge.upstreams.pools[pi];
+        if let Some(aff) = &pool.affinity {
+            if ctx.attempt.prefix.as_ref().is_none_or(|(p, _)| *p != pi) {
+                let mut blocks = ctx
+                    .attempt
+                    .prefix
+                    .take()
+                    .map(|(_, v)| v)
+                    .unwrap_or_default();
+                super::prompt::prefix_blocks(
+                    ctx.req.api,
+                    ctx.req.body.as_deref().unwrap_or_default(),
+                    ctx.req.model.as_deref(),
+                    aff.settings.block,
+                    aff.settings.bytes,
+                    &mut blocks,
+                );
+                ctx.attempt.prefix = Some((pi, blocks));
+            }
+        }
         let skip = |b| edge.skip(ctx, pi, b);
-        let picked = match &pool.sticky {
-            Some(sticky) => match sticky.key(headers) {
-                Some(key) => {
-                    let p = sticky.pick(&pool.backends, key, skip);
-                    if p.is_some() {
-                        sticky.count(p);
+        let picked = match (&pool.affinity, &ctx.attempt.prefix) {
+            (Some(aff), Some((_, blocks))) => {
+                aff.pick(&pool.backends, blocks, skip).map(|p| p.index)
+            }
+            _ => match &pool.sticky {
+                Some(sticky) => match sticky.key(headers) {
+                    Some(key) => {
+                        let p = sticky.pick(&pool.backends, key, skip);
+                        if p.is_some() {
+                            sticky.count(p);
+                        }
+                        p.map(StickyPick::index)
                     }
-                    p.map(StickyPick::index)
-                }
-                None => {
-                    let p = select::pick(&pool.backends, skip);
-                    if p.is_some() {
-                        sticky.count(None);
+                    None => {
+                        let p = select::pick(&pool.backends, skip);
+                        if p.is_some() {
+                            sticky.count(None);
+                        }
+                        p
                     }
-                    p
-                }
+                },
+                None => select::pick(&pool.backends, skip),
             },
-            None => select::pick(&pool.backends, skip),
         };
         if let Some(bi) = picked {
             let backend = &pool.backends[bi];

@@ -41,6 +41,8 @@ pub struct Pool {
     pub grpc_port: Option<u16>,
     /// The consistent-hash ring over all backends, when the pool is sticky.
     pub sticky: Option<super::hash::Sticky>,
+    /// The prefix table, when the pool picks by prefix affinity.
+    pub affinity: Option<Arc<super::affinity::Affinity>>,
 }
 
 impl Pool {
@@ -105,6 +107,22 @@ impl Pool {
             let addrs: Vec<std::net::SocketAddr> = backends.iter().map(|b| b.addr).collect();
             super::hash::Sticky::new(cfg.sticky.clone(), &addrs).counted(metrics, &cfg.name)
         });
+        // The table names backends by position: it survives a reload only with the same
+        // backends in the same order and the same settings.
+        let affinity = cfg.affinity.map(|settings| {
+            old.filter(|o| {
+                o.backends
+                    .iter()
+                    .map(|b| b.addr)
+                    .eq(backends.iter().map(|b| b.addr))
+            })
+            .and_then(|o| o.affinity.as_ref())
+            .filter(|a| a.settings == settings)
+            .cloned()
+            .unwrap_or_else(|| {
+                Arc::new(super::affinity::Affinity::new(settings).counted(metrics, &cfg.name))
+            })
+        });
         let learned = old
             .filter(|o| o.kind == cfg.kind)
             .map(|o| o.learned.load_full())
@@ -128,6 +146,7 @@ impl Pool {
             probe_bases,
             grpc_port: cfg.grpc_port,
             sticky,
+            affinity,
         }
     }
 
