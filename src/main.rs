@@ -81,7 +81,7 @@ enum Cmd {
     /// `okome arbiter plan` validates the GPU memory plan and emits each engine's settings.
     Arbiter(okome::arbiter::ArbiterArgs),
     /// Run simulated model servers that speak vLLM's, Ollama's or TF Serving's real wire formats.
-    Sim(okome_sim::SimArgs),
+    Sim(Box<okome_sim::SimArgs>),
     /// Start simulated vLLM, Ollama and TF Serving engines plus the edge in one process and print
     /// commands to try. Clients on 127.0.0.1:8080, admin on 127.0.0.1:9090.
     Demo {
@@ -114,7 +114,7 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
-        Cmd::Sim(args) => match okome_sim::cli::run(args) {
+        Cmd::Sim(args) => match okome_sim::cli::run(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
