@@ -57,20 +57,3 @@ pub async fn run(name: &str, args: &[&str]) -> Output {
     );
     out
 }
-
-/// Like [`run`], for code that is not async.
-pub fn run_blocking(name: &str, args: &[&str]) -> Output {
-    let out = Command::new(interpreter())
-        .arg(script(name))
-        .args(args)
-        .output()
-        .expect("spawn python");
-    assert!(
-        out.status.success(),
-        "{name} {args:?} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}

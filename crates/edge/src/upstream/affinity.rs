@@ -297,18 +297,7 @@ mod tests {
     use super::*;
 
     fn pool(n: usize) -> Vec<Arc<Backend>> {
-        let m = crate::metrics::Metrics::new();
-        (0..n)
-            .map(|i| {
-                let b = Arc::new(Backend::new(
-                    "p",
-                    std::net::SocketAddr::from(([127, 0, 0, 1], 2000 + i as u16)),
-                    m.clone(),
-                ));
-                b.probe_result(true, 1, 1, "");
-                b
-            })
-            .collect()
+        crate::upstream::healthy_backends(n, 2000)
     }
 
     /// No slack: the bound bites at once, so spreading is exact.

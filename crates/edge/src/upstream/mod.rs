@@ -23,3 +23,20 @@ pub mod select;
 
 pub use backend::{Backend, InflightGuard};
 pub use pool::{Pool, Upstreams};
+
+/// `n` healthy backends on loopback ports from `first_port`, for selection tests.
+#[cfg(test)]
+pub(crate) fn healthy_backends(n: usize, first_port: u16) -> Vec<std::sync::Arc<Backend>> {
+    let m = crate::metrics::Metrics::new();
+    (0..n)
+        .map(|i| {
+            let b = std::sync::Arc::new(Backend::new(
+                "p",
+                std::net::SocketAddr::from(([127, 0, 0, 1], first_port + i as u16)),
+                m.clone(),
+            ));
+            b.probe_result(true, 1, 1, "");
+            b
+        })
+        .collect()
+}

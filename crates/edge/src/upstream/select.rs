@@ -43,18 +43,7 @@ mod tests {
     use super::*;
 
     fn pool(n: usize) -> Vec<Arc<Backend>> {
-        let m = crate::metrics::Metrics::new();
-        (0..n)
-            .map(|i| {
-                let b = Arc::new(Backend::new(
-                    "p",
-                    std::net::SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
-                    m.clone(),
-                ));
-                b.probe_result(true, 1, 1, "");
-                b
-            })
-            .collect()
+        crate::upstream::healthy_backends(n, 1000)
     }
 
     #[test]
