@@ -192,6 +192,11 @@ Try (tokens stream as they are generated):
   # TF Serving REST
   curl http://{listen}/v1/models/half_plus_two:predict -d '{{"instances":[1.0,2.0,5.0]}}'
 
+  # TF Serving gRPC (h2c on the same port), with grpcio and stubs made from proto/
+  # (bash tests/clients/setup.sh makes the virtualenv)
+  ~/.cache/okome/pyenv/bin/python tests/clients/tfs_grpc.py --proto proto --target {listen} \
+    --calls '[{{"method":"predict","model":"half_plus_two","x":[1.0,2.0,5.0]}}]'
+
   # the models your key may use, metrics, status
   curl http://{listen}/v1/models{auth}
   curl -s http://{admin}/metrics | grep ^okome_policy
