@@ -1021,3 +1021,104 @@ async fn tokens_are_separate_frames_and_deterministic() {
     }
     assert_eq!(texts[0], texts[1]);
 }
+
+/// The text of a chat or completion answer, whole (`message.content` / `text`) or streamed
+/// (the deltas' `content` / `text`, concatenated).
+fn answer_text(body: &str) -> String {
+    let pick = |v: &serde_json::Value| {
+        let c = &v["choices"][0];
+        c["message"]["content"]
+            .as_str()
+            .or_else(|| c["delta"]["content"].as_str())
+            .or_else(|| c["text"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    if body.starts_with("data:") {
+        sse_events(body)
+            .iter()
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| pick(&serde_json::from_str(d).expect("chunk JSON")))
+            .collect()
+    } else {
+        pick(&serde_json::from_str(body).expect("answer JSON"))
+    }
+}
+
+/// Mid-stream failover re-issues a request with the text so far: vLLM's chat with the partial
+/// answer as the final assistant message and `continue_final_message: true`, or a completion
+/// whose prompt carries it. The simulator goes on exactly where the partial answer ends and stops
+/// where the uninterrupted reply would have, so partial + continuation = uninterrupted.
+#[tokio::test]
+async fn vllm_continues_a_partial_answer_where_it_ends() {
+    let mut c = cfg(SimKind::Vllm);
+    c.default_max_tokens = 8;
+    let h = sim::start(c).await.expect("sim");
+    let user = r#"{"role":"user","content":"Tell me something"}"#;
+    let (_, _, whole) = request(
+        h.addr(),
+        "POST",
+        "/v1/chat/completions",
+        &format!(r#"{{"model":"Qwen/Qwen3-8B","messages":[{user}]}}"#),
+    )
+    .await;
+    let whole = answer_text(&whole);
+    let words: Vec<&str> = whole.split_inclusive(' ').collect();
+    assert!(words.len() > 4, "{whole:?}");
+    // Cut after a few tokens (at a word boundary: the sim's tokens are words).
+    let cut = whole
+        .char_indices()
+        .filter(|(_, ch)| *ch == ' ')
+        .nth(2)
+        .map_or(whole.len(), |(i, _)| i);
+    let partial = &whole[..cut];
+    for stream in [false, true] {
+        let body = serde_json::json!({
+            "model": "Qwen/Qwen3-8B",
+            "stream": stream,
+            "messages": [
+                serde_json::from_str::<serde_json::Value>(user).expect("json"),
+                {"role": "assistant", "content": partial},
+            ],
+            "continue_final_message": true,
+            "add_generation_prompt": false,
+        });
+        let (status, _, rest) =
+            request(h.addr(), "POST", "/v1/chat/completions", &body.to_string()).await;
+        assert_eq!(status, 200, "{rest}");
+        assert_eq!(
+            format!("{partial}{}", answer_text(&rest)),
+            whole,
+            "stream: {stream}"
+        );
+    }
+    // Both flags true is vLLM's 400.
+    let bad = serde_json::json!({
+        "model": "Qwen/Qwen3-8B",
+        "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "Hello"}],
+        "continue_final_message": true, "add_generation_prompt": true,
+    });
+    let (status, _, msg) =
+        request(h.addr(), "POST", "/v1/chat/completions", &bad.to_string()).await;
+    assert_eq!(status, 400, "{msg}");
+    assert!(msg.contains("continue_final_message"), "{msg}");
+
+    // Completions: the prompt followed by the partial text.
+    let prompt = "Once upon a time";
+    let (_, _, whole) = request(
+        h.addr(),
+        "POST",
+        "/v1/completions",
+        &format!(r#"{{"model":"Qwen/Qwen3-8B","prompt":"{prompt}"}}"#),
+    )
+    .await;
+    let whole = answer_text(&whole);
+    let cut = whole.rfind(' ').expect("several tokens");
+    let partial = &whole[..cut];
+    let body =
+        serde_json::json!({"model": "Qwen/Qwen3-8B", "prompt": format!("{prompt}{partial}")});
+    let (status, _, rest) = request(h.addr(), "POST", "/v1/completions", &body.to_string()).await;
+    assert_eq!(status, 200, "{rest}");
+    assert_eq!(format!("{partial}{}", answer_text(&rest)), whole);
+}

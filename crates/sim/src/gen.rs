@@ -27,6 +27,9 @@ pub(crate) struct GenRequest {
     pub prompt_tokens: u32,
     /// Hash of the prompt text (seeds the token text).
     pub prompt_hash: u64,
+    /// Index of the first token generated in the reply seeded by `prompt_hash`: 0, or where a
+    /// continued partial answer ended ([`crate::continuation`]).
+    pub text_offset: u32,
     /// Leading prompt tokens found in the engine's prefix cache (their prefill is skipped).
     pub cached_tokens: u32,
     /// Tokens to generate (at least 1).
@@ -41,6 +44,7 @@ impl GenRequest {
         GenRequest {
             prompt_tokens: tokens::estimate_tokens(prompt.len()),
             prompt_hash: tokens::hash_bytes(prompt),
+            text_offset: 0,
             cached_tokens: 0,
             max_tokens: limit.unwrap_or(default_max).max(1),
             finish: if limit.is_some() {
@@ -133,7 +137,7 @@ impl Gen {
                 .record_ttft(self.accepted.elapsed().as_secs_f64());
         }
         self.sim.counters.generation_tokens.fetch_add(1, Relaxed);
-        tokens::token_text(self.req.prompt_hash, i)
+        tokens::token_text(self.req.prompt_hash, self.req.text_offset + i)
     }
 
     /// Sleeps until token `n-1` is due (non-streaming: the whole reply at once) and returns the text.
@@ -151,7 +155,10 @@ impl Gen {
             .generation_tokens
             .fetch_add(u64::from(n), Relaxed);
         for i in 0..n {
-            s.push_str(tokens::token_text(self.req.prompt_hash, i));
+            s.push_str(tokens::token_text(
+                self.req.prompt_hash,
+                self.req.text_offset + i,
+            ));
         }
         s
     }

@@ -6,6 +6,7 @@
 
 pub mod cli;
 mod config;
+mod continuation;
 mod embeddings;
 mod faults;
 mod gen;

@@ -22,9 +22,11 @@ pub(crate) struct StreamOptions {
     pub continuous_usage_stats: Option<bool>,
 }
 
-/// One chat message; only its text matters here.
+/// One chat message; its role and text matter here.
 #[derive(Debug, Deserialize)]
 pub(crate) struct Message {
+    #[serde(default)]
+    pub role: Option<String>,
     #[serde(default)]
     pub content: Option<Value>,
 }
@@ -46,6 +48,12 @@ pub(crate) struct GenBody {
     pub max_tokens: Option<u32>,
     #[serde(default)]
     pub max_completion_tokens: Option<u32>,
+    /// vLLM: continue the final (assistant) message instead of starting a new one.
+    #[serde(default)]
+    pub continue_final_message: Option<bool>,
+    /// vLLM: add the template's assistant preamble (default true; must be false to continue).
+    #[serde(default)]
+    pub add_generation_prompt: Option<bool>,
 }
 
 impl GenBody {
@@ -81,6 +89,26 @@ impl GenBody {
             }
         }
         out
+    }
+
+    /// With `continue_final_message`: the text of the other messages and of the final
+    /// (assistant) one being continued; `None` when the last message is not the assistant's.
+    pub(crate) fn continued_chat(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+        let (last, before) = self.messages.as_ref()?.split_last()?;
+        if last.role.as_deref() != Some("assistant") {
+            return None;
+        }
+        let mut original = Vec::new();
+        for m in before {
+            if let Some(c) = &m.content {
+                push_text(c, &mut original);
+            }
+        }
+        let mut partial = Vec::new();
+        if let Some(c) = &last.content {
+            push_text(c, &mut partial);
+        }
+        Some((original, partial))
     }
 
     /// Prompt text of a completions request.

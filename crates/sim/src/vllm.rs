@@ -14,6 +14,7 @@ use super::server::{self, Body, Shared};
 use super::stats::Finish;
 use super::tokens;
 use crate::config::Runner;
+use crate::continuation;
 
 pub(crate) const JSON: &str = "application/json";
 /// Starlette appends the charset to every `text/*` media type.
@@ -176,7 +177,33 @@ async fn generate(
             None,
         ));
     }
+    // A continuation (mid-stream failover elsewhere): go on with the reply it carries.
+    let resume = match api {
+        Api::Chat if parsed.continue_final_message == Some(true) => {
+            if parsed.add_generation_prompt == Some(true) {
+                let msg =
+                    "Cannot set both `continue_final_message` and `add_generation_prompt` to True.";
+                return Ok(error(StatusCode::BAD_REQUEST, "BadRequestError", msg, None));
+            }
+            let Some((original, partial)) = parsed.continued_chat() else {
+                let msg =
+                    "continue_final_message is set but the final message is not the assistant's";
+                return Ok(error(StatusCode::BAD_REQUEST, "BadRequestError", msg, None));
+            };
+            Some(continuation::chat(&original, &partial))
+        }
+        Api::Chat => None,
+        Api::Completions => continuation::completion(&prompt),
+    };
     let mut greq = GenRequest::new(&prompt, parsed.limit(), sim.cfg.default_max_tokens);
+    if let Some(r) = resume {
+        greq.prompt_hash = r.seed;
+        greq.text_offset = r.offset;
+        if parsed.limit().is_none() {
+            // The reply ends where the uninterrupted one would have (its "EOS").
+            greq.max_tokens = sim.cfg.default_max_tokens.saturating_sub(r.offset).max(1);
+        }
+    }
     if api == Api::Chat {
         // The chat template adds a few tokens around the messages ("hi" -> 9 in fixture D).
         greq.prompt_tokens = greq.prompt_tokens.saturating_add(8);
