@@ -288,7 +288,9 @@ pub fn models_retrieve_path(method: &Method, path: &str) -> Option<String> {
         return None;
     }
     let decoded = format!("/v1/models/{}", id.replace("%2F", "/").replace("%2f", "/"));
-    path_is_clean(&decoded).then_some(decoded)
+    // A model id has no empty segment: `a%2F` is not `a/`'s id, it is no id.
+    let whole_segments = !decoded.ends_with('/');
+    (whole_segments && path_is_clean(&decoded)).then_some(decoded)
 }
 
 #[cfg(test)]
