@@ -322,6 +322,8 @@ pub struct CompiledRoute {
     pub surface: Surface,
     /// Model for requests that name none on a model-restricted route.
     pub default_model: Option<String>,
+    /// Continue streams on another backend when the engine dies mid-stream.
+    pub mid_stream_failover: bool,
 }
 
 /// The control plane section with its token read.
@@ -954,6 +956,7 @@ fn compile_route(
     }
     let filters = compile_filters(r, key, has_control, out);
     let surface = compile_surface(r, key, has_control, out);
+    let mid_stream_failover = check_failover(cfg, r, key, out);
     if out.len() > before {
         return None;
     }
@@ -970,7 +973,37 @@ fn compile_route(
         filters,
         surface,
         default_model: r.default_model.as_ref().map(|m| m.value.clone()),
+        mid_stream_failover,
     })
+}
+
+/// `mid_stream_failover` continues a stream with vLLM's `continue_final_message` or a
+/// completions prompt: only pools that speak the OpenAI API as an engine can do that.
+fn check_failover(cfg: &EdgeConfig, r: &super::Route, key: &str, out: &mut Vec<Problem>) -> bool {
+    let Some(on) = r.mid_stream_failover.as_ref().filter(|f| f.value) else {
+        return false;
+    };
+    let names = r.pool.iter().chain(&r.pools).chain(&r.fallback);
+    let mut all: Vec<&str> = names.map(|p| p.value.as_str()).collect();
+    if r.pool.is_none() && r.pools.is_empty() {
+        all = cfg.pools.value.keys().map(String::as_str).collect();
+    }
+    for name in all {
+        let kind = cfg.pools.value.get(name).map(|p| p.value.kind);
+        if kind.is_some_and(|k| !matches!(k, PoolKind::Vllm | PoolKind::Openai)) {
+            push(
+                out,
+                at(on),
+                format!("{key}.mid_stream_failover"),
+                format!(
+                    "pool {name:?} is not a vllm or openai pool: mid-stream failover continues \
+                     a stream with the OpenAI API (a partial assistant message with \
+                     continue_final_message, or a completions prompt), which only those engines take"
+                ),
+            );
+        }
+    }
+    true
 }
 
 /// A route that picks its pool by model can never pick an `okome` pool that lists no models

@@ -1,0 +1,184 @@
+//! Mid-stream failover with continuation (opt-in per route, `mid_stream_failover: true`): when
+//! the engine dies after the first byte, the request is re-issued to another backend of the pool
+//! with the text generated so far, and the continuation is spliced into the same client stream.
+//!
+//! - [`eligible`]: which requests may be continued (no tools, structured output, `n > 1`,
+//!   logprobs), decided from the body when the response starts;
+//! - [`transcript`]: what the client got so far (text, identity, tokens, end marker);
+//! - [`relay`]: the continuation request and the splice.
+
+pub mod eligible;
+pub mod relay;
+pub mod transcript;
+
+use crate::edge::{ctx::RequestCtx, Edge};
+use bytes::Bytes;
+use eligible::{Eligible, NotEligible};
+use pingora_error::{Error, ErrorSource, ErrorType};
+use pingora_proxy::Session;
+use std::time::Instant;
+use transcript::{Seen, Transcript};
+
+/// Why the engine's stream was judged dead (the metric's `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The connection broke.
+    Reset,
+    /// The stream ended cleanly but without `data: [DONE]`.
+    Eof,
+    /// No bytes within the idle timeout.
+    Idle,
+    /// The engine sent an error event.
+    InBandError,
+}
+
+impl Reason {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Reset => "reset",
+            Reason::Eof => "eof",
+            Reason::Idle => "idle",
+            Reason::InBandError => "in_band_error",
+        }
+    }
+}
+
+/// Failover state of one stream on a route that turned it on.
+#[derive(Debug)]
+pub struct State {
+    /// The request's body when it may be continued, else why not.
+    pub decision: Result<Eligible, NotEligible>,
+    /// What the client got so far.
+    pub transcript: Transcript,
+    /// Bytes of the failing chunk that precede the failure, not yet written to the client.
+    pub pending: Option<Bytes>,
+    /// When and why the stream was found dead in the body filter (a reset or timeout is found
+    /// by Pingora: the time is then that of `fail_to_proxy`).
+    pub died: Option<(Instant, Reason)>,
+    /// The path the request was sent to (the continuation goes to the same endpoint).
+    pub path: String,
+}
+
+impl State {
+    /// State for a stream of the request to `path` with `body`.
+    pub fn new(path: &str, body: &[u8]) -> Self {
+        State {
+            decision: eligible::check(path, body),
+            transcript: Transcript::default(),
+            pending: None,
+            died: None,
+            path: path.to_owned(),
+        }
+    }
+
+    /// `response_body_filter`: follows the stream; an in-band error or an end without
+    /// `[DONE]` becomes an error (so Pingora calls `fail_to_proxy`), and the bytes from the
+    /// failure on are held back.
+    pub fn on_body(&mut self, body: &mut Option<Bytes>, end: bool) -> pingora_error::Result<()> {
+        if self.decision.is_err() {
+            return Ok(());
+        }
+        if let Some(chunk) = body.as_ref() {
+            if let Seen::Error(at) = self.transcript.feed(chunk) {
+                self.pending = Some(chunk.slice(..at));
+                *body = None;
+                return Err(self.dead(Reason::InBandError));
+            }
+        }
+        if end && !self.transcript.done {
+            self.pending = body.take();
+            return Err(self.dead(Reason::Eof));
+        }
+        Ok(())
+    }
+
+    fn dead(&mut self, reason: Reason) -> Box<Error> {
+        self.died = Some((Instant::now(), reason));
+        Error::create(
+            ErrorType::Custom("midstream_failover"),
+            ErrorSource::Upstream,
+            Some(format!("the engine's stream ended early ({})", reason.as_str()).into()),
+            None,
+        )
+    }
+}
+
+/// Whether `fail_to_proxy` still has to end the stream with the terminal error event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The continuation finished the stream (`[DONE]` written) or the client is gone.
+    Done,
+    /// Not continued: the terminal error event is due.
+    NeedsTerminalError,
+}
+
+/// `fail_to_proxy` after the first byte: continue the stream on another backend when the
+/// request allows it (at most once per stream).
+pub async fn on_fail(edge: &Edge, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> Ended {
+    let Some(mut state) = ctx.failover.take() else {
+        return Ended::NeedsTerminalError;
+    };
+    let (died_at, reason) = state.died.unwrap_or_else(|| {
+        let r = if matches!(e.etype(), ErrorType::ReadTimedout) {
+            Reason::Idle
+        } else {
+            Reason::Reset
+        };
+        (Instant::now(), r)
+    });
+    let route = ctx
+        .req
+        .route
+        .map_or("none", |r| edge.routes.routes[r].name.as_str())
+        .to_owned();
+    let count = |outcome: &str| {
+        edge.metrics
+            .failover
+            .with_label_values(&[route.as_str(), reason.as_str(), outcome])
+            .inc();
+    };
+    if let Some(bytes) = state.pending.take().filter(|b| !b.is_empty()) {
+        if let Some(tap) = ctx.stream.tap.as_mut() {
+            tap.feed(&bytes, Instant::now(), &mut |_| {});
+        }
+        if session
+            .write_response_body(Some(bytes), false)
+            .await
+            .is_err()
+        {
+            return Ended::Done;
+        }
+    }
+    let decision = match state.decision {
+        Ok(_) if state.transcript.tool_calls => Err(NotEligible::ToolCallSeen),
+        ref d => d.as_ref().map(|_| ()).map_err(|e| *e),
+    };
+    if let Err(why) = decision {
+        log::info!(
+            "request {}: no mid-stream failover: {why}",
+            ctx.req.request_id
+        );
+        count("not_eligible");
+        return Ended::NeedsTerminalError;
+    }
+    match relay::continue_stream(edge, session, ctx, &state, died_at, &route).await {
+        Ok(relay::Spliced::Finished) => {
+            count("continued");
+            Ended::Done
+        }
+        Ok(relay::Spliced::ClientGone) => {
+            count("failed");
+            Ended::Done
+        }
+        Err(err) => {
+            log::warn!(
+                "request {}: mid-stream failover ({}) failed: {err}",
+                ctx.req.request_id,
+                reason.as_str()
+            );
+            count("failed");
+            Ended::NeedsTerminalError
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The continuation: another backend of the pool is asked to go on from the text the client
+//! already has, and its events are spliced into the client's stream under the original
+//! chunk identity, with one usage chunk counting every token and exactly one `[DONE]`.
+
+use super::eligible::{Eligible, Endpoint};
+use super::State;
+use crate::edge::{ctx::RequestCtx, Edge};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use pingora_proxy::Session;
+use serde_json::{json, Map, Value};
+use std::time::Instant;
+
+/// How a continuation ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spliced {
+    /// The stream was finished: usage (when asked) and `[DONE]` written.
+    Finished,
+    /// The client went away; the continuation request was dropped (the engine aborts).
+    ClientGone,
+}
+
+/// Why a continuation could not finish the stream.
+#[derive(Debug, thiserror::Error)]
+pub enum ContinueError {
+    /// No other healthy backend in the pool.
+    #[error("no other healthy backend in the pool")]
+    NoBackend,
+    /// The pool's backends are reached over TLS, which the continuation client does not speak.
+    #[error("the pool uses TLS; continuation requests are plain HTTP only")]
+    Tls,
+    /// The answer so far already used the request's token limit.
+    #[error("the token limit is already reached")]
+    NoTokensLeft,
+    /// Connecting, sending or reading failed.
+    #[error("{0}")]
+    Http(String),
+    /// Nothing within the first-token or idle timeout.
+    #[error("the continuation timed out")]
+    Timeout,
+    /// The engine answered with a status other than 200.
+    #[error("the continuation was answered {0}")]
+    Status(u16),
+    /// The continuation stream carried an error event.
+    #[error("the continuation stream carried an error")]
+    InBand,
+    /// The continuation stream ended without `[DONE]`.
+    #[error("the continuation stream ended without [DONE]")]
+    Eof,
+}
+
+/// The continuation's request body: the original one, continuing `text`.
+pub fn continuation_body(e: &Eligible, text: &str, tokens: u64) -> Result<Bytes, ContinueError> {
+    let mut body = e.body.clone();
+    for key in ["max_tokens", "max_completion_tokens"] {
+        if let Some(n) = body.get(key).and_then(Value::as_u64) {
+            let left = n.saturating_sub(tokens);
+            if left == 0 {
+                return Err(ContinueError::NoTokensLeft);
+            }
+            body.insert(key.to_owned(), left.into());
+        }
+    }
+    match e.endpoint {
+        Endpoint::Chat => {
+            if let Some(Value::Array(messages)) = body.get_mut("messages") {
+                messages.push(json!({"role": "assistant", "content": text}));
+            }
+            body.insert("continue_final_message".into(), true.into());
+            body.insert("add_generation_prompt".into(), false.into());
+        }
+        Endpoint::Completions => {
+            if let Some(Value::String(prompt)) = body.get_mut("prompt") {
+                prompt.push_str(text);
+            }
+        }
+    }
+    // The edge needs the engine's counts for the final usage chunk, asked for or not.
+    body.insert("stream_options".into(), json!({"include_usage": true}));
+    serde_json::to_vec(&body)
+        .map(Bytes::from)
+        .map_err(|e| ContinueError::Http(e.to_string()))
+}
+
+/// Aborts the connection task when the continuation is dropped (client gone, error), so the
+/// engine sees the close and stops generating.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Counts from the continuation's usage chunk.
+#[derive(Debug, Default)]
+struct Counts {
+    prompt: Option<u64>,
+    completion: Option<u64>,
+    tokens_seen: u64,
+}
+
+/// Re-issues the request to another backend and splices its answer into the client's stream.
+pub async fn continue_stream(
+    edge: &Edge,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    state: &State,
+    died_at: Instant,
+    route: &str,
+) -> Result<Spliced, ContinueError> {
+    let Ok(eligible) = &state.decision else {
+        return Err(ContinueError::NoBackend);
+    };
+    let t = &state.transcript;
+    let body = continuation_body(eligible, &t.text, t.tokens)?;
+    let (pi, _) = ctx.attempt.current.ok_or(ContinueError::NoBackend)?;
+    let pool = &edge.upstreams.pools[pi];
+    if pool.tls.is_some() {
+        return Err(ContinueError::Tls);
+    }
+    let bi = crate::upstream::select::pick(&pool.backends, |b| edge.skip(ctx, pi, b))
+        .ok_or(ContinueError::NoBackend)?;
+    let backend = &pool.backends[bi];
+    ctx.attempt.tried.push((pi, bi));
+    ctx.attempt.current = Some((pi, bi));
+    ctx.attempt.inflight = Some(backend.acquire());
+    let timeouts = &edge.timeouts;
+    let http = |e: &dyn std::fmt::Display| ContinueError::Http(format!("{}: {e}", backend.id));
+    let tcp = tokio::time::timeout(
+        timeouts.connect.0,
+        tokio::net::TcpStream::connect(backend.addr),
+    )
+    .await
+    .map_err(|_| ContinueError::Timeout)?
+    .map_err(|e| http(&e))?;
+    let _ = tcp.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| http(&e))?;
+    let _conn = AbortOnDrop(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    let mut req = http::Request::post(state.path.as_str())
+        .header(http::header::HOST, backend.id.as_str())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::ACCEPT, "text/event-stream")
+        .header(
+            crate::edge::request::REQUEST_ID,
+            ctx.req.request_id.as_str(),
+        );
+    if let Some(auth) = &pool.auth {
+        req = req.header(http::header::AUTHORIZATION, auth.clone());
+    }
+    for (name, value) in &ctx.effects.set_headers {
+        req = req.header(name.clone(), value.clone());
+    }
+    let req = req.body(Full::new(body)).map_err(|e| http(&e))?;
+    let resp = tokio::time::timeout(timeouts.first_token.0, sender.send_request(req))
+        .await
+        .map_err(|_| ContinueError::Timeout)?
+        .map_err(|e| http(&e))?;
+    if resp.status() != http::StatusCode::OK {
+        return Err(ContinueError::Status(resp.status().as_u16()));
+    }
+    let mut body = resp.into_body();
+    let mut splice = Splice {
+        identity: &t.identity,
+        chat: eligible.endpoint == Endpoint::Chat,
+        partial: Vec::new(),
+        counts: Counts::default(),
+        done: false,
+    };
+    let mut first_token = true;
+    // The first bytes wait for prefill (first_token); every later gap is bounded by idle.
+    let mut wait = timeouts.first_token.0;
+    while !splice.done {
+        let frame = match tokio::time::timeout(wait, body.frame()).await {
+            Err(_) => return Err(ContinueError::Timeout),
+            Ok(None) => break,
+            Ok(Some(f)) => f.map_err(|e| http(&e))?,
+        };
+        wait = timeouts.idle.0;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let (out, tokens) = splice.feed(&data)?;
+        if out.is_empty() {
+            continue;
+        }
+        if let Some(tap) = ctx.stream.tap.as_mut() {
+            tap.feed(&out, Instant::now(), &mut |_| {});
+        }
+        if session.write_response_body(Some(out), false).await.is_err() {
+            return Ok(Spliced::ClientGone);
+        }
+        if first_token && tokens > 0 {
+            first_token = false;
+            edge.metrics
+                .failover_gap
+                .with_label_values(&[route])
+                .observe(died_at.elapsed().as_secs_f64());
+        }
+    }
+    if !splice.done {
+        return Err(ContinueError::Eof);
+    }
+    let mut tail = BytesMut::new();
+    if eligible.include_usage {
+        let c = &splice.counts;
+        let before = t.tokens;
+        let completion = before + c.completion.unwrap_or(c.tokens_seen);
+        // The continuation's prompt held the generated text: its tokens are counted once, as
+        // completion tokens.
+        let prompt = c.prompt.unwrap_or(0).saturating_sub(before);
+        let object = t.object.clone().unwrap_or_else(|| {
+            Value::from(if splice.chat {
+                "chat.completion.chunk"
+            } else {
+                "text_completion"
+            })
+        });
+        let mut usage = Map::new();
+        usage.insert("object".into(), object);
+        for (k, v) in &t.identity {
+            usage.insert((*k).to_owned(), v.clone());
+        }
+        usage.insert("choices".into(), json!([]));
+        usage.insert(
+            "usage".into(),
+            json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}),
+        );
+        event(&mut tail, &Value::Object(usage));
+    }
+    tail.extend_from_slice(b"data: [DONE]\n\n");
+    let tail = tail.freeze();
+    if let Some(tap) = ctx.stream.tap.as_mut() {
+        tap.feed(&tail, Instant::now(), &mut |_| {});
+    }
+    if session.write_response_body(Some(tail), true).await.is_err() {
+        return Ok(Spliced::ClientGone);
+    }
+    Ok(Spliced::Finished)
+}
+
+fn event(out: &mut BytesMut, v: &Value) {
+    out.extend_from_slice(b"data: ");
+    // Serializing a Value into a Vec cannot fail.
+    let _ = serde_json::to_writer(bytes::BufMut::writer(&mut *out), v);
+    out.extend_from_slice(b"\n\n");
+}
+
+/// Rewrites the continuation's events for the client's stream.
+struct Splice<'a> {
+    identity: &'a [(&'static str, Value)],
+    chat: bool,
+    partial: Vec<u8>,
+    counts: Counts,
+    done: bool,
+}
+
+impl Splice<'_> {
+    /// The client's bytes for one chunk of the continuation, and the tokens they carry.
+    fn feed(&mut self, data: &[u8]) -> Result<(Bytes, u64), ContinueError> {
+        let mut out = BytesMut::new();
+        let mut tokens = 0;
+        self.partial.extend_from_slice(data);
+        let buf = std::mem::take(&mut self.partial);
+        let mut rest = &buf[..];
+        while let Some(pos) = memchr::memchr(b'\n', rest) {
+            let line = &rest[..pos];
+            rest = &rest[pos + 1..];
+            tokens += self.line(line.strip_suffix(b"\r").unwrap_or(line), &mut out)?;
+        }
+        self.partial = rest.to_vec();
+        Ok((out.freeze(), tokens))
+    }
+
+    fn line(&mut self, line: &[u8], out: &mut BytesMut) -> Result<u64, ContinueError> {
+        let Some(data) = line.strip_prefix(b"data:") else {
+            return Ok(0);
+        };
+        let data = data.strip_prefix(b" ").unwrap_or(data);
+        if data == b"[DONE]" {
+            self.done = true;
+            return Ok(0);
+        }
+        let Ok(Value::Object(mut chunk)) = serde_json::from_slice::<Value>(data) else {
+            return Ok(0);
+        };
+        if chunk.contains_key("error") {
+            return Err(ContinueError::InBand);
+        }
+        if let Some(u) = chunk.remove("usage").filter(|u| !u.is_null()) {
+            self.counts.prompt = u.get("prompt_tokens").and_then(Value::as_u64);
+            self.counts.completion = u.get("completion_tokens").and_then(Value::as_u64);
+        }
+        let Some(choice) = chunk
+            .get_mut("choices")
+            .and_then(|c| c.get_mut(0))
+            .and_then(Value::as_object_mut)
+        else {
+            // The usage chunk (no choices): replaced by the edge's own at the end.
+            return Ok(0);
+        };
+        let piece = if self.chat {
+            let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) else {
+                return Ok(0);
+            };
+            // The role was sent at the start of the original stream.
+            delta.remove("role");
+            let len = delta
+                .get("content")
+                .and_then(Value::as_str)
+                .map_or(0, str::len);
+            if len == 0 && choice.get("finish_reason").is_none_or(Value::is_null) {
+                return Ok(0);
+            }
+            len
+        } else {
+            choice
+                .get("text")
+                .and_then(Value::as_str)
+                .map_or(0, str::len)
+        };
+        let n = match choice.get("token_ids").and_then(Value::as_array) {
+            Some(ids) => ids.len() as u64,
+            None => u64::from(piece > 0),
+        };
+        self.counts.tokens_seen += n;
+        for (k, v) in self.identity {
+            chunk.insert((*k).to_owned(), v.clone());
+        }
+        event(out, &Value::Object(chunk));
+        Ok(n)
+    }
+}
