@@ -1,0 +1,296 @@
+//! Mid-stream failover with continuation (`mid_stream_failover: true`): an engine that dies
+//! after the first tokens is replaced by another backend of the pool, which continues the
+//! answer; the client sees one uninterrupted stream.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
+
+mod common;
+
+use common::embedded::{EdgeBuilder, Route, TestEdge};
+use common::*;
+use okome_sim::{Faults, SimHandle, SimKind};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+
+const MODEL: &str = "Qwen/Qwen3-8B";
+/// Tokens the dying engine sends before it dies.
+const BEFORE: u32 = 3;
+/// The answer's length: long enough that the death is mid-way.
+const MAX: u32 = 12;
+
+/// A pool of a dying backend and a healthy one; the route has failover on or off.
+async fn edge(dying: &SimHandle, good: &SimHandle, failover: bool) -> TestEdge {
+    let mut route = Route::to_pool("chat", "vllm").path_prefix("/v1/");
+    if failover {
+        route = route.set("mid_stream_failover", json!(true));
+    }
+    EdgeBuilder::new()
+        .pool("vllm", "vllm", &[dying.addr(), good.addr()])
+        .route(route)
+        .start()
+        .await
+}
+
+fn chat_body(max: u32, extra: &str) -> String {
+    format!(
+        r#"{{"model":"{MODEL}","stream":true,"stream_options":{{"include_usage":true}},"max_tokens":{max},"messages":[{{"role":"user","content":"hi"}}]{extra}}}"#
+    )
+}
+
+fn completion_body(max: u32) -> String {
+    format!(
+        r#"{{"model":"{MODEL}","stream":true,"stream_options":{{"include_usage":true}},"max_tokens":{max},"prompt":"Once upon a time"}}"#
+    )
+}
+
+/// The `data:` payloads of an SSE body, in order.
+fn events(body: &str) -> Vec<&str> {
+    body.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect()
+}
+
+/// The text of an SSE body (chat deltas' content, completions' text), the parsed chunks, the
+/// usage chunks and the number of `[DONE]`s.
+struct Parsed {
+    text: String,
+    chunks: Vec<Value>,
+    usages: Vec<Value>,
+    dones: usize,
+    errors: usize,
+}
+
+fn parse(body: &str) -> Parsed {
+    let mut p = Parsed {
+        text: String::new(),
+        chunks: Vec::new(),
+        usages: Vec::new(),
+        dones: 0,
+        errors: 0,
+    };
+    for e in events(body) {
+        if e == "[DONE]" {
+            p.dones += 1;
+            continue;
+        }
+        let v: Value = serde_json::from_str(e).unwrap_or_else(|err| panic!("{err}: {e}"));
+        if v.get("error").is_some() {
+            p.errors += 1;
+            continue;
+        }
+        if let Some(c) = v["choices"].get(0) {
+            let piece = c["delta"]["content"].as_str().or(c["text"].as_str());
+            p.text.push_str(piece.unwrap_or(""));
+        }
+        if !v["usage"].is_null() {
+            p.usages.push(v["usage"].clone());
+        }
+        p.chunks.push(v);
+    }
+    p
+}
+
+/// Sends `body` to `path` through the edge until one request reached `dying` (the pool picks
+/// one of two backends at random); returns that answer's body, and checks that every answer
+/// along the way was whole.
+async fn through_dying(edge: &TestEdge, dying: &SimHandle, path: &str, body: &str) -> String {
+    for _ in 0..40 {
+        let before = dying.stats().requests;
+        let resp = raw(edge.addr, &post(path, body)).await;
+        assert_eq!(status_of(&resp), 200, "{}", String::from_utf8_lossy(&resp));
+        let out = String::from_utf8_lossy(&body_of(&resp)).to_string();
+        if dying.stats().requests > before {
+            return out;
+        }
+    }
+    panic!("40 requests and none reached the dying backend");
+}
+
+/// What the healthy engine answers directly, uninterrupted, and what the dying one sends before
+/// it dies.
+async fn references(
+    dying: &SimHandle,
+    good: &SimHandle,
+    path: &str,
+    body: &str,
+) -> (String, String) {
+    let whole =
+        String::from_utf8_lossy(&body_of(&raw(good.addr(), &post(path, body)).await)).to_string();
+    let cut =
+        String::from_utf8_lossy(&body_of(&raw(dying.addr(), &post(path, body)).await)).to_string();
+    (whole, cut)
+}
+
+async fn dying_and_good(faults: Faults) -> (SimHandle, SimHandle) {
+    let dying = sim(SimKind::Vllm, |c| c.faults = faults).await;
+    let good = sim(SimKind::Vllm, |_| {}).await;
+    (dying, good)
+}
+
+fn drop_after() -> Faults {
+    Faults {
+        drop_after_tokens: Some(BEFORE),
+        ..Faults::default()
+    }
+}
+
+/// Asserts the spliced stream: the dying engine's bytes first (same tokens, byte for byte),
+/// then the rest of the uninterrupted answer, one id/model/created throughout, one usage chunk
+/// counting every token, no error, exactly one `[DONE]` at the very end.
+fn assert_spliced(via: &str, whole: &str, cut: &str) {
+    let (v, w, c) = (parse(via), parse(whole), parse(cut));
+    assert!(c.dones == 0 && c.errors == 0 && !c.text.is_empty(), "{cut}");
+    // Ids and clocks differ per request: compared normalized.
+    assert!(
+        normalize(via.as_bytes()).starts_with(&normalize(cut.as_bytes())),
+        "the client's stream must start with the dying engine's bytes:\nvia:\n{via}\ncut:\n{cut}"
+    );
+    assert_eq!(v.text, w.text, "via:\n{via}\nwhole:\n{whole}");
+    assert!(v.text.starts_with(&c.text) && v.text.len() > c.text.len());
+    assert_eq!(v.errors, 0, "{via}");
+    assert_eq!(v.dones, 1, "{via}");
+    assert!(via.ends_with("data: [DONE]\n\n"), "{via:?}");
+    let first = &v.chunks[0];
+    for ch in &v.chunks {
+        for k in ["id", "model", "created"] {
+            assert_eq!(ch[k], first[k], "{k} differs:\n{via}");
+        }
+    }
+    assert_eq!(v.usages.len(), 1, "{via}");
+    let (u, uw) = (&v.usages[0], &w.usages[0]);
+    assert_eq!(u["completion_tokens"], uw["completion_tokens"], "{via}");
+    let (p, n) = (
+        u["prompt_tokens"].as_u64().unwrap(),
+        u["completion_tokens"].as_u64().unwrap(),
+    );
+    assert_eq!(u["total_tokens"].as_u64(), Some(p + n), "{via}");
+    // The usage chunk is the last one before [DONE].
+    assert!(!v.chunks.last().unwrap()["usage"].is_null(), "{via}");
+}
+
+async fn assert_counted(edge: &TestEdge, reason: &str, outcome: &str) {
+    assert_eq!(
+        edge.metric(
+            "okome_failover_total",
+            &[("reason", reason), ("outcome", outcome)]
+        )
+        .await,
+        1.0,
+        "log:\n{}",
+        edge.log_text()
+    );
+    assert_eq!(edge.metric("okome_failover_total", &[]).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_killed_mid_stream_continues_on_the_other_backend() {
+    let (dying, good) = dying_and_good(drop_after()).await;
+    let edge = edge(&dying, &good, true).await;
+    let body = chat_body(MAX, "");
+    let (whole, cut) = references(&dying, &good, "/v1/chat/completions", &body).await;
+    assert_eq!(sse_tokens(&cut), BEFORE as usize, "{cut}");
+    let via = through_dying(&edge, &dying, "/v1/chat/completions", &body).await;
+    assert_spliced(&via, &whole, &cut);
+    assert_counted(&edge, "reset", "continued").await;
+    assert_eq!(
+        edge.metric("okome_failover_gap_seconds_count", &[]).await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_killed_mid_stream_continues_on_the_other_backend() {
+    let (dying, good) = dying_and_good(drop_after()).await;
+    let edge = edge(&dying, &good, true).await;
+    let body = completion_body(MAX);
+    let (whole, cut) = references(&dying, &good, "/v1/completions", &body).await;
+    let via = through_dying(&edge, &dying, "/v1/completions", &body).await;
+    assert_spliced(&via, &whole, &cut);
+    assert_counted(&edge, "reset", "continued").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_error_event_is_not_relayed_and_the_answer_continues() {
+    let (dying, good) = dying_and_good(Faults {
+        error_after_tokens: Some(BEFORE),
+        ..Faults::default()
+    })
+    .await;
+    let edge = edge(&dying, &good, true).await;
+    let body = chat_body(MAX, "");
+    let (whole, cut) = references(&dying, &good, "/v1/chat/completions", &body).await;
+    // The engine's own stream: tokens, its error event, its [DONE].
+    let error_at = cut
+        .find("data: {\"error\"")
+        .unwrap_or_else(|| panic!("{cut}"));
+    let via = through_dying(&edge, &dying, "/v1/chat/completions", &body).await;
+    assert_spliced(&via, &whole, &cut[..error_at]);
+    assert_counted(&edge, "in_band_error", "continued").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_call_request_gets_the_terminal_error_event() {
+    let (dying, good) = dying_and_good(drop_after()).await;
+    let edge = edge(&dying, &good, true).await;
+    let tools = r#","tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{}}}}]"#;
+    let body = chat_body(MAX, tools);
+    let via = through_dying(&edge, &dying, "/v1/chat/completions", &body).await;
+    let v = parse(&via);
+    assert_eq!(v.errors, 1, "{via}");
+    assert_eq!(v.dones, 1, "{via}");
+    assert!(via.ends_with("data: [DONE]\n\n"), "{via:?}");
+    assert_counted(&edge, "reset", "not_eligible").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_off_keeps_the_terminal_error_event() {
+    let (dying, good) = dying_and_good(drop_after()).await;
+    let edge = edge(&dying, &good, false).await;
+    let body = chat_body(MAX, "");
+    let via = through_dying(&edge, &dying, "/v1/chat/completions", &body).await;
+    let v = parse(&via);
+    assert_eq!(sse_tokens(&via), BEFORE as usize, "{via}");
+    assert_eq!((v.errors, v.dones), (1, 1), "{via}");
+    assert_eq!(edge.metric("okome_failover_total", &[]).await, 0.0);
+}
+
+/// The official OpenAI Python client reads the spliced stream as one clean answer (it raises
+/// on an error event) with one id and one usage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_client_sees_one_uninterrupted_answer() {
+    for mode in ["chat", "completions"] {
+        let (dying, good) = dying_and_good(drop_after()).await;
+        let edge = edge(&dying, &good, true).await;
+        let max = MAX.to_string();
+        let run = |addr: SocketAddr| {
+            let max = max.clone();
+            async move {
+                let out = python::run(
+                    "failover_stream.py",
+                    &[&format!("http://{addr}/v1"), mode, MODEL, &max],
+                )
+                .await;
+                serde_json::from_slice::<Value>(&out.stdout).unwrap()
+            }
+        };
+        let whole = run(good.addr()).await;
+        let mut via = Value::Null;
+        for _ in 0..40 {
+            let before = dying.stats().requests;
+            via = run(edge.addr).await;
+            if dying.stats().requests > before {
+                break;
+            }
+        }
+        assert_counted(&edge, "reset", "continued").await;
+        assert_eq!(via["text"], whole["text"], "{mode}: {via}");
+        for k in ["ids", "models", "created"] {
+            let list = via[k].as_array().unwrap();
+            assert!(list.iter().all(|x| *x == list[0]), "{mode} {k}: {via}");
+        }
+        assert_eq!(via["usages"].as_array().map(Vec::len), Some(1), "{via}");
+        assert_eq!(
+            via["usages"][0]["completion_tokens"], whole["usages"][0]["completion_tokens"],
+            "{mode}: {via}"
+        );
+    }
+}
