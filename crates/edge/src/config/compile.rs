@@ -1175,6 +1175,25 @@ pools:
     }
 
     #[test]
+    fn mid_stream_failover_is_for_openai_engine_pools() {
+        let c = compile_text(&format!(
+            "{BASE}routes: [{{name: r, pool: zeta, mid_stream_failover: true}}]\n"
+        ))
+        .unwrap();
+        assert!(c.routes[0].mid_stream_failover);
+        let problems = compile_text(&format!(
+            "{BASE}routes:\n  - name: r\n    pool: zeta\n    fallback: [alpha]\n    mid_stream_failover: true\n"
+        ))
+        .unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.line == 9
+                && p.key == "routes[0].mid_stream_failover"
+                && p.message.contains("\"alpha\" is not a vllm or openai pool")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
     fn grpc_port_is_for_tfserving_pools() {
         let c = compile_text(&format!(
             "{BASE}  tf: {{kind: tfserving, backends: [127.0.0.1:8501], models: [m], grpc_port: 8500}}\nroutes: [{{name: r, pool: tf}}]\n"
