@@ -90,16 +90,25 @@ fn parse(body: &str) -> Parsed {
 }
 
 /// Sends `body` to `path` through the edge until one request reached `dying` (the pool picks
-/// one of two backends at random); returns that answer's body, and checks that every answer
-/// along the way was whole.
+/// one of two backends at random); returns that answer's body.
 async fn through_dying(edge: &TestEdge, dying: &SimHandle, path: &str, body: &str) -> String {
-    for _ in 0..40 {
+    through_dying_counted(edge, dying, path, body).await.0
+}
+
+/// [`through_dying`], also returning the number of requests sent.
+async fn through_dying_counted(
+    edge: &TestEdge,
+    dying: &SimHandle,
+    path: &str,
+    body: &str,
+) -> (String, usize) {
+    for sent in 1..=40 {
         let before = dying.stats().requests;
         let resp = raw(edge.addr, &post(path, body)).await;
         assert_eq!(status_of(&resp), 200, "{}", String::from_utf8_lossy(&resp));
         let out = String::from_utf8_lossy(&body_of(&resp)).to_string();
         if dying.stats().requests > before {
-            return out;
+            return (out, sent);
         }
     }
     panic!("40 requests and none reached the dying backend");
@@ -188,12 +197,28 @@ async fn chat_killed_mid_stream_continues_on_the_other_backend() {
     let body = chat_body(MAX, "");
     let (whole, cut) = references(&dying, &good, "/v1/chat/completions", &body).await;
     assert_eq!(sse_tokens(&cut), BEFORE as usize, "{cut}");
-    let via = through_dying(&edge, &dying, "/v1/chat/completions", &body).await;
+    let (via, sent) = through_dying_counted(&edge, &dying, "/v1/chat/completions", &body).await;
     assert_spliced(&via, &whole, &cut);
     assert_counted(&edge, "reset", "continued").await;
     assert_eq!(
         edge.metric("okome_failover_gap_seconds_count", &[]).await,
         1.0
+    );
+    // The client got a whole answer: the stream counts as completed, not as failed.
+    assert!(
+        eventually(10, || async {
+            edge.metric("okome_streams_total", &[("outcome", "completed")])
+                .await
+                == sent as f64
+        })
+        .await,
+        "log:\n{}",
+        edge.log_text()
+    );
+    assert_eq!(
+        edge.metric("okome_streams_total", &[("outcome", "upstream_error")])
+            .await,
+        0.0
     );
 }
 
@@ -403,6 +428,14 @@ async fn client_gone_during_the_continuation_aborts_it() {
         );
         if dying.stats().requests > requests {
             assert_counted(&edge, "reset", "failed").await;
+            assert!(
+                eventually(10, || async {
+                    edge.metric("okome_streams_total", &[("outcome", "client_disconnect")])
+                        .await
+                        >= 1.0
+                })
+                .await
+            );
             return;
         }
     }

@@ -155,6 +155,8 @@ pub struct StreamState {
     pub gap_hist: Option<prometheus::Histogram>,
     /// TTFT already observed.
     pub ttft_recorded: bool,
+    /// How a mid-stream failover's continuation ended the stream, when one did.
+    pub spliced: Option<crate::failover::relay::Spliced>,
 }
 
 /// What the client got.

@@ -162,7 +162,9 @@ pub async fn on_fail(edge: &Edge, session: &mut Session, e: &Error, ctx: &mut Re
         count("not_eligible");
         return Ended::NeedsTerminalError;
     }
-    match relay::continue_stream(edge, session, ctx, &state, died_at, &route).await {
+    let result = relay::continue_stream(edge, session, ctx, &state, died_at, &route).await;
+    ctx.stream.spliced = result.as_ref().ok().copied();
+    match result {
         Ok(relay::Spliced::Finished) => {
             count("continued");
             Ended::Done

@@ -266,14 +266,17 @@ impl Splice<'_> {
         let mut out = BytesMut::new();
         let mut tokens = 0;
         self.partial.extend_from_slice(data);
-        let buf = std::mem::take(&mut self.partial);
-        let mut rest = &buf[..];
-        while let Some(pos) = memchr::memchr(b'\n', rest) {
-            let line = &rest[..pos];
-            rest = &rest[pos + 1..];
+        // Taken out so the lines can borrow it while `self` is updated; the unfinished tail
+        // stays in it for the next chunk.
+        let mut buf = std::mem::take(&mut self.partial);
+        let mut used = 0;
+        while let Some(pos) = memchr::memchr(b'\n', &buf[used..]) {
+            let line = &buf[used..used + pos];
+            used += pos + 1;
             tokens += self.line(line.strip_suffix(b"\r").unwrap_or(line), &mut out)?;
         }
-        self.partial = rest.to_vec();
+        buf.drain(..used);
+        self.partial = buf;
         Ok((out.freeze(), tokens))
     }
 
