@@ -482,3 +482,66 @@ async fn failover_gap_is_measured() {
         c[c.len() - 1],
     );
 }
+
+/// The continuation is an upstream request like any other: the client's credentials stay at the
+/// edge, the pool's own key goes along, and so do the request id and the forwarding headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_continuation_follows_the_upstream_header_policy() {
+    let key = |c: &mut okome_sim::SimConfig| c.api_key = Some("engine-secret".into());
+    let dying = sim(SimKind::Vllm, |c| {
+        key(c);
+        c.faults = drop_after();
+    })
+    .await;
+    let good = sim(SimKind::Vllm, key).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("vllm.key");
+    std::fs::write(&key_file, "engine-secret\n").unwrap();
+    let edge = EdgeBuilder::new()
+        .pool_with(
+            "vllm",
+            "vllm",
+            &[dying.addr(), good.addr()],
+            json!({"api_key": {"file": key_file}}),
+        )
+        .route(
+            Route::to_pool("chat", "vllm")
+                .path_prefix("/v1/")
+                .set("mid_stream_failover", json!(true)),
+        )
+        .start()
+        .await;
+    let body = chat_body(MAX, "");
+    for n in 0..40 {
+        let id = format!("failover-{n}");
+        let req = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Authorization: Bearer client-secret\r\nx-api-key: client-key\r\nx-request-id: {id}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let before = dying.stats().requests;
+        let resp = raw(edge.addr, req.as_bytes()).await;
+        assert_eq!(status_of(&resp), 200, "{}", String::from_utf8_lossy(&resp));
+        if dying.stats().requests == before {
+            continue;
+        }
+        let via = String::from_utf8_lossy(&body_of(&resp)).to_string();
+        assert_eq!((parse(&via).errors, parse(&via).dones), (0, 1), "{via}");
+        assert_counted(&edge, "reset", "continued").await;
+        let st = good.stats();
+        assert_eq!(st.last_request_id.as_deref(), Some(id.as_str()));
+        assert_eq!(
+            st.last_credentials,
+            vec!["authorization: Bearer engine-secret".to_owned()]
+        );
+        assert!(
+            st.last_forwarded
+                .contains(&"x-forwarded-for: 127.0.0.1".to_owned()),
+            "{:?}",
+            st.last_forwarded
+        );
+        return;
+    }
+    panic!("40 requests and none reached the dying backend");
+}

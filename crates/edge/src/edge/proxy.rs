@@ -141,8 +141,9 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let edge = Arc::clone(&ctx.edge);
-        let path = session.req_header().uri.path();
-        response::on_response_header(&edge, resp, path, ctx);
+        let uri = &session.req_header().uri;
+        let target = uri.path_and_query().map_or("/", |p| p.as_str());
+        response::on_response_header(&edge, resp, uri.path(), target, ctx);
         Ok(())
     }
 

@@ -56,6 +56,7 @@ pub fn on_response_header(
     edge: &Edge,
     resp: &mut ResponseHeader,
     path: &str,
+    target: &str,
     ctx: &mut RequestCtx,
 ) {
     ctx.reply.status = resp.status.as_u16();
@@ -81,7 +82,7 @@ pub fn on_response_header(
         .is_some_and(|r| edge.routes.routes[r].mid_stream_failover);
     if failover && format == Format::Sse && ctx.reply.status == 200 {
         let body = body.as_deref().unwrap_or_default();
-        ctx.failover = Some(Box::new(crate::failover::State::new(path, body)));
+        ctx.failover = Some(Box::new(crate::failover::State::new(path, target, body)));
     }
     let labels = edge.stream_labels(ctx);
     ctx.stream.gap_hist = Some(

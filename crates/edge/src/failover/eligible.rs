@@ -33,6 +33,9 @@ pub enum NotEligible {
     /// The completion prompt is not one string (token ids, batches).
     #[error("the prompt is not a single string")]
     Prompt,
+    /// Per-chunk usage or an echoed prompt would count or show the continuation's own prompt.
+    #[error("the request asks for per-chunk usage or an echoed prompt")]
+    Echo,
     /// The stream carried a tool call.
     #[error("the answer carries tool calls")]
     ToolCallSeen,
@@ -91,6 +94,14 @@ pub fn check(path: &str, body: &[u8]) -> Result<Eligible, NotEligible> {
     };
     if logprobs || set("top_logprobs") {
         return Err(NotEligible::Logprobs);
+    }
+    let continuous = body
+        .get("stream_options")
+        .and_then(|o| o.get("continuous_usage_stats"))
+        .and_then(Value::as_bool)
+        == Some(true);
+    if continuous || body.get("echo").and_then(Value::as_bool) == Some(true) {
+        return Err(NotEligible::Echo);
     }
     match endpoint {
         Endpoint::Chat if !body.get("messages").is_some_and(Value::is_array) => {
@@ -154,6 +165,18 @@ mod tests {
             Some(NotEligible::Prompt)
         );
         assert!(check("/v1/completions", br#"{"stream":true,"prompt":"a"}"#).is_ok());
+        assert_eq!(
+            check(
+                "/v1/completions",
+                br#"{"stream":true,"prompt":"a","echo":true}"#
+            )
+            .err(),
+            Some(NotEligible::Echo)
+        );
+        assert_eq!(
+            no(r#"{"stream":true,"messages":[],"stream_options":{"continuous_usage_stats":true}}"#),
+            Some(NotEligible::Echo)
+        );
         assert!(check(
             CHAT,
             br#"{"stream":true,"messages":[],"response_format":{"type":"text"},"logprobs":false}"#

@@ -56,19 +56,19 @@ pub struct State {
     /// When and why the stream was found dead in the body filter (a reset or timeout is found
     /// by Pingora: the time is then that of `fail_to_proxy`).
     pub died: Option<(Instant, Reason)>,
-    /// The path the request was sent to (the continuation goes to the same endpoint).
+    /// The target (path and query) the request was sent to: the continuation goes there too.
     pub path: String,
 }
 
 impl State {
-    /// State for a stream of the request to `path` with `body`.
-    pub fn new(path: &str, body: &[u8]) -> Self {
+    /// State for a stream of the request to `path` (`target`: with the query) with `body`.
+    pub fn new(path: &str, target: &str, body: &[u8]) -> Self {
         State {
             decision: eligible::check(path, body),
             transcript: Transcript::default(),
             pending: None,
             died: None,
-            path: path.to_owned(),
+            path: target.to_owned(),
         }
     }
 

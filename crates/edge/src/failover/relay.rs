@@ -126,15 +126,25 @@ pub async fn continue_stream(
     ctx.attempt.tried.push((pi, bi));
     ctx.attempt.current = Some((pi, bi));
     ctx.attempt.inflight = Some(backend.acquire());
+    let req = request(edge, session, ctx, &state.path, body)?;
     let timeouts = &edge.timeouts;
     let http = |e: &dyn std::fmt::Display| ContinueError::Http(format!("{}: {e}", backend.id));
-    let tcp = tokio::time::timeout(
+    let tcp = match tokio::time::timeout(
         timeouts.connect.0,
         tokio::net::TcpStream::connect(backend.addr),
     )
     .await
-    .map_err(|_| ContinueError::Timeout)?
-    .map_err(|e| http(&e))?;
+    {
+        Ok(Ok(tcp)) => tcp,
+        failed => {
+            // As for any attempt: an unreachable backend is taken out of rotation at once.
+            backend.record_failure(&pool.ejection, "connect (mid-stream failover)", true);
+            return Err(match failed {
+                Ok(Err(e)) => http(&e),
+                _ => ContinueError::Timeout,
+            });
+        }
+    };
     let _ = tcp.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
@@ -142,27 +152,18 @@ pub async fn continue_stream(
     let _conn = AbortOnDrop(tokio::spawn(async move {
         let _ = conn.await;
     }));
-    let mut req = http::Request::post(state.path.as_str())
-        .header(http::header::HOST, backend.id.as_str())
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::ACCEPT, "text/event-stream")
-        .header(
-            crate::edge::request::REQUEST_ID,
-            ctx.req.request_id.as_str(),
-        );
-    if let Some(auth) = &pool.auth {
-        req = req.header(http::header::AUTHORIZATION, auth.clone());
-    }
-    for (name, value) in &ctx.effects.set_headers {
-        req = req.header(name.clone(), value.clone());
-    }
-    let req = req.body(Full::new(body)).map_err(|e| http(&e))?;
     let resp = tokio::time::timeout(timeouts.first_token.0, sender.send_request(req))
         .await
         .map_err(|_| ContinueError::Timeout)?
         .map_err(|e| http(&e))?;
-    if resp.status() != http::StatusCode::OK {
-        return Err(ContinueError::Status(resp.status().as_u16()));
+    let status = resp.status().as_u16();
+    if status >= 500 {
+        backend.record_failure(&pool.ejection, &format!("answered {status}"), false);
+    } else {
+        backend.record_success();
+    }
+    if status != 200 {
+        return Err(ContinueError::Status(status));
     }
     let mut body = resp.into_body();
     let mut splice = Splice {
@@ -242,6 +243,41 @@ pub async fn continue_stream(
         return Ok(Spliced::ClientGone);
     }
     Ok(Spliced::Finished)
+}
+
+/// Headers of the client's request the continuation does not carry: hop-by-hop and framing
+/// (it has its own), and encodings (the edge reads the answer).
+const NOT_SENT: [http::HeaderName; 7] = [
+    http::header::ACCEPT_ENCODING,
+    http::header::CONNECTION,
+    http::header::TE,
+    http::header::UPGRADE,
+    http::header::TRANSFER_ENCODING,
+    http::header::CONTENT_LENGTH,
+    http::HeaderName::from_static("keep-alive"),
+];
+
+/// The continuation request: the client's request head under the same policy as any upstream
+/// attempt ([`crate::edge::upstream_request::prepare`]: no client credentials, the pool's key,
+/// the forwarding headers, the route's header effects), with the continuation body.
+fn request(
+    edge: &Edge,
+    session: &Session,
+    ctx: &RequestCtx,
+    path: &str,
+    body: Bytes,
+) -> Result<http::Request<Full<Bytes>>, ContinueError> {
+    let mut head = session.req_header().clone();
+    for name in &NOT_SENT {
+        head.remove_header(name);
+    }
+    crate::edge::upstream_request::prepare(edge, &mut head, ctx)
+        .map_err(|e| ContinueError::Http(e.to_string()))?;
+    let mut req = http::Request::post(path)
+        .body(Full::new(body))
+        .map_err(|e| ContinueError::Http(e.to_string()))?;
+    *req.headers_mut() = head.headers.clone();
+    Ok(req)
 }
 
 fn event(out: &mut BytesMut, v: &Value) {
