@@ -184,3 +184,42 @@ pub async fn on_fail(edge: &Edge, session: &mut Session, e: &Error, ctx: &mut Re
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHAT: &[u8] = br#"{"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    const TOKEN: &[u8] =
+        b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+
+    #[test]
+    fn an_end_without_done_or_an_error_event_fails_and_holds_the_bytes_back() {
+        let mut s = State::new("/v1/chat/completions", "/v1/chat/completions", CHAT);
+        let mut body = Some(Bytes::from_static(TOKEN));
+        assert!(s.on_body(&mut body, false).is_ok());
+        assert_eq!(body.as_deref(), Some(TOKEN));
+        let mut body = Some(Bytes::from_static(TOKEN));
+        assert!(s.on_body(&mut body, true).is_err());
+        assert_eq!((body, s.pending.as_deref()), (None, Some(TOKEN)));
+        assert_eq!(s.died.map(|d| d.1), Some(Reason::Eof));
+
+        let mut s = State::new("/v1/chat/completions", "/v1/chat/completions", CHAT);
+        let mut chunk = TOKEN.to_vec();
+        chunk.extend_from_slice(b"data: {\"error\":{\"message\":\"boom\"}}\n\ndata: [DONE]\n\n");
+        let mut body = Some(Bytes::from(chunk));
+        assert!(s.on_body(&mut body, false).is_err());
+        assert_eq!((body, s.pending.as_deref()), (None, Some(TOKEN)));
+        assert_eq!(s.died.map(|d| d.1), Some(Reason::InBandError));
+        assert_eq!(s.transcript.text, "Hi");
+    }
+
+    #[test]
+    fn a_request_that_is_not_eligible_is_relayed_as_it_comes() {
+        let tools = br#"{"stream":true,"messages":[],"tools":[{"type":"function"}]}"#;
+        let mut s = State::new("/v1/chat/completions", "/v1/chat/completions", tools);
+        let mut body = Some(Bytes::from_static(TOKEN));
+        assert!(s.on_body(&mut body, true).is_ok());
+        assert_eq!(body.as_deref(), Some(TOKEN));
+    }
+}

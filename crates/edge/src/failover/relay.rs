@@ -375,3 +375,83 @@ impl Splice<'_> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failover::eligible;
+
+    #[test]
+    fn the_continuation_asks_for_the_rest_of_the_answer() {
+        let e = eligible::check(
+            "/v1/chat/completions",
+            br#"{"stream":true,"max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .unwrap();
+        let b: Value =
+            serde_json::from_slice(&continuation_body(&e, "Hello own", 2).unwrap()).unwrap();
+        assert_eq!(b["max_tokens"], 8);
+        assert_eq!(
+            b["messages"][1],
+            json!({"role": "assistant", "content": "Hello own"})
+        );
+        assert_eq!(b["continue_final_message"], true);
+        assert_eq!(b["add_generation_prompt"], false);
+        assert_eq!(b["stream_options"]["include_usage"], true);
+        assert!(matches!(
+            continuation_body(&e, "x", 10),
+            Err(ContinueError::NoTokensLeft)
+        ));
+        let e = eligible::check(
+            "/v1/completions",
+            br#"{"stream":true,"max_completion_tokens":4,"prompt":"Once"}"#,
+        )
+        .unwrap();
+        let b: Value = serde_json::from_slice(&continuation_body(&e, " upon", 1).unwrap()).unwrap();
+        assert_eq!(
+            (b["prompt"].as_str(), b["max_completion_tokens"].as_u64()),
+            (Some("Once upon"), Some(3))
+        );
+    }
+
+    #[test]
+    fn the_splice_drops_the_preamble_usage_and_done_and_keeps_the_identity() {
+        let identity = [("id", json!("orig")), ("created", json!(1))];
+        let mut s = Splice {
+            identity: &identity,
+            chat: true,
+            partial: Vec::new(),
+            counts: Counts::default(),
+            done: false,
+        };
+        let stream = b"data: {\"id\":\"new\",\"created\":2,\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n\
+data: {\"id\":\"new\",\"created\":2,\"choices\":[{\"index\":0,\"delta\":{\"content\":\" I\"},\"finish_reason\":null}]}\n\n\
+data: {\"id\":\"new\",\"created\":2,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\"},\"finish_reason\":\"stop\"}]}\n\n\
+data: {\"id\":\"new\",\"created\":2,\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":2,\"total_tokens\":14}}\n\n\
+data: [DONE]\n\n";
+        let mut out = Vec::new();
+        let mut tokens = 0;
+        for c in stream.chunks(7) {
+            let (b, n) = s.feed(c).unwrap();
+            out.extend_from_slice(&b);
+            tokens += n;
+        }
+        let out = String::from_utf8(out).unwrap();
+        let events: Vec<Value> = out
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        assert_eq!(events.len(), 2, "{out}");
+        assert!(events
+            .iter()
+            .all(|e| e["id"] == "orig" && e["created"] == 1));
+        assert_eq!(events[0]["choices"][0]["delta"], json!({"content": " I"}));
+        assert_eq!(events[1]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(tokens, 1);
+        assert!(s.done);
+        assert_eq!((s.counts.prompt, s.counts.completion), (Some(12), Some(2)));
+        let err = s.feed(b"data: {\"error\":{\"message\":\"x\"}}\n\n");
+        assert!(matches!(err, Err(ContinueError::InBand)));
+    }
+}

@@ -2,7 +2,10 @@
 //! identity, the tokens, and whether the stream ended properly. Parses each SSE event's JSON
 //! (only on routes that turned failover on).
 
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// What a chunk of the original stream held, as far as failover cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,46 +81,69 @@ impl Transcript {
             self.done = true;
             return false;
         }
-        let Ok(v) = serde_json::from_slice::<Value>(data) else {
+        if self.identity.is_empty() {
+            // Once per stream: the fields stamped on every continued chunk.
+            if let Ok(Value::Object(v)) = serde_json::from_slice::<Value>(data) {
+                if v.contains_key("error") {
+                    return true;
+                }
+                self.object = v.get("object").cloned();
+                self.identity = IDENTITY
+                    .iter()
+                    .filter_map(|&k| v.get(k).map(|x| (k, x.clone())))
+                    .collect();
+            }
+        }
+        // Per token: a typed, borrowing parse (the text is copied once, into `text`).
+        let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
             return false;
         };
-        if v.get("error").is_some() {
+        if chunk.error.is_some() {
             return true;
         }
-        if self.identity.is_empty() {
-            self.object = v.get("object").cloned();
-            self.identity = IDENTITY
-                .iter()
-                .filter_map(|&k| v.get(k).map(|x| (k, x.clone())))
-                .collect();
-        }
-        let Some(choice) = v.get("choices").and_then(|c| c.get(0)) else {
+        let Some(choice) = chunk.choices.first() else {
             return false;
         };
-        let delta = choice.get("delta");
-        if delta
-            .and_then(|d| d.get("tool_calls"))
-            .is_some_and(|t| !t.is_null())
-        {
+        let delta = choice.delta.as_ref();
+        if delta.is_some_and(|d| d.tool_calls.is_some()) {
             self.tool_calls = true;
         }
         let piece = delta
-            .and_then(|d| d.get("content"))
-            .or_else(|| choice.get("text"))
-            .and_then(Value::as_str)
+            .and_then(|d| d.content.as_deref())
+            .or(choice.text.as_deref())
             .unwrap_or_default();
-        let ids = choice
-            .get("token_ids")
-            .and_then(Value::as_array)
-            .map(Vec::len);
-        match ids {
-            Some(n) => self.tokens += n as u64,
+        match &choice.token_ids {
+            Some(ids) => self.tokens += ids.len() as u64,
             None if !piece.is_empty() => self.tokens += 1,
             None => {}
         }
         self.text.push_str(piece);
         false
     }
+}
+
+/// What the transcript reads of a chat or completions chunk.
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    error: Option<IgnoredAny>,
+    #[serde(borrow, default)]
+    choices: Vec<Choice<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(borrow)]
+    delta: Option<Delta<'a>>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+    token_ids: Option<Vec<IgnoredAny>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow)]
+    content: Option<Cow<'a, str>>,
+    tool_calls: Option<IgnoredAny>,
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {
@@ -149,5 +175,19 @@ data: {\"id\":\"c-1\",\"created\":7,\"model\":\"m\",\"choices\":[{\"index\":0,\"
         let at = chunk.len() - b"data: {\"error\":{\"message\":\"x\"}}\n\n".len();
         assert_eq!(t.feed(chunk), Seen::Error(at));
         assert_eq!(t.text, "a");
+    }
+
+    #[test]
+    fn token_ids_count_and_tool_calls_are_seen() {
+        let mut t = Transcript::default();
+        t.feed(b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"text\":\"ab\",\"token_ids\":[5,6]}]}\n\n");
+        assert_eq!((t.tokens, t.text.as_str(), t.tool_calls), (2, "ab", false));
+        t.feed(
+            b"data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0}]}}]}\n\n",
+        );
+        assert!(t.tool_calls);
+        t.feed(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\\\"q\\\"\",\"tool_calls\":null}}]}\n\ndata: [DONE]\n\n");
+        assert_eq!(t.text, "ab\"q\"");
+        assert!(t.done);
     }
 }
