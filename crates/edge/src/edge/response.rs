@@ -109,7 +109,8 @@ pub fn on_body(
     Ok(())
 }
 
-fn tap_body(edge: &Edge, body: &Option<Bytes>, ctx: &mut RequestCtx) {
+/// Feeds bytes written to the client to the tap (tokens, gaps, TTFT).
+pub fn tap_body(edge: &Edge, body: &Option<Bytes>, ctx: &mut RequestCtx) {
     let (Some(tap), Some(chunk)) = (ctx.stream.tap.as_mut(), body.as_ref()) else {
         return;
     };

@@ -138,31 +138,36 @@ pub async fn on_fail(edge: &Edge, session: &mut Session, e: &Error, ctx: &mut Re
             .with_label_values(&[route.as_str(), reason.as_str(), outcome])
             .inc();
     };
-    if let Some(bytes) = state.pending.take().filter(|b| !b.is_empty()) {
-        if let Some(tap) = ctx.stream.tap.as_mut() {
-            tap.feed(&bytes, Instant::now(), &mut |_| {});
-        }
-        if session
-            .write_response_body(Some(bytes), false)
-            .await
-            .is_err()
-        {
+    // The bytes of the failing chunk before the failure are the client's, whatever comes next.
+    let pending = state.pending.take().filter(|b| !b.is_empty());
+    if pending.is_some() {
+        crate::edge::response::tap_body(edge, &pending, ctx);
+        if session.write_response_body(pending, false).await.is_err() {
+            count("failed");
             return Ended::Done;
         }
     }
-    let decision = match state.decision {
-        Ok(_) if state.transcript.tool_calls => Err(NotEligible::ToolCallSeen),
-        ref d => d.as_ref().map(|_| ()).map_err(|e| *e),
+    let eligible = match (&state.decision, state.transcript.tool_calls) {
+        (Ok(e), false) => e,
+        (Ok(_), true) | (Err(_), _) => {
+            let why = state.decision.as_ref().err().copied();
+            let why = why.unwrap_or(NotEligible::ToolCallSeen);
+            log::info!(
+                "request {}: no mid-stream failover: {why}",
+                ctx.req.request_id
+            );
+            count("not_eligible");
+            return Ended::NeedsTerminalError;
+        }
     };
-    if let Err(why) = decision {
-        log::info!(
-            "request {}: no mid-stream failover: {why}",
-            ctx.req.request_id
-        );
-        count("not_eligible");
-        return Ended::NeedsTerminalError;
-    }
-    let result = relay::continue_stream(edge, session, ctx, &state, died_at, &route).await;
+    let job = relay::Continuation {
+        eligible,
+        transcript: &state.transcript,
+        target: &state.path,
+        died_at,
+        route: &route,
+    };
+    let result = relay::continue_stream(edge, session, ctx, &job).await;
     ctx.stream.spliced = result.as_ref().ok().copied();
     match result {
         Ok(relay::Spliced::Finished) => {

@@ -3,7 +3,7 @@
 //! chunk identity, with one usage chunk counting every token and exactly one `[DONE]`.
 
 use super::eligible::{Eligible, Endpoint};
-use super::State;
+use super::transcript::Transcript;
 use crate::edge::{ctx::RequestCtx, Edge};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
@@ -101,19 +101,29 @@ struct Counts {
     tokens_seen: u64,
 }
 
+/// What a continuation needs to know.
+#[derive(Debug)]
+pub struct Continuation<'a> {
+    /// The original request.
+    pub eligible: &'a Eligible,
+    /// What the client got so far.
+    pub transcript: &'a Transcript,
+    /// Path and query of the original request.
+    pub target: &'a str,
+    /// When the engine's death was noticed (the gap metric's start).
+    pub died_at: Instant,
+    /// The route's name (metric label).
+    pub route: &'a str,
+}
+
 /// Re-issues the request to another backend and splices its answer into the client's stream.
 pub async fn continue_stream(
     edge: &Edge,
     session: &mut Session,
     ctx: &mut RequestCtx,
-    state: &State,
-    died_at: Instant,
-    route: &str,
+    job: &Continuation<'_>,
 ) -> Result<Spliced, ContinueError> {
-    let Ok(eligible) = &state.decision else {
-        return Err(ContinueError::NoBackend);
-    };
-    let t = &state.transcript;
+    let (eligible, t) = (job.eligible, job.transcript);
     let body = continuation_body(eligible, &t.text, t.tokens)?;
     let (pi, _) = ctx.attempt.current.ok_or(ContinueError::NoBackend)?;
     let pool = &edge.upstreams.pools[pi];
@@ -126,7 +136,7 @@ pub async fn continue_stream(
     ctx.attempt.tried.push((pi, bi));
     ctx.attempt.current = Some((pi, bi));
     ctx.attempt.inflight = Some(backend.acquire());
-    let req = request(edge, session, ctx, &state.path, body)?;
+    let req = request(edge, session, ctx, job.target, body)?;
     let timeouts = &edge.timeouts;
     let http = |e: &dyn std::fmt::Display| ContinueError::Http(format!("{}: {e}", backend.id));
     let tcp = match tokio::time::timeout(
@@ -190,18 +200,17 @@ pub async fn continue_stream(
         if out.is_empty() {
             continue;
         }
-        if let Some(tap) = ctx.stream.tap.as_mut() {
-            tap.feed(&out, Instant::now(), &mut |_| {});
-        }
-        if session.write_response_body(Some(out), false).await.is_err() {
+        let out = Some(out);
+        crate::edge::response::tap_body(edge, &out, ctx);
+        if session.write_response_body(out, false).await.is_err() {
             return Ok(Spliced::ClientGone);
         }
         if first_token && tokens > 0 {
             first_token = false;
             edge.metrics
                 .failover_gap
-                .with_label_values(&[route])
-                .observe(died_at.elapsed().as_secs_f64());
+                .with_label_values(&[job.route])
+                .observe(job.died_at.elapsed().as_secs_f64());
         }
     }
     if !splice.done {
@@ -235,11 +244,9 @@ pub async fn continue_stream(
         event(&mut tail, &Value::Object(usage));
     }
     tail.extend_from_slice(b"data: [DONE]\n\n");
-    let tail = tail.freeze();
-    if let Some(tap) = ctx.stream.tap.as_mut() {
-        tap.feed(&tail, Instant::now(), &mut |_| {});
-    }
-    if session.write_response_body(Some(tail), true).await.is_err() {
+    let tail = Some(tail.freeze());
+    crate::edge::response::tap_body(edge, &tail, ctx);
+    if session.write_response_body(tail, true).await.is_err() {
         return Ok(Spliced::ClientGone);
     }
     Ok(Spliced::Finished)
