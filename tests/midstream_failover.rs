@@ -545,3 +545,48 @@ async fn the_continuation_follows_the_upstream_header_policy() {
     }
     panic!("40 requests and none reached the dying backend");
 }
+
+/// At most one failover per stream: a continuation that dies too ends the stream with the
+/// terminal error event, after every token that reached the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuation_that_dies_too_ends_with_the_terminal_error() {
+    let (a, b) = dying_and_good(drop_after()).await;
+    b.set_faults(drop_after());
+    let edge = edge(&a, &b, true).await;
+    let resp = raw(
+        edge.addr,
+        &post("/v1/chat/completions", &chat_body(MAX, "")),
+    )
+    .await;
+    assert_eq!(status_of(&resp), 200);
+    let via = String::from_utf8_lossy(&body_of(&resp)).to_string();
+    let v = parse(&via);
+    assert_eq!(sse_tokens(&via), 2 * BEFORE as usize, "{via}");
+    assert_eq!((v.errors, v.dones, v.usages.len()), (1, 1, 0), "{via}");
+    assert!(via.ends_with("data: [DONE]\n\n"), "{via:?}");
+    assert_counted(&edge, "reset", "failed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_without_another_backend_ends_with_the_terminal_error() {
+    let dying = sim(SimKind::Vllm, |c| c.faults = drop_after()).await;
+    let edge = EdgeBuilder::new()
+        .pool("vllm", "vllm", &[dying.addr()])
+        .route(
+            Route::to_pool("chat", "vllm")
+                .path_prefix("/v1/")
+                .set("mid_stream_failover", json!(true)),
+        )
+        .start()
+        .await;
+    let resp = raw(
+        edge.addr,
+        &post("/v1/chat/completions", &chat_body(MAX, "")),
+    )
+    .await;
+    let via = String::from_utf8_lossy(&body_of(&resp)).to_string();
+    let v = parse(&via);
+    assert_eq!(sse_tokens(&via), BEFORE as usize, "{via}");
+    assert_eq!((v.errors, v.dones), (1, 1), "{via}");
+    assert_counted(&edge, "reset", "failed").await;
+}
