@@ -475,6 +475,16 @@ impl Metrics {
         }
     }
 
+    /// Creates a failover route's series at 0: every reason × outcome, and the gap histogram.
+    pub fn init_failover_series(&self, route: &str) {
+        for reason in ["reset", "eof", "idle", "in_band_error"] {
+            for outcome in ["continued", "failed", "not_eligible"] {
+                self.failover.with_label_values(&[route, reason, outcome]);
+            }
+        }
+        self.failover_gap.with_label_values(&[route]);
+    }
+
     /// Creates every series whose labels are known up front at 0, so dashboards, `rate()` and
     /// `absent()` see them before the first event: per route and pool the stream outcomes, tokens,
     /// request durations and bytes; per route the statuses and retry reasons; per backend the
