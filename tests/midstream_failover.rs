@@ -590,3 +590,44 @@ async fn a_pool_without_another_backend_ends_with_the_terminal_error() {
     assert_eq!((v.errors, v.dones), (1, 1), "{via}");
     assert_counted(&edge, "reset", "failed").await;
 }
+
+/// On a route that also reaches an Ollama pool, that pool's streams are not continued (Ollama
+/// takes no continuation): they end with the terminal error event as before, uncounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_of_other_pools_of_the_route_end_as_before() {
+    let v = sim(SimKind::Vllm, |_| {}).await;
+    let o1 = sim(SimKind::Ollama, |c| c.faults = drop_after()).await;
+    let o2 = sim(SimKind::Ollama, |_| {}).await;
+    let edge = EdgeBuilder::new()
+        .pool("vllm", "vllm", &[v.addr()])
+        .pool("ollama", "ollama", &[o1.addr(), o2.addr()])
+        .route(
+            Route::new("openai")
+                .path_prefix("/v1/")
+                .set("pools", json!(["vllm", "ollama"]))
+                .set("mid_stream_failover", json!(true)),
+        )
+        .start()
+        .await;
+    let body = r#"{"model":"llama3.2","stream":true,"max_tokens":12,"messages":[{"role":"user","content":"hello"}]}"#;
+    let ok = eventually(10, || async {
+        status_of(&raw(edge.addr, &post("/v1/chat/completions", body)).await) == 200
+    })
+    .await;
+    assert!(ok, "the Ollama pool's models were never learned");
+    let via = through_dying(&edge, &o1, "/v1/chat/completions", body).await;
+    let p = parse(&via);
+    assert_eq!((p.errors, p.dones), (1, 1), "{via}");
+    // Ollama's first chunk carries the role and the first token.
+    let tokens = p
+        .chunks
+        .iter()
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        })
+        .count();
+    assert_eq!(tokens, BEFORE as usize, "{via}");
+    assert_eq!(edge.metric("okome_failover_total", &[]).await, 0.0);
+}

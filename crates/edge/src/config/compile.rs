@@ -978,30 +978,40 @@ fn compile_route(
 }
 
 /// `mid_stream_failover` continues a stream with vLLM's `continue_final_message` or a
-/// completions prompt: only pools that speak the OpenAI API as an engine can do that.
+/// completions prompt: only `vllm` and `openai` pools can do that. A route that reaches none is
+/// an error; on a route that also reaches other pools, their streams end as before.
 fn check_failover(cfg: &EdgeConfig, r: &super::Route, key: &str, out: &mut Vec<Problem>) -> bool {
     let Some(on) = r.mid_stream_failover.as_ref().filter(|f| f.value) else {
         return false;
     };
-    let names = r.pool.iter().chain(&r.pools).chain(&r.fallback);
-    let mut all: Vec<&str> = names.map(|p| p.value.as_str()).collect();
+    let mut names: Vec<&str> = r
+        .pool
+        .iter()
+        .chain(&r.pools)
+        .chain(&r.fallback)
+        .map(|p| p.value.as_str())
+        .collect();
     if r.pool.is_none() && r.pools.is_empty() {
-        all = cfg.pools.value.keys().map(String::as_str).collect();
+        names.extend(cfg.pools.value.keys().map(String::as_str));
     }
-    for name in all {
-        let kind = cfg.pools.value.get(name).map(|p| p.value.kind);
-        if kind.is_some_and(|k| !matches!(k, PoolKind::Vllm | PoolKind::Openai)) {
-            push(
-                out,
-                at(on),
-                format!("{key}.mid_stream_failover"),
-                format!(
-                    "pool {name:?} is not a vllm or openai pool: mid-stream failover continues \
-                     a stream with the OpenAI API (a partial assistant message with \
-                     continue_final_message, or a completions prompt), which only those engines take"
-                ),
-            );
-        }
+    let able = |name: &&str| {
+        cfg.pools
+            .value
+            .get(*name)
+            .is_some_and(|p| matches!(p.value.kind, PoolKind::Vllm | PoolKind::Openai))
+    };
+    if !names.iter().any(able) {
+        push(
+            out,
+            at(on),
+            format!("{key}.mid_stream_failover"),
+            format!(
+                "the route reaches no vllm or openai pool ({}): mid-stream failover continues a \
+                 stream with the OpenAI API (a partial assistant message with \
+                 continue_final_message, or a completions prompt), which only those engines take",
+                names.join(", ")
+            ),
+        );
     }
     true
 }
@@ -1181,14 +1191,20 @@ pools:
         ))
         .unwrap();
         assert!(c.routes[0].mid_stream_failover);
+        // A vLLM pool with an Ollama fallback: continued on the vLLM pool only (at run time).
+        let c = compile_text(&format!(
+            "{BASE}routes: [{{name: r, pool: zeta, fallback: [alpha], mid_stream_failover: true}}]\n"
+        ))
+        .unwrap();
+        assert!(c.routes[0].mid_stream_failover);
         let problems = compile_text(&format!(
-            "{BASE}routes:\n  - name: r\n    pool: zeta\n    fallback: [alpha]\n    mid_stream_failover: true\n"
+            "{BASE}routes:\n  - name: r\n    pool: alpha\n    mid_stream_failover: true\n"
         ))
         .unwrap_err();
         assert!(
-            problems.iter().any(|p| p.line == 9
+            problems.iter().any(|p| p.line == 8
                 && p.key == "routes[0].mid_stream_failover"
-                && p.message.contains("\"alpha\" is not a vllm or openai pool")),
+                && p.message.contains("reaches no vllm or openai pool (alpha)")),
             "{problems:?}"
         );
     }

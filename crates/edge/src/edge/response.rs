@@ -76,10 +76,17 @@ pub fn on_response_header(
     if format == Format::Opaque {
         return;
     }
+    // Only vLLM and OpenAI engines take a continuation; other pools of the route end as before.
     let failover = ctx
         .req
         .route
-        .is_some_and(|r| edge.routes.routes[r].mid_stream_failover);
+        .is_some_and(|r| edge.routes.routes[r].mid_stream_failover)
+        && ctx.attempt.current.is_some_and(|(pi, _)| {
+            matches!(
+                edge.upstreams.pools[pi].kind,
+                crate::config::PoolKind::Vllm | crate::config::PoolKind::Openai
+            )
+        });
     if failover && format == Format::Sse && ctx.reply.status == 200 {
         let body = body.as_deref().unwrap_or_default();
         ctx.failover = Some(Box::new(crate::failover::State::new(path, target, body)));
