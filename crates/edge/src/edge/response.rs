@@ -88,7 +88,7 @@ pub fn on_response_header(
             )
         });
     if failover && format == Format::Sse && ctx.reply.status == 200 {
-        let body = body.as_deref().unwrap_or_default();
+        let body = body.unwrap_or_default();
         ctx.failover = Some(Box::new(crate::failover::State::new(path, target, body)));
     }
     let labels = edge.stream_labels(ctx);

@@ -1,7 +1,8 @@
 //! Whether a request may be continued on another backend after its engine died mid-stream:
 //! decided once from the request body when the response starts.
 
-use serde_json::{Map, Value};
+use bytes::Bytes;
+use serde_json::Value;
 
 /// Which OpenAI endpoint the request is, which decides how it is continued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,19 +42,20 @@ pub enum NotEligible {
     ToolCallSeen,
 }
 
-/// The parsed body of an eligible request, kept to build the continuation.
+/// An eligible request, kept to build the continuation.
 #[derive(Debug)]
 pub struct Eligible {
     /// The endpoint.
     pub endpoint: Endpoint,
-    /// The request body as the client sent it.
-    pub body: Map<String, Value>,
+    /// The request body as the client sent it: the bytes already held (not a parsed copy,
+    /// which would be several times larger for a long prompt); parsed again only on failover.
+    pub body: Bytes,
     /// Whether the client asked for a usage chunk (`stream_options.include_usage`).
     pub include_usage: bool,
 }
 
 /// Decides from the request path and body.
-pub fn check(path: &str, body: &[u8]) -> Result<Eligible, NotEligible> {
+pub fn check(path: &str, raw: Bytes) -> Result<Eligible, NotEligible> {
     let endpoint = if path.ends_with("/chat/completions") {
         Endpoint::Chat
     } else if path.ends_with("/completions") {
@@ -61,7 +63,7 @@ pub fn check(path: &str, body: &[u8]) -> Result<Eligible, NotEligible> {
     } else {
         return Err(NotEligible::Shape);
     };
-    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(body) else {
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&raw) else {
         return Err(NotEligible::Shape);
     };
     if body.get("stream") != Some(&Value::Bool(true)) {
@@ -119,7 +121,7 @@ pub fn check(path: &str, body: &[u8]) -> Result<Eligible, NotEligible> {
         .unwrap_or(false);
     Ok(Eligible {
         endpoint,
-        body,
+        body: raw,
         include_usage,
     })
 }
@@ -129,6 +131,10 @@ mod tests {
     use super::*;
 
     const CHAT: &str = "/v1/chat/completions";
+
+    fn check(path: &str, body: &[u8]) -> Result<Eligible, NotEligible> {
+        super::check(path, Bytes::copy_from_slice(body))
+    }
 
     #[test]
     fn plain_streams_are_eligible_and_the_rest_is_not() {

@@ -62,7 +62,7 @@ pub struct State {
 
 impl State {
     /// State for a stream of the request to `path` (`target`: with the query) with `body`.
-    pub fn new(path: &str, target: &str, body: &[u8]) -> Self {
+    pub fn new(path: &str, target: &str, body: Bytes) -> Self {
         State {
             decision: eligible::check(path, body),
             transcript: Transcript::default(),
@@ -200,7 +200,11 @@ mod tests {
 
     #[test]
     fn an_end_without_done_or_an_error_event_fails_and_holds_the_bytes_back() {
-        let mut s = State::new("/v1/chat/completions", "/v1/chat/completions", CHAT);
+        let mut s = State::new(
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+            Bytes::from_static(CHAT),
+        );
         let mut body = Some(Bytes::from_static(TOKEN));
         assert!(s.on_body(&mut body, false).is_ok());
         assert_eq!(body.as_deref(), Some(TOKEN));
@@ -209,7 +213,11 @@ mod tests {
         assert_eq!((body, s.pending.as_deref()), (None, Some(TOKEN)));
         assert_eq!(s.died.map(|d| d.1), Some(Reason::Eof));
 
-        let mut s = State::new("/v1/chat/completions", "/v1/chat/completions", CHAT);
+        let mut s = State::new(
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+            Bytes::from_static(CHAT),
+        );
         let mut chunk = TOKEN.to_vec();
         chunk.extend_from_slice(b"data: {\"error\":{\"message\":\"boom\"}}\n\ndata: [DONE]\n\n");
         let mut body = Some(Bytes::from(chunk));
@@ -222,7 +230,11 @@ mod tests {
     #[test]
     fn a_request_that_is_not_eligible_is_relayed_as_it_comes() {
         let tools = br#"{"stream":true,"messages":[],"tools":[{"type":"function"}]}"#;
-        let mut s = State::new("/v1/chat/completions", "/v1/chat/completions", tools);
+        let mut s = State::new(
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+            Bytes::from_static(tools),
+        );
         let mut body = Some(Bytes::from_static(TOKEN));
         assert!(s.on_body(&mut body, true).is_ok());
         assert_eq!(body.as_deref(), Some(TOKEN));

@@ -33,6 +33,9 @@ pub enum ContinueError {
     /// The answer so far already used the request's token limit.
     #[error("the token limit is already reached")]
     NoTokensLeft,
+    /// The request body could not be rebuilt (it parsed when the stream started).
+    #[error("the continuation body could not be built")]
+    Body,
     /// Connecting, sending or reading failed.
     #[error("{0}")]
     Http(String),
@@ -52,7 +55,12 @@ pub enum ContinueError {
 
 /// The continuation's request body: the original one, continuing `text`.
 pub fn continuation_body(e: &Eligible, text: &str, tokens: u64) -> Result<Bytes, ContinueError> {
-    let mut body = e.body.clone();
+    // It parsed when the stream started.
+    let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&e.body) else {
+        return Err(ContinueError::Http(
+            "the request body no longer parses".into(),
+        ));
+    };
     for key in ["max_tokens", "max_completion_tokens"] {
         if let Some(n) = body.get(key).and_then(Value::as_u64) {
             let left = n.saturating_sub(tokens);
@@ -80,7 +88,7 @@ pub fn continuation_body(e: &Eligible, text: &str, tokens: u64) -> Result<Bytes,
     body.insert("stream_options".into(), json!({"include_usage": true}));
     serde_json::to_vec(&body)
         .map(Bytes::from)
-        .map_err(|e| ContinueError::Http(e.to_string()))
+        .map_err(|_| ContinueError::Body)
 }
 
 /// Aborts the connection task when the continuation is dropped (client gone, error), so the
@@ -392,7 +400,9 @@ mod tests {
     fn the_continuation_asks_for_the_rest_of_the_answer() {
         let e = eligible::check(
             "/v1/chat/completions",
-            br#"{"stream":true,"max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#,
+            Bytes::from_static(
+                br#"{"stream":true,"max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#,
+            ),
         )
         .unwrap();
         let b: Value =
@@ -411,7 +421,7 @@ mod tests {
         ));
         let e = eligible::check(
             "/v1/completions",
-            br#"{"stream":true,"max_completion_tokens":4,"prompt":"Once"}"#,
+            Bytes::from_static(br#"{"stream":true,"max_completion_tokens":4,"prompt":"Once"}"#),
         )
         .unwrap();
         let b: Value = serde_json::from_slice(&continuation_body(&e, " upon", 1).unwrap()).unwrap();
