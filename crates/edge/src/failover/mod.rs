@@ -57,7 +57,7 @@ pub struct State {
     /// by Pingora: the time is then that of `fail_to_proxy`).
     pub died: Option<(Instant, Reason)>,
     /// The target (path and query) the request was sent to: the continuation goes there too.
-    pub path: String,
+    pub target: String,
 }
 
 impl State {
@@ -68,7 +68,7 @@ impl State {
             transcript: Transcript::default(),
             pending: None,
             died: None,
-            path: target.to_owned(),
+            target: target.to_owned(),
         }
     }
 
@@ -163,7 +163,7 @@ pub async fn on_fail(edge: &Edge, session: &mut Session, e: &Error, ctx: &mut Re
     let job = relay::Continuation {
         eligible,
         transcript: &state.transcript,
-        target: &state.path,
+        target: &state.target,
         died_at,
         route: &route,
     };

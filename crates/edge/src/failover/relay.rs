@@ -55,11 +55,9 @@ pub enum ContinueError {
 
 /// The continuation's request body: the original one, continuing `text`.
 pub fn continuation_body(e: &Eligible, text: &str, tokens: u64) -> Result<Bytes, ContinueError> {
-    // It parsed when the stream started.
+    // It parsed when the stream started: `Body` is not expected.
     let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&e.body) else {
-        return Err(ContinueError::Http(
-            "the request body no longer parses".into(),
-        ));
+        return Err(ContinueError::Body);
     };
     for key in ["max_tokens", "max_completion_tokens"] {
         if let Some(n) = body.get(key).and_then(Value::as_u64) {
