@@ -40,6 +40,9 @@ pub enum NotEligible {
     /// The stream carried a tool call.
     #[error("the answer carries tool calls")]
     ToolCallSeen,
+    /// The stream carried reasoning, which a partial assistant message cannot hold.
+    #[error("the answer carries reasoning")]
+    ReasoningSeen,
 }
 
 /// An eligible request, kept to build the continuation.

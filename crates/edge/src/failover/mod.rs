@@ -147,11 +147,22 @@ pub async fn on_fail(edge: &Edge, session: &mut Session, e: &Error, ctx: &mut Re
             return Ended::Done;
         }
     }
-    let eligible = match (&state.decision, state.transcript.tool_calls) {
-        (Ok(e), false) => e,
-        (Ok(_), true) | (Err(_), _) => {
-            let why = state.decision.as_ref().err().copied();
-            let why = why.unwrap_or(NotEligible::ToolCallSeen);
+    let t = &state.transcript;
+    let seen = if t.tool_calls {
+        Some(NotEligible::ToolCallSeen)
+    } else if t.reasoning {
+        Some(NotEligible::ReasoningSeen)
+    } else {
+        None
+    };
+    let decision = match (&state.decision, seen) {
+        (Ok(e), None) => Ok(e),
+        (Ok(_), Some(why)) => Err(why),
+        (Err(why), _) => Err(*why),
+    };
+    let eligible = match decision {
+        Ok(e) => e,
+        Err(why) => {
             log::info!(
                 "request {}: no mid-stream failover: {why}",
                 ctx.req.request_id

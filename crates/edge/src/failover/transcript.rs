@@ -33,6 +33,9 @@ pub struct Transcript {
     pub tokens: u64,
     /// A tool-call delta went by.
     pub tool_calls: bool,
+    /// A reasoning delta went by (`reasoning_content`, `reasoning`): the partial answer is not
+    /// all in the text, so it cannot be continued faithfully.
+    pub reasoning: bool,
     /// `data: [DONE]` went by.
     pub done: bool,
 }
@@ -108,6 +111,9 @@ impl Transcript {
         if delta.is_some_and(|d| d.tool_calls.is_some()) {
             self.tool_calls = true;
         }
+        if delta.is_some_and(|d| d.reasoning_content.is_some() || d.reasoning.is_some()) {
+            self.reasoning = true;
+        }
         let piece = delta
             .and_then(|d| d.content.as_deref())
             .or(choice.text.as_deref())
@@ -144,6 +150,8 @@ struct Delta<'a> {
     #[serde(borrow)]
     content: Option<Cow<'a, str>>,
     tool_calls: Option<IgnoredAny>,
+    reasoning_content: Option<IgnoredAny>,
+    reasoning: Option<IgnoredAny>,
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {
@@ -185,7 +193,9 @@ data: {\"id\":\"c-1\",\"created\":7,\"model\":\"m\",\"choices\":[{\"index\":0,\"
         t.feed(
             b"data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0}]}}]}\n\n",
         );
-        assert!(t.tool_calls);
+        assert!(t.tool_calls && !t.reasoning);
+        t.feed(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"hm\"}}]}\n\n");
+        assert!(t.reasoning);
         t.feed(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\\\"q\\\"\",\"tool_calls\":null}}]}\n\ndata: [DONE]\n\n");
         assert_eq!(t.text, "ab\"q\"");
         assert!(t.done);
