@@ -442,6 +442,63 @@ async fn client_gone_during_the_continuation_aborts_it() {
     panic!("40 requests and none reached the dying backend");
 }
 
+/// A client that leaves while the continuation has not produced a token yet aborts it then,
+/// not at its first token: here the continuing engine never sends one (it stalls before its
+/// first token), so only the client's hang-up can end it before the edge's first-token timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_gone_before_the_continuations_first_token_aborts_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dying = sim(SimKind::Vllm, |c| c.faults = drop_after()).await;
+    let silent = sim(SimKind::Vllm, |c| {
+        c.faults = Faults {
+            stall_after_tokens: Some(0),
+            ..Faults::default()
+        }
+    })
+    .await;
+    let edge = edge(&dying, &silent, true).await;
+    let req = post("/v1/chat/completions", &chat_body(MAX, ""));
+    for _ in 0..40 {
+        let (d0, s0) = (dying.stats().requests, silent.stats().requests);
+        let aborted = silent.stats().streams_aborted;
+        let mut conn = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+        conn.write_all(&req).await.unwrap();
+        let arrived = || async { dying.stats().requests > d0 || silent.stats().requests > s0 };
+        assert!(eventually(10, arrived).await);
+        if dying.stats().requests == d0 {
+            // Landed on the silent backend directly: hang up, let it see the abort, retry.
+            drop(conn);
+            assert!(eventually(10, || async { silent.stats().streams_aborted > aborted }).await);
+            continue;
+        }
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while sse_tokens(&String::from_utf8_lossy(&got)) < BEFORE as usize {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        // The continuation reached the silent backend; the client leaves before any token.
+        assert!(eventually(10, || async { silent.stats().requests > s0 }).await);
+        drop(conn);
+        assert!(
+            eventually(20, || async { silent.stats().streams_aborted > aborted }).await,
+            "the continuation was not aborted: {:?}",
+            silent.stats()
+        );
+        assert!(
+            eventually(10, || async {
+                edge.metric("okome_streams_total", &[("outcome", "client_disconnect")])
+                    .await
+                    >= 1.0
+            })
+            .await
+        );
+        return;
+    }
+    panic!("40 requests and none reached the dying backend");
+}
+
 /// The failover gap: engine death → the next token at the client. Printed (run with
 /// `--nocapture`), not asserted: the test checks the failovers happened. Measured with the
 /// continuing engine's prefill at 5 ms (the harness default) and at 0 (the edge's own share).

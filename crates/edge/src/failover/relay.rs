@@ -168,8 +168,12 @@ pub async fn continue_stream(
     let _conn = AbortOnDrop(tokio::spawn(async move {
         let _ = conn.await;
     }));
-    let resp = tokio::time::timeout(timeouts.first_token.0, sender.send_request(req))
-        .await
+    let mut watch = true;
+    let sent = tokio::time::timeout(timeouts.first_token.0, sender.send_request(req));
+    let Some(resp) = unless_client_gone(session, &mut watch, sent).await else {
+        return Ok(Spliced::ClientGone);
+    };
+    let resp = resp
         .map_err(|_| ContinueError::Timeout)?
         .map_err(|e| http(&e))?;
     let status = resp.status().as_u16();
@@ -193,7 +197,11 @@ pub async fn continue_stream(
     // The first bytes wait for prefill (first_token); every later gap is bounded by idle.
     let mut wait = timeouts.first_token.0;
     while !splice.done {
-        let frame = match tokio::time::timeout(wait, body.frame()).await {
+        let next = tokio::time::timeout(wait, body.frame());
+        let Some(next) = unless_client_gone(session, &mut watch, next).await else {
+            return Ok(Spliced::ClientGone);
+        };
+        let frame = match next {
             Err(_) => return Err(ContinueError::Timeout),
             Ok(None) => break,
             Ok(Some(f)) => f.map_err(|e| http(&e))?,
@@ -256,6 +264,27 @@ pub async fn continue_stream(
         return Ok(Spliced::ClientGone);
     }
     Ok(Spliced::Finished)
+}
+
+/// Runs `fut` unless the client goes away first (`None`): a continuation still in prefill
+/// writes nothing, and a client that left would otherwise be noticed only at the first token,
+/// with the engine generating for nobody meanwhile. `watch` turns off if the client's side
+/// says something other than goodbye (nothing to learn from it then).
+async fn unless_client_gone<T>(
+    session: &mut Session,
+    watch: &mut bool,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            v = &mut fut => return Some(v),
+            r = session.downstream_session.read_body_or_idle(true), if *watch => match r {
+                Err(_) => return None,
+                Ok(_) => *watch = false,
+            },
+        }
+    }
 }
 
 /// Headers of the client's request the continuation does not carry: hop-by-hop and framing
