@@ -13,6 +13,7 @@ pub mod admin;
 pub mod api;
 pub mod config;
 pub mod edge;
+pub mod failover;
 pub mod metrics;
 pub mod policy;
 pub mod stream;

@@ -55,6 +55,10 @@ pub struct Metrics {
     pub backend_ejections: IntCounterVec,
     /// Attempts beyond the first, by reason.
     pub retries: IntCounterVec,
+    /// Mid-stream failovers by route, reason and outcome.
+    pub failover: IntCounterVec,
+    /// Engine death → first continued token written to the client.
+    pub failover_gap: HistogramVec,
     /// Retries not made because the pool's retry budget was spent.
     pub retry_budget_exhausted: IntCounterVec,
     /// Requests by route and final status.
@@ -188,6 +192,21 @@ impl Metrics {
                 "Attempts beyond the first, before any byte reached the client.",
             ),
             &["route", "reason"],
+        );
+        let failover = IntCounterVec::new(
+            Opts::new(
+                "okome_failover_total",
+                "Streams whose engine died mid-stream on a route with mid_stream_failover, by why it died and what became of the stream.",
+            ),
+            &["route", "reason", "outcome"],
+        );
+        let failover_gap = HistogramVec::new(
+            HistogramOpts::new(
+                "okome_failover_gap_seconds",
+                "Mid-stream failover: engine death noticed → first continued token written to the client.",
+            )
+            .buckets(duration_buckets()),
+            &["route"],
         );
         let retry_budget_exhausted = IntCounterVec::new(
             Opts::new(
@@ -360,6 +379,8 @@ impl Metrics {
             );
             let request_duration = reg(r, request_duration)?;
             let retry_budget_exhausted = reg(r, retry_budget_exhausted)?;
+            let failover = reg(r, failover)?;
+            let failover_gap = reg(r, failover_gap)?;
             let response_bytes = reg(r, response_bytes)?;
             let backend_inflight = reg(r, backend_inflight)?;
             let backend_healthy = reg(r, backend_healthy)?;
@@ -402,6 +423,8 @@ impl Metrics {
                 backend_queue_depth,
                 backend_ejections,
                 retries,
+                failover,
+                failover_gap,
                 retry_budget_exhausted,
                 requests,
                 request_duration,
@@ -450,6 +473,16 @@ impl Metrics {
                     .set(*not_after);
             }
         }
+    }
+
+    /// Creates a failover route's series at 0: every reason × outcome, and the gap histogram.
+    pub fn init_failover_series(&self, route: &str) {
+        for reason in ["reset", "eof", "idle", "in_band_error"] {
+            for outcome in ["continued", "failed", "not_eligible"] {
+                self.failover.with_label_values(&[route, reason, outcome]);
+            }
+        }
+        self.failover_gap.with_label_values(&[route]);
     }
 
     /// Creates every series whose labels are known up front at 0, so dashboards, `rate()` and

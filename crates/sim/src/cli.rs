@@ -101,6 +101,9 @@ pub struct SimArgs {
     /// Stream N tokens, then hold the connection open sending nothing [default: off].
     #[arg(long, value_name = "N")]
     pub stall_after_tokens: Option<u32>,
+    /// Stream N tokens, then end the body cleanly without the end marker (`[DONE]`, `"done":true`) [default: off].
+    #[arg(long, value_name = "N")]
+    pub end_after_tokens: Option<u32>,
     /// vLLM only: `generate` (chat, completions, responses) or `pooling` (an embedding model: `/v1/embeddings`) [default: generate].
     #[arg(long, value_enum, value_name = "RUNNER")]
     pub runner: Option<crate::config::Runner>,
@@ -139,6 +142,7 @@ impl SimArgs {
             error_after_tokens: self.error_after_tokens,
             drop_after_tokens: self.drop_after_tokens,
             stall_after_tokens: self.stall_after_tokens,
+            end_after_tokens: self.end_after_tokens,
         };
         c.validate().map_err(SimError::Flags)?;
         Ok(vec![c])

@@ -16,6 +16,9 @@ pub struct Faults {
     pub drop_after_tokens: Option<u32>,
     /// Stream N tokens, then keep the connection open sending nothing.
     pub stall_after_tokens: Option<u32>,
+    /// Stream N tokens, then end the body cleanly without the stream's end marker (no
+    /// `data: [DONE]`, no final `"done":true` line): an engine that lost the sequence.
+    pub end_after_tokens: Option<u32>,
 }
 
 /// What a stream does after its first N tokens, picked once per request.
@@ -29,6 +32,8 @@ pub(crate) enum StreamFault {
     DropAfter(u32),
     /// Goes silent after N tokens.
     StallAfter(u32),
+    /// Ends the body after N tokens, without the end marker.
+    EndAfter(u32),
 }
 
 impl Faults {
@@ -40,12 +45,14 @@ impl Faults {
             self.error_after_tokens.map(StreamFault::ErrorAfter),
             self.drop_after_tokens.map(StreamFault::DropAfter),
             self.stall_after_tokens.map(StreamFault::StallAfter),
+            self.end_after_tokens.map(StreamFault::EndAfter),
         ];
         for c in cands.into_iter().flatten() {
             let n = match c {
                 StreamFault::ErrorAfter(n)
                 | StreamFault::DropAfter(n)
-                | StreamFault::StallAfter(n) => n,
+                | StreamFault::StallAfter(n)
+                | StreamFault::EndAfter(n) => n,
                 StreamFault::None => continue,
             };
             if n < at {
@@ -62,9 +69,10 @@ impl StreamFault {
     pub(crate) fn after(self) -> Option<u32> {
         match self {
             StreamFault::None => None,
-            StreamFault::ErrorAfter(n) | StreamFault::DropAfter(n) | StreamFault::StallAfter(n) => {
-                Some(n)
-            }
+            StreamFault::ErrorAfter(n)
+            | StreamFault::DropAfter(n)
+            | StreamFault::StallAfter(n)
+            | StreamFault::EndAfter(n) => Some(n),
         }
     }
 }

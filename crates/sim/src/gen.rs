@@ -282,6 +282,14 @@ async fn next_frame<F: StreamFormat>(st: &mut State<F>) -> Option<io::Result<Byt
                             // Silent forever; a client hang-up drops us and counts an abort.
                             futures::future::pending::<()>().await;
                         }
+                        StreamFault::EndAfter(_) => {
+                            // As for a drop: the frames already written go out first.
+                            tokio::time::sleep_until(st.gen.deadline(i)).await;
+                            tokio::task::yield_now().await;
+                            st.gen.finish(Finish::Error);
+                            // The body's end: hyper sends the last chunk, a clean end.
+                            return None;
+                        }
                         StreamFault::None => {}
                     }
                 }

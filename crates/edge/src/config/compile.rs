@@ -322,6 +322,8 @@ pub struct CompiledRoute {
     pub surface: Surface,
     /// Model for requests that name none on a model-restricted route.
     pub default_model: Option<String>,
+    /// Continue streams on another backend when the engine dies mid-stream.
+    pub mid_stream_failover: bool,
 }
 
 /// The control plane section with its token read.
@@ -954,6 +956,7 @@ fn compile_route(
     }
     let filters = compile_filters(r, key, has_control, out);
     let surface = compile_surface(r, key, has_control, out);
+    let mid_stream_failover = check_failover(cfg, r, key, out);
     if out.len() > before {
         return None;
     }
@@ -970,7 +973,47 @@ fn compile_route(
         filters,
         surface,
         default_model: r.default_model.as_ref().map(|m| m.value.clone()),
+        mid_stream_failover,
     })
+}
+
+/// `mid_stream_failover` continues a stream with vLLM's `continue_final_message` or a
+/// completions prompt: only `vllm` and `openai` pools can do that. A route that reaches none is
+/// an error; on a route that also reaches other pools, their streams end as before.
+fn check_failover(cfg: &EdgeConfig, r: &super::Route, key: &str, out: &mut Vec<Problem>) -> bool {
+    let Some(on) = r.mid_stream_failover.as_ref().filter(|f| f.value) else {
+        return false;
+    };
+    let mut names: Vec<&str> = r
+        .pool
+        .iter()
+        .chain(&r.pools)
+        .chain(&r.fallback)
+        .map(|p| p.value.as_str())
+        .collect();
+    if r.pool.is_none() && r.pools.is_empty() {
+        names.extend(cfg.pools.value.keys().map(String::as_str));
+    }
+    let able = |name: &&str| {
+        cfg.pools
+            .value
+            .get(*name)
+            .is_some_and(|p| matches!(p.value.kind, PoolKind::Vllm | PoolKind::Openai))
+    };
+    if !names.iter().any(able) {
+        push(
+            out,
+            at(on),
+            format!("{key}.mid_stream_failover"),
+            format!(
+                "the route reaches no vllm or openai pool ({}): mid-stream failover continues a \
+                 stream with the OpenAI API (a partial assistant message with \
+                 continue_final_message, or a completions prompt), which only those engines take",
+                names.join(", ")
+            ),
+        );
+    }
+    true
 }
 
 /// A route that picks its pool by model can never pick an `okome` pool that lists no models
@@ -1139,6 +1182,31 @@ pools:
         assert!(matches!(c.routes[0].target, Target::Pool(1)));
         assert_eq!(c.routes[0].fallback, [0]);
         assert_eq!(c.routes[0].filters.len(), 1);
+    }
+
+    #[test]
+    fn mid_stream_failover_is_for_openai_engine_pools() {
+        let c = compile_text(&format!(
+            "{BASE}routes: [{{name: r, pool: zeta, mid_stream_failover: true}}]\n"
+        ))
+        .unwrap();
+        assert!(c.routes[0].mid_stream_failover);
+        // A vLLM pool with an Ollama fallback: continued on the vLLM pool only (at run time).
+        let c = compile_text(&format!(
+            "{BASE}routes: [{{name: r, pool: zeta, fallback: [alpha], mid_stream_failover: true}}]\n"
+        ))
+        .unwrap();
+        assert!(c.routes[0].mid_stream_failover);
+        let problems = compile_text(&format!(
+            "{BASE}routes:\n  - name: r\n    pool: alpha\n    mid_stream_failover: true\n"
+        ))
+        .unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.line == 8
+                && p.key == "routes[0].mid_stream_failover"
+                && p.message.contains("reaches no vllm or openai pool (alpha)")),
+            "{problems:?}"
+        );
     }
 
     #[test]

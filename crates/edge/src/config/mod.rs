@@ -652,6 +652,10 @@ pub struct Route {
     /// route's filters like any other); without it such requests get 400.
     #[serde(default)]
     pub default_model: Option<Spanned<String>>,
+    /// Continue a stream on another backend of the pool when its engine dies mid-stream
+    /// (vLLM and OpenAI-compatible pools only).
+    #[serde(default)]
+    pub mid_stream_failover: Option<Spanned<bool>>,
 }
 
 /// Route conditions.

@@ -59,6 +59,8 @@ pub struct RequestCtx {
     pub stream: StreamState,
     /// What the client got.
     pub reply: Reply,
+    /// Mid-stream failover state, on a route that turned it on, once a stream started.
+    pub failover: Option<Box<crate::failover::State>>,
 }
 
 /// What the request is: read from its head and body in `request_filter`.
@@ -153,6 +155,8 @@ pub struct StreamState {
     pub gap_hist: Option<prometheus::Histogram>,
     /// TTFT already observed.
     pub ttft_recorded: bool,
+    /// How a mid-stream failover's continuation ended the stream, when one did.
+    pub spliced: Option<crate::failover::relay::Spliced>,
 }
 
 /// What the client got.
@@ -177,6 +181,7 @@ impl RequestCtx {
             attempt: AttemptState::default(),
             stream: StreamState::default(),
             reply: Reply::default(),
+            failover: None,
         }
     }
 }

@@ -70,8 +70,18 @@ pub async fn on_fail(
 ) -> FailToProxy {
     if session.response_written().is_some() {
         // Mid-stream: the status line is gone; end the stream in its own framing.
+        let shutdown = super::drain::is_shutdown(e);
+        if *e.esource() != ErrorSource::Downstream
+            && !shutdown
+            && crate::failover::on_fail(edge, session, e, ctx).await == crate::failover::Ended::Done
+        {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         if *e.esource() != ErrorSource::Downstream {
-            let msg = if super::drain::is_shutdown(e) {
+            let msg = if shutdown {
                 "the edge is shutting down; retry the request".to_owned()
             } else if is_timeout(e) {
                 "the model server stopped sending tokens (idle timeout)".to_owned()

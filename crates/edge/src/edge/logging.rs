@@ -66,6 +66,12 @@ pub struct AccessLine<'a> {
 
 /// How a stream ended, from the final error (if any) and what the tap saw.
 pub fn outcome(e: Option<&Error>, ctx: &RequestCtx) -> Outcome {
+    // A continued stream reached its end (or its client left) despite the engine's failure.
+    match ctx.stream.spliced {
+        Some(crate::failover::relay::Spliced::Finished) => return Outcome::Completed,
+        Some(crate::failover::relay::Spliced::ClientGone) => return Outcome::ClientDisconnect,
+        None => {}
+    }
     match e {
         Some(e) if super::drain::is_shutdown(e) => Outcome::Shutdown,
         Some(e) if *e.esource() == ErrorSource::Downstream => Outcome::ClientDisconnect,

@@ -136,12 +136,14 @@ impl ProxyHttp for Proxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let edge = Arc::clone(&ctx.edge);
-        response::on_response_header(&edge, resp, ctx);
+        let uri = &session.req_header().uri;
+        let target = uri.path_and_query().map_or("/", |p| p.as_str());
+        response::on_response_header(&edge, resp, uri.path(), target, ctx);
         Ok(())
     }
 
@@ -149,7 +151,7 @@ impl ProxyHttp for Proxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         // Per chunk: one atomic increment to hold the edge while the context is borrowed.
@@ -158,7 +160,7 @@ impl ProxyHttp for Proxy {
             // The grace period is ending: the stream ends in its own format (fail_to_proxy).
             return Err(super::drain::shutdown_error());
         }
-        response::on_body(&edge, body, ctx);
+        response::on_body(&edge, body, end_of_stream, ctx)?;
         Ok(None)
     }
 

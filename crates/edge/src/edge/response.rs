@@ -52,15 +52,22 @@ pub fn on_upstream_header(
 }
 
 /// `response_filter`: start the stream tap when the answer is a token stream.
-pub fn on_response_header(edge: &Edge, resp: &mut ResponseHeader, ctx: &mut RequestCtx) {
+pub fn on_response_header(
+    edge: &Edge,
+    resp: &mut ResponseHeader,
+    path: &str,
+    target: &str,
+    ctx: &mut RequestCtx,
+) {
     ctx.reply.status = resp.status.as_u16();
     if let Ok(v) = http::HeaderValue::from_str(&ctx.req.request_id) {
         // A fresh header name and a checked value: inserting cannot fail.
         let _ = resp.insert_header(super::request::REQUEST_ID, v);
     }
     // The response is about to reach the client: no more retries, so the pre-read request body
-    // (megabytes for a long prompt) need not live as long as the stream.
-    ctx.req.body = None;
+    // (megabytes for a long prompt) need not live as long as the stream. Failover keeps what it
+    // needs (the parsed body) in its own state.
+    let body = ctx.req.body.take();
     let ct = resp
         .headers
         .get(http::header::CONTENT_TYPE)
@@ -68,6 +75,21 @@ pub fn on_response_header(edge: &Edge, resp: &mut ResponseHeader, ctx: &mut Requ
     let format = Format::from_content_type(ct);
     if format == Format::Opaque {
         return;
+    }
+    // Only vLLM and OpenAI engines take a continuation; other pools of the route end as before.
+    let failover = ctx
+        .req
+        .route
+        .is_some_and(|r| edge.routes.routes[r].mid_stream_failover)
+        && ctx.attempt.current.is_some_and(|(pi, _)| {
+            matches!(
+                edge.upstreams.pools[pi].kind,
+                crate::config::PoolKind::Vllm | crate::config::PoolKind::Openai
+            )
+        });
+    if failover && format == Format::Sse && ctx.reply.status == 200 {
+        let body = body.unwrap_or_default();
+        ctx.failover = Some(Box::new(crate::failover::State::new(path, target, body)));
     }
     let labels = edge.stream_labels(ctx);
     ctx.stream.gap_hist = Some(
@@ -78,8 +100,24 @@ pub fn on_response_header(edge: &Edge, resp: &mut ResponseHeader, ctx: &mut Requ
     ctx.stream.tap = Some(StreamTap::new(format, ctx.req.start));
 }
 
-/// `response_body_filter`: feed the tap; the bytes pass through untouched.
-pub fn on_body(edge: &Edge, body: &Option<Bytes>, ctx: &mut RequestCtx) {
+/// `response_body_filter`: feed the tap; the bytes pass through untouched, except on a failover
+/// route, where an engine's error event or an end without `[DONE]` is held back and turned into
+/// an error (so that `fail_to_proxy` continues the stream).
+pub fn on_body(
+    edge: &Edge,
+    body: &mut Option<Bytes>,
+    end: bool,
+    ctx: &mut RequestCtx,
+) -> pingora_error::Result<()> {
+    if let Some(f) = ctx.failover.as_mut() {
+        f.on_body(body, end)?;
+    }
+    tap_body(edge, body, ctx);
+    Ok(())
+}
+
+/// Feeds bytes written to the client to the tap (tokens, gaps, TTFT).
+pub fn tap_body(edge: &Edge, body: &Option<Bytes>, ctx: &mut RequestCtx) {
     let (Some(tap), Some(chunk)) = (ctx.stream.tap.as_mut(), body.as_ref()) else {
         return;
     };

@@ -34,6 +34,8 @@ pub struct Route {
     pub surface: Surface,
     /// Model for requests that name none on a model-restricted route.
     pub default_model: Option<String>,
+    /// Continue streams on another backend when the engine dies mid-stream.
+    pub mid_stream_failover: bool,
     /// The APIs some pool of this route speaks (worked out once, not per request).
     apis: Vec<Api>,
 }
@@ -216,6 +218,7 @@ impl RouteTable {
                     header_specs,
                     surface: r.surface.clone(),
                     default_model: r.default_model.clone(),
+                    mid_stream_failover: r.mid_stream_failover,
                     apis: Vec::new(),
                 };
                 route.apis = [Api::OpenAi, Api::Ollama, Api::TfServing, Api::TfServingGrpc]

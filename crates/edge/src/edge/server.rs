@@ -247,6 +247,9 @@ pub(crate) fn init_series(edge: &Edge) {
         .flat_map(|p| p.backends.iter().map(|b| (p.name.as_str(), b.id.as_str())))
         .collect();
     edge.metrics.init_series(&routes, &backends);
+    for r in edge.routes.routes.iter().filter(|r| r.mid_stream_failover) {
+        edge.metrics.init_failover_series(&r.name);
+    }
 }
 
 /// Pingora's server settings for a compiled config.
