@@ -60,10 +60,15 @@ case ",$CONTENDERS," in *,nginx,*) command -v nginx >/dev/null || {
 W=$(mktemp -d)
 SIM=127.0.0.1:19300; LISTEN=127.0.0.1:19301; ADMIN=127.0.0.1:19302
 PIDS=()
+stop() { # pid: SIGINT, then SIGKILL after 10 s
+  kill -INT "$1" 2>/dev/null || return 0
+  for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
 cleanup() {
   local p
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -INT "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && stop "$p"; done
   PIDS=()
 }
 trap 'cleanup; rm -rf "$W"' EXIT
@@ -96,14 +101,19 @@ load() { # requests max_tokens stream: one connection, one request at a time; fa
   echo "load failed: $out $(head -c 500 "$W/load.err")" >&2; return 1
 }
 
-RUST_LOG=warn "$OKOME" sim --kind vllm --listen $SIM --max-concurrent 1000 --tokens-per-second "$TPS" \
-  --prefill 0ms --max-tokens 1 > "$W/sim.log" 2>&1 &
-PIDS+=($!)
-wait_port $SIM 30
+# The engine, natively; started again if it is gone (a run must not measure a dead upstream).
+SIMPID=""
+ensure_sim() {
+  [ -n "$SIMPID" ] && kill -0 "$SIMPID" 2>/dev/null && return 0
+  RUST_LOG=warn "$OKOME" sim --kind vllm --listen $SIM --max-concurrent 1000 --tokens-per-second "$TPS" \
+    --prefill 0ms --max-tokens 1 >> "$W/sim.log" 2>&1 &
+  SIMPID=$!; PIDS+=($SIMPID)
+  wait_port $SIM 30
+}
 
 # Start contender $1 under callgrind, dumps to $2/cg.out.<part>-<thread>; sets VG.
 start() {
-  local c=$1 d=$2 vg=(valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$2/cg.out")
+  local c=$1 d=$2 vg=(valgrind --tool=callgrind --separate-threads=yes --compress-strings=no --callgrind-out-file="$2/cg.out")
   case $c in
     pingora) RUST_LOG=warn "${vg[@]}" "$PINGORA" --listen $LISTEN --upstream $SIM --threads 1 > "$d/proxy.log" 2>&1 & ;;
     okome)
@@ -148,6 +158,7 @@ for c in $(echo "$CONTENDERS" | tr ',' ' '); do
   for r in $(seq "$REPEAT"); do
     d=$W/$c.$r; mkdir -p "$d"; PART=0
     echo "[instructions] $c run $r: starting under callgrind" >&2
+    ensure_sim
     start "$c" "$d"
     # Warm-up: the upstream connection, lazily built state, the allocator's pools.
     load 20 1 false; load 2 "$T1" true
@@ -155,7 +166,7 @@ for c in $(echo "$CONTENDERS" | tr ',' ' '); do
     measure "$d" post2n $((2 * N)) 1 false; p2=$BEST; a2=$SUM; t=$BT
     measure "$d" stream1 "$M" "$T1" true; s1=$BEST; b1=$SUM
     measure "$d" stream2 "$M" "$T2" true; s2=$BEST; b2=$SUM
-    kill -INT "$VG" 2>/dev/null || true; wait "$VG" 2>/dev/null || true
+    stop "$VG"
     POST[$c.$r]=$(((p2 - p1) / N)); POSTALL[$c.$r]=$(((a2 - a1) / N))
     TOK[$c.$r]=$(((s2 - s1) / (M * (T2 - T1)))); TOKALL[$c.$r]=$(((b2 - b1) / (M * (T2 - T1))))
     echo "[instructions] $c run $r: ${POST[$c.$r]} per POST (thread $t; whole process ${POSTALL[$c.$r]}), ${TOK[$c.$r]} per token (whole process ${TOKALL[$c.$r]})" >&2

@@ -8,6 +8,7 @@
 //! the p99 per route.
 
 use super::ctx::{Outcome, RequestCtx};
+use super::series::Labels;
 use super::Edge;
 use pingora_error::{Error, ErrorSource, ErrorType};
 use serde::Serialize;
@@ -97,11 +98,6 @@ pub fn finish(edge: &Edge, seen: &Seen<'_>, e: Option<&Error>, ctx: &mut Request
         .req
         .route
         .map_or("none", |r| edge.routes.routes[r].name.as_str());
-    edge.metrics
-        .requests
-        .with_label_values(&[route, status_label(status)])
-        .inc();
-
     let (pool, backend) = match ctx.attempt.current {
         Some((pi, bi)) => {
             let p = &edge.upstreams.pools[pi];
@@ -110,14 +106,18 @@ pub fn finish(edge: &Edge, seen: &Seen<'_>, e: Option<&Error>, ctx: &mut Request
         None => (None, None),
     };
     let pool_l = pool.unwrap_or("");
+    let labels = Labels {
+        route: (ctx.req.route, route),
+        pool: (ctx.attempt.current.map(|(pi, _)| pi), pool_l),
+    };
+    let m = &edge.metrics;
+    edge.series.requests(m, &labels, status).inc();
     let elapsed = ctx.req.start.elapsed();
-    edge.metrics
-        .request_duration
-        .with_label_values(&[route, pool_l, status_class(status)])
+    edge.series
+        .duration(m, &labels, status)
         .observe(elapsed.as_secs_f64());
-    edge.metrics
-        .response_bytes
-        .with_label_values(&[route, pool_l])
+    edge.series
+        .response_bytes(m, &labels)
         .inc_by(seen.bytes_out);
 
     let o = outcome(e, ctx);
@@ -232,40 +232,6 @@ pub fn new_traceparent() -> String {
     let trace: u128 = rand::random::<u128>().max(1);
     let parent: u64 = rand::random::<u64>().max(1);
     format!("00-{trace:032x}-{parent:016x}-01")
-}
-
-/// `2xx` … `5xx`; `0` when no status was written (the client left first).
-fn status_class(s: u16) -> &'static str {
-    match s {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "0",
-    }
-}
-
-fn status_label(s: u16) -> &'static str {
-    match s {
-        0 => "0",
-        200 => "200",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        411 => "411",
-        413 => "413",
-        429 => "429",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        s if s < 300 => "2xx",
-        s if s < 400 => "3xx",
-        s if s < 500 => "4xx",
-        _ => "5xx",
-    }
 }
 
 #[cfg(test)]
