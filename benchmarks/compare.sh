@@ -14,7 +14,8 @@
 # processes / threads for every proxy, default 1), --only a,b,c,d,e, --contenders LIST.
 # Environment: OKOME_BIN, LOAD_BIN, REPORT_BIN, PINGORA_BIN override the binaries (default
 # $CARGO_TARGET_DIR/release or target/release); sizes: A_STREAMS, A_TOKENS, B_SIZES, B_TOKENS,
-# C_CONC, C_SECS, D_STREAMS, D_SECS, A_RAMP, B_RAMP, LITELLM_A_STREAMS. Needs jq and curl.
+# C_CONC, C_SECS, D_STREAMS, D_SECS, A_RAMP, B_RAMP, LITELLM_A_STREAMS; INSTRUCTIONS=0 skips the
+# instructions-per-request section (benchmarks/instructions.sh, ~1 minute, needs valgrind). Needs jq and curl.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -287,6 +288,16 @@ E_DESC="Not measured in this run (okome not among the contenders, smoke mode, or
 if want e && has okome && [ "$SMOKE" = 0 ] && command -v wrk >/dev/null; then
   E_OUT=$(OKOME_BIN="$OKOME" bash "$ROOT/benchmarks/shed_rate.sh" 5 64 2>/dev/null | grep -v '^\[' || true)
   E_DESC=$(printf 'okome only (benchmarks/shed_rate.sh): a real `okome arbiter` marks the only pool shedding (the simulated vLLM reports a queue of 40); the edge, 1 worker, answers 503 with Retry-After; wrk, 64 connections, 5 s.\n\n```\n%s\n```' "$E_OUT")
+fi
+
+# --- instructions per request (deterministic; benchmarks/instructions.sh) ----------------------
+if [ "$SMOKE" = 0 ] && [ "${INSTRUCTIONS:-1}" = 1 ] && command -v valgrind >/dev/null; then
+  ic=$(echo ",$CONTENDERS," | tr ',' '\n' | grep -xE 'pingora|okome|nginx' | paste -sd, -)
+  if [ -n "$ic" ]; then
+    OKOME_BIN="$OKOME" LOAD_BIN="$LOAD" PINGORA_BIN="$PINGORA" bash "$ROOT/benchmarks/instructions.sh" \
+      --contenders "$ic" --out "$RAW/instructions.md" > /dev/null 2> "$WORK/instructions.err" ||
+      NOTES+=("instructions.sh failed: $(tail -1 "$WORK/instructions.err")")
+  fi
 fi
 
 # --- meta and report --------------------------------------------------------------------------

@@ -44,7 +44,12 @@ fn run(dir: &Path, out: &Path) -> Result<(), Box<dyn std::error::Error>> {
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
     std::fs::create_dir_all(out)?;
-    let md = markdown(&meta, &runs);
+    let mut md = markdown(&meta, &runs);
+    // benchmarks/instructions.sh's section (compare.sh runs it when valgrind is there).
+    if let Ok(section) = std::fs::read_to_string(dir.join("instructions.md")) {
+        md.push('\n');
+        md.push_str(&section);
+    }
     std::fs::write(out.join("RESULTS.md"), md)?;
     plot_cdf(&runs, "a", "ttft_cdf", &out.join("ttft_cdf.png"))?;
     plot_cdf(&runs, "a", "gap_cdf", &out.join("gap_cdf.png"))?;

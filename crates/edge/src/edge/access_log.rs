@@ -47,15 +47,31 @@ impl AccessLog {
     /// Writes one record as a JSON line. A failed write is dropped: the request it describes
     /// has already been served and must not fail because of its log line.
     pub fn write(&self, record: &impl Serialize) {
-        let Ok(mut line) = serde_json::to_vec(record) else {
-            return;
-        };
-        line.push(b'\n');
-        let _ = match &self.sink {
-            Sink::Off => Ok(()),
-            Sink::Stderr => std::io::stderr().lock().write_all(&line),
-            Sink::File(f) => (&*f).write_all(&line),
-        };
+        // One buffer per worker thread, reused: a record is ~500 bytes, and growing a fresh
+        // Vec to that size per request cost allocations and copies.
+        thread_local! {
+            static LINE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+        }
+        LINE.with(|cell| {
+            // Not re-entered: nothing below writes an access log record.
+            let Ok(mut line) = cell.try_borrow_mut() else {
+                return;
+            };
+            line.clear();
+            if serde_json::to_writer(&mut *line, record).is_err() {
+                return;
+            }
+            line.push(b'\n');
+            let _ = match &self.sink {
+                Sink::Off => Ok(()),
+                Sink::Stderr => std::io::stderr().lock().write_all(&line),
+                Sink::File(f) => (&*f).write_all(&line),
+            };
+            // A rare huge record (a long error) does not keep its buffer.
+            if line.capacity() > 64 * 1024 {
+                *line = Vec::with_capacity(1024);
+            }
+        });
     }
 }
 

@@ -116,7 +116,9 @@ pub fn apply(req: &mut RequestHeader, info: &RequestInfo) -> pingora_error::Resu
             ip.to_string()
         };
         req.remove_header(&XFF);
-        req.insert_header(XFF, value)?;
+        // The name as a static string: Pingora copies a `HeaderName` it does not know to keep
+        // its case; this spelling is the same on the wire.
+        req.insert_header("x-forwarded-for", value)?;
     }
     let keep_proto = info.proxied
         && req
@@ -125,7 +127,11 @@ pub fn apply(req: &mut RequestHeader, info: &RequestInfo) -> pingora_error::Resu
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| matches!(v, "http" | "https"));
     if !keep_proto {
-        req.insert_header(XFP, info.scheme)?;
+        let scheme = match info.scheme {
+            "https" => http::HeaderValue::from_static("https"),
+            _ => http::HeaderValue::from_static("http"),
+        };
+        req.insert_header("x-forwarded-proto", scheme)?;
     }
     Ok(())
 }

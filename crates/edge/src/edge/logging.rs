@@ -8,12 +8,12 @@
 //! the p99 per route.
 
 use super::ctx::{Outcome, RequestCtx};
+use super::series::Labels;
 use super::Edge;
 use pingora_error::{Error, ErrorSource, ErrorType};
 use serde::Serialize;
 
 /// What Pingora's session knew about the request when it ended.
-#[derive(Debug)]
 pub struct Seen<'a> {
     /// Request method.
     pub method: &'a str,
@@ -21,12 +21,23 @@ pub struct Seen<'a> {
     pub path: &'a str,
     /// Status written to the client, if a response head was written.
     pub status_written: Option<u16>,
-    /// The client's address.
-    pub client: Option<&'a str>,
+    /// The client's address (formatted only when a record is written).
+    pub client: Option<&'a dyn std::fmt::Display>,
     /// Request body bytes read from the client.
     pub bytes_in: u64,
     /// Response body bytes written to the client.
     pub bytes_out: u64,
+}
+
+impl std::fmt::Debug for Seen<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seen")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("status_written", &self.status_written)
+            .field("client", &self.client.map(ToString::to_string))
+            .finish_non_exhaustive()
+    }
 }
 
 /// One access-log record (one JSON object per line). Fields are documented in the README
@@ -34,11 +45,11 @@ pub struct Seen<'a> {
 #[derive(Serialize)]
 pub struct AccessLine<'a> {
     /// RFC 3339 UTC time the request ended, milliseconds.
-    ts: String,
+    ts: Shown<humantime::Rfc3339Timestamp>,
     /// `x-request-id`: the client's, or the edge's own; also sent to the engine.
     request_id: &'a str,
     /// Client address (`IP:PORT`).
-    client: Option<&'a str>,
+    client: Option<Shown<&'a dyn std::fmt::Display>>,
     method: &'a str,
     path: &'a str,
     status: u16,
@@ -61,7 +72,16 @@ pub struct AccessLine<'a> {
     jitter_ms: Option<f64>,
     /// W3C trace id (32 hex digits) of the `traceparent` sent to the engine, when there is one.
     trace_id: Option<&'a str>,
-    error: Option<String>,
+    error: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// A value serialized as its `Display` text, written straight into the record (no `String`).
+pub struct Shown<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
 }
 
 /// How a stream ended, from the final error (if any) and what the tap saw.
@@ -103,11 +123,6 @@ pub fn finish(edge: &Edge, seen: &Seen<'_>, e: Option<&Error>, ctx: &mut Request
         .req
         .route
         .map_or("none", |r| edge.routes.routes[r].name.as_str());
-    edge.metrics
-        .requests
-        .with_label_values(&[route, status_label(status)])
-        .inc();
-
     let (pool, backend) = match ctx.attempt.current {
         Some((pi, bi)) => {
             let p = &edge.upstreams.pools[pi];
@@ -116,14 +131,18 @@ pub fn finish(edge: &Edge, seen: &Seen<'_>, e: Option<&Error>, ctx: &mut Request
         None => (None, None),
     };
     let pool_l = pool.unwrap_or("");
+    let labels = Labels {
+        route: (ctx.req.route, route),
+        pool: (ctx.attempt.current.map(|(pi, _)| pi), pool_l),
+    };
+    let m = &edge.metrics;
+    edge.series.requests(m, &labels, status).inc();
     let elapsed = ctx.req.start.elapsed();
-    edge.metrics
-        .request_duration
-        .with_label_values(&[route, pool_l, status_class(status)])
+    edge.series
+        .duration(m, &labels, status)
         .observe(elapsed.as_secs_f64());
-    edge.metrics
-        .response_bytes
-        .with_label_values(&[route, pool_l])
+    edge.series
+        .response_bytes(m, &labels)
         .inc_by(seen.bytes_out);
 
     let o = outcome(e, ctx);
@@ -151,9 +170,11 @@ pub fn finish(edge: &Edge, seen: &Seen<'_>, e: Option<&Error>, ctx: &mut Request
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         let refused = ctx.attempt.current.is_none() && ctx.reply.edge_error.is_some();
         edge.access_log.write(&AccessLine {
-            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            ts: Shown(humantime::format_rfc3339_millis(
+                std::time::SystemTime::now(),
+            )),
             request_id: &ctx.req.request_id,
-            client: seen.client,
+            client: seen.client.map(Shown),
             method: seen.method,
             path: seen.path,
             status,
@@ -180,8 +201,9 @@ pub fn finish(edge: &Edge, seen: &Seen<'_>, e: Option<&Error>, ctx: &mut Request
             error: ctx
                 .reply
                 .edge_error
-                .clone()
-                .or_else(|| e.map(|e| e.to_string())),
+                .as_deref()
+                .map(std::borrow::Cow::Borrowed)
+                .or_else(|| e.map(|e| e.to_string().into())),
         });
     }
     // Settle the tenant's token reservation with what was really generated: the tap's count for
@@ -238,40 +260,6 @@ pub fn new_traceparent() -> String {
     let trace: u128 = rand::random::<u128>().max(1);
     let parent: u64 = rand::random::<u64>().max(1);
     format!("00-{trace:032x}-{parent:016x}-01")
-}
-
-/// `2xx` … `5xx`; `0` when no status was written (the client left first).
-fn status_class(s: u16) -> &'static str {
-    match s {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "0",
-    }
-}
-
-fn status_label(s: u16) -> &'static str {
-    match s {
-        0 => "0",
-        200 => "200",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        411 => "411",
-        413 => "413",
-        429 => "429",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        s if s < 300 => "2xx",
-        s if s < 400 => "3xx",
-        s if s < 500 => "4xx",
-        _ => "5xx",
-    }
 }
 
 #[cfg(test)]

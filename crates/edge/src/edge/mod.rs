@@ -28,6 +28,7 @@ pub mod respond;
 pub mod response;
 pub mod retry;
 pub mod routes;
+pub mod series;
 pub mod server;
 pub mod surface;
 pub mod upstream_request;
@@ -76,6 +77,8 @@ pub struct Edge {
     pub connections: Arc<connections::ConnectionLimits>,
     /// Peers whose `X-Forwarded-For` is believed (`trusted_proxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The series every request updates, resolved once per label combination.
+    pub series: series::RequestSeries,
 }
 
 /// Label values of a stream's metrics.
@@ -132,8 +135,10 @@ impl Edge {
         shared: &Shared,
         version: u64,
     ) -> Self {
+        let routes = RouteTable::new(&cfg.routes, &upstreams, &shared.env);
         Edge {
-            routes: RouteTable::new(&cfg.routes, &upstreams, &shared.env),
+            series: series::RequestSeries::new(routes.routes.len(), upstreams.pools.len()),
+            routes,
             upstreams,
             metrics: shared.metrics.clone(),
             timeouts: cfg.timeouts,

@@ -207,15 +207,16 @@ impl ProxyHttp for Proxy {
         let down = session.as_downstream();
         let req = session.req_header();
         // Behind a trusted proxy, the client it forwarded for; else the TCP peer.
-        let client = match ctx.req.client {
-            Some(ip) => Some(ip.to_string()),
-            None => down.client_addr().map(ToString::to_string),
+        let forwarded = ctx.req.client;
+        let client: Option<&dyn std::fmt::Display> = match &forwarded {
+            Some(ip) => Some(ip),
+            None => down.client_addr().map(|a| a as &dyn std::fmt::Display),
         };
         let seen = logging::Seen {
             method: req.method.as_str(),
             path: req.uri.path(),
             status_written: written,
-            client: client.as_deref(),
+            client,
             bytes_in: down.body_bytes_read() as u64,
             bytes_out: down.body_bytes_sent() as u64,
         };

@@ -56,8 +56,16 @@ pub fn prepare(edge: &Edge, req: &mut RequestHeader, ctx: &RequestCtx) -> Result
     // rewritten), instead of the client's duplicates or list.
     if !req.headers.contains_key(http::header::TRANSFER_ENCODING) {
         if let Some(b) = &ctx.req.body {
-            req.remove_header(&http::header::CONTENT_LENGTH);
-            req.insert_header(http::header::CONTENT_LENGTH, b.len().to_string())?;
+            // Usually the client's one header already says it, in plain digits: leave it then.
+            let mut sent = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
+            let exact = match (sent.next(), sent.next()) {
+                (Some(v), None) => is_decimal(v.as_bytes(), b.len()),
+                _ => false,
+            };
+            if !exact {
+                req.remove_header(&http::header::CONTENT_LENGTH);
+                req.insert_header(http::header::CONTENT_LENGTH, b.len().to_string())?;
+            }
         }
     }
     if let Ok(v) = http::HeaderValue::from_str(&ctx.req.request_id) {
@@ -70,4 +78,43 @@ pub fn prepare(edge: &Edge, req: &mut RequestHeader, ctx: &RequestCtx) -> Result
         req.insert_header(name.clone(), value.clone())?;
     }
     Ok(())
+}
+
+/// Whether `v` is `n` written in plain decimal digits, no sign, space or leading zero.
+fn is_decimal(v: &[u8], n: usize) -> bool {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut rest = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    v == &buf[i..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_decimal;
+
+    #[test]
+    fn only_the_plain_length_is_kept() {
+        assert!(is_decimal(b"110", 110));
+        assert!(is_decimal(b"0", 0));
+        assert!(is_decimal(b"18446744073709551615", usize::MAX));
+        for bad in [
+            &b"+110"[..],
+            b"0110",
+            b" 110",
+            b"110 ",
+            b"111",
+            b"",
+            b"1_10",
+        ] {
+            assert!(!is_decimal(bad, 110), "{bad:?}");
+        }
+    }
 }
