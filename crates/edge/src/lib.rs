@@ -16,6 +16,7 @@ pub mod edge;
 pub mod failover;
 pub mod metrics;
 pub mod policy;
+pub mod resume;
 pub mod stream;
 pub mod tls;
 pub mod upstream;
