@@ -549,6 +549,11 @@ impl Metrics {
         }
     }
 
+    /// The registry, for collectors kept elsewhere (e.g. the resumable streams').
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Prometheus text exposition of everything.
     pub fn render(&self) -> Vec<u8> {
         okome_core::metrics::render(&self.registry)

@@ -402,6 +402,7 @@ where
         serve_from_cache: &mut ServeFromCache,
         range_body_filter: &mut proxy_cache::range_filter::RangeBodyFilter,
         response_state: &mut ResponseStateMachine,
+        detached: &mut bool,
     ) -> Result<Option<bool>>
     where
         SV: ProxyHttp + Send + Sync,
@@ -466,9 +467,29 @@ where
             return Ok(None);
         }
 
-        let response_done = session.write_response_tasks(filtered_tasks).await?;
-
-        Ok(Some(response_done))
+        // okome patch: once the client is gone (and the proxy chose to keep the upstream going,
+        // see ProxyHttp::downstream_detached), the response only goes through the filters.
+        let failed = filtered_tasks
+            .iter()
+            .any(|t| matches!(t, HttpTask::Failed(_)));
+        let ends = filtered_tasks.iter().any(HttpTask::is_end);
+        if *detached {
+            for t in filtered_tasks {
+                if let HttpTask::Failed(e) = t {
+                    return Err(e);
+                }
+            }
+            return Ok(Some(ends));
+        }
+        match session.write_response_tasks(filtered_tasks).await {
+            Ok(response_done) => Ok(Some(response_done)),
+            Err(e) if !failed && self.inner.downstream_detached(ctx, &e) => {
+                *detached = true;
+                session.downstream_session.on_proxy_failure(e);
+                Ok(Some(ends))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     // todo use this function to replace bidirection_1to2()
@@ -540,6 +561,11 @@ where
 
         let mut next_upstream_task: Option<HttpTask> = None;
 
+        // okome patch: the client is gone and the upstream is read on (see
+        // ProxyHttp::downstream_detached), and the proxy's way to end the response early.
+        let mut detached = false;
+        let mut abort: Option<futures::future::BoxFuture<'static, Box<Error>>> = None;
+
         /* duplex mode without caching
          * Read body from downstream while reading response from upstream
          * If response is done, only read body from downstream
@@ -583,7 +609,15 @@ where
                 session.cache.support_streaming_partial_write() == Some(true);
             let upgraded = session.was_upgraded();
 
+            if abort.is_none() {
+                abort = self.inner.response_abort(ctx);
+            }
             tokio::select! {
+                // okome patch: the proxy ends the response (its future resolved).
+                e = async { match abort.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if abort.is_some() => {
+                    return Err(e);
+                },
+
                 // only try to send to pipe if there is capacity to avoid deadlock
                 // Otherwise deadlock could happen if both upstream and downstream are blocked
                 // on sending to their corresponding pipes which are both full.
@@ -613,6 +647,12 @@ where
                                 }
                                 // This will not be treated as a final error, but we should signal to
                                 // downstream session regardless
+                                session.downstream_session.on_proxy_failure(e);
+                                continue;
+                           } else if self.inner.downstream_detached(ctx, &e) {
+                                // okome patch: the proxy keeps the upstream going without the client.
+                                detached = true;
+                                downstream_state.to_errored();
                                 session.downstream_session.on_proxy_failure(e);
                                 continue;
                            } else {
@@ -661,11 +701,15 @@ where
                             &mut serve_from_cache,
                             &mut range_body_filter,
                             &mut response_state,
+                            &mut detached,
                         ).await? else {
                             // nothing sent downstream e.g. serve_from_cache
                             continue;
                         };
                         response_state.maybe_set_upstream_done(response_done);
+                        if detached {
+                            downstream_state.to_errored();
+                        }
                         // unsuccessful upgrade response may force the request done
                         downstream_state.maybe_finished(session.is_body_done());
                     } else {
@@ -686,6 +730,7 @@ where
                             &mut serve_from_cache,
                             &mut range_body_filter,
                             &mut response_state,
+                            &mut detached,
                         ).await? else {
                             // nothing sent downstream e.g. serve_from_cache
                             continue;
@@ -698,6 +743,9 @@ where
                             downstream_state.reset();
                         }
                         response_state.maybe_set_upstream_done(response_done);
+                        if detached {
+                            downstream_state.to_errored();
+                        }
                         // unsuccessful upgrade response (or end of upstream upgraded conn,
                         // which forces the body reader to complete) may force the request done
                         downstream_state.maybe_finished(session.is_body_done());

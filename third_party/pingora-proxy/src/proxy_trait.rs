@@ -458,6 +458,24 @@ pub trait ProxyHttp {
         None
     }
 
+    /// okome patch: the client went away (reading from or writing to it failed) while an
+    /// HTTP/1 upstream's response was being relayed. `true`: keep reading the upstream response
+    /// through the response filters, writing it nowhere, until it ends or the future of
+    /// [`Self::response_abort`] resolves; `false` (default): fail the request as before.
+    fn downstream_detached(&self, _ctx: &mut Self::CTX, _error: &Error) -> bool {
+        false
+    }
+
+    /// okome patch: a future that ends the response being relayed from an HTTP/1 upstream when
+    /// it resolves (the upstream connection is dropped and the request fails with the error it
+    /// gives). Asked at each turn of the body loop until it returns `Some`. Default `None`.
+    fn response_abort(
+        &self,
+        _ctx: &mut Self::CTX,
+    ) -> Option<futures::future::BoxFuture<'static, Box<Error>>> {
+        None
+    }
+
     /// Similar to [Self::upstream_response_filter()] but for response body
     ///
     /// This function will be called every time a piece of response body is received. The `body` is

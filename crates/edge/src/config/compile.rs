@@ -41,6 +41,8 @@ pub struct CompiledEdge {
     pub max_header_bytes: u64,
     /// Requests run at once (`None`: no limit).
     pub max_requests: Option<u64>,
+    /// Memory for all resumable streams' buffers (`limits.resumable_buffer`).
+    pub resumable_budget: u64,
     /// Where tenants' limits are counted (lives with the process: a change needs a restart).
     pub limit_store: LimitStoreConfig,
     /// Upstream timeouts (each at least 1 ms).
@@ -324,6 +326,8 @@ pub struct CompiledRoute {
     pub default_model: Option<String>,
     /// Continue streams on another backend when the engine dies mid-stream.
     pub mid_stream_failover: bool,
+    /// Resumable streams' settings, when on.
+    pub resumable: Option<crate::resume::Policy>,
 }
 
 /// The control plane section with its token read.
@@ -565,6 +569,7 @@ pub fn compile(
         max_body: cfg.limits.value.max_body.0,
         max_header_bytes: cfg.limits.value.max_header_bytes.0,
         max_requests: cfg.limits.value.max_requests,
+        resumable_budget: cfg.limits.value.resumable_buffer.0,
         limit_store,
         timeouts: cfg.timeouts.value,
         retry: cfg.retry.value,
@@ -957,6 +962,7 @@ fn compile_route(
     let filters = compile_filters(r, key, has_control, out);
     let surface = compile_surface(r, key, has_control, out);
     let mid_stream_failover = check_failover(cfg, r, key, out);
+    let resumable = compile_resumable(cfg, r, key, out);
     if out.len() > before {
         return None;
     }
@@ -974,7 +980,71 @@ fn compile_route(
         surface,
         default_model: r.default_model.as_ref().map(|m| m.value.clone()),
         mid_stream_failover,
+        resumable,
     })
+}
+
+/// `resumable`: the settings, each within what a node can hold.
+fn compile_resumable(
+    cfg: &EdgeConfig,
+    r: &super::Route,
+    key: &str,
+    out: &mut Vec<Problem>,
+) -> Option<crate::resume::Policy> {
+    use super::Resumable;
+    use crate::resume::Policy;
+    let spec = r.resumable.as_ref()?;
+    let mut policy = Policy::default();
+    match &spec.value {
+        Resumable::On(false) => return None,
+        Resumable::On(true) => {}
+        Resumable::Tuned(t) => {
+            if let Some(g) = t.grace {
+                policy.grace = g.0;
+            }
+            if let Some(b) = t.buffer {
+                policy.buffer = usize::try_from(b.0).unwrap_or(usize::MAX);
+            }
+            if let Some(k) = t.keep {
+                policy.keep = k.0;
+            }
+        }
+    }
+    let mut bad = |field: &str, msg: String| {
+        push(out, at(spec), format!("{key}.resumable.{field}"), msg);
+    };
+    if policy.grace.is_zero() || policy.grace > std::time::Duration::from_secs(3600) {
+        bad(
+            "grace",
+            format!(
+                "{:?} is out of range: between 1s and 1h (the engine runs for nobody this long)",
+                policy.grace
+            ),
+        );
+    }
+    if policy.buffer < 4096 {
+        bad(
+            "buffer",
+            format!(
+                "{} bytes is too small to hold an event: at least 4KiB",
+                policy.buffer
+            ),
+        );
+    }
+    let budget = cfg.limits.value.resumable_buffer.0;
+    if policy.buffer as u64 > budget {
+        bad(
+            "buffer",
+            format!(
+                "{} bytes is more than the node's whole limits.resumable_buffer ({budget} bytes)",
+                policy.buffer
+            ),
+        );
+    }
+    if policy.keep > std::time::Duration::from_secs(3600) {
+        bad("keep", format!("{:?} is over the 1h limit", policy.keep));
+    }
+    Some(policy)
 }
 
 /// `mid_stream_failover` continues a stream with vLLM's `continue_final_message` or a

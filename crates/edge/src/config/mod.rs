@@ -329,6 +329,14 @@ pub struct Limits {
     /// The shared store, for `store: redis`.
     #[serde(default)]
     pub redis: Option<RedisSection>,
+    /// Memory this node gives all resumable streams' buffers (each stream reserves its route's
+    /// `resumable.buffer`); past it new streams are served as not resumable.
+    #[serde(default = "default_resumable_buffer")]
+    pub resumable_buffer: ByteSize,
+}
+
+fn default_resumable_buffer() -> ByteSize {
+    ByteSize(crate::resume::DEFAULT_NODE_BUDGET)
 }
 
 /// Where tenants' limits are counted.
@@ -376,6 +384,7 @@ impl Default for Limits {
             max_requests: None,
             store: LimitStoreKind::Local,
             redis: None,
+            resumable_buffer: default_resumable_buffer(),
         }
     }
 }
@@ -656,6 +665,35 @@ pub struct Route {
     /// (vLLM and OpenAI-compatible pools only).
     #[serde(default)]
     pub mid_stream_failover: Option<Spanned<bool>>,
+    /// Resumable streams: `true` (defaults) or `{grace, buffer, keep}`. A streaming answer gets
+    /// an id (`x-okome-stream-id`) and numbered events; a client that drops can resume it.
+    #[serde(default)]
+    pub resumable: Option<Spanned<Resumable>>,
+}
+
+/// `routes[].resumable`: `true`/`false`, or the settings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Resumable {
+    /// `true`: on with the defaults; `false`: off.
+    On(bool),
+    /// On with these settings.
+    Tuned(ResumableTuning),
+}
+
+/// `routes[].resumable` settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumableTuning {
+    /// How long the engine goes on after the last client left (default 30s).
+    #[serde(default)]
+    pub grace: Option<Dur>,
+    /// The most bytes of events one stream keeps (default 1MiB); older cursors get 410.
+    #[serde(default)]
+    pub buffer: Option<ByteSize>,
+    /// How long a finished stream can still be resumed (default 60s).
+    #[serde(default)]
+    pub keep: Option<Dur>,
 }
 
 /// Route conditions.

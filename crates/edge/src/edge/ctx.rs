@@ -61,6 +61,8 @@ pub struct RequestCtx {
     pub reply: Reply,
     /// Mid-stream failover state, on a route that turned it on, once a stream started.
     pub failover: Option<Box<crate::failover::State>>,
+    /// The resumable stream this request makes, on a route that turned them on.
+    pub resume: Option<Box<crate::resume::stream::Attached>>,
 }
 
 /// What the request is: read from its head and body in `request_filter`.
@@ -182,6 +184,7 @@ impl RequestCtx {
             stream: StreamState::default(),
             reply: Reply::default(),
             failover: None,
+            resume: None,
         }
     }
 }

@@ -71,8 +71,11 @@ pub async fn on_fail(
     if session.response_written().is_some() {
         // Mid-stream: the status line is gone; end the stream in its own framing.
         let shutdown = super::drain::is_shutdown(e);
+        let released = crate::resume::stream::is_release(e);
         if *e.esource() != ErrorSource::Downstream
             && !shutdown
+            && !released
+            && !crate::resume::stream::detached(ctx)
             && crate::failover::on_fail(edge, session, e, ctx).await == crate::failover::Ended::Done
         {
             return FailToProxy {
@@ -83,14 +86,19 @@ pub async fn on_fail(
         if *e.esource() != ErrorSource::Downstream {
             let msg = if shutdown {
                 "the edge is shutting down; retry the request".to_owned()
+            } else if released {
+                "the stream was cancelled".to_owned()
             } else if is_timeout(e) {
                 "the model server stopped sending tokens (idle timeout)".to_owned()
             } else {
                 format!("the model server failed mid-stream: {}", e.etype().as_str())
             };
             if let Some(tap) = ctx.stream.tap.as_ref() {
-                if let Some(bytes) = tap.terminal_error(&msg) {
-                    let _ = session.write_response_body(Some(bytes), true).await;
+                let mut bytes = tap.terminal_error(&msg);
+                // A resumable stream keeps its end too, so a resume reads how it ended.
+                crate::resume::stream::pass(&edge.streams, &mut bytes, true, ctx);
+                if bytes.is_some() && !crate::resume::stream::detached(ctx) {
+                    let _ = session.write_response_body(bytes, true).await;
                 }
             }
         }

@@ -79,6 +79,8 @@ pub struct Edge {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The series every request updates, resolved once per label combination.
     pub series: series::RequestSeries,
+    /// The resumable streams this node holds (shared by every generation).
+    pub streams: Arc<crate::resume::Streams>,
 }
 
 /// Label values of a stream's metrics.
@@ -124,6 +126,8 @@ pub struct Shared {
     /// What each TLS listener serves, by listener index (`None`: plaintext); a reload swaps
     /// the certificates in place.
     pub certs: Vec<Option<crate::tls::Served>>,
+    /// The resumable streams this node holds.
+    pub streams: Arc<crate::resume::Streams>,
 }
 
 impl Edge {
@@ -153,6 +157,10 @@ impl Edge {
             drain: shared.drain.clone(),
             connections: shared.connections.clone(),
             trusted_proxies: cfg.trusted_proxies.clone(),
+            streams: {
+                shared.streams.set_budget(cfg.resumable_budget);
+                shared.streams.clone()
+            },
         }
     }
 

@@ -72,6 +72,14 @@ impl ProxyHttp for Proxy {
                 respond::error(session, ctx, &err).await;
                 Ok(true)
             }
+            Decision::Stream(ask) => {
+                if let Err(err) =
+                    crate::resume::serve::answer(&edge.streams, session, ctx, ask).await
+                {
+                    respond::error(session, ctx, &err).await;
+                }
+                Ok(true)
+            }
             Decision::ListModels(body) => {
                 ctx.reply.status = 200;
                 let id = [("x-request-id", ctx.req.request_id.clone())];
@@ -144,6 +152,7 @@ impl ProxyHttp for Proxy {
         let uri = &session.req_header().uri;
         let target = uri.path_and_query().map_or("/", |p| p.as_str());
         response::on_response_header(&edge, resp, uri.path(), target, ctx);
+        response::start_resumable(&edge, session, resp, ctx);
         Ok(())
     }
 
@@ -162,6 +171,21 @@ impl ProxyHttp for Proxy {
         }
         response::on_body(&edge, body, end_of_stream, ctx)?;
         Ok(None)
+    }
+
+    fn downstream_detached(&self, ctx: &mut RequestCtx, _error: &Error) -> bool {
+        let edge = Arc::clone(&ctx.edge);
+        crate::resume::stream::detach(&edge.streams, ctx)
+    }
+
+    fn response_abort(
+        &self,
+        ctx: &mut RequestCtx,
+    ) -> Option<futures::future::BoxFuture<'static, Box<Error>>> {
+        // Per turn of the body loop: nothing to do for a stream that is not resumable.
+        ctx.resume.as_ref()?;
+        let edge = Arc::clone(&ctx.edge);
+        crate::resume::stream::abort(&edge.streams, ctx)
     }
 
     fn fail_to_connect(
@@ -222,5 +246,6 @@ impl ProxyHttp for Proxy {
         };
         let edge = Arc::clone(&ctx.edge);
         logging::finish(&edge, &seen, e, ctx);
+        crate::resume::stream::finish(&edge.streams, ctx);
     }
 }

@@ -56,6 +56,8 @@ fn request_id(req: &pingora_http::RequestHeader) -> String {
 pub enum Decision {
     /// Proxy it.
     Proxy,
+    /// A resumable stream's resume or cancel, answered from this node's buffer.
+    Stream(crate::resume::serve::Ask),
     /// Answer with this error.
     Refuse(EdgeError),
     /// Answer a models request (`GET /v1/models`, `/v1/models/{id}`) with this JSON body.
@@ -359,7 +361,12 @@ async fn decide_inner(
             // Not a real upgrade, or not on a WebSocket route: an ordinary request, checked whole.
             strip_upgrade(session);
         }
-        check_surface(route, ctx.req.api, &method, &path)?;
+        // A resumable route exposes its streams' resources besides what `allow` says.
+        let stream_resource =
+            route.resumable.is_some() && crate::resume::serve::is_stream_path(&path);
+        if !stream_resource {
+            check_surface(route, ctx.req.api, &method, &path)?;
+        }
     }
     ctx.req.route = Some(head_route);
     ctx.req.upgrade = upgrade;
@@ -367,6 +374,16 @@ async fn decide_inner(
     // 3. Header filters: who is asking, before anything is buffered for them; then the body
     // filters' early word (a tenant already at its stream limit).
     run_filters(edge, session, ctx, head_route, Phase::Headers).await?;
+    // A resume or cancel is answered here, once the caller is known: it starts no request of
+    // its own (no body, no admission).
+    if edge.routes.routes[head_route].resumable.is_some() {
+        let req = session.req_header();
+        if let Some(ask) =
+            crate::resume::serve::parse(&method, &path, req.uri.query(), &req.headers)
+        {
+            return ask.map(Decision::Stream);
+        }
+    }
     for f in edge.routes.routes[head_route].filters_of(Phase::Body) {
         if let Verdict::Reject(r) = f.precheck(&ctx.effects).await {
             return Err(r.into());

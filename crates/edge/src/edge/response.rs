@@ -113,7 +113,34 @@ pub fn on_body(
         f.on_body(body, end)?;
     }
     tap_body(edge, body, ctx);
+    crate::resume::stream::pass(&edge.streams, body, end, ctx);
     Ok(())
+}
+
+/// `response_filter`, after [`on_response_header`]: a streaming 200 (SSE or NDJSON) on a
+/// `resumable` route becomes a resumable stream.
+pub fn start_resumable(
+    edge: &Edge,
+    session: &pingora_proxy::Session,
+    resp: &mut ResponseHeader,
+    ctx: &mut RequestCtx,
+) {
+    let Some(policy) = ctx.req.route.and_then(|r| edge.routes.routes[r].resumable) else {
+        return;
+    };
+    let framing = match ctx.stream.tap.as_ref().map(|t| t.format()) {
+        Some(Format::Sse) => crate::resume::events::Framing::Sse,
+        Some(Format::Ndjson) => crate::resume::events::Framing::Ndjson,
+        _ => return,
+    };
+    if ctx.reply.status != 200 || ctx.req.upgrade {
+        return;
+    }
+    let down = session.as_downstream();
+    let local = down.server_addr().and_then(|a| a.as_inet()).copied();
+    let tenant = ctx.effects.tenant.as_ref().map(|t| t.id.as_str());
+    let owner = edge.streams.owner(&session.req_header().headers, tenant);
+    crate::resume::stream::start(&edge.streams, policy, framing, resp, local, owner, ctx);
 }
 
 /// Feeds bytes written to the client to the tap (tokens, gaps, TTFT).

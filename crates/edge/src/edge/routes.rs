@@ -36,6 +36,8 @@ pub struct Route {
     pub default_model: Option<String>,
     /// Continue streams on another backend when the engine dies mid-stream.
     pub mid_stream_failover: bool,
+    /// Resumable streams' settings, when on.
+    pub resumable: Option<crate::resume::Policy>,
     /// The APIs some pool of this route speaks (worked out once, not per request).
     apis: Vec<Api>,
 }
@@ -219,6 +221,7 @@ impl RouteTable {
                     surface: r.surface.clone(),
                     default_model: r.default_model.clone(),
                     mid_stream_failover: r.mid_stream_failover,
+                    resumable: r.resumable,
                     apis: Vec::new(),
                 };
                 route.apis = [Api::OpenAi, Api::Ollama, Api::TfServing, Api::TfServingGrpc]

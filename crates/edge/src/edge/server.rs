@@ -51,6 +51,9 @@ pub enum StartError {
     /// The shared limit store could not be set up.
     #[error("limits.redis: {0}")]
     Limits(#[from] okome_limits::LimitsError),
+    /// A metric could not be registered (a duplicate name: a bug).
+    #[error("cannot register the metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     /// The runtime for the background work could not be built.
     #[error("cannot start the edge's runtime: {0}")]
     Runtime(std::io::Error),
@@ -171,7 +174,16 @@ pub async fn assemble(
         supervisor.spawn("limits lease renewal", move || s.clone().renew_leases());
         env.limits = Arc::new(store);
     }
+    let streams = Arc::new(crate::resume::Streams::new(
+        cfg.resumable_budget,
+        crate::resume::ResumeMetrics::new(metrics.registry())?,
+    ));
+    {
+        let s = streams.clone();
+        supervisor.spawn("resumable streams sweeper", move || s.clone().sweeper());
+    }
     let shared = Shared {
+        streams,
         metrics: metrics.clone(),
         env,
         access_log,

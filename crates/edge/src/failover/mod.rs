@@ -139,9 +139,10 @@ pub async fn on_fail(edge: &Edge, session: &mut Session, e: &Error, ctx: &mut Re
             .inc();
     };
     // The bytes of the failing chunk before the failure are the client's, whatever comes next.
-    let pending = state.pending.take().filter(|b| !b.is_empty());
+    let mut pending = state.pending.take().filter(|b| !b.is_empty());
     if pending.is_some() {
         crate::edge::response::tap_body(edge, &pending, ctx);
+        crate::resume::stream::pass(&edge.streams, &mut pending, false, ctx);
         if session.write_response_body(pending, false).await.is_err() {
             count("failed");
             return Ended::Done;

@@ -214,8 +214,9 @@ pub async fn continue_stream(
         if out.is_empty() {
             continue;
         }
-        let out = Some(out);
+        let mut out = Some(out);
         crate::edge::response::tap_body(edge, &out, ctx);
+        crate::resume::stream::pass(&edge.streams, &mut out, false, ctx);
         if session.write_response_body(out, false).await.is_err() {
             return Ok(Spliced::ClientGone);
         }
@@ -258,8 +259,9 @@ pub async fn continue_stream(
         event(&mut tail, &Value::Object(usage));
     }
     tail.extend_from_slice(b"data: [DONE]\n\n");
-    let tail = Some(tail.freeze());
+    let mut tail = Some(tail.freeze());
     crate::edge::response::tap_body(edge, &tail, ctx);
+    crate::resume::stream::pass(&edge.streams, &mut tail, true, ctx);
     if session.write_response_body(tail, true).await.is_err() {
         return Ok(Spliced::ClientGone);
     }
