@@ -92,6 +92,10 @@ pub fn outcome(e: Option<&Error>, ctx: &RequestCtx) -> Outcome {
         Some(crate::failover::relay::Spliced::ClientGone) => return Outcome::ClientDisconnect,
         None => {}
     }
+    // The client left a resumable stream (the engine went on for a resume), or cancelled it.
+    if crate::resume::stream::detached(ctx) || e.is_some_and(crate::resume::stream::is_release) {
+        return Outcome::ClientDisconnect;
+    }
     match e {
         Some(e) if super::drain::is_shutdown(e) => Outcome::Shutdown,
         Some(e) if *e.esource() == ErrorSource::Downstream => Outcome::ClientDisconnect,
