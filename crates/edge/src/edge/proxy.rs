@@ -73,9 +73,13 @@ impl ProxyHttp for Proxy {
                 Ok(true)
             }
             Decision::Stream(ask) => {
-                if let Err(err) =
-                    crate::resume::serve::answer(&edge.streams, session, ctx, ask).await
-                {
+                let limits = crate::resume::serve::BodyLimits {
+                    max_body: edge.max_body,
+                    deadline: edge.timeouts.client_body.0,
+                };
+                let answered =
+                    crate::resume::serve::answer(&edge.streams, limits, session, ctx, ask).await;
+                if let Err(err) = answered {
                     respond::error(session, ctx, &err).await;
                 }
                 Ok(true)

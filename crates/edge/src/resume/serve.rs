@@ -61,7 +61,7 @@ pub fn parse(
     if let Some(id) = path.strip_prefix(PREFIX) {
         let id = id.to_owned();
         return Some(match *method {
-            http::Method::GET | http::Method::HEAD => {
+            http::Method::GET => {
                 let q = query
                     .into_iter()
                     .flat_map(|q| q.split('&'))
@@ -114,6 +114,7 @@ fn not_found(streams: &Streams, id: &str) -> EdgeError {
 /// Answers `ask`; `Err`: the refusal for the caller, in its API's shape.
 pub async fn answer(
     streams: &Streams,
+    limits: BodyLimits,
     session: &mut Session,
     ctx: &mut RequestCtx,
     ask: Ask,
@@ -143,7 +144,7 @@ pub async fn answer(
                 crate::edge::respond::json(session, 200, Bytes::from(body.to_string()), &rid).await;
             Ok(())
         }
-        Ask::Resume { cursor, .. } => resume(streams, session, ctx, &record, cursor).await,
+        Ask::Resume { cursor, .. } => resume(streams, limits, session, ctx, &record, cursor).await,
     }
 }
 
@@ -158,6 +159,7 @@ fn life_name(life: Life) -> &'static str {
 
 async fn resume(
     streams: &Streams,
+    limits: BodyLimits,
     session: &mut Session,
     ctx: &mut RequestCtx,
     record: &Arc<Record>,
@@ -186,9 +188,12 @@ async fn resume(
         }
         Read::Events(..) | Read::Over(_) => count("resumed"),
     }
-    // A re-POST carries the original body again: read and drop it, so the connection stays
-    // in step (nothing of it is used).
-    while let Ok(Some(_)) = session.read_request_body().await {}
+    // A re-POST carries the original body again: read and drop it (nothing of it is used), up
+    // to the edge's body limit and deadline, so the connection stays in step; past either it
+    // is closed after the answer instead.
+    if !drain_body(session, limits).await {
+        session.set_keepalive(None);
+    }
     let mut resp = ResponseHeader::build(200, Some(5)).map_err(internal)?;
     let headers = [
         (http::header::CONTENT_TYPE, record.content_type.clone()),
@@ -221,6 +226,38 @@ async fn resume(
     follow(session, record, &mut cursor).await;
     streams.leave(record);
     Ok(())
+}
+
+/// Reads and drops the request body; `false` when it was over `max_body` bytes, did not arrive
+/// in time, or broke.
+async fn drain_body(session: &mut Session, limits: BodyLimits) -> bool {
+    let read = async {
+        let mut seen = 0u64;
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    seen += chunk.len() as u64;
+                    if seen > limits.max_body {
+                        return false;
+                    }
+                }
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+    };
+    tokio::time::timeout(limits.deadline, read)
+        .await
+        .unwrap_or(false)
+}
+
+/// How much of a re-POST's body is read, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// `limits.max_body`.
+    pub max_body: u64,
+    /// `timeouts.client_body`.
+    pub deadline: std::time::Duration,
 }
 
 /// Writes the events after `cursor` as they come, to the end of the stream or of the client.
