@@ -1017,8 +1017,8 @@ fn compile_resumable(
         bad(
             "grace",
             format!(
-                "{:?} is out of range: between 1s and 1h (the engine runs for nobody this long)",
-                policy.grace
+                "{} is out of range: between 1s and 1h (the engine runs for nobody this long)",
+                humantime::format_duration(policy.grace)
             ),
         );
     }
@@ -1042,7 +1042,13 @@ fn compile_resumable(
         );
     }
     if policy.keep > std::time::Duration::from_secs(3600) {
-        bad("keep", format!("{:?} is over the 1h limit", policy.keep));
+        bad(
+            "keep",
+            format!(
+                "{} is over the 1h limit",
+                humantime::format_duration(policy.keep)
+            ),
+        );
     }
     Some(policy)
 }
@@ -1277,6 +1283,62 @@ pools:
                 && p.message.contains("reaches no vllm or openai pool (alpha)")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn resumable_takes_true_or_settings_within_the_node_budget() {
+        use crate::resume::Policy;
+        use std::time::Duration;
+        let route = |r: &str| {
+            compile_text(&format!(
+                "{BASE}routes: [{{name: r, pool: zeta, resumable: {r}}}]\n"
+            ))
+        };
+        assert_eq!(
+            route("true").unwrap().routes[0].resumable,
+            Some(Policy::default())
+        );
+        assert_eq!(route("false").unwrap().routes[0].resumable, None);
+        let c = route("{grace: 5s, buffer: 64KiB, keep: 2m}").unwrap();
+        assert_eq!(
+            c.routes[0].resumable,
+            Some(Policy {
+                grace: Duration::from_secs(5),
+                buffer: 64 << 10,
+                keep: Duration::from_secs(120)
+            })
+        );
+        assert_eq!(c.resumable_budget, crate::resume::DEFAULT_NODE_BUDGET);
+        for (spec, key, says) in [
+            (
+                "{grace: 0s}",
+                "routes[0].resumable.grace",
+                "between 1s and 1h",
+            ),
+            (
+                "{buffer: 100}",
+                "routes[0].resumable.buffer",
+                "at least 4KiB",
+            ),
+            (
+                "{buffer: 1GiB}",
+                "routes[0].resumable.buffer",
+                "limits.resumable_buffer",
+            ),
+        ] {
+            let problems = route(spec).unwrap_err();
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.line == 5 && p.key == key && p.message.contains(says)),
+                "{spec}: {problems:?}"
+            );
+        }
+        let c = compile_text(&format!(
+            "{BASE}limits: {{resumable_buffer: 8MiB}}\nroutes: [{{name: r, pool: zeta, resumable: true}}]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.resumable_budget, 8 << 20);
     }
 
     #[test]

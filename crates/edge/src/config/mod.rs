@@ -672,13 +672,36 @@ pub struct Route {
 }
 
 /// `routes[].resumable`: `true`/`false`, or the settings.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum Resumable {
     /// `true`: on with the defaults; `false`: off.
     On(bool),
     /// On with these settings.
     Tuned(ResumableTuning),
+}
+
+impl<'de> Deserialize<'de> for Resumable {
+    // By hand rather than `untagged`, so a misspelt setting is named in the error.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Resumable;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false or {grace, buffer, keep}")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Resumable, E> {
+                Ok(Resumable::On(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Resumable, A::Error> {
+                ResumableTuning::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(Resumable::Tuned)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `routes[].resumable` settings.
