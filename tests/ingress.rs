@@ -479,11 +479,17 @@ async fn a_stream_id_reaches_the_node_that_made_it() {
     let mut on = [0; 2];
     for k in 0..12u32 {
         let id = format!("{:08x}-{k:032x}", node_tag(nat));
-        let first = c.which(&format!("x-okome-stream-id: {id}\r\n")).await;
-        assert_eq!(
-            c.which(&format!("x-okome-stream-id: {id}\r\n")).await,
-            first
-        );
+        let mut resume = || {
+            let r = rid();
+            let get = format!(
+                "GET /v1/okome/streams/{id} HTTP/1.1\r\nHost: localhost\r\nx-request-id: {r}\r\nConnection: close\r\n\r\n"
+            );
+            (get, r)
+        };
+        let (get, r) = resume();
+        let first = c.reached(get.as_bytes(), &r).await;
+        let (get, r) = resume();
+        assert_eq!(c.reached(get.as_bytes(), &r).await, first, "{id} moved");
         on[first] += 1;
     }
     assert!(on.iter().all(|&n| n > 0), "{on:?}");
