@@ -75,6 +75,7 @@ async fn cluster(net: u8, trust_ingress: bool) -> Cluster {
 routes:
   - name: ingress
     pool: nodes
+    allow: [default, \"GET|DELETE /v1/okome/streams/*\"]
 ",
         a.addr,
         b.addr,
@@ -122,6 +123,30 @@ impl Cluster {
             (1, 0) => 0,
             (0, 1) => 1,
             d => panic!("one request reached the engines {d:?} times"),
+        }
+    }
+
+    /// Sends `request` (which carries `x-request-id: id`) and says which stream node it reached,
+    /// by the nodes' access logs: whatever a node answers, it logs the request.
+    async fn reached(&self, request: &[u8], id: &str) -> usize {
+        let r = self.send(request).await;
+        assert!(!r.is_empty(), "no answer to {id}");
+        let has = |i: usize| {
+            self.nodes[i]
+                .log_text()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|v| v["request_id"] == id)
+        };
+        assert!(
+            eventually(5, || async { has(0) || has(1) }).await,
+            "{id} reached no stream node: {}",
+            String::from_utf8_lossy(&r)
+        );
+        match (has(0), has(1)) {
+            (true, false) => 0,
+            (false, true) => 1,
+            d => panic!("{id} reached the nodes {d:?}"),
         }
     }
 
@@ -407,4 +432,65 @@ async fn a_node_with_one_dead_pool_stays_ready_for_the_ingress() {
     // Draining is not ready either way.
     edge.drain();
     assert_eq!(get("?pools=any").await.0, 503);
+}
+
+/// A stream id names the stream node that made it (the tag of the address the node was reached
+/// at, which is the ingress's backend address): a re-POST with `x-okome-stream-id`, a
+/// `GET /v1/okome/streams/<id>` (resume) and a `DELETE` (cancel) all reach that node, although
+/// the id hashes anywhere on the ring; an id whose tag names no node is hashed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_id_reaches_the_node_that_made_it() {
+    use okome_edge::resume::id::node_tag;
+    let c = cluster(24, true).await;
+    let mut n = 0;
+    let mut rid = || {
+        n += 1;
+        format!("stream-req-{n}")
+    };
+    for (node, addr) in c.nodes.iter().map(|e| e.addr).enumerate() {
+        // Several ids per node: their random parts put them on both nodes of the ring.
+        for tail in ["0", "7", "c", "f"] {
+            let id = format!("{:08x}-{}", node_tag(addr), tail.repeat(32));
+            let r = rid();
+            let post = post_with(
+                "/v1/chat/completions",
+                &chat(MODEL, 2),
+                &format!("x-okome-stream-id: {id}\r\nx-request-id: {r}\r\n"),
+            );
+            assert_eq!(c.reached(&post, &r).await, node, "POST {id}");
+            let r = rid();
+            let get = format!(
+                "GET /v1/okome/streams/{id}?cursor=3 HTTP/1.1\r\nHost: localhost\r\nx-request-id: {r}\r\nConnection: close\r\n\r\n"
+            );
+            assert_eq!(c.reached(get.as_bytes(), &r).await, node, "GET {id}");
+            let r = rid();
+            let delete = format!(
+                "DELETE /v1/okome/streams/{id} HTTP/1.1\r\nHost: localhost\r\nLast-Event-ID: 3\r\nx-request-id: {r}\r\nConnection: close\r\n\r\n"
+            );
+            assert_eq!(c.reached(delete.as_bytes(), &r).await, node, "DELETE {id}");
+        }
+    }
+    assert_eq!(c.sticky("hit").await, 24.0);
+    assert_eq!(c.sticky("moved").await, 0.0);
+
+    // Reached through a NAT (the node's own address is not a backend's): hashed, so ids spread
+    // over both nodes and each one stays put.
+    let nat: SocketAddr = "192.168.5.5:8080".parse().unwrap();
+    let mut on = [0; 2];
+    for k in 0..12u32 {
+        let id = format!("{:08x}-{k:032x}", node_tag(nat));
+        let mut resume = || {
+            let r = rid();
+            let get = format!(
+                "GET /v1/okome/streams/{id} HTTP/1.1\r\nHost: localhost\r\nx-request-id: {r}\r\nConnection: close\r\n\r\n"
+            );
+            (get, r)
+        };
+        let (get, r) = resume();
+        let first = c.reached(get.as_bytes(), &r).await;
+        let (get, r) = resume();
+        assert_eq!(c.reached(get.as_bytes(), &r).await, first, "{id} moved");
+        on[first] += 1;
+    }
+    assert!(on.iter().all(|&n| n > 0), "{on:?}");
 }

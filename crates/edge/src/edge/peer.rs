@@ -10,12 +10,13 @@ use std::sync::Arc;
 
 /// Chooses the backend for the next attempt, or says why there is none: in a prefix-affinity
 /// pool, the backend that served the longest start of the prompt (load bounded); in a sticky
-/// pool, the request key's backend on the ring (`headers` carry the key); else the less loaded
-/// of two.
+/// pool, the request key's backend (`headers` or, for a stream id, `path` carry the key); else
+/// the less loaded of two.
 pub fn next(
     edge: &Edge,
     ctx: &mut RequestCtx,
     headers: &http::HeaderMap,
+    path: &str,
 ) -> Result<HttpPeer, EdgeError> {
     ctx.attempt.inflight = None;
     // The arbiter refusal with the soonest Retry-After, for the 503 if nothing takes the request.
@@ -47,7 +48,7 @@ pub fn next(
                 aff.pick(&pool.backends, blocks, skip).map(|p| p.index)
             }
             _ => match &pool.sticky {
-                Some(sticky) => match sticky.key(headers) {
+                Some(sticky) => match sticky.key(headers, path) {
                     Some(key) => {
                         let p = sticky.pick(&pool.backends, key, skip);
                         if p.is_some() {

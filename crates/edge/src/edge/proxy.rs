@@ -103,7 +103,8 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let edge = Arc::clone(&ctx.edge);
-        peer::next(&edge, ctx, &session.req_header().headers)
+        let req = session.req_header();
+        peer::next(&edge, ctx, &req.headers, req.uri.path())
             .map(Box::new)
             .map_err(|err| {
                 let status = err.status;
