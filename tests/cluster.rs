@@ -162,6 +162,19 @@ fn https_client(ca_pem: &Path) -> reqwest::Client {
         .unwrap()
 }
 
+/// An SSE body without its `id: N` lines, and the ids in order.
+fn strip_ids(body: &[u8]) -> (Vec<u8>, Vec<u64>) {
+    let text = String::from_utf8_lossy(body);
+    let (mut plain, mut ids) = (String::new(), Vec::new());
+    for line in text.split_inclusive('\n') {
+        match line.strip_prefix("id: ") {
+            Some(n) => ids.push(n.trim().parse().unwrap()),
+            None => plain.push_str(line),
+        }
+    }
+    (plain.into_bytes(), ids)
+}
+
 async fn openai_sdk_text(client: reqwest::Client, key: &str) -> (String, usize) {
     use async_openai::config::OpenAIConfig;
     use async_openai::types::chat::{
@@ -232,8 +245,15 @@ async fn the_seed_cluster_end_to_end() {
     let resp = c.chat("bytes", "bytes-1", 30).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert!(
+        resp.headers().contains_key("x-okome-stream-id"),
+        "the stream nodes' openai route is resumable"
+    );
     let (via, reads, spread) = read_stream(resp).await;
-    assert_eq!(normalize(&via), normalize(&direct));
+    // The engine's bytes, each event numbered (`id: N`) for resumption.
+    let (plain, ids) = strip_ids(&via);
+    assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>());
+    assert_eq!(normalize(&plain), normalize(&direct));
     assert_eq!(sse_tokens(&String::from_utf8_lossy(&via)), 30);
     // 2. Pacing: 30 tokens at 50/s are ~580 ms apart end to end; two buffering hops would
     // deliver them in a read or two.
@@ -290,6 +310,85 @@ async fn the_seed_cluster_end_to_end() {
         on("4").expect("some conversation on node 4"),
     );
     let (k3, k4) = (format!("conv-{k3}"), format!("conv-{k4}"));
+
+    // 3b. A stream whose client drops resumes through the ingress, on the node that holds it:
+    // the resume carries only the stream id, whose node tag the ingress routes by.
+    let sim_requests = || async {
+        let s: serde_json::Value = reqwest::get(format!("http://{NET}.30:8000/_sim/stats"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        s["requests"].as_u64().unwrap()
+    };
+    let direct = reqwest::Client::new()
+        .post(format!("http://{NET}.30:8000/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(chat_body(100))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let before = sim_requests().await;
+    let resp = c.chat(&k3, "resume-start", 100).await;
+    assert_eq!(resp.status(), 200);
+    let sid = resp.headers()["x-okome-stream-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut first = Vec::new();
+    {
+        use futures::StreamExt;
+        let mut body = resp.bytes_stream();
+        while strip_ids(&first).1.len() < 10 {
+            first.extend_from_slice(&body.next().await.unwrap().unwrap());
+        }
+        // Dropping the body resets the HTTP/2 stream: the ingress drops its request to the
+        // stream node, which keeps the engine going for the grace window.
+    }
+    let cut = first.windows(2).rposition(|w| w == b"\n\n").unwrap() + 2;
+    first.truncate(cut);
+    let last = *strip_ids(&first).1.last().unwrap();
+    let rest = c
+        .client
+        .get(c.url(&format!("/v1/okome/streams/{sid}")))
+        .bearer_auth(&c.key)
+        .header("last-event-id", last.to_string())
+        .header("x-request-id", "resume-again")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.status(), 200, "{:?}", rest.text().await);
+    let (rest, _, _) = read_stream(rest).await;
+    first.extend_from_slice(&rest);
+    let (plain, ids) = strip_ids(&first);
+    assert_eq!(
+        ids,
+        (1..=ids.len() as u64).collect::<Vec<_>>(),
+        "each event once, none missing"
+    );
+    assert_eq!(
+        normalize(&plain),
+        normalize(&direct),
+        "resumed text differs"
+    );
+    assert_eq!(
+        sim_requests().await - before,
+        1,
+        "the engine saw one request"
+    );
+    assert_eq!(c.served_by("resume-again"), c.served_by("resume-start"));
+    // Without the key the resume is refused before the stream is looked up.
+    let other = c
+        .client
+        .get(c.url(&format!("/v1/okome/streams/{sid}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 401);
 
     // 4. Drain node 3 (SIGTERM) with a stream on it: the stream finishes, new requests of its
     // conversations move to node 4 once its /readyz says so.
