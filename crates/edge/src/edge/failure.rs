@@ -87,7 +87,7 @@ pub async fn on_fail(
             let msg = if shutdown {
                 "the edge is shutting down; retry the request".to_owned()
             } else if released {
-                "the stream was cancelled".to_owned()
+                crate::resume::stream::release_message(e).to_owned()
             } else if is_timeout(e) {
                 "the model server stopped sending tokens (idle timeout)".to_owned()
             } else {

@@ -151,6 +151,16 @@ pub fn is_release(e: &Error) -> bool {
     matches!(e.etype(), ErrorType::Custom(w) if *w == RELEASE_CANCELLED || *w == RELEASE_EXPIRED)
 }
 
+/// What the terminal error event of a stream the edge ended says.
+pub fn release_message(e: &Error) -> &'static str {
+    match e.etype() {
+        ErrorType::Custom(w) if *w == RELEASE_EXPIRED => {
+            "nobody resumed the stream within its grace window: the model server was stopped"
+        }
+        _ => "the stream was cancelled by its caller",
+    }
+}
+
 /// The request is over (`logging`): its record ends here unless it already did.
 pub fn finish(streams: &Streams, ctx: &mut RequestCtx) {
     let Some(a) = ctx.resume.take() else {
