@@ -219,6 +219,34 @@ panels += [
 advance()
 
 # ---------------------------------------------------------------------------------------------
+panels.append(row("Streams that survive: mid-stream failover and resumable streams"))
+R = 'job=~"$job", route=~"$route"'
+panels += [
+    ts("Mid-stream failovers by outcome",
+       [(f'sum by (route, reason, outcome) (rate(okome_failover_total{{{R}}}[$__rate_interval]))',
+         "{{route}} {{reason}}: {{outcome}}")], "ops", 0, w=6, stack=True,
+       desc="Engines that died mid-stream on routes with mid_stream_failover: continued on another "
+            "backend, failed, or not eligible (tools, structured output, n > 1, logprobs)."),
+    ts("Failover gap p50 / p99",
+       [(f'histogram_quantile(0.5, sum by (le) (rate(okome_failover_gap_seconds_bucket{{{R}}}[$__rate_interval])))', "p50"),
+        (f'histogram_quantile(0.99, sum by (le) (rate(okome_failover_gap_seconds_bucket{{{R}}}[$__rate_interval])))', "p99")],
+       "s", 6, w=6, desc="Engine death noticed → the first continued token written to the client."),
+    ts("Resumable streams held / detached",
+       [(f'sum(okome_resumable_streams{J})', "held (live or within keep)"),
+        (f'sum(okome_resumable_streams_detached{J})', "detached (engine running, no client)"),
+        (f'sum(okome_resumable_buffer_bytes{J}) / 1048576', "buffered MiB")],
+       "none", 12, w=6,
+       desc="Streams a client can resume; detached ones keep their engine for the route's grace window."),
+    ts("Resumes, cancels, grace expiries, refusals",
+       [(f'sum by (result) (rate(okome_stream_resumes_total{J}[$__rate_interval]))', "resume: {{result}}"),
+        (f'sum(rate(okome_stream_cancels_total{J}[$__rate_interval]))', "cancelled"),
+        (f'sum(rate(okome_stream_grace_expired_total{J}[$__rate_interval]))', "grace expired (engine stopped)"),
+        (f'sum(rate(okome_resumable_refused_total{J}[$__rate_interval]))', "served without an id (node budget)")],
+       "ops", 18, w=6),
+]
+advance()
+
+# ---------------------------------------------------------------------------------------------
 panels.append(row("Pool: $pool", repeat="pool"))
 BP = 'job=~"$job", pool=~"$pool"'
 panels += [
