@@ -64,6 +64,16 @@ impl Framer {
         self.framing
     }
 
+    /// Bytes held back: the start of an event whose end has not arrived.
+    pub fn held(&self) -> usize {
+        self.partial.len()
+    }
+
+    /// Hands over what is held back, as it is (no id): the stream stops being numbered.
+    pub fn take_held(&mut self) -> Bytes {
+        std::mem::take(&mut self.partial).freeze()
+    }
+
     /// The whole events `chunk` completes (with what was held back before it); `end`: the
     /// stream ends here, so an unfinished last event is let out as it is.
     pub fn feed(&mut self, chunk: &Bytes, end: bool) -> Cut {
@@ -201,6 +211,19 @@ mod tests {
         assert_eq!(events.len(), 2);
         let mut big = [0; 20];
         assert_eq!(fmt_u64(u64::MAX, &mut big), u64::MAX.to_string().as_bytes());
+    }
+
+    #[test]
+    fn an_unfinished_event_is_held_until_handed_over() {
+        let mut f = Framer::new(Framing::Sse);
+        let cut = f.feed(
+            &Bytes::from_static(b"data: {\"a\":1}\n\ndata: {\"big\":\""),
+            false,
+        );
+        assert_eq!(cut.bytes, Bytes::from_static(b"id: 1\ndata: {\"a\":1}\n\n"));
+        assert_eq!(f.held(), 14);
+        assert_eq!(f.take_held(), Bytes::from_static(b"data: {\"big\":\""));
+        assert_eq!(f.held(), 0);
     }
 
     #[test]

@@ -79,6 +79,28 @@ pub fn pass(streams: &Streams, body: &mut Option<Bytes>, end: bool, ctx: &mut Re
     }
     if end {
         streams.end(&a.record, Life::Ended);
+    } else if a.framer.held() > a.record.policy.buffer {
+        // An event longer than the whole buffer (or an engine that never ends its events):
+        // holding it back would stall the client and grow without bound. The bytes go out as
+        // they are and the stream stops being resumable; a resume reads up to here.
+        log::warn!(
+            "request {}: stream {}: an event outgrew the resumable buffer ({} bytes); the rest \
+             is relayed as it comes and cannot be resumed",
+            ctx.req.request_id,
+            a.record.id,
+            a.record.policy.buffer
+        );
+        let held = a.framer.take_held();
+        *body = Some(match body.take() {
+            Some(b) => {
+                let mut all = bytes::BytesMut::with_capacity(b.len() + held.len());
+                all.extend_from_slice(&b);
+                all.extend_from_slice(&held);
+                all.freeze()
+            }
+            None => held,
+        });
+        finish(streams, ctx);
     }
 }
 
