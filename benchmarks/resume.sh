@@ -8,6 +8,7 @@
 # stream ended with exactly one [DONE].
 #
 #   cargo build --release -p okome && bash benchmarks/resume.sh [streams] [events_before_drop]
+#   RESUMABLE=0 bash benchmarks/resume.sh      # the same streams on a plain route: attached RSS only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}; K=${2:-20}
@@ -23,6 +24,8 @@ rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 # 20 tokens/s: K events in about K/20 s, and a 400-token answer lasts 20 s, past the run.
 RUST_LOG=warn $BIN sim --kind vllm --listen $SIM --tokens-per-second 20 --max-concurrent 100000 \
   --max-queue 100000 >/dev/null 2>&1 &
+RESUME_KEY="resumable: { grace: 60s, buffer: 256KiB }   # holds a whole 400-token answer"
+[ "${RESUMABLE:-1}" = 0 ] && RESUME_KEY="resumable: false"
 cat > "$dir/edge.yaml" <<YAML
 listeners: [{ address: $EDGE }]
 admin: { address: $ADMIN }
@@ -33,7 +36,8 @@ routes:
   - name: openai
     match: { path_prefix: /v1/ }
     pool: vllm
-    resumable: { grace: 60s, buffer: 64KiB }
+    $RESUME_KEY
+limits: { resumable_buffer: 1GiB }
 YAML
 RUST_LOG=warn $BIN edge -c "$dir/edge.yaml" >"$dir/edge.log" 2>&1 & EDGE_PID=$!
 for _ in $(seq 100); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.1; done
@@ -47,6 +51,10 @@ idle=$(rss_kib $EDGE_PID)
 coproc LOAD { "$PY" benchmarks/resume_load.py "$EDGE" "$N" "$K"; }
 read -r opened <&"${LOAD[0]}"; echo "$opened"
 sleep 1; attached=$(rss_kib $EDGE_PID)
+if [ "${RESUMABLE:-1}" = 0 ]; then
+  echo "plain route: edge RSS idle $idle KiB, $N attached $attached KiB ($(( (attached - idle) * 1024 / N )) bytes/stream)"
+  exit 0
+fi
 echo go >&"${LOAD[1]}"; read -r dropped <&"${LOAD[0]}"
 for _ in $(seq 100); do [ "$(metric okome_resumable_streams_detached)" = "$N" ] && break; sleep 0.1; done
 sleep 1; detached=$(rss_kib $EDGE_PID)
@@ -59,5 +67,5 @@ echo "streams: $N, events read before the drop: $K, detached seen by the edge: $
 echo "edge RSS idle:            $idle KiB"
 echo "edge RSS, $N attached:    $attached KiB  ($(( (attached - idle) * 1024 / N )) bytes/stream)"
 echo "edge RSS, $N detached:    $detached KiB  ($(( (detached - idle) * 1024 / N )) bytes/stream)"
-echo "buffered event bytes:     $buf  ($(( ${buf%.*} / N )) bytes/stream)"
-echo "resume → first replayed byte: $resumed"
+echo "buffered event bytes:     $buf  ($(( ${buf%.*} / N )) bytes/stream, part of the RSS above)"
+echo "resume request → first replayed byte: $resumed"

@@ -43,7 +43,9 @@ pub fn on_proxy_error(
         "backend {}",
         pingora_core::upstreams::peer::Peer::address(peer)
     ));
-    if *e.esource() == ErrorSource::Downstream {
+    // The client went away, or the edge ended a resumable stream (cancel, grace window over):
+    // not the backend's fault.
+    if *e.esource() == ErrorSource::Downstream || crate::resume::stream::is_release(&e) {
         e.set_retry(false);
         return e;
     }

@@ -92,8 +92,11 @@ pub fn outcome(e: Option<&Error>, ctx: &RequestCtx) -> Outcome {
         Some(crate::failover::relay::Spliced::ClientGone) => return Outcome::ClientDisconnect,
         None => {}
     }
-    // The client left a resumable stream (the engine went on for a resume), or cancelled it.
-    if crate::resume::stream::detached(ctx) || e.is_some_and(crate::resume::stream::is_release) {
+    // The client left a resumable stream (the engine went on for a resume, and did not fail),
+    // or it was cancelled or abandoned.
+    if e.is_some_and(crate::resume::stream::is_release)
+        || (e.is_none() && crate::resume::stream::detached(ctx))
+    {
         return Outcome::ClientDisconnect;
     }
     match e {

@@ -77,8 +77,13 @@ impl ProxyHttp for Proxy {
                     max_body: edge.max_body,
                     deadline: edge.timeouts.client_body.0,
                 };
+                let route = ctx
+                    .req
+                    .route
+                    .map_or("", |r| edge.routes.routes[r].name.as_str());
                 let answered =
-                    crate::resume::serve::answer(&edge.streams, limits, session, ctx, ask).await;
+                    crate::resume::serve::answer(&edge.streams, (limits, route), session, ctx, ask)
+                        .await;
                 if let Err(err) = answered {
                     respond::error(session, ctx, &err).await;
                 }

@@ -125,7 +125,10 @@ pub fn start_resumable(
     resp: &mut ResponseHeader,
     ctx: &mut RequestCtx,
 ) {
-    let Some(policy) = ctx.req.route.and_then(|r| edge.routes.routes[r].resumable) else {
+    let Some(route) = ctx.req.route.map(|r| &edge.routes.routes[r]) else {
+        return;
+    };
+    let Some(policy) = route.resumable else {
         return;
     };
     let framing = match ctx.stream.tap.as_ref().map(|t| t.format()) {
@@ -140,7 +143,27 @@ pub fn start_resumable(
     let local = down.server_addr().and_then(|a| a.as_inet()).copied();
     let tenant = ctx.effects.tenant.as_ref().map(|t| t.id.as_str());
     let owner = edge.streams.owner(&session.req_header().headers, tenant);
-    crate::resume::stream::start(&edge.streams, policy, framing, resp, local, owner, ctx);
+    let before = ctx.resume.is_some();
+    crate::resume::stream::start(
+        &edge.streams,
+        (policy, &route.name),
+        framing,
+        resp,
+        local,
+        owner,
+        ctx,
+    );
+    if !before && ctx.resume.is_some() {
+        // `id:` lines make the body longer than the engine said: relay it chunked (HTTP/1.1;
+        // HTTP/1.0 reads to the close, HTTP/2 frames it itself).
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+        if session.req_header().version == http::Version::HTTP_11
+            && !resp.headers.contains_key(http::header::TRANSFER_ENCODING)
+        {
+            // A static name and value: inserting cannot fail.
+            let _ = resp.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+        }
+    }
 }
 
 /// Feeds bytes written to the client to the tap (tokens, gaps, TTFT).

@@ -6,7 +6,7 @@
 //! Per chunk the work is one scan of its bytes; an event split across chunks waits in `partial`
 //! until its end arrives (engines write whole events, so in practice nothing waits).
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 /// How the stream is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,30 +81,46 @@ impl Framer {
         if self.framing == Framing::Ndjson && self.partial.is_empty() {
             return self.lines(chunk, end, first);
         }
+        // Only the new bytes are scanned (less the lookahead a blank line needs); what was held
+        // back is not copied again.
+        let resume_at = self.partial.len().saturating_sub(2);
         self.partial.extend_from_slice(chunk);
-        let buf = std::mem::take(&mut self.partial);
-        let mut out = BytesMut::with_capacity(buf.len() + 16);
-        let mut ends = Vec::new();
-        let mut start = 0;
-        let mut scan = 0;
+        let buf = &self.partial[..];
+        let mut stops = Vec::new();
+        let mut scan = resume_at;
+        let mut last = 0;
         while let Some(pos) = memchr::memchr(b'\n', &buf[scan..]) {
             let nl = scan + pos;
             scan = nl + 1;
             let stop = match self.framing {
                 Framing::Ndjson => Some(nl + 1),
-                Framing::Sse => blank_line_after(&buf, nl),
+                Framing::Sse => blank_line_after(buf, nl),
             };
             if let Some(stop) = stop {
-                self.emit(&buf[start..stop], &mut out, &mut ends);
-                start = stop;
+                stops.push(stop);
+                last = stop;
                 scan = stop;
             }
         }
-        if end && start < buf.len() {
-            self.emit(&buf[start..], &mut out, &mut ends);
-            start = buf.len();
+        if end && last < buf.len() {
+            stops.push(buf.len());
+            last = buf.len();
         }
-        self.partial.extend_from_slice(&buf[start..]);
+        let ids = if self.framing == Framing::Sse {
+            24 * stops.len()
+        } else {
+            0
+        };
+        let mut out = BytesMut::with_capacity(last + ids);
+        let mut ends = Vec::with_capacity(stops.len());
+        let mut from = 0;
+        for stop in stops {
+            emit(self.framing, self.next, &buf[from..stop], &mut out);
+            ends.push(out.len());
+            self.next += 1;
+            from = stop;
+        }
+        self.partial.advance(last);
         Cut {
             bytes: out.freeze(),
             ends,
@@ -128,18 +144,34 @@ impl Framer {
             first,
         }
     }
+}
 
-    fn emit(&mut self, event: &[u8], out: &mut BytesMut, ends: &mut Vec<usize>) {
-        if self.framing == Framing::Sse {
-            let mut n = itoa_buf();
-            out.extend_from_slice(b"id: ");
-            out.extend_from_slice(fmt_u64(self.next, &mut n));
-            out.extend_from_slice(b"\n");
-        }
+/// Writes event `n` into `out`. SSE: our `id: n` goes last in the event, just before the blank
+/// line that ends it, so it wins over an `id:` the engine may have sent (the last one counts).
+fn emit(framing: Framing, n: u64, event: &[u8], out: &mut BytesMut) {
+    if framing == Framing::Ndjson {
         out.extend_from_slice(event);
-        ends.push(out.len());
-        self.next += 1;
+        return;
     }
+    let mut digits = [0; 20];
+    let blank = if event.ends_with(b"\r\n\r\n") || event.ends_with(b"\n\r\n") {
+        2
+    } else if event.ends_with(b"\n\n") {
+        1
+    } else {
+        // An unfinished last event: its id goes first (a blank line of ours would end it).
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(fmt_u64(n, &mut digits));
+        out.extend_from_slice(b"\n");
+        out.extend_from_slice(event);
+        return;
+    };
+    let (body, end) = event.split_at(event.len() - blank);
+    out.extend_from_slice(body);
+    out.extend_from_slice(b"id: ");
+    out.extend_from_slice(fmt_u64(n, &mut digits));
+    out.extend_from_slice(b"\n");
+    out.extend_from_slice(end);
 }
 
 /// Where the blank line that ends an SSE event stops, when the line ending at `nl` is followed
@@ -150,10 +182,6 @@ fn blank_line_after(buf: &[u8], nl: usize) -> Option<usize> {
         Some([b'\r', b'\n', ..]) => Some(nl + 3),
         _ => None,
     }
-}
-
-fn itoa_buf() -> [u8; 20] {
-    [0; 20]
 }
 
 /// `n` in decimal, written into `buf` (20 digits hold any u64).
@@ -189,7 +217,7 @@ mod tests {
     #[test]
     fn sse_events_get_ids_wherever_the_chunks_split() {
         let stream = b"data: {\"a\":1}\n\ndata: {\"b\":2}\n\n: keepalive\n\ndata: [DONE]\n\n";
-        let want = "id: 1\ndata: {\"a\":1}\n\nid: 2\ndata: {\"b\":2}\n\nid: 3\n: keepalive\n\nid: 4\ndata: [DONE]\n\n";
+        let want = "data: {\"a\":1}\nid: 1\n\ndata: {\"b\":2}\nid: 2\n\n: keepalive\nid: 3\n\ndata: [DONE]\nid: 4\n\n";
         for size in 1..stream.len() {
             let mut f = Framer::new(Framing::Sse);
             let chunks: Vec<&[u8]> = stream.chunks(size).collect();
@@ -198,16 +226,20 @@ mod tests {
             assert_eq!(events.len(), 4);
             assert_eq!(
                 events[1],
-                (2, Bytes::from_static(b"id: 2\ndata: {\"b\":2}\n\n"))
+                (2, Bytes::from_static(b"data: {\"b\":2}\nid: 2\n\n"))
             );
         }
         let mut f = Framer::new(Framing::Sse);
         let (out, _) = all(&mut f, &[b"data: x\r\n\r\ndata: y\r\n\r\n"]);
-        assert_eq!(out, b"id: 1\ndata: x\r\n\r\nid: 2\ndata: y\r\n\r\n");
+        assert_eq!(out, b"data: x\r\nid: 1\n\r\ndata: y\r\nid: 2\n\r\n");
+        // The engine's own id is overridden: ours is the last in the event.
+        let mut f = Framer::new(Framing::Sse);
+        let (out, _) = all(&mut f, &[b"id: abc\ndata: x\n\n"]);
+        assert_eq!(out, b"id: abc\ndata: x\nid: 1\n\n");
         // A stream cut short: its unfinished event is let out at the end.
         let mut f = Framer::new(Framing::Sse);
         let (out, events) = all(&mut f, &[b"data: x\n\ndata: y"]);
-        assert_eq!(out, b"id: 1\ndata: x\n\nid: 2\ndata: y");
+        assert_eq!(out, b"data: x\nid: 1\n\nid: 2\ndata: y");
         assert_eq!(events.len(), 2);
         let mut big = [0; 20];
         assert_eq!(fmt_u64(u64::MAX, &mut big), u64::MAX.to_string().as_bytes());
@@ -220,7 +252,7 @@ mod tests {
             &Bytes::from_static(b"data: {\"a\":1}\n\ndata: {\"big\":\""),
             false,
         );
-        assert_eq!(cut.bytes, Bytes::from_static(b"id: 1\ndata: {\"a\":1}\n\n"));
+        assert_eq!(cut.bytes, Bytes::from_static(b"data: {\"a\":1}\nid: 1\n\n"));
         assert_eq!(f.held(), 14);
         assert_eq!(f.take_held(), Bytes::from_static(b"data: {\"big\":\""));
         assert_eq!(f.held(), 0);

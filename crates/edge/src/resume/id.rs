@@ -62,6 +62,8 @@ pub fn tag_of(id: &[u8]) -> Option<u32> {
 
 /// The tag of the node reached at `addr` (FNV-1a over `ip:port`).
 pub fn node_tag(addr: SocketAddr) -> u32 {
+    // A dual-stack listener reports IPv4 peers as `[::ffff:a.b.c.d]`; the ingress knows `a.b.c.d`.
+    let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
     let mut text = String::with_capacity(48);
     // Writing to a String cannot fail.
     let _ = write!(text, "{addr}");
@@ -84,6 +86,10 @@ mod tests {
         assert_eq!(tag_of(a.as_str().as_bytes()), Some(node_tag(addr)));
         assert_eq!(StreamId::parse(a.as_str()), Some(a.clone()));
         assert_ne!(node_tag(addr), node_tag("10.78.0.4:8080".parse().unwrap()));
+        assert_eq!(
+            node_tag("[::ffff:10.78.0.3]:8080".parse().unwrap()),
+            node_tag(addr)
+        );
         for bad in [
             "",
             "x",

@@ -230,14 +230,25 @@ impl Streams {
         if life == record::Life::Cancelled {
             self.metrics.cancels.inc();
         }
-        self.ended(r);
         true
     }
 
     /// `r`'s grace window passed with nobody attached (it ended itself as expired).
-    pub fn expired(&self, r: &Record) {
+    pub fn expired(&self, _r: &Record) {
         self.metrics.detached.dec();
         self.metrics.grace_expired.inc();
+    }
+
+    /// `r`'s own request wrote its last bytes: from now on it holds only what it keeps (its
+    /// reservation shrinks to that), and it stays readable for its `keep`.
+    pub fn seal(&self, r: &Record) {
+        let kept = r.seal() as u64;
+        let was = r.reserved.swap(kept, Relaxed);
+        if was >= kept {
+            self.reserved.fetch_sub(was - kept, Relaxed);
+        } else {
+            self.reserved.fetch_add(kept - was, Relaxed);
+        }
         self.ended(r);
     }
 
@@ -264,7 +275,7 @@ impl Streams {
                 break;
             };
             if let Some(r) = held.streams.remove(&id) {
-                self.reserved.fetch_sub(r.policy.buffer as u64, Relaxed);
+                self.reserved.fetch_sub(r.reserved.load(Relaxed), Relaxed);
                 self.metrics.buffer_bytes.sub(r.bytes() as i64);
                 self.metrics.held.dec();
             }

@@ -58,6 +58,9 @@ struct Inner {
     /// Since when nobody is attached (`None` while someone is).
     alone_since: Option<Instant>,
     life: Life,
+    /// The stream's own request wrote its last bytes (its end, or the terminal error event):
+    /// readers that caught up are done only then.
+    sealed: bool,
 }
 
 /// One resumable stream.
@@ -73,6 +76,11 @@ pub struct Record {
     pub content_type: http::HeaderValue,
     /// The route's settings when it started.
     pub policy: Policy,
+    /// The route it was made on: a resume must come through the same one.
+    pub route: String,
+    /// Bytes of the node's budget this stream holds: its `buffer` while live, what it keeps
+    /// once sealed.
+    pub reserved: std::sync::atomic::AtomicU64,
     inner: Mutex<Inner>,
     /// Bumped when events arrive or the stream ends (resumes wait on it).
     data: watch::Sender<()>,
@@ -88,6 +96,7 @@ impl Record {
         framing: Framing,
         content_type: http::HeaderValue,
         policy: Policy,
+        route: String,
     ) -> Self {
         Record {
             id,
@@ -95,6 +104,8 @@ impl Record {
             framing,
             content_type,
             policy,
+            route,
+            reserved: std::sync::atomic::AtomicU64::new(policy.buffer as u64),
             inner: Mutex::new(Inner {
                 events: VecDeque::new(),
                 first: 1,
@@ -102,6 +113,7 @@ impl Record {
                 readers: 1,
                 alone_since: None,
                 life: Life::Live,
+                sealed: false,
             }),
             data: watch::channel(()).0,
             control: watch::channel(()).0,
@@ -135,18 +147,49 @@ impl Record {
     /// The events after `cursor`.
     pub fn read(&self, cursor: u64) -> Read {
         let g = self.inner.lock();
-        let next = g.first + g.events.len() as u64;
-        if cursor + 1 > next {
-            return Read::Ahead { last: next - 1 };
+        // `first` is at least 1, so `last` cannot underflow; comparisons avoid `cursor + 1`.
+        let last = g.first + g.events.len() as u64 - 1;
+        if cursor > last {
+            return Read::Ahead { last };
         }
-        if cursor + 1 < g.first {
+        if cursor < g.first - 1 {
             return Read::Gone { oldest: g.first };
         }
         let from = (cursor + 1 - g.first) as usize;
-        if from == g.events.len() && g.life != Life::Live {
+        if from == g.events.len() && g.sealed {
             return Read::Over(g.life);
         }
-        Read::Events(g.events.range(from..).cloned().collect(), next - 1)
+        Read::Events(g.events.range(from..).cloned().collect(), last)
+    }
+
+    /// The stream's own request is done writing: a reader that has everything is finished.
+    /// Returns the bytes held (what the stream keeps reserved from now on).
+    pub fn seal(&self) -> usize {
+        let mut g = self.inner.lock();
+        g.sealed = true;
+        let bytes = g.bytes;
+        drop(g);
+        self.data.send_modify(|_| {});
+        bytes
+    }
+
+    /// Ends the stream as expired when nobody has been attached for the whole grace window;
+    /// decided and done under one lock, so a resume attaching meanwhile wins.
+    fn expire_if_abandoned(&self) -> bool {
+        let mut g = self.inner.lock();
+        let abandoned = g.life == Life::Live
+            && g.readers == 0
+            && g.alone_since
+                .is_some_and(|t| t + self.policy.grace <= Instant::now());
+        if abandoned {
+            g.life = Life::Expired;
+        }
+        drop(g);
+        if abandoned {
+            self.data.send_modify(|_| {});
+            self.control.send_modify(|_| {});
+        }
+        abandoned
     }
 
     /// A client attached (a resume); returns whether the stream was live with nobody attached.
@@ -225,11 +268,7 @@ impl Record {
                 Some(at) => {
                     tokio::select! {
                         _ = tokio::time::sleep_until(at) => {
-                            let g = self.inner.lock();
-                            let expired = g.life == Life::Live
-                                && g.alone_since.is_some_and(|t| t + self.policy.grace <= Instant::now());
-                            drop(g);
-                            if expired && self.end(Life::Expired).is_some() {
+                            if self.expire_if_abandoned() {
                                 return Life::Expired;
                             }
                         }
@@ -263,6 +302,7 @@ mod tests {
             Framing::Sse,
             http::HeaderValue::from_static("text/event-stream"),
             policy,
+            "r".into(),
         )
     }
 
@@ -286,7 +326,11 @@ mod tests {
         assert_eq!(r.end(Life::Ended), Some(false));
         assert_eq!(r.end(Life::Cancelled), None);
         assert_eq!(r.read(1), Read::Events(vec![ev("bbbb"), ev("cccc")], 3));
+        // Ended, but its request has not written its last bytes yet: a reader waits.
+        assert_eq!(r.read(3), Read::Events(vec![], 3));
+        assert_eq!(r.seal(), 8);
         assert_eq!(r.read(3), Read::Over(Life::Ended));
+        assert_eq!(r.read(u64::MAX), Read::Ahead { last: 3 });
     }
 
     #[tokio::test(start_paused = true)]

@@ -114,7 +114,7 @@ fn not_found(streams: &Streams, id: &str) -> EdgeError {
 /// Answers `ask`; `Err`: the refusal for the caller, in its API's shape.
 pub async fn answer(
     streams: &Streams,
-    limits: BodyLimits,
+    (limits, route): (BodyLimits, &str),
     session: &mut Session,
     ctx: &mut RequestCtx,
     ask: Ask,
@@ -122,8 +122,10 @@ pub async fn answer(
     let tenant = ctx.effects.tenant.as_ref().map(|t| t.id.as_str());
     let owner = streams.owner(&session.req_header().headers, tenant);
     let (Ask::Resume { id, .. } | Ask::Cancel { id }) = &ask;
+    // Through the route it was made on (whose filters just ran), by the caller who made it.
     let record = super::id::StreamId::parse(id)
         .and_then(|sid| streams.get(sid.as_str(), owner))
+        .filter(|r| r.route == route)
         .ok_or_else(|| not_found(streams, id))?;
     match ask {
         Ask::Cancel { .. } => {
@@ -194,7 +196,12 @@ async fn resume(
     if !drain_body(session, limits).await {
         session.set_keepalive(None);
     }
-    let mut resp = ResponseHeader::build(200, Some(5)).map_err(internal)?;
+    let mut resp = ResponseHeader::build(200, Some(6)).map_err(internal)?;
+    if session.req_header().version == http::Version::HTTP_11 {
+        // A cut resume must not read as a whole one: framed, not ended by the close.
+        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")
+            .map_err(internal)?;
+    }
     let headers = [
         (http::header::CONTENT_TYPE, record.content_type.clone()),
         (
@@ -297,8 +304,18 @@ async fn follow(session: &mut Session, record: &Record, cursor: &mut u64) {
                 return;
             }
             // A reader slower than the engine lost events off the buffer's end (a new resume
-            // from its cursor gets 410), or a cursor moved past the end: close.
-            Read::Gone { .. } | Read::Ahead { .. } => return,
+            // from its cursor gets 410): end with the stream's terminal error event.
+            Read::Gone { .. } | Read::Ahead { .. } => {
+                let format = match record.framing {
+                    super::events::Framing::Sse => crate::stream::Format::Sse,
+                    super::events::Framing::Ndjson => crate::stream::Format::Ndjson,
+                };
+                let msg = "this resume fell behind the stream's buffer; resume again from the \
+                           last event you have (older events may be gone: 410)";
+                let err = crate::api::Api::stream_error(format, msg);
+                let _ = session.write_response_body(err, true).await;
+                return;
+            }
         }
     }
 }

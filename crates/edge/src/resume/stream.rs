@@ -24,6 +24,8 @@ pub struct Attached {
     pub detached: bool,
     /// The abort future was handed to Pingora.
     armed: bool,
+    /// The stream's last bytes went into the record.
+    sealed: bool,
 }
 
 /// `response_filter`: a streaming 200 on a resumable route gets a record and its id header;
@@ -31,17 +33,24 @@ pub struct Attached {
 #[allow(clippy::too_many_arguments)] // each is one thing the decision needs
 pub fn start(
     streams: &Arc<Streams>,
-    policy: super::Policy,
+    (policy, route): (super::Policy, &str),
     framing: Framing,
     resp: &mut ResponseHeader,
     local: Option<std::net::SocketAddr>,
     owner: super::record::Owner,
     ctx: &mut RequestCtx,
 ) {
+    if ctx.resume.is_some() {
+        return;
+    }
     let Some(ct) = resp.headers.get(http::header::CONTENT_TYPE).cloned() else {
         return;
     };
-    let opened = streams.open(|| Record::new(StreamId::new(local), owner, framing, ct, policy));
+    let make = || {
+        let id = StreamId::new(local);
+        Record::new(id, owner, framing, ct, policy, route.to_owned())
+    };
+    let opened = streams.open(make);
     let Some(record) = opened else {
         log::info!(
             "request {}: served as not resumable: the node's resumable budget is spent",
@@ -58,6 +67,7 @@ pub fn start(
         framer: Framer::new(framing),
         detached: false,
         armed: false,
+        sealed: false,
     }));
 }
 
@@ -79,6 +89,8 @@ pub fn pass(streams: &Streams, body: &mut Option<Bytes>, end: bool, ctx: &mut Re
     }
     if end {
         streams.end(&a.record, Life::Ended);
+        streams.seal(&a.record);
+        a.sealed = true;
     } else if a.framer.held() > a.record.policy.buffer {
         // An event longer than the whole buffer (or an engine that never ends its events):
         // holding it back would stall the client and grow without bound. The bytes go out as
@@ -91,6 +103,10 @@ pub fn pass(streams: &Streams, body: &mut Option<Bytes>, end: bool, ctx: &mut Re
             a.record.policy.buffer
         );
         let held = a.framer.take_held();
+        if a.detached {
+            // Nobody can resume it any more: stop the engine now rather than at its end.
+            streams.end(&a.record, Life::Cancelled);
+        }
         *body = Some(match body.take() {
             Some(b) => {
                 let mut all = bytes::BytesMut::with_capacity(b.len() + held.len());
@@ -183,15 +199,37 @@ pub fn release_message(e: &Error) -> &'static str {
     }
 }
 
-/// The request is over (`logging`): its record ends here unless it already did.
+/// The request is over (`logging`): its record ends here unless it already did. A stream
+/// whose end never reached the record (the client left during a failover's continuation, an
+/// event outgrew the buffer) gets the terminal error event, so a resume does not read a
+/// silent cut as a whole answer.
 pub fn finish(streams: &Streams, ctx: &mut RequestCtx) {
-    let Some(a) = ctx.resume.take() else {
+    let Some(mut a) = ctx.resume.take() else {
         return;
     };
+    if !a.sealed {
+        let msg = match a.record.life() {
+            Life::Cancelled => "the stream was cancelled",
+            Life::Expired => {
+                "nobody resumed the stream within its grace window: the model server was stopped"
+            }
+            Life::Live | Life::Ended => "the stream ended early and cannot be resumed past here",
+        };
+        // What was held back never reached the client either.
+        a.framer.take_held();
+        if let Some(bytes) = ctx.stream.tap.as_ref().and_then(|t| t.terminal_error(msg)) {
+            let cut = a.framer.feed(&bytes, true);
+            let delta = a.record.push(cut.first, cut.events());
+            streams.metrics.buffer_bytes.add(delta);
+        }
+    }
     if !a.detached {
         streams.leave(&a.record);
     }
     streams.end(&a.record, Life::Ended);
+    if !a.sealed {
+        streams.seal(&a.record);
+    }
 }
 
 /// Whether the request's client left while the engine went on.
