@@ -53,7 +53,7 @@ read -r opened <&"${LOAD[0]}"; echo "$opened"
 sleep 1; attached=$(rss_kib $EDGE_PID)
 if [ "${RESUMABLE:-1}" = 0 ]; then
   echo "plain route: edge RSS idle $idle KiB, $N attached $attached KiB ($(( (attached - idle) * 1024 / N )) bytes/stream)"
-  exit 0
+  kill "$LOAD_PID" 2>/dev/null; exit 0
 fi
 echo go >&"${LOAD[1]}"; read -r dropped <&"${LOAD[0]}"
 for _ in $(seq 100); do [ "$(metric okome_resumable_streams_detached)" = "$N" ] && break; sleep 0.1; done

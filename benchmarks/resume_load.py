@@ -34,13 +34,14 @@ async def open_stream():
     status, hdrs = await head(r)
     assert status == 200, status
     sid = hdrs.get("x-okome-stream-id")
-    buf, last = b"", 0
-    while last < K:
-        buf += await r.read(4096)
-        for line in buf.split(b"\n"):
-            if line.startswith(b"id: "):
-                last = max(last, int(line[4:]))
-    return sid, last, w
+    buf = b""
+    while buf.count(b"\n\n") < K:
+        more = await r.read(4096)
+        assert more, "the stream ended early"
+        buf += more
+    # The last whole event's id (ours is the last line of each event); none on a plain route.
+    ids = [int(l[4:]) for l in buf[:buf.rindex(b"\n\n")].split(b"\n") if l.startswith(b"id: ")]
+    return sid, (ids[-1] if ids else 0), w
 
 
 async def resume(sid, last):
