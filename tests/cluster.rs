@@ -162,6 +162,20 @@ fn https_client(ca_pem: &Path) -> reqwest::Client {
         .unwrap()
 }
 
+/// The same chat straight from the simulated vLLM (no proxy), for comparison.
+async fn direct_chat(tokens: u32) -> bytes::Bytes {
+    reqwest::Client::new()
+        .post(format!("http://{NET}.30:8000/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(chat_body(tokens))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+}
+
 /// An SSE body without its `id: N` lines, and the ids in order.
 fn strip_ids(body: &[u8]) -> (Vec<u8>, Vec<u64>) {
     let text = String::from_utf8_lossy(body);
@@ -232,16 +246,7 @@ async fn the_seed_cluster_end_to_end() {
     c.healthy_nodes(2).await;
 
     // 1. Bytes: through ingress and stream node over HTTPS/HTTP/2, as the engine sent them.
-    let direct = reqwest::Client::new()
-        .post(format!("http://{NET}.30:8000/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(chat_body(30))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let direct = direct_chat(30).await;
     let resp = c.chat("bytes", "bytes-1", 30).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
@@ -322,16 +327,7 @@ async fn the_seed_cluster_end_to_end() {
             .unwrap();
         s["requests"].as_u64().unwrap()
     };
-    let direct = reqwest::Client::new()
-        .post(format!("http://{NET}.30:8000/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(chat_body(100))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let direct = direct_chat(100).await;
     let before = sim_requests().await;
     let resp = c.chat(&k3, "resume-start", 100).await;
     assert_eq!(resp.status(), 200);

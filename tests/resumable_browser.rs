@@ -8,12 +8,12 @@
 
 mod common;
 
+use common::browser::chromium;
 use common::embedded::{EdgeBuilder, Route, TestEdge};
 use common::*;
 use okome_sim::{SimHandle, SimKind};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -38,27 +38,6 @@ fn chat_body() -> String {
 fn page() -> String {
     PAGE.replace("__REQUEST_BODY__", &json!(chat_body()).to_string())
         .replace("__CUT_AFTER__", &CUT_AFTER.to_string())
-}
-
-fn chromium() -> PathBuf {
-    let names = [
-        "chromium",
-        "chromium-browser",
-        "google-chrome",
-        "google-chrome-stable",
-    ];
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .chain(["/usr/bin".into()])
-        .flat_map(|d| names.iter().map(move |n| d.join(n)))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "no chromium on PATH: install Debian's `chromium` package \
-                 (apt-get install -y chromium), as .ci/run does"
-            )
-        })
 }
 
 /// Loads `url` in headless Chromium and returns the DOM at the page's load event, which the

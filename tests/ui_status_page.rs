@@ -7,33 +7,13 @@
 
 mod common;
 
+use common::browser::chromium;
 use common::embedded::{self, TestEdge};
 use common::*;
 use okome_sim::SimKind;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn chromium() -> PathBuf {
-    let names = [
-        "chromium",
-        "chromium-browser",
-        "google-chrome",
-        "google-chrome-stable",
-    ];
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .chain(["/usr/bin".into()])
-        .flat_map(|d| names.iter().map(move |n| d.join(n)))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "no chromium on PATH: install Debian's `chromium` package \
-                 (apt-get install -y chromium), as .ci/run does"
-            )
-        })
-}
 
 /// Runs headless chromium on `url` with `extra` flags (`--dump-dom`, `--screenshot=…`), lets the
 /// page's scripts run for `budget_ms` of virtual time, and returns its stdout.

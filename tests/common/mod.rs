@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failed test
 
+pub mod browser;
 pub mod embedded;
 pub mod pki;
 pub mod prom;
