@@ -179,6 +179,15 @@ cpu_ticks() {
   done
   echo $s
 }
+
+# The kernel's share of a process tree's CPU ticks (stime), for "where the cost goes".
+sys_ticks() {
+  local s=0 p v
+  for p in $(tree "$1"); do
+    v=$(awk '{print $15}' "/proc/$p/stat" 2>/dev/null || echo 0); s=$((s + ${v:-0}))
+  done
+  echo $s
+}
 sampler() { # pid stopfile outfile: peak RSS while the run lasts
   local max=0 r
   while [ ! -e "$2" ]; do r=$(rss_kb "$1"); [ "$r" -gt "$max" ] && max=$r; sleep 0.1; done
@@ -191,17 +200,20 @@ measure() {
   local pid=${PID[$c]} stop=$WORK/stop.$$ peak=$WORK/peak.$$
   rm -f "$stop"
   local base; base=$(rss_kb "$pid"); local t0; t0=$(cpu_ticks "$pid"); local s0; s0=$(cpu_ticks "${PID[direct]}")
+  local k0; k0=$(sys_ticks "$pid")
   sampler "$pid" "$stop" "$peak" &
   local sp=$!
   local out; out=$($RX "$@" 2> "$WORK/load.err") || true
   touch "$stop"; wait $sp
   local t1; t1=$(cpu_ticks "$pid"); local s1; s1=$(cpu_ticks "${PID[direct]}")
+  local k1; k1=$(sys_ticks "$pid")
   [ -n "$out" ] || out='{"error":"load generator failed"}'
   local hz; hz=$(getconf CLK_TCK)
   jq -c -n --arg w "$w" --arg c "$c" --argjson round "$round" --argjson streams "$streams" \
     --argjson base "$base" --argjson peak "$(cat "$peak")" --argjson load "$out" \
     --argjson t0 "$t0" --argjson t1 "$t1" --argjson s0 "$s0" --argjson s1 "$s1" --argjson hz "$hz" \
-    '{w:$w, c:$c, round:$round, streams:$streams, rss_base_kb:$base, rss_peak_kb:$peak, cpu_s:(($t1 - $t0) / $hz), sim_cpu_s:(($s1 - $s0) / $hz), load:$load}' \
+    --argjson k0 "$k0" --argjson k1 "$k1" \
+    '{w:$w, c:$c, round:$round, streams:$streams, rss_base_kb:$base, rss_peak_kb:$peak, cpu_s:(($t1 - $t0) / $hz), cpu_sys_s:(($k1 - $k0) / $hz), sim_cpu_s:(($s1 - $s0) / $hz), load:$load}' \
     >> "$RAW/runs.jsonl"
   printf '%s %-8s round %s: %s\n' "$w" "$c" "$round" "$(echo "$out" | head -c 300)" >&2
 }
@@ -254,13 +266,13 @@ if want c; then
     for r in $(seq "$ROUNDS"); do
       for c in $(order); do
         if [ $TOOL = oha ]; then
-          measure c "$c" "$r" "$C_CONC" bash -c "oha -z ${C_SECS}s -c $C_CONC -m POST -H 'Content-Type: application/json' -d '$body' --no-tui -j http://${ADDR[$c]}/v1/chat/completions | jq -c '{rps: .summary.requestsPerSec, p50_ms: (.latencyPercentiles.p50 * 1000), p99_ms: (.latencyPercentiles.p99 * 1000), errors: ((.statusCodeDistribution | to_entries | map(select(.key != \"200\") | .value) | add) // 0)}'"
+          measure c "$c" "$r" "$C_CONC" bash -c "oha -z ${C_SECS}s -c $C_CONC -m POST -H 'Content-Type: application/json' -d '$body' --no-tui -j http://${ADDR[$c]}/v1/chat/completions | jq -c '{rps: .summary.requestsPerSec, requests: ([.statusCodeDistribution[]] | add // 0), p50_ms: (.latencyPercentiles.p50 * 1000), p99_ms: (.latencyPercentiles.p99 * 1000), errors: ((.statusCodeDistribution | to_entries | map(select(.key != \"200\") | .value) | add) // 0)}'"
         else
           measure c "$c" "$r" "$C_CONC" bash -c "wrk -t1 -c$C_CONC -d${C_SECS}s --latency -s $WORK/post.lua http://${ADDR[$c]}/v1/chat/completions | awk '
             function ms(v) { if (v ~ /us\$/) return v/1000; if (v ~ /ms\$/) return v+0; if (v ~ /s\$/) return v*1000; return v }
-            /Requests\/sec/ {rps=\$2} / 50%/ {p50=ms(\$2)} / 99%/ {p99=ms(\$2)}
+            /Requests\/sec/ {rps=\$2} / 50%/ {p50=ms(\$2)} / 99%/ {p99=ms(\$2)} / requests in / {req=\$1}
             /Non-2xx/ {err+=\$NF} /Socket errors/ {err+=0}
-            END {printf \"{\\\"rps\\\":%s,\\\"p50_ms\\\":%s,\\\"p99_ms\\\":%s,\\\"errors\\\":%d}\", rps+0, p50+0, p99+0, err}'"
+            END {printf \"{\\\"rps\\\":%s,\\\"requests\\\":%d,\\\"p50_ms\\\":%s,\\\"p99_ms\\\":%s,\\\"errors\\\":%d}\", rps+0, req, p50+0, p99+0, err}'"
         fi
       done
     done
