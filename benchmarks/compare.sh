@@ -172,19 +172,13 @@ rss_kb() { # pid -> sum of VmRSS over the tree
   done
   echo $s
 }
+# A process tree's CPU ticks: utime + stime, or with `sys` only the kernel's share (stime), for
+# "where the cost goes".
 cpu_ticks() {
-  local s=0 p v
+  local s=0 p v expr='$14 + $15'
+  [ "${2:-}" = sys ] && expr='$15'
   for p in $(tree "$1"); do
-    v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0); s=$((s + ${v:-0}))
-  done
-  echo $s
-}
-
-# The kernel's share of a process tree's CPU ticks (stime), for "where the cost goes".
-sys_ticks() {
-  local s=0 p v
-  for p in $(tree "$1"); do
-    v=$(awk '{print $15}' "/proc/$p/stat" 2>/dev/null || echo 0); s=$((s + ${v:-0}))
+    v=$(awk "{print $expr}" "/proc/$p/stat" 2>/dev/null || echo 0); s=$((s + ${v:-0}))
   done
   echo $s
 }
@@ -200,13 +194,13 @@ measure() {
   local pid=${PID[$c]} stop=$WORK/stop.$$ peak=$WORK/peak.$$
   rm -f "$stop"
   local base; base=$(rss_kb "$pid"); local t0; t0=$(cpu_ticks "$pid"); local s0; s0=$(cpu_ticks "${PID[direct]}")
-  local k0; k0=$(sys_ticks "$pid")
+  local k0; k0=$(cpu_ticks "$pid" sys)
   sampler "$pid" "$stop" "$peak" &
   local sp=$!
   local out; out=$($RX "$@" 2> "$WORK/load.err") || true
   touch "$stop"; wait $sp
   local t1; t1=$(cpu_ticks "$pid"); local s1; s1=$(cpu_ticks "${PID[direct]}")
-  local k1; k1=$(sys_ticks "$pid")
+  local k1; k1=$(cpu_ticks "$pid" sys)
   [ -n "$out" ] || out='{"error":"load generator failed"}'
   local hz; hz=$(getconf CLK_TCK)
   jq -c -n --arg w "$w" --arg c "$c" --argjson round "$round" --argjson streams "$streams" \

@@ -291,11 +291,7 @@ fn markdown(meta: &Value, runs: &Runs) -> String {
                 .filter_map(|r| Some(get(r, "load.bytes")? / get(r, "load.seconds")? / 1e6))
                 .collect(),
         );
-        let cpu = median(
-            of(runs, w, c)
-                .filter_map(|r| Some(get(r, "cpu_s")? / get(r, "load.tokens")? * 1e6))
-                .collect(),
-        );
+        let cpu = cpu_per(runs, w, c, cpu_total, "load.tokens", 1e6);
         let _ = writeln!(
             s,
             "| {c} | {} | {} | {} | {} | {} | {} |",
@@ -314,25 +310,48 @@ fn markdown(meta: &Value, runs: &Runs) -> String {
     s
 }
 
+/// Median over the runs of workload `w` and contender `c` of the CPU seconds `cpu` picks, per
+/// unit of `per` (a field of the run) × `scale`.
+fn cpu_per(
+    runs: &Runs,
+    w: &str,
+    c: &str,
+    cpu: fn(&Value) -> Option<f64>,
+    per: &str,
+    scale: f64,
+) -> Option<f64> {
+    median(
+        of(runs, w, c)
+            .filter_map(|r| Some(cpu(r)? / get(r, per)? * scale))
+            .collect(),
+    )
+}
+
+/// A run's CPU seconds, all of them.
+fn cpu_total(r: &Value) -> Option<f64> {
+    get(r, "cpu_s")
+}
+
+/// A run's CPU seconds in the kernel (stime).
+fn cpu_kernel(r: &Value) -> Option<f64> {
+    get(r, "cpu_sys_s")
+}
+
+/// A run's CPU seconds in the proxy's own code and libraries (utime).
+fn cpu_user(r: &Value) -> Option<f64> {
+    Some(cpu_total(r)? - cpu_kernel(r)?)
+}
+
 /// "Where the cost goes": CPU per small POST (workload c) and per million tokens (workload d),
 /// split between the proxy's own code (user) and the kernel (sys), from the kernel's
 /// accounting of the proxy's processes; okome against bare Pingora and nginx.
 fn cost(s: &mut String, runs: &Runs) {
     // (user, kernel) CPU seconds of a run, per unit of `per` (from the load record) × `scale`.
     let split = |w: &str, c: &str, per: &str, scale: f64| {
-        let user = median(
-            of(runs, w, c)
-                .filter_map(|r| {
-                    Some((get(r, "cpu_s")? - get(r, "cpu_sys_s")?) / get(r, per)? * scale)
-                })
-                .collect(),
-        );
-        let sys = median(
-            of(runs, w, c)
-                .filter_map(|r| Some(get(r, "cpu_sys_s")? / get(r, per)? * scale))
-                .collect(),
-        );
-        (user, sys)
+        (
+            cpu_per(runs, w, c, cpu_user, per, scale),
+            cpu_per(runs, w, c, cpu_kernel, per, scale),
+        )
     };
     let proxies = ["pingora", "okome", "nginx", "haproxy"];
     if !of(runs, "c", "okome")
@@ -479,13 +498,7 @@ fn goals(s: &mut String, runs: &Runs) {
         "×",
         o.zip(n).map(|(o, n)| o >= n),
     );
-    let cpu = |c: &str| {
-        median(
-            of(runs, "d", c)
-                .filter_map(|r| Some(get(r, "cpu_s")? / get(r, "load.tokens")? * 1e6))
-                .collect(),
-        )
-    };
+    let cpu = |c: &str| cpu_per(runs, "d", c, cpu_total, "load.tokens", 1e6);
     let (o, n) = (cpu("okome"), cpu("nginx"));
     row(
         "CPU per token ≤ nginx's (workload d, CPU s per 1M tokens; okome / nginx)",
@@ -493,13 +506,7 @@ fn goals(s: &mut String, runs: &Runs) {
         "×",
         o.zip(n).map(|(o, n)| o <= n),
     );
-    let per_post = |c: &str| {
-        median(
-            of(runs, "c", c)
-                .filter_map(|r| Some(get(r, "cpu_s")? / get(r, "load.requests")?))
-                .collect(),
-        )
-    };
+    let per_post = |c: &str| cpu_per(runs, "c", c, cpu_total, "load.requests", 1.0);
     let (o, p, n) = (per_post("okome"), per_post("pingora"), per_post("nginx"));
     row(
         "CPU per small POST ≤ 1.1× bare Pingora's (workload c, kernel accounting; okome / Pingora)",

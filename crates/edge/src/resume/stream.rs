@@ -192,10 +192,19 @@ pub fn is_release(e: &Error) -> bool {
 /// What the terminal error event of a stream the edge ended says.
 pub fn release_message(e: &Error) -> &'static str {
     match e.etype() {
-        ErrorType::Custom(w) if *w == RELEASE_EXPIRED => {
+        ErrorType::Custom(w) if *w == RELEASE_EXPIRED => end_message(Life::Expired),
+        _ => end_message(Life::Cancelled),
+    }
+}
+
+/// What the terminal error event says of a stream that ended as `life` without its own end.
+fn end_message(life: Life) -> &'static str {
+    match life {
+        Life::Cancelled => "the stream was cancelled by its caller",
+        Life::Expired => {
             "nobody resumed the stream within its grace window: the model server was stopped"
         }
-        _ => "the stream was cancelled by its caller",
+        Life::Live | Life::Ended => "the stream ended early and cannot be resumed past here",
     }
 }
 
@@ -208,13 +217,7 @@ pub fn finish(streams: &Streams, ctx: &mut RequestCtx) {
         return;
     };
     if !a.sealed {
-        let msg = match a.record.life() {
-            Life::Cancelled => "the stream was cancelled",
-            Life::Expired => {
-                "nobody resumed the stream within its grace window: the model server was stopped"
-            }
-            Life::Live | Life::Ended => "the stream ended early and cannot be resumed past here",
-        };
+        let msg = end_message(a.record.life());
         // What was held back never reached the client either.
         a.framer.take_held();
         if let Some(bytes) = ctx.stream.tap.as_ref().and_then(|t| t.terminal_error(msg)) {
