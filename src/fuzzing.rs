@@ -405,6 +405,7 @@ pub fn wire_types(data: &[u8]) {
 
     let text = String::from_utf8_lossy(data);
     let _ = okome_engine::prom::vllm(&text);
+    let _ = okome_engine::prom::llamacpp(&text);
     let _ = okome_engine::prom::tfserving_requests(&text);
     if data.len() <= 64 {
         let _ = crate::longpoll::parse_wait(&text);

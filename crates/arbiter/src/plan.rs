@@ -119,7 +119,7 @@ fn default_rank(k: EngineKind) -> u32 {
         EngineKind::Vllm => 0,
         EngineKind::Tfserving => 1,
         EngineKind::Ollama => 2,
-        EngineKind::Openai | EngineKind::Okome => 3,
+        EngineKind::Openai | EngineKind::Llamacpp | EngineKind::Okome => 3,
     }
 }
 
@@ -526,6 +526,8 @@ fn settings_for(
                 e.keep_alive.clone().unwrap_or_else(|| "5m".into()),
             ));
         }
+        // llama.cpp sizes itself by its flags (`-ngl`, `-c`, `-np`): no setting is derived.
+        EngineKind::Llamacpp => {}
         // Refused by the config: no settings to give.
         EngineKind::Openai | EngineKind::Okome => {}
     }

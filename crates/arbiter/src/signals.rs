@@ -54,8 +54,8 @@ pub async fn probe(c: &Client, e: &EngineSpec, timeout: Duration) -> EngineSigna
     }
     s.healthy = true;
     match e.kind {
-        EngineKind::Vllm => {
-            if let Some(m) = probe::vllm_metrics(c, &engine).await {
+        EngineKind::Vllm | EngineKind::Llamacpp => {
+            if let Some(m) = probe::metrics(c, &engine).await {
                 s.queue_depth = m.waiting.map(prom::count);
                 s.running = m.running.map(prom::count);
                 s.kv_cache_usage = m.kv_cache_usage;

@@ -28,6 +28,9 @@ pub enum EngineKind {
     Tfserving,
     /// Any other OpenAI-compatible server.
     Openai,
+    /// llama.cpp's `llama-server`: OpenAI-compatible `/v1/*`, `/health` (503 while the model
+    /// loads), and with `--metrics` the running and deferred requests on `/metrics`.
+    Llamacpp,
     /// Another okome edge (a stream node behind an ingress): speaks every client API, serves
     /// whatever its own pools serve, and is ready while its admin `/readyz` says so.
     Okome,
@@ -41,8 +44,25 @@ impl EngineKind {
             EngineKind::Ollama => "ollama",
             EngineKind::Tfserving => "tfserving",
             EngineKind::Openai => "openai",
+            EngineKind::Llamacpp => "llamacpp",
             EngineKind::Okome => "okome",
         }
+    }
+}
+
+impl EngineKind {
+    /// Serves OpenAI chat and completions streams that can be continued from a final
+    /// assistant message (mid-stream failover's continuation).
+    pub fn continues_openai_chat(self) -> bool {
+        matches!(
+            self,
+            EngineKind::Vllm | EngineKind::Openai | EngineKind::Llamacpp
+        )
+    }
+
+    /// Speaks the OpenAI API on `/v1/*` (Ollama through its compatibility layer).
+    pub fn speaks_openai(self) -> bool {
+        self.continues_openai_chat() || self == EngineKind::Ollama
     }
 }
 

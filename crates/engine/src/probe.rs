@@ -9,12 +9,15 @@
 //!   one model's name. Which models are `AVAILABLE` is asked per name ([`tf_model_available`]):
 //!   TF Serving has no model listing. Finished requests from its Prometheus page when one is
 //!   configured.
+//! - llama.cpp (`llama-server`): `GET /health` (200; 503 while the model loads); with
+//!   `--metrics`, `/metrics` gives the running and deferred requests (the queue); models from
+//!   `/v1/models`.
 //! - OpenAI-compatible: `GET /v1/models` (200), models from it.
 //! - okome (a stream node): `GET /readyz?pools=any` (200) on its admin listener, so a draining
 //!   node (503 from SIGTERM on) or one with no engine left leaves the rotation, but one engine
 //!   down does not take it out for every model. No model listing: routes name its pool.
 
-use crate::prom::{self, VllmMetrics};
+use crate::prom::{self, EngineMetrics};
 use crate::EngineKind;
 use crate::{Client, GetError};
 use serde::Deserialize;
@@ -69,7 +72,7 @@ impl Engine<'_> {
 /// Checks the engine's health the way its kind defines it.
 pub async fn health(c: &Client, e: &Engine<'_>) -> Result<(), Unhealthy> {
     let default = match e.kind {
-        EngineKind::Vllm => "/health",
+        EngineKind::Vllm | EngineKind::Llamacpp => "/health",
         EngineKind::Ollama => "/",
         EngineKind::Openai => "/v1/models",
         // Ready while it serves any pool: one engine down on the core must not take every
@@ -143,10 +146,16 @@ pub async fn tf_model_available(c: &Client, e: &Engine<'_>, model: &str) -> Opti
     tf_answers(c, e, &format!("/v1/models/{model}")).await.ok()
 }
 
-/// vLLM's `/metrics`; `None` when it cannot be read.
-pub async fn vllm_metrics(c: &Client, e: &Engine<'_>) -> Option<VllmMetrics> {
+/// The engine's queue and load from its `/metrics` (vLLM's, llama.cpp's); `None` for kinds
+/// without one or when it cannot be read (llama.cpp without `--metrics` answers 501).
+pub async fn metrics(c: &Client, e: &Engine<'_>) -> Option<EngineMetrics> {
+    let read: fn(&str) -> EngineMetrics = match e.kind {
+        EngineKind::Vllm => prom::vllm,
+        EngineKind::Llamacpp => prom::llamacpp,
+        _ => return None,
+    };
     let body = e.get(c, "/metrics").await.ok()?;
-    Some(prom::vllm(&String::from_utf8_lossy(&body)))
+    Some(read(&String::from_utf8_lossy(&body)))
 }
 
 /// A model Ollama holds in memory.
@@ -195,7 +204,7 @@ pub async fn tfserving_requests(c: &Client, e: &Engine<'_>, path: &str) -> Optio
 /// as clients use both.
 pub async fn models(c: &Client, e: &Engine<'_>) -> Option<Vec<String>> {
     match e.kind {
-        EngineKind::Vllm | EngineKind::Openai => {
+        EngineKind::Vllm | EngineKind::Openai | EngineKind::Llamacpp => {
             #[derive(Deserialize)]
             struct List {
                 data: Vec<Item>,

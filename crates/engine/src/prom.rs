@@ -52,9 +52,9 @@ fn add(slot: &mut Option<f64>, v: f64) {
     *slot = Some(slot.unwrap_or(0.0) + v);
 }
 
-/// The values okome reads from a vLLM `/metrics` page.
+/// The values okome reads from an engine's `/metrics` page (vLLM's, llama.cpp's).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct VllmMetrics {
+pub struct EngineMetrics {
     /// Sum of `vllm:num_requests_waiting` over label sets (the queue).
     pub waiting: Option<f64>,
     /// Sum of `vllm:num_requests_running`.
@@ -70,8 +70,8 @@ pub struct VllmMetrics {
 }
 
 /// Reads the vLLM gauges and counters okome uses, in one pass.
-pub fn vllm(text: &str) -> VllmMetrics {
-    let mut m = VllmMetrics::default();
+pub fn vllm(text: &str) -> EngineMetrics {
+    let mut m = EngineMetrics::default();
     let mut old_kv: Option<f64> = None;
     for (name, v) in samples(text) {
         match name {
@@ -89,6 +89,23 @@ pub fn vllm(text: &str) -> VllmMetrics {
     }
     if m.kv_cache_usage.is_none() {
         m.kv_cache_usage = old_kv;
+    }
+    m
+}
+
+/// Reads llama.cpp's `llama-server --metrics` page: deferred requests (waiting for a free
+/// slot) are the queue, processing ones the running, `kv_cache_usage_ratio` the KV cache use.
+pub fn llamacpp(text: &str) -> EngineMetrics {
+    let mut m = EngineMetrics::default();
+    for (name, v) in samples(text) {
+        match name {
+            "llamacpp:requests_deferred" => add(&mut m.waiting, v),
+            "llamacpp:requests_processing" => add(&mut m.running, v),
+            "llamacpp:kv_cache_usage_ratio" => {
+                m.kv_cache_usage = Some(m.kv_cache_usage.unwrap_or(0.0).max(v))
+            }
+            _ => {}
+        }
     }
     m
 }

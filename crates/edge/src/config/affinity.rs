@@ -114,7 +114,7 @@ pub fn compile(
                 .into(),
         );
     }
-    if !matches!(kind, PoolKind::Vllm | PoolKind::Openai | PoolKind::Ollama) {
+    if !kind.speaks_openai() {
         problem(
             line,
             format!("{key}.pick"),

@@ -1074,7 +1074,7 @@ fn check_failover(cfg: &EdgeConfig, r: &super::Route, key: &str, out: &mut Vec<P
         cfg.pools
             .value
             .get(*name)
-            .is_some_and(|p| matches!(p.value.kind, PoolKind::Vllm | PoolKind::Openai))
+            .is_some_and(|p| p.value.kind.continues_openai_chat())
     };
     if !names.iter().any(able) {
         push(

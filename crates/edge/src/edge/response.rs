@@ -82,10 +82,7 @@ pub fn on_response_header(
         .route
         .is_some_and(|r| edge.routes.routes[r].mid_stream_failover)
         && ctx.attempt.current.is_some_and(|(pi, _)| {
-            matches!(
-                edge.upstreams.pools[pi].kind,
-                crate::config::PoolKind::Vllm | crate::config::PoolKind::Openai
-            )
+            edge.upstreams.pools[pi].kind.continues_openai_chat()
         });
     if failover && format == Format::Sse && ctx.reply.status == 200 {
         let body = body.unwrap_or_default();

@@ -1,19 +1,14 @@
-//! Recognises what a line of a stream is, by looking at a few bytes rather than parsing JSON;
-//! only the rare usage/final line is parsed.
+//! Recognises what a line of a stream is by what its JSON means, not by its bytes: engines
+//! differ in spacing (`"content": " x"` from Python servers), key order and escapes, and a tap
+//! that misses one engine's format silently blinds the SLOs, the token limits and the ledger.
+//!
+//! Each payload is decoded once into borrowed views of only the fields the tap needs; every
+//! other value is skipped without being built ([`IgnoredAny`]), and a string is only asked
+//! whether it is empty, so nothing is allocated for a plain, unescaped chunk.
 
-use memchr::memmem::Finder;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
-use std::sync::LazyLock;
-
-// Searchers are built once: building one per line was 2 % of the edge's CPU under load.
-static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\":{"));
-static TOOL_CALLS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"tool_calls\":[{"));
-static DONE_FALSE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"done\":false"));
-static DONE_TRUE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"done\":true"));
-static CONTENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\":\""));
-static TEXT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"text\":\""));
-static REASONING: LazyLock<Finder<'static>> =
-    LazyLock::new(|| Finder::new(b"\"reasoning_content\":\""));
+use std::fmt;
 
 /// How a response body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +61,7 @@ pub enum Event {
     },
 }
 
+
 /// What the last SSE `event:` line named, for the `data:` line that follows it. OpenAI's
 /// Responses API names every event (`event: response.output_text.delta`); chat and completions
 /// streams name none.
@@ -88,6 +84,10 @@ enum Named {
 #[derive(Debug, Default)]
 pub struct LineState {
     named: Named,
+    /// The `data:` lines of an event whose JSON spans several of them (a pretty-printing
+    /// server), joined with `\n` as SSE says, until the blank line that ends the event. Empty
+    /// for the usual one-line event, which is read where it stands.
+    pending: Vec<u8>,
     /// Named `response.*` events seen: a Responses API stream, which must end with
     /// `response.completed`; also the next event's `sequence_number`.
     pub responses_events: u64,
@@ -122,13 +122,22 @@ fn classify_named(state: &mut LineState, line: &[u8]) -> Event {
     }
     if line.is_empty() {
         state.named = Named::None;
-        return Event::Other;
+        if state.pending.is_empty() {
+            return Event::Other;
+        }
+        let ev = match chunk_event(&state.pending) {
+            Ok(ev) => ev,
+            Err(_) => Event::Other,
+        };
+        state.pending.clear();
+        return ev;
     }
-    if !line.starts_with(b"data:") {
+    let Some(data) = line.strip_prefix(b"data:") else {
         return Event::Other;
-    }
+    };
+    let data = data.strip_prefix(b" ").unwrap_or(data);
     match state.named {
-        Named::None => classify_sse(line),
+        Named::None => classify_data(state, data),
         Named::Delta => Event::Token,
         Named::End => {
             #[derive(Deserialize)]
@@ -141,13 +150,12 @@ fn classify_named(state: &mut LineState, line: &[u8]) -> Event {
             }
             #[derive(Deserialize)]
             struct Usage {
-                output_tokens: u64,
+                output_tokens: Option<u64>,
             }
-            let data = &line[b"data:".len()..];
             let completion_tokens = serde_json::from_slice::<Ev>(data)
                 .ok()
                 .and_then(|e| e.response.usage)
-                .map(|u| u.output_tokens);
+                .and_then(|u| u.output_tokens);
             Event::Done { completion_tokens }
         }
         Named::Failed => Event::Error,
@@ -155,81 +163,440 @@ fn classify_named(state: &mut LineState, line: &[u8]) -> Event {
     }
 }
 
-fn classify_sse(line: &[u8]) -> Event {
-    let Some(data) = line.strip_prefix(b"data:") else {
+/// One `data:` payload of an unnamed event (chat or completions chunk, error, `[DONE]`).
+fn classify_data(state: &mut LineState, data: &[u8]) -> Event {
+    if !state.pending.is_empty() {
+        // A later line of a multi-line event: joined, read at the blank line.
+        if state.pending.len() + 1 + data.len() <= super::framing::MAX_LINE {
+            state.pending.push(b'\n');
+            state.pending.extend_from_slice(data);
+        } else {
+            state.pending.clear();
+        }
         return Event::Other;
-    };
-    let data = data.strip_prefix(b" ").unwrap_or(data);
-    if data == b"[DONE]" {
+    }
+    if data.trim_ascii() == b"[DONE]" {
         return Event::Done {
             completion_tokens: None,
         };
     }
-    if data.starts_with(b"{\"error\"") {
-        return Event::Error;
-    }
-    let token = has_nonempty(data, &CONTENT)
-        || has_nonempty(data, &TEXT)
-        || has_nonempty(data, &REASONING)
-        || TOOL_CALLS.find(data).is_some();
-    if USAGE.find(data).is_some() {
-        #[derive(Deserialize)]
-        struct Chunk {
-            usage: Option<Usage>,
+    match chunk_event(data) {
+        Ok(ev) => ev,
+        // The JSON goes on in the event's next `data:` line.
+        Err(e) if e.is_eof() => {
+            state.pending.extend_from_slice(data);
+            Event::Other
         }
-        #[derive(Deserialize)]
-        struct Usage {
-            completion_tokens: u64,
-        }
-        if let Ok(Chunk { usage: Some(u) }) = serde_json::from_slice::<Chunk>(data) {
-            return if token {
-                Event::TokenAndUsage {
-                    completion_tokens: u.completion_tokens,
-                }
-            } else {
-                Event::Usage {
-                    completion_tokens: u.completion_tokens,
-                }
-            };
-        }
-    }
-    if token {
-        Event::Token
-    } else {
-        Event::Other
+        Err(_) => Event::Other,
     }
 }
 
+/// Reads an OpenAI-style chunk: a token when any choice carries generated text, reasoning or
+/// a tool call; the engine's count when it carries `usage`; an error object.
+fn chunk_event(data: &[u8]) -> Result<Event, serde_json::Error> {
+    let p: Payload = serde_json::from_slice(data)?;
+    if p.is_error() {
+        return Ok(Event::Error);
+    }
+    let token = p.choices.0;
+    Ok(match (token, p.usage.and_then(|u| u.completion_tokens)) {
+        (true, Some(completion_tokens)) => Event::TokenAndUsage { completion_tokens },
+        (false, Some(completion_tokens)) => Event::Usage { completion_tokens },
+        (true, None) => Event::Token,
+        (false, None) => Event::Other,
+    })
+}
+
+/// One NDJSON line (Ollama): each `"done": false` line is one token; the `"done": true` line
+/// ends the stream with the engine's count.
 fn classify_ndjson(line: &[u8]) -> Event {
-    if line.starts_with(b"{\"error\"") {
+    let Ok(p) = serde_json::from_slice::<Payload>(line) else {
+        return Event::Other;
+    };
+    if p.is_error() {
         return Event::Error;
     }
-    if DONE_FALSE.find(line).is_some() {
-        return Event::Token;
+    match p.done {
+        Some(false) => Event::Token,
+        Some(true) => Event::Done {
+            completion_tokens: p.eval_count,
+        },
+        None => Event::Other,
     }
-    if DONE_TRUE.find(line).is_some() {
-        #[derive(Deserialize)]
-        struct Final {
-            eval_count: Option<u64>,
-        }
-        let completion_tokens = serde_json::from_slice::<Final>(line)
-            .ok()
-            .and_then(|f| f.eval_count);
-        return Event::Done { completion_tokens };
-    }
-    Event::Other
 }
 
-/// Whether the finder's key occurs followed by a non-empty string value.
-fn has_nonempty(data: &[u8], key: &Finder<'static>) -> bool {
-    let n = key.needle().len();
-    key.find_iter(data)
-        .any(|pos| data.get(pos + n).is_some_and(|&b| b != b'"'))
+/// The fields of a stream payload the tap reads, whatever the API (OpenAI chunks, Ollama
+/// lines, errors); every other field is skipped unbuilt.
+#[derive(Deserialize)]
+struct Payload {
+    #[serde(default)]
+    choices: AnyToken,
+    usage: Option<Usage>,
+    error: Option<IgnoredAny>,
+    #[serde(default)]
+    object: IsError,
+    done: Option<bool>,
+    eval_count: Option<u64>,
+}
+
+impl Payload {
+    /// An error object in the stream: vLLM's `{"error": {…}}` (older vLLM: `"object":
+    /// "error"`), llama.cpp's, Ollama's `{"error": "…"}`.
+    fn is_error(&self) -> bool {
+        self.error.is_some() || self.object.0
+    }
+}
+
+#[derive(Deserialize)]
+struct Usage {
+    completion_tokens: Option<u64>,
+}
+
+/// One choice of a chunk: chat's `delta` or completions' `text`.
+#[derive(Deserialize)]
+struct Choice {
+    delta: Option<Delta>,
+    #[serde(default)]
+    text: HasText,
+}
+
+/// What a chat delta carries that counts as generated.
+#[derive(Deserialize)]
+struct Delta {
+    #[serde(default)]
+    content: HasText,
+    #[serde(default)]
+    reasoning_content: HasText,
+    #[serde(default)]
+    reasoning: HasText,
+    #[serde(default)]
+    refusal: HasText,
+    #[serde(default)]
+    tool_calls: NonEmpty,
+}
+
+impl Choice {
+    fn is_token(&self) -> bool {
+        self.text.0
+            || self.delta.as_ref().is_some_and(|d| {
+                d.content.0 || d.reasoning_content.0 || d.reasoning.0 || d.refusal.0 || d.tool_calls.0
+            })
+    }
+}
+
+/// Whether any choice of `choices` carries a token; read element by element, never collected.
+#[derive(Default)]
+struct AnyToken(bool);
+
+impl<'de> Deserialize<'de> for AnyToken {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AnyToken;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array of choices")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<AnyToken, E> {
+                Ok(AnyToken(false))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AnyToken, A::Error> {
+                let mut any = false;
+                while let Some(c) = seq.next_element::<Choice>()? {
+                    any |= c.is_token();
+                }
+                Ok(AnyToken(any))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Whether a value carries text: a non-empty string, or an array of content parts one of
+/// which does (`[{"type": "text", "text": "Hi"}]`). Anything else (null, numbers) does not.
+#[derive(Default)]
+struct HasText(bool);
+
+impl<'de> Deserialize<'de> for HasText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = HasText;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or content parts")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<HasText, E> {
+                Ok(HasText(!v.is_empty()))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<HasText, E> {
+                Ok(HasText(false))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<HasText, E> {
+                Ok(HasText(false))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<HasText, E> {
+                Ok(HasText(false))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<HasText, E> {
+                Ok(HasText(false))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<HasText, E> {
+                Ok(HasText(false))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<HasText, A::Error> {
+                let mut any = false;
+                while let Some(part) = seq.next_element::<HasText>()? {
+                    any |= part.0;
+                }
+                Ok(HasText(any))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<HasText, A::Error> {
+                // A content part: only its `text` counts.
+                #[derive(Deserialize)]
+                struct Part {
+                    #[serde(default)]
+                    text: HasText,
+                }
+                Part::deserialize(de::value::MapAccessDeserializer::new(map)).map(|p| p.text)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Whether a value is a non-empty array (a `tool_calls` delta).
+#[derive(Default)]
+struct NonEmpty(bool);
+
+impl<'de> Deserialize<'de> for NonEmpty {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NonEmpty;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<NonEmpty, E> {
+                Ok(NonEmpty(false))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NonEmpty, A::Error> {
+                let mut n = 0usize;
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(NonEmpty(n > 0))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Whether a string is `"error"` (`"object": "error"`), read without keeping it.
+#[derive(Default)]
+struct IsError(bool);
+
+impl<'de> Deserialize<'de> for IsError {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = IsError;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<IsError, E> {
+                Ok(IsError(v == "error"))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<IsError, E> {
+                Ok(IsError(false))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn classify_sse(line: &[u8]) -> Event {
+        classify(Format::Sse, &mut LineState::default(), line)
+    }
+
+    /// Feeds whole lines of one SSE stream; returns the non-`Other` events.
+    fn sse_events(lines: &[&[u8]]) -> Vec<Event> {
+        let mut st = LineState::default();
+        lines
+            .iter()
+            .map(|l| classify(Format::Sse, &mut st, l))
+            .filter(|e| *e != Event::Other)
+            .collect()
+    }
+
+    /// The reproduction: llama-cpp-python's server writes JSON as Python's `json.dumps` does,
+    /// with a space after each colon, and the byte-matching tap counted none of its tokens.
+    #[test]
+    fn spaced_json_from_python_servers_counts() {
+        assert_eq!(
+            classify_sse(
+                br#"data: {"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": " ai"}, "logprobs": null, "finish_reason": null}]}"#
+            ),
+            Event::Token
+        );
+        assert_eq!(
+            classify_sse(br#"data: {"choices": [{"text": " world", "index": 0}]}"#),
+            Event::Token
+        );
+        assert_eq!(
+            classify_sse(
+                br#"data: {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}"#
+            ),
+            Event::Usage {
+                completion_tokens: 7
+            }
+        );
+        assert_eq!(
+            classify_sse(br#"data:   {  "error" : { "message" : "boom" , "code" : 500 } }"#),
+            Event::Error
+        );
+    }
+
+    #[test]
+    fn key_order_escapes_and_whitespace_do_not_matter() {
+        for line in [
+            // keys reordered, the delta last
+            &br#"data: {"model":"m","choices":[{"finish_reason":null,"index":0,"delta":{"content":"x","role":"assistant"}}],"id":"c"}"#[..],
+            // the content as an escape only
+            br#"data: {"choices":[{"delta":{"content":"\u00e9"}}]}"#,
+            br#"data: {"choices":[{"delta":{"content":"\n"}}]}"#,
+            // an escaped key
+            br#"data: {"choices":[{"delta":{"cont\u0065nt":"x"}}]}"#,
+            // newlines and tabs between tokens
+            b"data: {\t\"choices\" :\r\n [ { \"delta\" : { \"content\" : \"x\" } } ] }",
+            // a byte pattern of a token inside a string is not a token, but the real one is
+            br#"data: {"note":"\"content\":\"","choices":[{"delta":{"content":"y"}}]}"#,
+        ] {
+            assert_eq!(classify_sse(line), Event::Token, "{}", String::from_utf8_lossy(line));
+        }
+        // A byte pattern inside a string value is no token.
+        assert_eq!(
+            classify_sse(br#"data: {"note":"\"content\":\"x","choices":[{"delta":{"content":""}}]}"#),
+            Event::Other
+        );
+        assert_eq!(
+            classify_sse(br#"data: {"choices":[{"delta":{"content":null,"role":"assistant"}}]}"#),
+            Event::Other
+        );
+    }
+
+    #[test]
+    fn parts_reasoning_and_tool_calls_are_tokens() {
+        for line in [
+            &br#"data: {"choices":[{"delta":{"content":[{"type":"text","text":"Hi"}]}}]}"#[..],
+            br#"data: {"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#,
+            br#"data: {"choices":[{"delta":{"reasoning":"hmm"}}]}"#,
+            br#"data: {"choices":[{"delta":{"refusal":"no"}}]}"#,
+            br#"data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\""}}]}}]}"#,
+            br#"data: {"choices": [{"delta": {"tool_calls": [ {"index": 0} ]}}]}"#,
+        ] {
+            assert_eq!(classify_sse(line), Event::Token, "{}", String::from_utf8_lossy(line));
+        }
+        for line in [
+            &br#"data: {"choices":[{"delta":{"content":[{"type":"text","text":""}]}}]}"#[..],
+            br#"data: {"choices":[{"delta":{"tool_calls":[]}}]}"#,
+            br#"data: {"choices":[{"delta":{},"finish_reason":"stop"}]}"#,
+            br#"data: not json"#,
+            b"id: 7",
+            b"retry: 100",
+        ] {
+            assert_eq!(classify_sse(line), Event::Other, "{}", String::from_utf8_lossy(line));
+        }
+    }
+
+    #[test]
+    fn usage_with_a_token_and_llamacpp_final_chunks() {
+        // llama.cpp's server: compact JSON, keys sorted, the usage on the finish chunk or its own.
+        assert_eq!(
+            classify_sse(
+                br#"data: {"choices":[{"delta":{"content":"!"},"finish_reason":"length","index":0}],"created":1,"id":"chatcmpl-x","model":"m","object":"chat.completion.chunk","usage":{"completion_tokens":4,"prompt_tokens":9,"total_tokens":13}}"#
+            ),
+            Event::TokenAndUsage {
+                completion_tokens: 4
+            }
+        );
+        assert_eq!(
+            classify_sse(
+                br#"data: {"choices":[],"usage":{"prompt_tokens":9},"timings":{"predicted_n":4}}"#
+            ),
+            Event::Other
+        );
+    }
+
+    #[test]
+    fn errors_by_meaning() {
+        for line in [
+            &br#"data: {"error": {"message": "...", "type": "BadRequestError", "param": null, "code": 400}}"#[..],
+            br#"data: {"object":"error","message":"x","type":"BadRequestError","code":400}"#,
+            br#"data: {"id":"x","error":{"code":500,"message":"y","type":"server_error"}}"#,
+        ] {
+            assert_eq!(classify_sse(line), Event::Error, "{}", String::from_utf8_lossy(line));
+        }
+        assert_eq!(
+            classify_sse(br#"data: {"error":null,"choices":[{"delta":{"content":"x"}}]}"#),
+            Event::Token
+        );
+        let mut st = LineState::default();
+        assert_eq!(
+            classify(Format::Ndjson, &mut st, br#"{ "error" : "model not found" }"#),
+            Event::Error
+        );
+    }
+
+    /// A server that pretty-prints writes one event's JSON over several `data:` lines; SSE joins
+    /// them, and so does the tap, at the blank line that ends the event.
+    #[test]
+    fn multi_line_data_is_joined() {
+        let evs = sse_events(&[
+            b"data: {",
+            br#"data:   "choices": [{"delta": {"content": "Hi"}}]"#,
+            b"data: }",
+            b"",
+            b"data: {",
+            br#"data:   "choices": [], "usage": {"completion_tokens": 1}"#,
+            b"data: }",
+            b"",
+            b"data: [DONE]",
+            b"",
+        ]);
+        assert_eq!(
+            evs,
+            vec![
+                Event::Token,
+                Event::Usage {
+                    completion_tokens: 1
+                },
+                Event::Done {
+                    completion_tokens: None
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn ndjson_by_meaning() {
+        let mut st = LineState::default();
+        let mut c = |l: &[u8]| classify(Format::Ndjson, &mut st, l);
+        assert_eq!(
+            c(br#"{"model": "llama3.2", "message": {"role": "assistant", "content": "The"}, "done": false}"#),
+            Event::Token
+        );
+        assert_eq!(
+            c(br#"{"eval_count": 2, "done_reason": "stop", "done": true, "model": "m"}"#),
+            Event::Done {
+                completion_tokens: Some(2)
+            }
+        );
+        assert_eq!(c(br#"{"status": "pulling manifest"}"#), Event::Other);
+        assert_eq!(c(b""), Event::Other);
+    }
 
     #[test]
     fn role_only_and_empty_deltas_are_not_tokens() {

@@ -161,8 +161,8 @@ async fn probe(c: &Client, pool: &Pool, i: usize) {
         pool.health.unhealthy_after,
         &why,
     );
-    if ok && pool.kind == PoolKind::Vllm {
-        if let Some(m) = probe::vllm_metrics(c, &e).await {
+    if ok {
+        if let Some(m) = probe::metrics(c, &e).await {
             b.set_queue_depth(m.waiting.map_or(0, prom::count));
             b.set_prefix_cache(
                 m.prefix_cache_queries.map(prom::count),

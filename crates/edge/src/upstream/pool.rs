@@ -221,16 +221,13 @@ impl Pool {
     /// their own pools decide).
     pub fn speaks(&self, api: crate::api::Api) -> bool {
         use crate::api::Api;
-        matches!(
-            (api, self.kind),
-            (_, PoolKind::Okome)
-                | (
-                    Api::OpenAi,
-                    PoolKind::Vllm | PoolKind::Ollama | PoolKind::Openai
-                )
-                | (Api::Ollama, PoolKind::Ollama)
-                | (Api::TfServing, PoolKind::Tfserving)
-        ) || (api == Api::TfServingGrpc
+        self.kind == PoolKind::Okome
+            || (api == Api::OpenAi && self.kind.speaks_openai())
+            || matches!(
+                (api, self.kind),
+                (Api::Ollama, PoolKind::Ollama) | (Api::TfServing, PoolKind::Tfserving)
+            )
+            || (api == Api::TfServingGrpc
             && self.kind == PoolKind::Tfserving
             && self.grpc_port.is_some())
     }
