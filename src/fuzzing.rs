@@ -416,3 +416,209 @@ pub fn wire_types(data: &[u8]) {
         }
     }
 }
+
+/// How a [`tap_reformat`] stream writes its JSON: the same values, bytes as different servers
+/// write them.
+#[derive(Debug, Clone, Copy)]
+struct Style {
+    /// `", "` and `": "` (Python's `json.dumps`).
+    spaced: bool,
+    /// Object keys in reverse order.
+    reversed: bool,
+    /// Non-ASCII characters, and every `e` in keys and strings, as `\uXXXX`.
+    escaped: bool,
+    /// One member per line (a pretty-printer; SSE carries it as several `data:` lines).
+    pretty: bool,
+}
+
+fn write_json(out: &mut Vec<u8>, v: &serde_json::Value, st: Style) {
+    use serde_json::Value;
+    let (comma, colon): (&[u8], &[u8]) = if st.spaced {
+        (b", ", b": ")
+    } else {
+        (b",", b":")
+    };
+    let sep = |out: &mut Vec<u8>| {
+        out.extend_from_slice(comma);
+        if st.pretty {
+            out.push(b'\n');
+        }
+    };
+    match v {
+        Value::Object(m) => {
+            out.push(b'{');
+            let mut members: Vec<_> = m.iter().collect();
+            if st.reversed {
+                members.reverse();
+            }
+            for (i, (k, v)) in members.into_iter().enumerate() {
+                if i > 0 {
+                    sep(out);
+                }
+                write_str(out, k, st);
+                out.extend_from_slice(colon);
+                write_json(out, v, st);
+            }
+            out.push(b'}');
+        }
+        Value::Array(a) => {
+            out.push(b'[');
+            for (i, v) in a.iter().enumerate() {
+                if i > 0 {
+                    sep(out);
+                }
+                write_json(out, v, st);
+            }
+            out.push(b']');
+        }
+        Value::String(s) => write_str(out, s, st),
+        other => out.extend_from_slice(other.to_string().as_bytes()),
+    }
+}
+
+fn write_str(out: &mut Vec<u8>, s: &str, st: Style) {
+    if !st.escaped {
+        out.extend_from_slice(serde_json::Value::from(s).to_string().as_bytes());
+        return;
+    }
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            c if (c as u32) < 0x20 || c == 'e' || !c.is_ascii() => {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    out.extend_from_slice(format!("\\u{u:04x}").as_bytes());
+                }
+            }
+            c => out.push(c as u8),
+        }
+    }
+    out.push(b'"');
+}
+
+/// Tap differential: a stream of chat/completions chunks (SSE) or Ollama lines (NDJSON) built
+/// from the input is written compact, then spaced, reordered, escaped and pretty-printed, split
+/// at seed-derived points; the tap must count the same tokens, usage, errors and end as a
+/// `serde_json` reading of the same values says, whatever the bytes look like.
+///
+/// Layout: `[format byte][8-byte seed][ops…]`, each op byte choosing the next payload; text
+/// comes from the op bytes themselves.
+pub fn tap_reformat(data: &[u8]) {
+    use serde_json::{json, Value};
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let ndjson = sel % 2 == 1;
+    let mut seed = [0u8; 8];
+    let n = rest.len().min(8);
+    seed[..n].copy_from_slice(&rest[..n]);
+    let seed = u64::from_le_bytes(seed);
+    let ops = &rest[n..];
+    let mut rng = Rng::new(seed);
+    // Text from the input: any UTF-8 (quotes, backslashes, newlines, non-ASCII included).
+    let text = |rng: &mut Rng| -> String {
+        let len = rng.below(6);
+        let start = rng.below(ops.len().max(1));
+        let end = (start + len).min(ops.len());
+        String::from_utf8_lossy(&ops[start..end]).into_owned()
+    };
+
+    let mut payloads: Vec<Value> = Vec::new();
+    let (mut tokens, mut usage, mut error, mut done) = (0u64, None::<u64>, false, false);
+    for &op in ops.iter().take(64) {
+        let t = text(&mut rng);
+        let nonempty = !t.is_empty();
+        if ndjson {
+            let v = match op % 4 {
+                0 | 1 => {
+                    tokens += 1;
+                    json!({"model": "m", "message": {"role": "assistant", "content": t}, "done": false})
+                }
+                2 => {
+                    let count = u64::from(op);
+                    done = true;
+                    usage = Some(count);
+                    json!({"model": "m", "done": true, "done_reason": "stop", "eval_count": count})
+                }
+                _ => {
+                    error = true;
+                    json!({"error": t})
+                }
+            };
+            payloads.push(v);
+            continue;
+        }
+        let delta = match op % 9 {
+            0 => json!({"content": t}),
+            1 => json!({"role": "assistant", "content": t}),
+            2 => json!({"content": [{"type": "text", "text": t}]}),
+            3 => json!({"reasoning_content": t}),
+            4 => json!({"reasoning": t, "content": null}),
+            5 => {
+                json!({"tool_calls": (0..usize::from(nonempty)).map(|i| json!({"index": i, "function": {"arguments": t}})).collect::<Vec<_>>()})
+            }
+            6 => {
+                // completions: `text`
+                tokens += u64::from(nonempty);
+                payloads.push(json!({"id": "cmpl-1", "object": "text_completion", "choices": [{"index": 0, "text": t, "finish_reason": null}]}));
+                continue;
+            }
+            7 => {
+                let count = u64::from(op);
+                usage = Some(count);
+                payloads.push(json!({"id": "c", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": count, "total_tokens": count + 3}}));
+                continue;
+            }
+            _ => {
+                error = true;
+                payloads.push(json!({"error": {"message": t, "type": "BadRequestError", "param": null, "code": 400}}));
+                continue;
+            }
+        };
+        tokens += u64::from(nonempty);
+        payloads.push(json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}]}));
+    }
+    if !ndjson && rng.below(2) == 0 {
+        done = true;
+    }
+    let expected = (tokens, usage, error, done);
+
+    for bits in 0u8..16 {
+        let st = Style {
+            spaced: bits & 1 != 0,
+            reversed: bits & 2 != 0,
+            escaped: bits & 4 != 0,
+            pretty: bits & 8 != 0 && !ndjson,
+        };
+        let mut body = Vec::new();
+        for p in &payloads {
+            let mut j = Vec::new();
+            write_json(&mut j, p, st);
+            if ndjson {
+                body.extend_from_slice(&j);
+                body.push(b'\n');
+            } else {
+                for line in j.split(|&b| b == b'\n') {
+                    body.extend_from_slice(b"data: ");
+                    body.extend_from_slice(line);
+                    body.push(b'\n');
+                }
+                body.push(b'\n');
+            }
+        }
+        if !ndjson && done {
+            body.extend_from_slice(b"data: [DONE]\n\n");
+        }
+        let format = if ndjson { Format::Ndjson } else { Format::Sse };
+        let (tap, _) = run_tap(format, split(&body, seed ^ u64::from(bits)));
+        let s = &tap.stats;
+        assert_eq!(
+            (s.token_events, s.usage_completion_tokens, s.error, s.done),
+            expected,
+            "{st:?}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+}

@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 type Harness = fn(&[u8]);
 
 /// Every target, by its `fuzz/fuzz_targets/` name.
-const TARGETS: [(&str, Harness); 4] = [
+const TARGETS: [(&str, Harness); 5] = [
     ("stream_tap", okome::fuzzing::stream_tap),
+    ("tap_reformat", okome::fuzzing::tap_reformat),
     ("body_peek", okome::fuzzing::body_peek),
     ("edge_config", okome::fuzzing::edge_config),
     ("wire_types", okome::fuzzing::wire_types),
@@ -90,4 +91,9 @@ fn edge_config_corpus() {
 #[test]
 fn wire_types_corpus() {
     replay("wire_types", okome::fuzzing::wire_types);
+}
+
+#[test]
+fn tap_reformat_corpus() {
+    replay("tap_reformat", okome::fuzzing::tap_reformat);
 }

@@ -81,9 +81,10 @@ pub fn on_response_header(
         .req
         .route
         .is_some_and(|r| edge.routes.routes[r].mid_stream_failover)
-        && ctx.attempt.current.is_some_and(|(pi, _)| {
-            edge.upstreams.pools[pi].kind.continues_openai_chat()
-        });
+        && ctx
+            .attempt
+            .current
+            .is_some_and(|(pi, _)| edge.upstreams.pools[pi].kind.continues_openai_chat());
     if failover && format == Format::Sse && ctx.reply.status == 200 {
         let body = body.unwrap_or_default();
         ctx.failover = Some(Box::new(crate::failover::State::new(path, target, body)));

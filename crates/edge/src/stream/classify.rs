@@ -61,7 +61,6 @@ pub enum Event {
     },
 }
 
-
 /// What the last SSE `event:` line named, for the `data:` line that follows it. OpenAI's
 /// Responses API names every event (`event: response.output_text.delta`); chat and completions
 /// streams name none.
@@ -279,7 +278,11 @@ impl Choice {
     fn is_token(&self) -> bool {
         self.text.0
             || self.delta.as_ref().is_some_and(|d| {
-                d.content.0 || d.reasoning_content.0 || d.reasoning.0 || d.refusal.0 || d.tool_calls.0
+                d.content.0
+                    || d.reasoning_content.0
+                    || d.reasoning.0
+                    || d.refusal.0
+                    || d.tool_calls.0
             })
     }
 }
@@ -478,7 +481,9 @@ mod tests {
         }
         // A byte pattern inside a string value is no token.
         assert_eq!(
-            classify_sse(br#"data: {"note":"\"content\":\"x","choices":[{"delta":{"content":""}}]}"#),
+            classify_sse(
+                br#"data: {"note":"\"content\":\"x","choices":[{"delta":{"content":""}}]}"#
+            ),
             Event::Other
         );
         assert_eq!(
@@ -507,7 +512,12 @@ mod tests {
             b"id: 7",
             b"retry: 100",
         ] {
-            assert_eq!(classify_sse(line), Event::Other, "{}", String::from_utf8_lossy(line));
+            assert_eq!(
+                classify_sse(line),
+                Event::Other,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
         }
     }
 
@@ -545,7 +555,11 @@ mod tests {
         );
         let mut st = LineState::default();
         assert_eq!(
-            classify(Format::Ndjson, &mut st, br#"{ "error" : "model not found" }"#),
+            classify(
+                Format::Ndjson,
+                &mut st,
+                br#"{ "error" : "model not found" }"#
+            ),
             Event::Error
         );
     }

@@ -228,8 +228,8 @@ impl Pool {
                 (Api::Ollama, PoolKind::Ollama) | (Api::TfServing, PoolKind::Tfserving)
             )
             || (api == Api::TfServingGrpc
-            && self.kind == PoolKind::Tfserving
-            && self.grpc_port.is_some())
+                && self.kind == PoolKind::Tfserving
+                && self.grpc_port.is_some())
     }
 
     /// Suggested Retry-After (seconds) when nothing in this pool can take a request.
