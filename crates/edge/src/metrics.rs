@@ -49,6 +49,8 @@ pub struct Metrics {
     pub backend_inflight: IntGaugeVec,
     /// 1 when the backend passes health checks and is not ejected.
     pub backend_healthy: IntGaugeVec,
+    /// 1 while the backend's health probe fails but it keeps delivering responses.
+    pub backend_busy: IntGaugeVec,
     /// The engine's own waiting queue (scraped).
     pub backend_queue_depth: IntGaugeVec,
     /// Passive ejections after live-traffic failures.
@@ -169,6 +171,14 @@ impl Metrics {
             Opts::new(
                 "okome_backend_healthy",
                 "1 when the backend passes its health check and is not ejected.",
+            ),
+            BACKEND_LABELS,
+        );
+        let backend_busy = IntGaugeVec::new(
+            Opts::new(
+                "okome_backend_busy",
+                "1 while the backend's health probe fails but it delivered response bytes within \
+                 the probe window: busy, kept in rotation.",
             ),
             BACKEND_LABELS,
         );
@@ -384,6 +394,7 @@ impl Metrics {
             let response_bytes = reg(r, response_bytes)?;
             let backend_inflight = reg(r, backend_inflight)?;
             let backend_healthy = reg(r, backend_healthy)?;
+            let backend_busy = reg(r, backend_busy)?;
             let backend_queue_depth = reg(r, backend_queue_depth)?;
             let backend_ejections = reg(r, backend_ejections)?;
             let policy_cache_requests = reg(r, policy_cache_requests)?;
@@ -420,6 +431,7 @@ impl Metrics {
                 tokens,
                 backend_inflight,
                 backend_healthy,
+                backend_busy,
                 backend_queue_depth,
                 backend_ejections,
                 retries,

@@ -206,7 +206,8 @@ struct BackendStatus {
     /// The `HOST` it was resolved from; null for a backend listed as `IP:PORT`.
     name: Option<String>,
     healthy: bool,
-    /// `ok`, `ejected` (passive ejection after live failures) or `down` (failing its health check).
+    /// `ok`, `busy` (its probe fails but it delivers responses), `ejected` (passive ejection
+    /// after live failures) or `down` (failing its health check).
     state: &'static str,
     ejected_for_seconds: f64,
     inflight: u64,
@@ -239,6 +240,8 @@ async fn status(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
                             "down"
                         } else if ejected_ms > 0 {
                             "ejected"
+                        } else if b.busy() {
+                            "busy"
                         } else {
                             "ok"
                         },

@@ -47,6 +47,7 @@ pub const PAGE: &str = r##"<!doctype html>
   .state { display:inline-block; padding:1px 8px; border-radius:10px; font-size:12px; font-weight:600; }
   .s-ok { background:rgba(63,185,80,.15); color:var(--ok); }
   .s-ejected { background:rgba(210,153,34,.15); color:var(--warn); }
+  .s-busy { background:rgba(88,166,255,.15); color:var(--accent, #58a6ff); }
   .s-down { background:rgba(248,81,73,.15); color:var(--bad); }
   .s-pressured { background:rgba(210,153,34,.15); color:var(--warn); }
   .s-shedding { background:rgba(248,81,73,.15); color:var(--bad); }

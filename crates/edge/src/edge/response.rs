@@ -107,6 +107,11 @@ pub fn on_body(
     end: bool,
     ctx: &mut RequestCtx,
 ) -> pingora_error::Result<()> {
+    if body.as_ref().is_some_and(|b| !b.is_empty()) {
+        if let Some(g) = &ctx.attempt.inflight {
+            g.backend().note_progress();
+        }
+    }
     if let Some(f) = ctx.failover.as_mut() {
         f.on_body(body, end)?;
     }

@@ -27,6 +27,10 @@ pub struct Backend {
     queue_depth: AtomicU64,
     live_failures: AtomicU32,
     ejected_until_ms: AtomicU64,
+    /// When response bytes last came from it, in ms since `epoch` (0: never).
+    last_progress_ms: AtomicU64,
+    /// Its last health probe failed while it was delivering responses: busy, not dead.
+    busy: AtomicBool,
     epoch: Instant,
     metrics: crate::metrics::Metrics,
     verdict: arc_swap::ArcSwapOption<super::arbiter::Verdict>,
@@ -50,6 +54,8 @@ impl Backend {
             queue_depth: AtomicU64::new(0),
             live_failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            last_progress_ms: AtomicU64::new(0),
+            busy: AtomicBool::new(false),
             epoch: Instant::now(),
             metrics,
             verdict: arc_swap::ArcSwapOption::empty(),
@@ -144,6 +150,39 @@ impl Backend {
             .inc_by(dh);
     }
 
+    /// Response bytes came from it just now (a chunk of a body it is sending).
+    pub fn note_progress(&self) {
+        self.last_progress_ms.store(self.now_ms().max(1), Relaxed);
+    }
+
+    /// Whether it sent response bytes within the last `window`.
+    pub fn progressed_within(&self, window: std::time::Duration) -> bool {
+        let last = self.last_progress_ms.load(Relaxed);
+        last != 0 && self.now_ms().saturating_sub(last) <= window.as_millis() as u64
+    }
+
+    /// Its last probe failed while it kept delivering responses (see [`Self::probe_busy`]).
+    pub fn busy(&self) -> bool {
+        self.busy.load(Relaxed)
+    }
+
+    /// A probe failed, but the backend delivered response bytes within the probe window: an
+    /// engine that answers its health or listing endpoint only between generations (llama.cpp's
+    /// Python server) is busy, not dead. Neither the failure streak nor the health state moves.
+    pub fn probe_busy(&self, why: &str) {
+        if !self.busy.swap(true, Relaxed) {
+            log::info!(
+                "backend {} in pool {} is busy: its health probe failed ({why}) while it delivers                  responses; kept in rotation",
+                self.id,
+                self.pool
+            );
+        }
+        self.metrics
+            .backend_busy
+            .with_label_values(&[&self.pool, &self.id])
+            .set(1);
+    }
+
     /// Applies one active probe result with rise/fall thresholds; returns the new state if it changed.
     pub fn probe_result(
         &self,
@@ -152,6 +191,12 @@ impl Backend {
         unhealthy_after: u32,
         why: &str,
     ) -> Option<bool> {
+        if self.busy.swap(false, Relaxed) {
+            self.metrics
+                .backend_busy
+                .with_label_values(&[&self.pool, &self.id])
+                .set(0);
+        }
         let was = self.healthy();
         let now = if ok {
             self.fail_streak.store(0, Relaxed);
@@ -300,6 +345,21 @@ mod tests {
         b.record_failure(&ej, "refused", false);
         assert!(!b.eligible());
         assert!(b.ejected_for_ms() > 0);
+    }
+
+    #[test]
+    fn busy_is_not_dead() {
+        let b = b();
+        b.probe_result(true, 1, 1, "");
+        assert!(!b.progressed_within(Duration::from_secs(5)));
+        b.note_progress();
+        assert!(b.progressed_within(Duration::from_secs(5)));
+        b.probe_busy("timed out");
+        assert!(b.healthy() && b.busy());
+        // The next answered probe clears it; a real failure counts as before.
+        b.probe_result(true, 1, 1, "");
+        assert!(!b.busy());
+        assert_eq!(b.probe_result(false, 1, 1, "refused"), Some(false));
     }
 
     #[test]

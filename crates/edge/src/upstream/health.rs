@@ -153,21 +153,30 @@ async fn probe(c: &Client, pool: &Pool, i: usize) {
     if result.is_ok() {
         result = super::grpc_health::check(pool, i).await;
     }
-    let ok = result.is_ok();
-    let why = result.err().unwrap_or_default();
-    b.probe_result(
-        ok,
-        pool.health.healthy_after,
-        pool.health.unhealthy_after,
-        &why,
-    );
-    if ok {
-        if let Some(m) = probe::metrics(c, &e).await {
-            b.set_queue_depth(m.waiting.map_or(0, prom::count));
-            b.set_prefix_cache(
-                m.prefix_cache_queries.map(prom::count),
-                m.prefix_cache_hits.map(prom::count),
-            );
+    match result {
+        Ok(()) => {
+            b.probe_result(true, pool.health.healthy_after, pool.health.unhealthy_after, "");
         }
+        // Bytes of a response came from it since the last round: alive, whatever the probe
+        // says (an engine may answer probes only between generations).
+        Err(why) if b.progressed_within(pool.health.interval.0 + pool.health.timeout.0) => {
+            b.probe_busy(&why);
+        }
+        Err(why) => {
+            b.probe_result(
+                false,
+                pool.health.healthy_after,
+                pool.health.unhealthy_after,
+                &why,
+            );
+            return;
+        }
+    }
+    if let Some(m) = probe::metrics(c, &e).await {
+        b.set_queue_depth(m.waiting.map_or(0, prom::count));
+        b.set_prefix_cache(
+            m.prefix_cache_queries.map(prom::count),
+            m.prefix_cache_hits.map(prom::count),
+        );
     }
 }
