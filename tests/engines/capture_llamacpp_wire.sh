@@ -23,7 +23,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 port="$(free_port)"
 B="http://127.0.0.1:$port"
 ALIAS="okome-tiny"
-SERVER_ARGS=(-m "$LLAMA_MODEL" --host 127.0.0.1 --port "$port" -c 2048 -np 2 -t 2
+SERVER_ARGS=(-m "$LLAMA_MODEL" --host 127.0.0.1 --port "$port" -c 2048 -np 2 -t 1
              --metrics --slots --no-webui --alias "$ALIAS" --seed 42)
 exec 3>"$out"
 w() { printf '%s\n' "$@" >&3; }
@@ -47,24 +47,66 @@ w "# server: llama-server ${SERVER_ARGS[*]/#$LLAMA_MODEL/\$LLAMA_MODEL}"
 w "# \$BASE = http://127.0.0.1:<port>; machine: $(nproc) cpus, $(uname -sm)"
 w "# Header lines end in CRLF on the wire (shown as LF). Bodies are verbatim."
 
-# --- start-up: poll /health as fast as possible from the moment the process starts ----------
+# wait_ready BASE T0 LOG [on-first-503-command]: poll /health as fast as possible, recording the
+# first answer of each kind with its time since spawn; run the command once on the first 503
+wait_ready() {
+  local base="$1" t0="$2" log="$3" on503="${4:-}" r key ready=""
+  local -A seen=()
+  for _ in $(seq 1 20000); do
+    r="$(curl -sS -i --max-time 2 "$base/health" 2>&1 | sed 's/\r$//' | grep -v '^Date:' || true)"
+    key="$(printf '%s' "$r" | head -1)|$(printf '%s' "$r" | tail -1)"
+    if [[ -z "${seen[$key]:-}" ]]; then
+      seen[$key]=1
+      w "" "=== GET /health at t=+$(el "$(ts)" "$t0")s after spawning llama-server (first answer of this kind)" "$r" "=== end"
+      if [[ -n "$on503" ]] && printf '%s' "$r" | head -1 | grep -q ' 503 '; then "$on503"; fi
+    fi
+    if printf '%s' "$r" | head -1 | grep -q ' 200 '; then ready="$(ts)"; break; fi
+    sleep 0.002
+  done
+  [[ -n "$ready" ]] || { echo "llama-server never became ready:" >&2; cat "$log" >&2; exit 1; }
+  w "" "# time from spawn to first /health 200: $(el "$ready" "$t0")s"
+}
+
+# --- loading state: a throwaway heavy model (537 MB, read without mmap) keeps llama-server in
+# its "Loading model" phase long enough to observe; the HTTP port is open from the start ------
+w "" "# ---- LOADING STATE: heavy throwaway model, read without mmap so loading takes a while:"
+heavy="$work/heavy.gguf"
+"${OKOME_PYENV:-$HOME/.cache/okome/pyenv}/bin/python" "$here/make_tiny_gguf.py" "$heavy" \
+  --n-embd 1024 --n-layer 8 --n-ff 4096 >/dev/null
+hport="$(free_port)"
+H="http://127.0.0.1:$hport"
+w "# server: llama-server -m heavy.gguf --host 127.0.0.1 --port $hport -c 2048 -np 2 -t 1 --load-mode none --metrics --slots --no-webui"
+while_loading() {
+  local p
+  for p in /v1/models /metrics /slots; do
+    w "" "=== while loading: GET $p"
+    curl -sS -i "$H$p" 2>&1 | sed 's/\r$//' >&3 || true
+    w "" "=== end"
+  done
+  w "" "=== while loading: POST /v1/chat/completions (stream)"
+  curl -sS -N -i -H Content-Type:application/json \
+    -d '{"messages":[{"role":"user","content":"hi"}],"stream":true,"max_tokens":2}' \
+    "$H/v1/chat/completions" 2>&1 | sed 's/\r$//' >&3 || true
+  w "" "=== end"
+}
+t0="$(ts)"
+"$LLAMA_SERVER" -m "$heavy" --host 127.0.0.1 --port "$hport" -c 2048 -np 2 -t 1 --load-mode none \
+  --metrics --slots --no-webui >"$work/heavy.log" 2>&1 &
+hpid=$!
+pids+=("$hpid")
+wait_ready "$H" "$t0" "$work/heavy.log" while_loading
+w "" "=== GET /v1/models of a server started without --alias (model id defaults to the file name)"
+curl -sS "$H/v1/models" >&3
+w "" "=== end"
+kill "$hpid"; wait "$hpid" 2>/dev/null || true
+rm -f "$heavy"
+
+# --- the tiny model: start-up time, then everything else ----------------------------------------
+w "" "# ---- TINY MODEL: llama-server ${SERVER_ARGS[*]/#$LLAMA_MODEL/\$LLAMA_MODEL}"
 t0="$(ts)"
 "$LLAMA_SERVER" "${SERVER_ARGS[@]}" >"$work/server.log" 2>&1 &
 pids+=($!)
-declare -A seen=()
-ready=""
-for _ in $(seq 1 20000); do
-  r="$(curl -sS -i --max-time 2 "$B/health" 2>&1 | sed 's/\r$//' | grep -v '^Date:' || true)"
-  key="$(printf '%s' "$r" | head -1)|$(printf '%s' "$r" | tail -1)"
-  if [[ -z "${seen[$key]:-}" ]]; then
-    seen[$key]=1
-    w "" "=== /health at t=+$(el "$(ts)" "$t0")s after spawning llama-server (first answer of this kind)" "$r" "=== end"
-  fi
-  if printf '%s' "$r" | head -1 | grep -q ' 200 '; then ready="$(ts)"; break; fi
-  sleep 0.002
-done
-[[ -n "$ready" ]] || { echo "llama-server never became ready:" >&2; cat "$work/server.log" >&2; exit 1; }
-w "" "# time from spawn to first /health 200: $(el "$ready" "$t0")s"
+wait_ready "$B" "$t0" "$work/server.log"
 
 # --- ready-state endpoints ----------------------------------------------------------------------
 show "GET /health (ready)" "$B/health"
@@ -94,6 +136,8 @@ show "POST /v1/chat/completions, non-streamed" $J \
   -d '{"model":"okome-tiny","messages":[{"role":"user","content":"Say hello"}],"temperature":0,"max_tokens":20}' "$B/v1/chat/completions"
 show "POST /v1/completions, stream, include_usage" $J \
   -d '{"model":"okome-tiny","prompt":"The cat","stream":true,"temperature":0,"max_tokens":20,"stream_options":{"include_usage":true}}' "$B/v1/completions"
+show "POST /v1/completions, stream, no stream_options" $J \
+  -d '{"prompt":"The cat","stream":true,"temperature":0,"max_tokens":3}' "$B/v1/completions"
 show "POST /v1/completions, non-streamed" $J \
   -d '{"model":"okome-tiny","prompt":"The cat","temperature":0,"max_tokens":10}' "$B/v1/completions"
 show "POST /completion (llama.cpp native), stream" $J \
@@ -119,31 +163,35 @@ show "error: GET on a POST endpoint" "$B/v1/chat/completions"
 show "error: POST without content-type" -d '{"messages":[{"role":"user","content":"hi"}],"max_tokens":2}' "$B/v1/chat/completions"
 
 # --- both slots busy ----------------------------------------------------------------------------
+# two long streams take both slots; a third request then waits in the queue ("deferred")
 BIG='{"messages":[{"role":"user","content":"Tell a long story"}],"stream":true,"temperature":0,"max_tokens":2000}'
 s0="$(ts)"
 curl -sS -N $J -d "$BIG" "$B/v1/chat/completions" >"$work/big1" & pids+=($!); b1=$!
 curl -sS -N $J -d "$BIG" "$B/v1/chat/completions" >"$work/big2" & pids+=($!); b2=$!
-sleep 1
-w "" "# ---- two streams with max_tokens 2000 running (both slots busy); probes with their latency:"
+sleep 0.15
+curl -sS -N -i -w '\n[time_starttransfer=%{time_starttransfer}s time_total=%{time_total}s]\n' $J \
+  -d '{"messages":[{"role":"user","content":"hi"}],"stream":true,"temperature":0,"max_tokens":3}' \
+  "$B/v1/chat/completions" >"$work/third" 2>&1 & pids+=($!); b3=$!
+sleep 0.1
+w "" "# ---- BUSY: two streams with max_tokens 2000 hold both slots, a third streamed chat (max_tokens 3)"
+w "# was sent 0.15s later and is queued; probes sent meanwhile, each with its latency:"
 for path in /health /v1/models /slots /metrics; do
   w "" "=== while busy: GET $path (time_total printed after the body)"
   curl -sS -N -i -w '\n[time_total=%{time_total}s]\n' "$B$path" 2>&1 | sed 's/\r$//' >&3 || true
   w "=== end"
 done
-w "" "=== while busy: a third streamed chat (queued?) with time to first byte / total"
-curl -sS -N -i -w '\n[time_starttransfer=%{time_starttransfer}s time_total=%{time_total}s]\n' $J \
-  -d '{"messages":[{"role":"user","content":"hi"}],"stream":true,"temperature":0,"max_tokens":3}' \
-  "$B/v1/chat/completions" 2>&1 | sed 's/\r$//' >&3 || true
-w "=== end"
-w "" "=== while busy (third request done): GET /metrics"
-curl -sS -i "$B/metrics" 2>&1 | sed 's/\r$//' >&3 || true
+wait "$b3" || true
+w "" "=== while busy: the queued third streamed chat (time to first byte / total; the first"
+w "    byte only comes once one of the long streams has finished)"
+sed 's/\r$//' "$work/third" >&3
 w "=== end"
 wait "$b1" "$b2" || true
 s1="$(ts)"
 n1="$(grep -c '^data: {' "$work/big1" || true)"
 w "" "# the two long streams finished after $(el "$s1" "$s0")s; events in stream 1: $n1"
-w "# tail of long stream 1 (finish chunk, usage/timings, [DONE]):"
-tail -c 1500 "$work/big1" >&3
+w "# (max_tokens 2000 > the slot's 1024-token context: generation stops when the slot is full)"
+w "# tail of long stream 1 (finish chunk with timings, [DONE]):"
+tail -c 1200 "$work/big1" >&3
 
 # --- single-stream token rate -------------------------------------------------------------------
 w "" "=== single stream token rate: non-streamed completion, max_tokens 500 (timings object)"
@@ -157,4 +205,5 @@ show "GET /metrics (after the runs)" "$B/metrics"
 w "" "# ---- llama-server log (stderr/stdout) ----"
 sed "s#$LLAMA_MODEL#\$LLAMA_MODEL#g" "$work/server.log" >&3
 exec 3>&-
+sed -i "s#$work/#<tmp>/#g" "$out"
 echo "wrote $out" >&2

@@ -35,6 +35,10 @@ models_dir="$cache/models"
 log() { echo "llamacpp.sh: $*" >&2; }
 
 # --- llama-server -----------------------------------------------------------------------------
+if [[ -x "$server_bin" ]] && ! "$server_bin" --version >/dev/null 2>&1; then
+  log "cached $server_bin does not run here; rebuilding"
+  rm -f "$server_bin"
+fi
 if [[ ! -x "$server_bin" ]]; then
   for tool in cmake c++ tar sha256sum; do
     command -v "$tool" >/dev/null || { log "missing '$tool' (apt-get install cmake g++)"; exit 1; }
@@ -57,10 +61,12 @@ if [[ ! -x "$server_bin" ]]; then
   log "extracting vendor/llama.cpp from $sdist"
   tar -xzf "$sdist" -C "$work" --strip-components=3 \
     "llama_cpp_python-$LCP_VERSION/vendor/llama.cpp"
+  rm -f "$work/.git"  # a submodule pointer into the sdist author's checkout; build info is pinned
   src="$work"
   build="$work/build"
   start=$(date +%s)
-  log "configuring llama.cpp@$LLAMA_COMMIT (build log: $server_dir/build.log)"
+  log "configuring and building llama.cpp b$LLAMA_BUILD_NUMBER ($LLAMA_COMMIT) with -j$JOBS;" \
+    "this takes a while on few cores (log: $server_dir/build.log)"
   {
     echo "# llama-cpp-python $LCP_VERSION, llama.cpp@$LLAMA_COMMIT, $(date -u +%FT%TZ), $(nproc) cpus, -j$JOBS"
     nice -n 10 cmake -S "$src" -B "$build" \
@@ -80,7 +86,6 @@ if [[ ! -x "$server_bin" ]]; then
       -DLLAMA_OPENSSL=OFF \
       -DLLAMA_BUILD_COMMIT="$LLAMA_COMMIT" \
       -DLLAMA_BUILD_NUMBER="$LLAMA_BUILD_NUMBER"
-    log "building llama-server with -j$JOBS (takes a while on few cores)"
     nice -n 10 cmake --build "$build" --target llama-server -j"$JOBS"
   } >"$server_dir/build.log" 2>&1 || { log "build failed, see $server_dir/build.log"; tail -30 "$server_dir/build.log" >&2; exit 1; }
   secs=$(( $(date +%s) - start ))
@@ -105,6 +110,7 @@ if [[ ! -s "$model" ]]; then
   tmp="$(mktemp "$models_dir/.okome-tiny.XXXXXX")"
   log "generating $model"
   "$py" "$gen" "$tmp" >&2 || { rm -f "$tmp"; exit 1; }
+  chmod 644 "$tmp"
   mv -f "$tmp" "$model"
 fi
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Writes okome-tiny, a tiny random-weight llama-architecture GGUF model that llama.cpp loads.
 
-    python make_tiny_gguf.py OUT.gguf
+    python make_tiny_gguf.py OUT.gguf [--n-embd N --n-layer N --n-ff N]
+
+(the size options exist only to make a deliberately heavy variant, e.g. to watch llama-server's
+"Loading model" state in capture_llamacpp_wire.sh; the defaults make okome-tiny)
 
 It exists so integration tests can run a REAL llama-server without downloading any model. The
 weights are random with a fixed seed, so the file is byte-for-byte reproducible and greedy
@@ -21,7 +24,7 @@ Depends on the pinned `gguf` and `numpy` from tests/clients/requirements.txt. Ch
 changes its hash, hence the cached model's name (tests/engines/llamacpp.sh).
 """
 
-import sys
+import argparse
 
 import numpy as np
 import gguf
@@ -96,9 +99,16 @@ def build_vocab():
 
 
 def main():
-    if len(sys.argv) != 2:
-        sys.exit("usage: make_tiny_gguf.py OUT.gguf")
-    out = sys.argv[1]
+    ap = argparse.ArgumentParser(description="write the okome-tiny GGUF test model")
+    ap.add_argument("out")
+    ap.add_argument("--n-embd", type=int, default=N_EMBD)
+    ap.add_argument("--n-layer", type=int, default=N_LAYER)
+    ap.add_argument("--n-ff", type=int, default=N_FF)
+    args = ap.parse_args()
+    write(args.out, args.n_embd, args.n_layer, args.n_ff)
+
+
+def write(out, N_EMBD, N_LAYER, N_FF):
     tokens, scores, types, output_ids = build_vocab()
     n_vocab = len(tokens)
     rng = np.random.default_rng(SEED)

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub failover: IntCounterVec,
     /// Engine death → first continued token written to the client.
     pub failover_gap: HistogramVec,
+    /// SSE keep-alive comments written during an engine's silence, per route.
+    pub stream_keepalives: IntCounterVec,
     /// Retries not made because the pool's retry budget was spent.
     pub retry_budget_exhausted: IntCounterVec,
     /// Requests by route and final status.
@@ -216,6 +218,13 @@ impl Metrics {
                 "Mid-stream failover: engine death noticed → first continued token written to the client.",
             )
             .buckets(duration_buckets()),
+            &["route"],
+        );
+        let stream_keepalives = IntCounterVec::new(
+            Opts::new(
+                "okome_stream_keepalives_total",
+                "SSE keep-alive comments written between events while the engine was silent (routes[].keepalive).",
+            ),
             &["route"],
         );
         let retry_budget_exhausted = IntCounterVec::new(
@@ -391,6 +400,7 @@ impl Metrics {
             let retry_budget_exhausted = reg(r, retry_budget_exhausted)?;
             let failover = reg(r, failover)?;
             let failover_gap = reg(r, failover_gap)?;
+            let stream_keepalives = reg(r, stream_keepalives)?;
             let response_bytes = reg(r, response_bytes)?;
             let backend_inflight = reg(r, backend_inflight)?;
             let backend_healthy = reg(r, backend_healthy)?;
@@ -437,6 +447,7 @@ impl Metrics {
                 retries,
                 failover,
                 failover_gap,
+                stream_keepalives,
                 retry_budget_exhausted,
                 requests,
                 request_duration,

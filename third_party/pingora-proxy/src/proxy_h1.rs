@@ -565,6 +565,13 @@ where
         // ProxyHttp::downstream_detached), and the proxy's way to end the response early.
         let mut detached = false;
         let mut abort: Option<futures::future::BoxFuture<'static, Box<Error>>> = None;
+        // okome patch: keep-alive bytes after a silent period (see ProxyHttp::response_keepalive).
+        // The timer is armed once per period, not per chunk: each upstream task only notes the
+        // time, and a firing that finds activity since re-arms for the rest of the period.
+        let keepalive = self.inner.response_keepalive(ctx);
+        let mut last_activity = tokio::time::Instant::now();
+        let keepalive_sleep = tokio::time::sleep(keepalive.unwrap_or_default());
+        tokio::pin!(keepalive_sleep);
 
         /* duplex mode without caching
          * Read body from downstream while reading response from upstream
@@ -616,6 +623,21 @@ where
                 // okome patch: the proxy ends the response (its future resolved).
                 e = async { match abort.as_mut() { Some(f) => f.await, None => std::future::pending().await } }, if abort.is_some() => {
                     return Err(e);
+                },
+
+                // okome patch: the response was silent for the keep-alive period.
+                _ = &mut keepalive_sleep, if keepalive.is_some() && !detached && !response_state.upstream_done() => {
+                    let period = keepalive.unwrap_or_default();
+                    let due = last_activity + period;
+                    if tokio::time::Instant::now() < due {
+                        keepalive_sleep.as_mut().reset(due);
+                        continue;
+                    }
+                    if let Some(bytes) = self.inner.response_keepalive_bytes(ctx) {
+                        session.write_response_tasks(vec![HttpTask::Body(Some(bytes), false)]).await?;
+                    }
+                    last_activity = tokio::time::Instant::now();
+                    keepalive_sleep.as_mut().reset(last_activity + period);
                 },
 
                 // only try to send to pipe if there is capacity to avoid deadlock
@@ -720,6 +742,9 @@ where
 
                 task = rx.recv(), if !response_state.upstream_done() && next_upstream_task.is_none() => {
                     debug!("upstream event: {:?}", task);
+                    if keepalive.is_some() {
+                        last_activity = tokio::time::Instant::now();
+                    }
                     if let Some(t) = task {
                         let upgraded = session.was_upgraded();
                         let Some(response_done) = self.process_upstream_tasks(

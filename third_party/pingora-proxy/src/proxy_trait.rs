@@ -476,6 +476,21 @@ pub trait ProxyHttp {
         None
     }
 
+    /// okome patch: how long a response relayed from an HTTP/1 upstream may stay silent before
+    /// [`Self::response_keepalive_bytes`] is asked for bytes to write to the client (an SSE
+    /// comment, so that intermediaries with idle timeouts keep the stream). Asked once when the
+    /// body loop starts. Default `None`: never.
+    fn response_keepalive(&self, _ctx: &Self::CTX) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// okome patch: the response has been silent for [`Self::response_keepalive`]; bytes to
+    /// write to the client now, outside the response filters, or `None` to write nothing this
+    /// time (say, mid-event). Asked again after each further silent period.
+    fn response_keepalive_bytes(&self, _ctx: &mut Self::CTX) -> Option<bytes::Bytes> {
+        None
+    }
+
     /// Similar to [Self::upstream_response_filter()] but for response body
     ///
     /// This function will be called every time a piece of response body is received. The `body` is

@@ -328,6 +328,8 @@ pub struct CompiledRoute {
     pub mid_stream_failover: bool,
     /// Resumable streams' settings, when on.
     pub resumable: Option<crate::resume::Policy>,
+    /// SSE keep-alive period, when on.
+    pub keepalive: Option<Duration>,
 }
 
 /// The control plane section with its token read.
@@ -963,6 +965,7 @@ fn compile_route(
     let surface = compile_surface(r, key, has_control, out);
     let mid_stream_failover = check_failover(cfg, r, key, out);
     let resumable = compile_resumable(cfg, r, key, out);
+    let keepalive = compile_keepalive(r, key, out);
     if out.len() > before {
         return None;
     }
@@ -981,7 +984,31 @@ fn compile_route(
         default_model: r.default_model.as_ref().map(|m| m.value.clone()),
         mid_stream_failover,
         resumable,
+        keepalive,
     })
+}
+
+/// The shortest and longest SSE keep-alive periods.
+const KEEPALIVE_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(3600);
+
+/// `keepalive`: a period between 100ms and 1h.
+fn compile_keepalive(r: &super::Route, key: &str, out: &mut Vec<Problem>) -> Option<Duration> {
+    let spec = r.keepalive.as_ref()?;
+    let period = spec.value.0;
+    if !KEEPALIVE_RANGE.contains(&period) {
+        push(
+            out,
+            at(spec),
+            format!("{key}.keepalive"),
+            format!(
+                "{} is out of range: between 100ms and 1h",
+                humantime::format_duration(period)
+            ),
+        );
+        return None;
+    }
+    Some(period)
 }
 
 /// `resumable`: the settings, each within what a node can hold.

@@ -669,6 +669,11 @@ pub struct Route {
     /// an id (`x-okome-stream-id`) and numbered events; a client that drops can resume it.
     #[serde(default)]
     pub resumable: Option<Spanned<Resumable>>,
+    /// SSE keep-alive: after the engine has been silent this long mid-stream (queueing, long
+    /// reasoning), write `: keep-alive` between events, so intermediaries with idle timeouts
+    /// keep the stream. Never inside an event, never counted as a token, never on NDJSON.
+    #[serde(default)]
+    pub keepalive: Option<Spanned<Dur>>,
 }
 
 /// `routes[].resumable`: `true`/`false`, or the settings.

@@ -198,6 +198,14 @@ impl ProxyHttp for Proxy {
         crate::resume::stream::abort(&edge.streams, ctx)
     }
 
+    fn response_keepalive(&self, ctx: &RequestCtx) -> Option<Duration> {
+        ctx.edge.routes.routes.get(ctx.req.route?)?.keepalive
+    }
+
+    fn response_keepalive_bytes(&self, ctx: &mut RequestCtx) -> Option<bytes::Bytes> {
+        super::response::keepalive(ctx)
+    }
+
     fn fail_to_connect(
         &self,
         session: &mut Session,

@@ -169,6 +169,23 @@ pub fn start_resumable(
     }
 }
 
+/// The SSE comment written when the engine has been silent for the route's `keepalive`: only
+/// on a streamed 200 in SSE, and only between events (a comment inside an event would be part
+/// of it). It bypasses the tap, failover and resumable framing: it is no token and no event.
+pub fn keepalive(ctx: &mut RequestCtx) -> Option<Bytes> {
+    let tap = ctx.stream.tap.as_ref()?;
+    if ctx.reply.status != 200 || tap.format() != Format::Sse || !tap.between_events() {
+        return None;
+    }
+    let route = &ctx.edge.routes.routes.get(ctx.req.route?)?.name;
+    ctx.edge
+        .metrics
+        .stream_keepalives
+        .with_label_values(&[route])
+        .inc();
+    Some(Bytes::from_static(b": keep-alive\n\n"))
+}
+
 /// Feeds bytes written to the client to the tap (tokens, gaps, TTFT).
 pub fn tap_body(edge: &Edge, body: &Option<Bytes>, ctx: &mut RequestCtx) {
     let (Some(tap), Some(chunk)) = (ctx.stream.tap.as_mut(), body.as_ref()) else {

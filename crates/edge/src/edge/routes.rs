@@ -38,6 +38,8 @@ pub struct Route {
     pub mid_stream_failover: bool,
     /// Resumable streams' settings, when on.
     pub resumable: Option<crate::resume::Policy>,
+    /// SSE keep-alive period, when on.
+    pub keepalive: Option<std::time::Duration>,
     /// The APIs some pool of this route speaks (worked out once, not per request).
     apis: Vec<Api>,
 }
@@ -222,6 +224,7 @@ impl RouteTable {
                     default_model: r.default_model.clone(),
                     mid_stream_failover: r.mid_stream_failover,
                     resumable: r.resumable,
+                    keepalive: r.keepalive,
                     apis: Vec::new(),
                 };
                 route.apis = [Api::OpenAi, Api::Ollama, Api::TfServing, Api::TfServingGrpc]

@@ -13,6 +13,11 @@ pub struct LineFramer {
 }
 
 impl LineFramer {
+    /// Nothing of an unfinished line is held (or being skipped).
+    pub fn is_empty(&self) -> bool {
+        self.partial.is_empty() && !self.skipping
+    }
+
     /// Calls `on_line` for each complete line (without `\n` or `\r\n`).
     pub fn feed(&mut self, mut chunk: &[u8], mut on_line: impl FnMut(&[u8])) {
         while let Some(pos) = memchr::memchr(b'\n', chunk) {

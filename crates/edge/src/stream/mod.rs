@@ -20,6 +20,9 @@ pub struct StreamTap {
     format: Format,
     framer: LineFramer,
     lines: LineState,
+    /// The last complete line was blank (or none came yet) and no line is half-read: the
+    /// stream stands between two events.
+    between: bool,
     /// Timing and counts of what went by.
     pub stats: StreamStats,
 }
@@ -31,6 +34,7 @@ impl StreamTap {
             format,
             framer: LineFramer::default(),
             lines: LineState::default(),
+            between: true,
             stats: StreamStats::new(start),
         }
     }
@@ -49,10 +53,18 @@ impl StreamTap {
         let format = self.format;
         let stats = &mut self.stats;
         let lines = &mut self.lines;
+        let between = &mut self.between;
         self.framer.feed(chunk, |line| {
+            *between = line.is_empty();
             let ev = classify::classify(format, lines, line);
             stats.record(ev, now, on_gap);
         });
+    }
+
+    /// Whether the bytes so far end between two events (after a blank line, nothing of the
+    /// next line read): where a comment can be written without entering an event.
+    pub fn between_events(&self) -> bool {
+        self.between && self.framer.is_empty()
     }
 
     /// Whether this is an OpenAI Responses API stream (named `response.*` events).

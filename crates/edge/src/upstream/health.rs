@@ -155,7 +155,12 @@ async fn probe(c: &Client, pool: &Pool, i: usize) {
     }
     match result {
         Ok(()) => {
-            b.probe_result(true, pool.health.healthy_after, pool.health.unhealthy_after, "");
+            b.probe_result(
+                true,
+                pool.health.healthy_after,
+                pool.health.unhealthy_after,
+                "",
+            );
         }
         // Bytes of a response came from it since the last round: alive, whatever the probe
         // says (an engine may answer probes only between generations).
