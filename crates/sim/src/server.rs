@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use super::config::{SimConfig, SimKind};
 use super::faults::Faults;
 use super::stats::{Counters, Scheduler, SimStats};
-use super::{ollama, tfserving, vllm};
+use super::{llamacpp, ollama, tfserving, vllm};
 
 /// Response body: a boxed stream of byte frames; an error aborts the connection.
 pub(crate) type Body = UnsyncBoxBody<Bytes, io::Error>;
@@ -280,14 +280,24 @@ async fn handle(sim: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bod
     if req.uri().path().starts_with("/_sim/") {
         return Ok(control(&sim, req).await);
     }
-    if !matches!(
-        req.uri().path(),
-        "/health" | "/metrics" | "/" | "/v1/models" | "/api/tags"
-    ) {
+    let probe = match req.uri().path() {
+        "/health" | "/metrics" | "/" | "/v1/models" | "/api/tags" => true,
+        "/v1/health" | "/models" | "/slots" | "/props" => sim.cfg.kind == SimKind::Llamacpp,
+        _ => false,
+    };
+    if !probe {
         record_request(&sim, req.headers());
     }
-    // vLLM's --api-key guards every /v1 path with exactly this check and answer.
-    if let Some(key) = &sim.cfg.api_key {
+    let style = sim.cfg.json_style;
+    let resp = route(sim, req).await?;
+    Ok(super::style::apply(style, resp).await)
+}
+
+/// The engine's API (and its own `--api-key` check).
+async fn route(sim: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, io::Error> {
+    // vLLM's --api-key guards every /v1 path with exactly this check and answer (llama-server
+    // checks its own way, in its module).
+    if let (Some(key), false) = (&sim.cfg.api_key, sim.cfg.kind == SimKind::Llamacpp) {
         let ok = req
             .headers()
             .get(hyper::header::AUTHORIZATION)
@@ -304,6 +314,7 @@ async fn handle(sim: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bod
         SimKind::Vllm => vllm::route(sim, req).await,
         SimKind::Ollama => ollama::route(sim, req).await,
         SimKind::TfServing => tfserving::route(sim, req).await,
+        SimKind::Llamacpp => llamacpp::route(sim, req).await,
     }
 }
 
