@@ -59,7 +59,7 @@ pub struct SimArgs {
     /// TF Serving's gRPC API: address to listen on [default for tfserving: 127.0.0.1:8500, TF Serving's gRPC port].
     #[arg(long, value_name = "ADDR")]
     pub grpc_listen: Option<SocketAddr>,
-    /// Model name to serve; repeat for several [default: vllm Qwen/Qwen3-8B, ollama llama3.2:latest, tfserving half_plus_two, llamacpp okome-tiny.gguf (llama-server names its model by its -m path; more names are its --alias list)].
+    /// Model name to serve; repeat for several [default: vllm Qwen/Qwen3-8B, ollama llama3.2:latest, tfserving half_plus_two, llamacpp okome-tiny (llama-server's --alias; all names are its aliases)].
     #[arg(long = "model", value_name = "NAME")]
     pub models: Vec<String>,
     /// Base prefill time before the first token, e.g. 30ms [default: 30ms].
@@ -80,7 +80,7 @@ pub struct SimArgs {
     /// Tokens generated when the request sets no max_tokens / num_predict [default: 64].
     #[arg(long = "max-tokens", value_name = "N")]
     pub max_tokens: Option<u32>,
-    /// Sequences generating at once (llama-server's slots); further requests wait in a FIFO queue [default: 256, llamacpp 4].
+    /// Sequences generating at once (llama-server's slots); further requests wait in a FIFO queue [default: 256, llamacpp 2].
     #[arg(long, value_name = "N")]
     pub max_concurrent: Option<usize>,
     /// Queue length beyond which requests get 503 busy [default: ollama 512, others unbounded].
@@ -119,6 +119,9 @@ pub struct SimArgs {
     /// llamacpp only: GET /slots answers 501, as llama-server started with --no-slots [default: /slots on].
     #[arg(long)]
     pub no_slots: bool,
+    /// llamacpp only: the context of one slot in tokens (llama-server's --ctx-size over --parallel): longer prompts get 400 exceed_context_size_error, generation stops when prompt + output fill it [default: 1024].
+    #[arg(long, value_name = "TOKENS")]
+    pub n_ctx: Option<u32>,
     /// llamacpp only: while every slot is generating, /health, /v1/models, /metrics, /slots and /props answer only when a generation ends (a llama-server whose HTTP threads streams hold: "busy looks dead") [default: off].
     #[arg(long)]
     pub busy_probes_block: bool,
@@ -155,6 +158,7 @@ impl SimArgs {
         c.load_time = self.load_time.unwrap_or(c.load_time);
         c.metrics = self.metrics || c.metrics;
         c.slots = c.slots && !self.no_slots;
+        c.n_ctx = self.n_ctx.unwrap_or(c.n_ctx);
         c.busy_probes_block = self.busy_probes_block || c.busy_probes_block;
         c.faults = Faults {
             refuse_connections: self.refuse_connections,
@@ -257,6 +261,41 @@ mod tests {
             .configs()
             .expect("valid");
         assert_eq!(c[0].grpc_listen, "127.0.0.1:0".parse().ok());
+    }
+
+    #[test]
+    fn llamacpp_flags() {
+        let c = T::parse_from([
+            "x",
+            "--kind",
+            "llamacpp",
+            "--metrics",
+            "--no-slots",
+            "--busy-probes-block",
+            "--load-time",
+            "2s",
+            "--json-style",
+            "spaced",
+        ])
+        .a
+        .configs()
+        .expect("valid");
+        assert_eq!(c[0].kind, SimKind::Llamacpp);
+        assert_eq!(c[0].listen.port(), 8080);
+        assert_eq!(c[0].max_concurrent, 2);
+        assert!(c[0].metrics && !c[0].slots && c[0].busy_probes_block);
+        assert_eq!(c[0].load_time, Duration::from_secs(2));
+        assert_eq!(c[0].json_style, crate::config::JsonStyle::Spaced);
+        let e = T::parse_from(["x", "--kind", "vllm", "--metrics"])
+            .a
+            .configs()
+            .expect_err("llamacpp only");
+        assert!(e.to_string().contains("metrics"), "{e}");
+        let c = T::parse_from(["x", "--kind", "ollama", "--json-style", "spaced"])
+            .a
+            .configs()
+            .expect("any kind");
+        assert_eq!(c[0].json_style, crate::config::JsonStyle::Spaced);
     }
 
     #[test]

@@ -42,8 +42,9 @@ impl SimKind {
             SimKind::Vllm => "Qwen/Qwen3-8B",
             SimKind::Ollama => "llama3.2:latest",
             SimKind::TfServing => "half_plus_two",
-            // llama-server names its model by the `-m` path it was given (no `--alias`).
-            SimKind::Llamacpp => "okome-tiny.gguf",
+            // llama-server names its model by its `--alias` (else by the `-m` path), as
+            // okome's real-engine tests start it (tests/engines/llamacpp.sh).
+            SimKind::Llamacpp => "okome-tiny",
         }
     }
 
@@ -134,6 +135,10 @@ pub struct SimConfig {
     pub metrics: bool,
     /// llamacpp only: serve `GET /slots` (on by default, as llama-server; `--no-slots` turns it off).
     pub slots: bool,
+    /// llamacpp only: the context of one slot in tokens (llama-server's `--ctx-size` over
+    /// `--parallel`): a longer prompt gets 400 `exceed_context_size_error`, and generation stops
+    /// (`length`) when prompt + output fill it.
+    pub n_ctx: u32,
     /// llamacpp only: while every slot is busy, `/health`, `/v1/models`, `/metrics` and the
     /// other GET endpoints answer only when a generation ends (a llama-server whose HTTP
     /// threads are all held by streams: "busy looks dead").
@@ -153,9 +158,9 @@ impl SimConfig {
             tokens_per_second: 50.0,
             jitter: 0.0,
             default_max_tokens: 64,
-            // llama-server's slots: `--parallel` auto is 4.
+            // llama-server's slots, as okome's real-engine tests run it (`-np 2`).
             max_concurrent: match kind {
-                SimKind::Llamacpp => 4,
+                SimKind::Llamacpp => 2,
                 _ => 256,
             },
             // Ollama's OLLAMA_MAX_QUEUE default is 512; vLLM queues without bound.
@@ -172,6 +177,8 @@ impl SimConfig {
             load_time: Duration::ZERO,
             metrics: false,
             slots: true,
+            // `-c 2048 -np 2`, as okome's real-engine tests start llama-server.
+            n_ctx: 1024,
             busy_probes_block: false,
         }
     }
@@ -196,12 +203,16 @@ impl SimConfig {
         if self.models.is_empty() {
             return Err("models must name at least one model".into());
         }
+        if self.n_ctx < 2 {
+            return Err("n_ctx must be at least 2 tokens".into());
+        }
         if self.kind != SimKind::Llamacpp {
             let d = SimConfig::new(self.kind);
             for (set, name) in [
                 (self.load_time != d.load_time, "load_time"),
                 (self.metrics != d.metrics, "metrics"),
                 (self.slots != d.slots, "slots"),
+                (self.n_ctx != d.n_ctx, "n_ctx"),
                 (
                     self.busy_probes_block != d.busy_probes_block,
                     "busy_probes_block",
@@ -244,6 +255,7 @@ struct RawSimConfig {
     load_time: Option<Duration>,
     metrics: Option<bool>,
     slots: Option<bool>,
+    n_ctx: Option<u32>,
     busy_probes_block: Option<bool>,
 }
 
@@ -272,6 +284,7 @@ impl TryFrom<RawSimConfig> for SimConfig {
             load_time: r.load_time.unwrap_or(d.load_time),
             metrics: r.metrics.unwrap_or(d.metrics),
             slots: r.slots.unwrap_or(d.slots),
+            n_ctx: r.n_ctx.unwrap_or(d.n_ctx),
             busy_probes_block: r.busy_probes_block.unwrap_or(d.busy_probes_block),
         };
         cfg.validate()?;
@@ -334,6 +347,26 @@ mod tests {
         )
         .expect_err("vllm has no gRPC API");
         assert!(e.to_string().contains("grpc_listen"), "{e}");
+    }
+
+    #[test]
+    fn llamacpp_knobs_in_yaml() {
+        let f: SimFile = serde_saphyr::from_str(
+            "engines:\n  - kind: llamacpp\n    metrics: true\n    load_time: 1s\n    busy_probes_block: true\n    json_style: spaced\n  - kind: vllm\n    json_style: spaced\n",
+        )
+        .expect("valid yaml");
+        let l = &f.engines[0];
+        assert_eq!(l.listen.port(), 8080);
+        assert_eq!(l.models, vec!["okome-tiny".to_string()]);
+        assert_eq!((l.max_concurrent, l.n_ctx), (2, 1024));
+        assert!(l.metrics && l.slots && l.busy_probes_block);
+        assert_eq!(l.load_time, Duration::from_secs(1));
+        assert_eq!(l.json_style, JsonStyle::Spaced);
+        assert_eq!(f.engines[1].json_style, JsonStyle::Spaced);
+        let e =
+            serde_saphyr::from_str::<SimFile>("engines:\n  - kind: ollama\n    load_time: 1s\n")
+                .expect_err("llamacpp only");
+        assert!(e.to_string().contains("load_time"), "{e}");
     }
 
     #[test]

@@ -106,6 +106,11 @@ impl Gen {
         })
     }
 
+    /// Waits for a slot without starting prefill (the request's cached tokens may still change).
+    pub(crate) async fn wait_slot(&mut self) {
+        self.ticket.ready().await;
+    }
+
     /// Waits for a slot and starts prefill; later calls return at once.
     pub(crate) async fn begin(&mut self) {
         if self.sched.is_some() {

@@ -13,6 +13,7 @@ mod faults;
 mod gen;
 mod grpc;
 mod llamacpp;
+mod llamacpp_slots;
 mod ollama;
 mod ollama_compat;
 mod ollama_manage;

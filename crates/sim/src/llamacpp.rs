@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::gen::{self, Gen, GenRequest, StreamFormat, Summary, Whole};
+use super::llamacpp_slots::Task;
 use super::openai::{sse, GenBody, Message, Null, StreamOptions, DONE};
 use super::server::{self, Body, Shared};
 use super::stats::Finish;
@@ -45,10 +46,10 @@ pub(crate) const METRICS: &str = "text/plain; version=0.0.4";
 pub(crate) const BUILD_INFO: &str = "b11312-0c1e57098";
 /// The error a failed `llama_decode` gives every busy slot (injected faults use it).
 pub(crate) const COMPUTE_ERROR: &str = "Compute error.";
-/// Context size of one slot.
-const N_CTX_SLOT: u32 = 4096;
-/// Tokens the chat template adds around the messages.
+/// Tokens the ChatML template adds around the messages (`<|im_start|>user\n`...).
 const CHAT_TEMPLATE_TOKENS: u32 = 8;
+/// The test model's chat template (tests/engines/make_tiny_gguf.py).
+const CHAT_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
 /// llama-server's `error_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,10 +166,21 @@ pub(crate) async fn route(sim: Arc<Shared>, req: Request<Incoming>) -> io::Resul
         .get(ORIGIN)
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static(""));
+    let close = req
+        .headers()
+        .get(hyper::header::CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     let mut resp = dispatch(sim, req).await?;
+    let error = resp.status().as_u16() >= 400;
     let h = resp.headers_mut();
     h.insert(SERVER, HeaderValue::from_static("llama.cpp"));
     h.insert("access-control-allow-origin", origin);
+    // cpp-httplib closes the connection after an error; otherwise it announces its keep-alive.
+    if error {
+        h.insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    } else if !close {
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5, max=100"));
+    }
     Ok(resp)
 }
 
@@ -231,6 +243,15 @@ async fn dispatch(sim: Arc<Shared>, req: Request<Incoming>) -> io::Result<Respon
         ("/chat/completions" | "/v1/chat/completions", _, true) => {
             return generate(sim, req, Api::Chat).await
         }
+        // A generative model started without --embeddings / --reranking.
+        ("/embedding" | "/embeddings" | "/v1/embeddings", _, true) => error(
+            ErrorType::NotSupported,
+            "This server does not support embeddings. Start it with `--embeddings`",
+        ),
+        ("/rerank" | "/reranking" | "/v1/rerank" | "/v1/reranking", _, true) => error(
+            ErrorType::NotSupported,
+            "This server does not support reranking. Start it with `--reranking`",
+        ),
         // cpp-httplib's 404, filled in by the server's error handler.
         _ => http_error(StatusCode::NOT_FOUND, "not_found_error", "File Not Found"),
     })
@@ -396,16 +417,36 @@ fn process_start_us(sim: &Shared) -> u64 {
         + 1
 }
 
+/// What a request's `task_params` differ in.
+#[derive(Debug, Clone, Copy)]
+struct ParamsOf {
+    n_predict: i64,
+    stream: bool,
+    /// The request's temperature (else llama.cpp's default 0.8).
+    temperature: Option<f64>,
+    /// `chat_format`: "peg-native" for a chat request, "Content-only" otherwise.
+    chat: bool,
+    /// `reasoning_format`: a task's is "deepseek", `/props` shows "none".
+    task: bool,
+}
+
 /// llama.cpp's sampling defaults (`common_params_sampling`) as `task_params::to_json` prints
 /// them; `full` adds the fields only the final `/completion` answer carries.
-fn task_params(full: bool, n_predict: i64, stream: bool) -> Node {
+fn task_params(full: bool, p: ParamsOf) -> Node {
+    let ParamsOf {
+        n_predict, stream, ..
+    } = p;
     use Node::{Arr, Bool, Float, Int, Obj, Str, UInt};
     // Single-precision defaults widened to double, as nlohmann prints them.
     let f = |x: f32| Float(f64::from(x));
     let s = |x: &str| Str(x.to_string());
     let mut o: Vec<(&str, Node)> = vec![
         ("seed", UInt(4_294_967_295)),
-        ("temperature", f(0.8)),
+        (
+            "temperature",
+            // A request's value goes through a C float too.
+            p.temperature.map_or(f(0.8), |t| f(t as f32)),
+        ),
         ("dynatemp_range", f(0.0)),
         ("dynatemp_exponent", f(1.0)),
         ("top_k", Int(40)),
@@ -461,10 +502,24 @@ fn task_params(full: bool, n_predict: i64, stream: bool) -> Node {
         ]);
     }
     o.extend([
-        ("chat_format", s("Content-only")),
-        ("reasoning_format", s("auto")),
+        (
+            "chat_format",
+            s(if p.chat { "peg-native" } else { "Content-only" }),
+        ),
+        (
+            "reasoning_format",
+            s(if p.task { "deepseek" } else { "none" }),
+        ),
         ("reasoning_in_content", Bool(false)),
-        ("generation_prompt", s("")),
+        (
+            "generation_prompt",
+            // The assistant preamble the chat template put at the prompt's end.
+            s(if p.chat && p.task {
+                "<|im_start|>assistant\n"
+            } else {
+                ""
+            }),
+        ),
         (
             "samplers",
             Arr([
@@ -491,10 +546,20 @@ fn task_params(full: bool, n_predict: i64, stream: bool) -> Node {
     Obj(o.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }
 
-/// The model's name: the first configured name (llama-server's `-m` path, or its first
-/// `--alias`); further names are its aliases.
+/// The model's name: the first configured name (llama-server's first `--alias`, or its `-m`
+/// path); all the names are its aliases.
 fn model_name(sim: &Shared) -> &str {
     &sim.cfg.models[0]
+}
+
+/// The `-m` path `/props` reports.
+fn model_path(sim: &Shared) -> String {
+    let name = model_name(sim);
+    if name.ends_with(".gguf") {
+        name.to_string()
+    } else {
+        format!("/models/{name}.gguf")
+    }
 }
 
 #[derive(Serialize)]
@@ -509,17 +574,19 @@ struct ModelMeta {
     ftype: &'static str,
 }
 
-/// The tiny test model's numbers.
-const META: ModelMeta = ModelMeta {
-    vocab_type: 2,
-    n_vocab: 32000,
-    n_ctx: N_CTX_SLOT,
-    n_ctx_train: 4096,
-    n_embd: 64,
-    n_params: 4_194_304,
-    size: 16_777_216,
-    ftype: "F32",
-};
+/// The tiny test model's numbers (tests/engines/make_tiny_gguf.py, as llama-server reports them).
+fn meta(sim: &Shared) -> ModelMeta {
+    ModelMeta {
+        vocab_type: 1,
+        n_vocab: 864,
+        n_ctx: sim.cfg.n_ctx,
+        n_ctx_train: 2048,
+        n_embd: 64,
+        n_params: 192_832,
+        size: 771_328,
+        ftype: "all F32",
+    }
+}
 
 #[derive(Serialize)]
 struct ModelInfo<'a> {
@@ -529,7 +596,7 @@ struct ModelInfo<'a> {
     object: &'static str,
     created: u64,
     owned_by: &'static str,
-    meta: &'a ModelMeta,
+    meta: ModelMeta,
 }
 
 #[derive(Serialize)]
@@ -568,11 +635,7 @@ struct Models<'a> {
 
 fn models(sim: &Shared) -> Response<Body> {
     let name = model_name(sim);
-    let aliases: Vec<&str> = if sim.cfg.models.len() > 1 {
-        sim.cfg.models.iter().map(String::as_str).collect()
-    } else {
-        Vec::new()
-    };
+    let aliases: Vec<&str> = sim.cfg.models.iter().map(String::as_str).collect();
     let body = Models {
         models: [OllamaModel {
             name,
@@ -602,7 +665,7 @@ fn models(sim: &Shared) -> Response<Body> {
             object: "model",
             created: Shared::unix_now(),
             owned_by: "llamacpp",
-            meta: &META,
+            meta: meta(sim),
         }],
     };
     server::json(StatusCode::OK, JSON, &body)
@@ -616,13 +679,22 @@ fn slots(sim: &Shared, query: &str) -> Response<Body> {
             "This server does not support slots endpoint. Start it with `--slots`",
         );
     }
-    let (running, _) = sim.sched.load();
-    let total = sim.sched.max();
-    let fail_on_no_slot = query
-        .split('&')
-        .any(|kv| kv.starts_with("fail_on_no_slot=") && kv.len() > "fail_on_no_slot=".len());
-    if fail_on_no_slot && running >= total {
+    // The request is a task too (llama-server numbers them all).
+    sim.llama_slots.next_task_id();
+    let view = sim.llama_slots.snapshot(sim.sched.max());
+    let fail_on_no_slot = query.split('&').any(|kv| {
+        kv.strip_prefix("fail_on_no_slot=")
+            .is_some_and(|v| !v.is_empty())
+    });
+    if fail_on_no_slot && view.iter().all(|s| s.busy) {
         return error(ErrorType::Unavailable, "no slot available");
+    }
+    #[derive(Serialize)]
+    struct NextToken {
+        has_next_token: bool,
+        has_new_line: bool,
+        n_remain: i64,
+        n_decoded: u32,
     }
     #[derive(Serialize)]
     struct Slot {
@@ -630,13 +702,59 @@ fn slots(sim: &Shared, query: &str) -> Response<Body> {
         n_ctx: u32,
         speculative: bool,
         is_processing: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id_task: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        n_prompt_tokens: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        n_prompt_tokens_processed: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        n_prompt_tokens_cache: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        params: Option<Node>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next_token: Option<[NextToken; 1]>,
     }
-    let list: Vec<Slot> = (0..total)
-        .map(|id| Slot {
-            id,
-            n_ctx: N_CTX_SLOT,
-            speculative: false,
-            is_processing: id < running,
+    let list: Vec<Slot> = view
+        .into_iter()
+        .map(|v| {
+            let t = v.task.as_ref();
+            // A released slot keeps its cache and task, its per-request stats are reset.
+            let live = |x: u32| if v.busy { x } else { 0 };
+            Slot {
+                id: v.id,
+                n_ctx: sim.cfg.n_ctx,
+                speculative: false,
+                is_processing: v.busy,
+                id_task: t.map(|t| t.id),
+                n_prompt_tokens: t.map(|_| v.n_tokens),
+                n_prompt_tokens_processed: t.map(|t| live(t.n_prompt - t.n_cached)),
+                n_prompt_tokens_cache: t.map(|t| live(t.n_cached)),
+                params: t.map(|t| {
+                    task_params(
+                        false,
+                        ParamsOf {
+                            n_predict: t.n_predict,
+                            stream: t.stream,
+                            temperature: t.temperature,
+                            chat: t.chat,
+                            task: true,
+                        },
+                    )
+                }),
+                next_token: t.map(|t| {
+                    [NextToken {
+                        has_next_token: v.busy,
+                        has_new_line: false,
+                        n_remain: if v.busy && t.n_predict >= 0 {
+                            t.n_predict - i64::from(t.n_decoded)
+                        } else {
+                            -1
+                        },
+                        n_decoded: live(t.n_decoded),
+                    }]
+                }),
+            }
         })
         .collect();
     server::json(StatusCode::OK, JSON, &list)
@@ -656,39 +774,87 @@ fn props(sim: &Shared) -> Response<Body> {
         audio: bool,
     }
     #[derive(Serialize)]
+    struct Caps {
+        supports_object_arguments: bool,
+        supports_parallel_tool_calls: bool,
+        supports_preserve_reasoning: bool,
+        supports_reasoning_effort: bool,
+        supports_string_content: bool,
+        supports_system_role: bool,
+        supports_tool_calls: bool,
+        supports_tools: bool,
+        supports_typed_content: bool,
+    }
+    #[derive(Serialize)]
+    struct Empty {}
+    #[derive(Serialize)]
     struct Props<'a> {
         default_generation_settings: Settings,
         total_slots: usize,
         model_alias: &'a str,
         model_ftype: &'static str,
-        model_path: &'a str,
+        model_path: String,
         modalities: Modalities,
+        media_marker: String,
         endpoint_slots: bool,
         endpoint_props: bool,
         endpoint_metrics: bool,
+        ui: bool,
+        ui_settings: Empty,
+        chat_template: &'static str,
+        chat_template_caps: Caps,
+        bos_token: &'static str,
+        eos_token: &'static str,
         build_info: &'static str,
         is_sleeping: bool,
+        cors_proxy_enabled: bool,
     }
-    let name = model_name(sim);
     let body = Props {
         default_generation_settings: Settings {
-            params: task_params(false, -1, false),
-            n_ctx: N_CTX_SLOT,
+            params: task_params(
+                false,
+                ParamsOf {
+                    n_predict: -1,
+                    stream: false,
+                    temperature: None,
+                    chat: false,
+                    task: false,
+                },
+            ),
+            n_ctx: sim.cfg.n_ctx,
         },
         total_slots: sim.sched.max(),
-        model_alias: name,
-        model_ftype: META.ftype,
-        model_path: name,
+        model_alias: model_name(sim),
+        model_ftype: meta(sim).ftype,
+        model_path: model_path(sim),
         modalities: Modalities {
             vision: false,
             video: false,
             audio: false,
         },
+        media_marker: format!("<__media_{}__>", random_id(sim.started_at_seed())),
         endpoint_slots: sim.cfg.slots,
         endpoint_props: false,
         endpoint_metrics: sim.cfg.metrics,
+        ui: false,
+        ui_settings: Empty {},
+        chat_template: CHAT_TEMPLATE,
+        chat_template_caps: Caps {
+            supports_object_arguments: false,
+            supports_parallel_tool_calls: false,
+            supports_preserve_reasoning: false,
+            supports_reasoning_effort: false,
+            supports_string_content: true,
+            supports_system_role: true,
+            supports_tool_calls: false,
+            supports_tools: false,
+            supports_typed_content: false,
+        },
+        bos_token: "<s>",
+        eos_token: "</s>",
         build_info: BUILD_INFO,
         is_sleeping: false,
+        cors_proxy_enabled: false,
     };
     server::json(StatusCode::OK, JSON, &body)
 }
@@ -724,6 +890,8 @@ struct LlamaBody {
     continue_final_message: Option<Value>,
     #[serde(default)]
     add_generation_prompt: Option<bool>,
+    #[serde(default)]
+    temperature: Option<Value>,
 }
 
 /// nlohmann's parse error text, as the server returns it for a body that is not JSON.
@@ -761,6 +929,22 @@ async fn generate(
     let parsed: LlamaBody = match serde_json::from_value(raw) {
         Ok(b) => b,
         Err(e) => return Ok(error(ErrorType::InvalidRequest, &e.to_string())),
+    };
+    let temperature = match &parsed.temperature {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(other) => {
+            let kind = match other {
+                Value::Bool(_) => "boolean",
+                Value::String(_) => "string",
+                Value::Array(_) => "array",
+                _ => "object",
+            };
+            let msg = format!(
+                "Field 'temperature': [json.exception.type_error.302] type must be number, but is {kind}"
+            );
+            return Ok(error(ErrorType::InvalidRequest, &msg));
+        }
     };
     let stream = parsed.stream.unwrap_or(false);
     let include_usage = parsed
@@ -884,33 +1068,94 @@ async fn generate(
             greq.max_tokens = sim.cfg.default_max_tokens.saturating_sub(r.offset).max(1);
         }
     }
-    greq.cached_tokens = sim
-        .prefix_cache
-        .lookup_and_insert(&prompt, greq.prompt_tokens);
     let Ok(mut g) = Gen::admit(&sim, greq) else {
         // llama-server defers without bound; a bounded queue says what /slots would.
         return Ok(error(ErrorType::Unavailable, "no slot available"));
     };
+    // Deferred until a slot is free: no answer at all meanwhile (a hang-up drops `g`: an abort).
+    g.wait_slot().await;
+    let n_predict = limit.map_or(-1, i64::from);
+    let (slot, cached) = sim.llama_slots.acquire(
+        sim.sched.max(),
+        &prompt,
+        Task {
+            id: 0,
+            n_prompt: prompt_tokens,
+            n_cached: 0,
+            n_decoded: 0,
+            n_predict,
+            stream,
+            chat: api == Api::Chat,
+            temperature,
+        },
+    );
+    let guard = SlotGuard {
+        sim: sim.clone(),
+        id: slot,
+    };
+    let n_ctx = sim.cfg.n_ctx;
+    if prompt_tokens >= n_ctx {
+        g.finish(Finish::Error);
+        let (status, _) = ErrorType::InvalidRequest.code_and_name();
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            code: u16,
+            message: &'a str,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            n_prompt_tokens: u32,
+            n_ctx: u32,
+        }
+        #[derive(Serialize)]
+        struct Outer<'a> {
+            error: Inner<'a>,
+        }
+        let msg = format!(
+            "request ({prompt_tokens} tokens) exceeds the available context size ({n_ctx} tokens), try increasing it"
+        );
+        let body = Outer {
+            error: Inner {
+                code: status.as_u16(),
+                message: &msg,
+                kind: "exceed_context_size_error",
+                n_prompt_tokens: prompt_tokens,
+                n_ctx,
+            },
+        };
+        return Ok(server::json(status, JSON, &body));
+    }
+    // The slot's cache spares part of the prompt; the slot fills up at n_ctx tokens.
+    g.req.cached_tokens = cached;
+    let room = n_ctx - prompt_tokens;
+    let truncated = g.req.max_tokens > room;
+    if truncated {
+        g.req.max_tokens = room;
+        g.req.finish = Finish::Length;
+    }
     let id = format!("chatcmpl-{}", random_id(sim.next_seed()));
-    let created = Shared::unix_now();
     let fmt = LlamaStream {
         api,
         id,
-        created,
+        created: Shared::unix_now(),
         model: model_name(&sim).to_string(),
         include_usage,
-        prompt_tokens: greq.prompt_tokens,
-        cached: greq.cached_tokens.min(greq.prompt_tokens),
-        seed: greq.prompt_hash,
-        offset: greq.text_offset,
-        n_predict: limit.map_or(-1, i64::from),
-        stream,
+        prompt_tokens,
+        cached,
+        seed: g.req.prompt_hash,
+        offset: g.req.text_offset,
+        params: ParamsOf {
+            n_predict,
+            stream,
+            temperature,
+            chat: api == Api::Chat,
+            task: true,
+        },
         prompt_text: String::from_utf8_lossy(&prompt).into_owned(),
-        sent: 0,
+        truncated,
+        slot: guard,
     };
     if stream {
-        // The headers go out when a slot starts on the request (the "begin" result); a
-        // request waiting for a slot has no answer yet. A hang-up drops `g`: an abort.
+        // The headers go out once a slot starts on the request (its "begin" result).
         g.begin().await;
         let mut r = server::streaming(SSE, gen::stream_body(g, fmt));
         r.headers_mut()
@@ -918,9 +1163,31 @@ async fn generate(
         return Ok(r);
     }
     match gen::run_whole(g).await {
-        Whole::Done(text, s) => Ok(fmt.whole(&text, &s)),
+        Whole::Done(text, s) => {
+            fmt.slot.generated(&text, s.completion_tokens);
+            Ok(fmt.whole(&text, &s))
+        }
         Whole::Error => Ok(error(ErrorType::Server, COMPUTE_ERROR)),
         Whole::Drop => Err(io::Error::other("sim: drop_after_tokens")),
+    }
+}
+
+/// Holds a llama-server slot for one request; dropping it frees the slot (its cache stays).
+struct SlotGuard {
+    sim: Arc<Shared>,
+    id: usize,
+}
+
+impl SlotGuard {
+    /// The slot generated `text`, `n` tokens.
+    fn generated(&self, text: &str, n: u32) {
+        self.sim.llama_slots.generated(self.id, text, n);
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.sim.llama_slots.release(self.id);
     }
 }
 
@@ -1122,11 +1389,11 @@ struct LlamaStream {
     cached: u32,
     seed: u64,
     offset: u32,
-    n_predict: i64,
-    stream: bool,
+    params: ParamsOf,
     prompt_text: String,
-    /// Tokens sent so far.
-    sent: u32,
+    /// The slot's context ends the generation before the request's limit.
+    truncated: bool,
+    slot: SlotGuard,
 }
 
 impl LlamaStream {
@@ -1190,19 +1457,20 @@ impl LlamaStream {
     }
 
     fn native_final(&self, content: &str, s: &Summary) -> Vec<u8> {
+        let prompt = format!("<s> {}", self.prompt_text);
         let body = NativeFinal {
             index: 0,
             content,
             tokens: [],
-            id_slot: 0,
+            id_slot: i32::try_from(self.slot.id).unwrap_or(i32::MAX),
             stop: true,
             model: &self.model,
             tokens_predicted: s.completion_tokens,
             tokens_evaluated: self.prompt_tokens,
-            generation_settings: task_params(true, self.n_predict, self.stream),
-            prompt: &self.prompt_text,
+            generation_settings: task_params(true, self.params),
+            prompt: &prompt,
             has_new_line: content.contains('\n'),
-            truncated: false,
+            truncated: self.truncated,
             stop_type: stop_type(s.finish),
             stopping_word: "",
             tokens_cached: self.prompt_tokens + s.completion_tokens.saturating_sub(1),
@@ -1276,7 +1544,7 @@ impl StreamFormat for LlamaStream {
     }
 
     fn token(&mut self, text: &str, i: u32, _finish: Option<Finish>) -> Bytes {
-        self.sent = i + 1;
+        self.slot.generated(text, 1);
         match self.api {
             Api::Chat => self.chat_chunk(
                 Delta {
@@ -1381,13 +1649,21 @@ mod tests {
 
     #[test]
     fn params_keep_llamas_order() {
-        let p = serde_json::to_string(&task_params(false, -1, true)).unwrap_or_default();
+        let of = |n_predict, chat| ParamsOf {
+            n_predict,
+            stream: true,
+            temperature: None,
+            chat,
+            task: true,
+        };
+        let p = serde_json::to_string(&task_params(false, of(-1, true))).unwrap_or_default();
         assert!(
             p.starts_with(r#"{"seed":4294967295,"temperature":0.800000011920929,"#),
             "{p}"
         );
         assert!(!p.contains("dry_sequence_breakers"));
-        let full = serde_json::to_string(&task_params(true, 5, true)).unwrap_or_default();
+        assert!(p.contains(r#""chat_format":"peg-native","reasoning_format":"deepseek""#));
+        let full = serde_json::to_string(&task_params(true, of(5, false))).unwrap_or_default();
         assert!(
             full.contains(r#""dry_sequence_breakers":["\n",":","\"","*"]"#),
             "{full}"

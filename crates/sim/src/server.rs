@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     pub last_forwarded: RwLock<Vec<String>>,
     /// vLLM's prefix cache (automatic prefix caching).
     pub prefix_cache: super::prefix_cache::PrefixCache,
+    /// llama-server's slots (kind llamacpp).
+    pub llama_slots: super::llamacpp_slots::Slots,
 }
 
 impl Shared {
@@ -105,6 +107,11 @@ impl Shared {
     pub(crate) fn next_seed(&self) -> u64 {
         let n = self.seq.fetch_add(1, Relaxed);
         n ^ (u64::from(self.addr.port()) << 48) ^ self.started_nanos()
+    }
+
+    /// A seed fixed for this simulator's lifetime (llama-server's per-process random strings).
+    pub(crate) fn started_at_seed(&self) -> u64 {
+        self.started_nanos() ^ u64::from(self.addr.port())
     }
 
     fn started_nanos(&self) -> u64 {
@@ -183,6 +190,7 @@ pub(crate) async fn start(cfg: SimConfig) -> io::Result<Arc<Shared>> {
         last_request_id: RwLock::new(None),
         last_forwarded: RwLock::new(Vec::new()),
         prefix_cache: super::prefix_cache::PrefixCache::new(cfg.prefix_cache_blocks),
+        llama_slots: Default::default(),
         cfg,
     });
     if let Some(l) = grpc {
@@ -265,9 +273,12 @@ async fn serve_conn(
     stream: tokio::net::TcpStream,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // llama-server (cpp-httplib) sends no Date header; the others do.
+    let date = sim.cfg.kind != SimKind::Llamacpp;
     let svc = hyper::service::service_fn(move |req| handle(sim.clone(), req));
-    let conn =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .auto_date_header(date)
+        .serve_connection(TokioIo::new(stream), svc);
     tokio::select! {
         r = conn => if let Err(e) = r { log::debug!("sim connection: {e}") },
         // Dropping the connection future closes the socket mid-response: the engine "died".
