@@ -72,6 +72,16 @@ pub(crate) struct Summary {
     pub eval: Duration,
 }
 
+/// Runs once when a generation gives its slot back (its end, or a drop), before the slot goes
+/// to the next request (llama-server's slot bookkeeping).
+pub(crate) struct ReleaseHook(pub Box<dyn FnOnce() + Send>);
+
+impl std::fmt::Debug for ReleaseHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReleaseHook")
+    }
+}
+
 /// A generation in flight; dropping it before `finish` counts an abort.
 #[derive(Debug)]
 pub(crate) struct Gen {
@@ -86,6 +96,8 @@ pub(crate) struct Gen {
     generated: u32,
     /// Whether llama-server's metrics are kept (kind llamacpp).
     llama: bool,
+    /// Runs when the slot is given back.
+    pub on_release: Option<ReleaseHook>,
 }
 
 impl Gen {
@@ -103,6 +115,7 @@ impl Gen {
             done: false,
             generated: 0,
             llama: sim.cfg.kind == crate::config::SimKind::Llamacpp,
+            on_release: None,
         })
     }
 
@@ -198,6 +211,9 @@ impl Gen {
             self.done = true;
             self.llama_released();
             self.sim.counters.record_finish(f);
+            if let Some(h) = self.on_release.take() {
+                (h.0)();
+            }
             self.ticket.release();
         }
     }
@@ -266,6 +282,9 @@ impl Drop for Gen {
             self.done = true;
             self.llama_released();
             self.sim.counters.record_finish(Finish::Abort);
+            if let Some(h) = self.on_release.take() {
+                (h.0)();
+            }
         }
     }
 }

@@ -1089,7 +1089,12 @@ async fn generate(
             temperature,
         },
     );
-    let guard = SlotGuard {
+    // The slot is free again the moment the generation gives its place back.
+    let freed = sim.clone();
+    g.on_release = Some(gen::ReleaseHook(Box::new(move || {
+        freed.llama_slots.release(slot)
+    })));
+    let slot = SlotRef {
         sim: sim.clone(),
         id: slot,
     };
@@ -1152,7 +1157,7 @@ async fn generate(
         },
         prompt_text: String::from_utf8_lossy(&prompt).into_owned(),
         truncated,
-        slot: guard,
+        slot,
     };
     if stream {
         // The headers go out once a slot starts on the request (its "begin" result).
@@ -1172,22 +1177,16 @@ async fn generate(
     }
 }
 
-/// Holds a llama-server slot for one request; dropping it frees the slot (its cache stays).
-struct SlotGuard {
+/// The llama-server slot a request holds.
+struct SlotRef {
     sim: Arc<Shared>,
     id: usize,
 }
 
-impl SlotGuard {
+impl SlotRef {
     /// The slot generated `text`, `n` tokens.
     fn generated(&self, text: &str, n: u32) {
         self.sim.llama_slots.generated(self.id, text, n);
-    }
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        self.sim.llama_slots.release(self.id);
     }
 }
 
@@ -1393,7 +1392,7 @@ struct LlamaStream {
     prompt_text: String,
     /// The slot's context ends the generation before the request's limit.
     truncated: bool,
-    slot: SlotGuard,
+    slot: SlotRef,
 }
 
 impl LlamaStream {
