@@ -16,6 +16,15 @@
 //!   which is what okome's mid-stream failover sends.
 //! - `/metrics` (with `metrics: true`) in llama-server's Prometheus text, values printed as a
 //!   C++ stream prints a double (`%g`, 6 significant digits).
+//! - Slots (`max_concurrent`, [`crate::llamacpp_slots`]): a prompt reuses the cache of the slot
+//!   it lands on; a slot's context (`n_ctx`) rejects longer prompts and ends generation when full.
+//! - cpp-httplib's heads: `Server: llama.cpp`, the Origin echoed, no `Date`, `Keep-Alive:
+//!   timeout=5, max=100`, `Connection: close` after an error.
+//!
+//! `tests/engines/llamacpp_wire.txt` is the real server's transcript; `tests/llamacpp_wire.rs`
+//! holds the sim to it. What differs: the text (the sim's words, not the model's), token counts
+//! (bytes / 4), timings (the sim's clock), no stop strings, sampling or tool calls, and the
+//! endpoints not listed in [`route`] (`/tokenize`, `/v1/responses`, `/v1/messages`, ... are 404).
 
 use std::io;
 use std::sync::Arc;
@@ -904,6 +913,8 @@ fn parse_error_text(body: &[u8], e: &serde_json::Error) -> String {
         .map(|l| String::from_utf8_lossy(&l[..col.min(l.len())]).into_owned())
         .unwrap_or_default();
     if e.is_eof() {
+        // nlohmann counts the position after the last character read.
+        let col = col + 1;
         format!(
             "[json.exception.parse_error.101] parse error at line {line}, column {col}: syntax error while parsing value - unexpected end of input; expected '[', '{{', or a literal"
         )
@@ -973,6 +984,25 @@ async fn generate(
                     ));
                 }
             };
+            for m in messages {
+                let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+                let content = m.get("content");
+                let msg = if role != "assistant" && content.is_none() {
+                    Some("All non-assistant messages must contain 'content'")
+                } else if role == "assistant" && content.is_none() && m.get("tool_calls").is_none()
+                {
+                    Some("Assistant message must contain either 'content' or 'tool_calls'!")
+                } else if content
+                    .is_some_and(|c| !matches!(c, Value::String(_) | Value::Null | Value::Array(_)))
+                {
+                    Some("Expected 'content' to be a string or an array")
+                } else {
+                    None
+                };
+                if let Some(msg) = msg {
+                    return Ok(error(ErrorType::InvalidRequest, msg));
+                }
+            }
             let msgs: Vec<Message> = messages
                 .iter()
                 .map(|m| {

@@ -325,6 +325,34 @@ async fn errors_have_llama_servers_shapes() {
         r.text(),
         r#"{"error":{"code":400,"message":"'messages' is required","type":"invalid_request_error"}}"#
     );
+    let r = call(
+        h.addr(),
+        "POST",
+        "/v1/chat/completions",
+        r#"{"messages":[{"role":"user"}]}"#,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (
+            400,
+            r#"{"error":{"code":400,"message":"All non-assistant messages must contain 'content'","type":"invalid_request_error"}}"#
+        )
+    );
+    let r = call(
+        h.addr(),
+        "POST",
+        "/v1/chat/completions",
+        r#"{"messages":[{"role":"user","content":"hi"}],"temperature":"hot"}"#,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (
+            400,
+            r#"{"error":{"code":400,"message":"Field 'temperature': [json.exception.type_error.302] type must be number, but is string","type":"invalid_request_error"}}"#
+        )
+    );
     let r = call(h.addr(), "GET", "/v1/nope", "").await;
     assert_eq!(r.status, 404);
     assert_eq!(
@@ -339,10 +367,9 @@ async fn errors_have_llama_servers_shapes() {
     )
     .await;
     assert_eq!(r.status, 500, "llama-server's JSON parse errors are 500s");
-    assert!(
-        r.text().contains("json.exception.parse_error"),
-        "{}",
-        r.text()
+    assert_eq!(
+        r.text(),
+        r#"{"error":{"code":500,"message":"[json.exception.parse_error.101] parse error at line 1, column 15: syntax error while parsing value - unexpected end of input; expected '[', '{', or a literal","type":"server_error"}}"#
     );
 }
 
