@@ -50,16 +50,16 @@ pub struct SimArgs {
     /// YAML file with `engines: [ {kind: vllm, listen: ..., ...}, ... ]` to run several engines at once; the other flags are ignored when it is given.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Engine whose wire format to speak.
+    /// Engine whose wire format to speak (llamacpp: llama.cpp's llama-server).
     #[arg(long, value_enum, default_value_t = SimKind::Vllm)]
     pub kind: SimKind,
-    /// Address to listen on [default: the engine's own port: vllm 127.0.0.1:8000, ollama 127.0.0.1:11434, tfserving 127.0.0.1:8501; port 0 picks a free one].
+    /// Address to listen on [default: the engine's own port: vllm 127.0.0.1:8000, ollama 127.0.0.1:11434, tfserving 127.0.0.1:8501, llamacpp 127.0.0.1:8080; port 0 picks a free one].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
     /// TF Serving's gRPC API: address to listen on [default for tfserving: 127.0.0.1:8500, TF Serving's gRPC port].
     #[arg(long, value_name = "ADDR")]
     pub grpc_listen: Option<SocketAddr>,
-    /// Model name to serve; repeat for several [default: vllm Qwen/Qwen3-8B, ollama llama3.2:latest, tfserving half_plus_two].
+    /// Model name to serve; repeat for several [default: vllm Qwen/Qwen3-8B, ollama llama3.2:latest, tfserving half_plus_two, llamacpp okome-tiny (llama-server's --alias; all names are its aliases)].
     #[arg(long = "model", value_name = "NAME")]
     pub models: Vec<String>,
     /// Base prefill time before the first token, e.g. 30ms [default: 30ms].
@@ -80,7 +80,7 @@ pub struct SimArgs {
     /// Tokens generated when the request sets no max_tokens / num_predict [default: 64].
     #[arg(long = "max-tokens", value_name = "N")]
     pub max_tokens: Option<u32>,
-    /// Sequences generating at once; further requests wait in a FIFO queue [default: 256].
+    /// Sequences generating at once (llama-server's slots); further requests wait in a FIFO queue [default: 256, llamacpp 2].
     #[arg(long, value_name = "N")]
     pub max_concurrent: Option<usize>,
     /// Queue length beyond which requests get 503 busy [default: ollama 512, others unbounded].
@@ -107,6 +107,24 @@ pub struct SimArgs {
     /// vLLM only: `generate` (chat, completions, responses) or `pooling` (an embedding model: `/v1/embeddings`) [default: generate].
     #[arg(long, value_enum, value_name = "RUNNER")]
     pub runner: Option<crate::config::Runner>,
+    /// How JSON bodies and stream lines are written: `compact` (the engine's own bytes) or `spaced` (Python's json.dumps: ", " and ": " separators, keys in reverse order, non-ASCII as \uXXXX, like llama-cpp-python's server) [default: compact].
+    #[arg(long, value_enum, value_name = "STYLE")]
+    pub json_style: Option<crate::config::JsonStyle>,
+    /// llamacpp only: for this long after start every endpoint answers 503 "Loading model", /health included (llama-server loading its model), e.g. 2s [default: 0s].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub load_time: Option<Duration>,
+    /// llamacpp only: serve GET /metrics in llama-server's Prometheus format (its --metrics); without it /metrics answers 501 [default: off].
+    #[arg(long)]
+    pub metrics: bool,
+    /// llamacpp only: GET /slots answers 501, as llama-server started with --no-slots [default: /slots on].
+    #[arg(long)]
+    pub no_slots: bool,
+    /// llamacpp only: the context of one slot in tokens (llama-server's --ctx-size over --parallel): longer prompts get 400 exceed_context_size_error, generation stops when prompt + output fill it [default: 1024].
+    #[arg(long, value_name = "TOKENS")]
+    pub n_ctx: Option<u32>,
+    /// llamacpp only: while every slot is generating, /health, /v1/models, /metrics, /slots and /props answer only when a generation ends (a llama-server whose HTTP threads streams hold: "busy looks dead") [default: off].
+    #[arg(long)]
+    pub busy_probes_block: bool,
 }
 
 impl SimArgs {
@@ -136,6 +154,12 @@ impl SimArgs {
         c.max_concurrent = self.max_concurrent.unwrap_or(c.max_concurrent);
         c.max_queue = self.max_queue.or(c.max_queue);
         c.runner = self.runner.unwrap_or(c.runner);
+        c.json_style = self.json_style.unwrap_or(c.json_style);
+        c.load_time = self.load_time.unwrap_or(c.load_time);
+        c.metrics = self.metrics || c.metrics;
+        c.slots = c.slots && !self.no_slots;
+        c.n_ctx = self.n_ctx.unwrap_or(c.n_ctx);
+        c.busy_probes_block = self.busy_probes_block || c.busy_probes_block;
         c.faults = Faults {
             refuse_connections: self.refuse_connections,
             http_500: self.http_500,
@@ -237,6 +261,41 @@ mod tests {
             .configs()
             .expect("valid");
         assert_eq!(c[0].grpc_listen, "127.0.0.1:0".parse().ok());
+    }
+
+    #[test]
+    fn llamacpp_flags() {
+        let c = T::parse_from([
+            "x",
+            "--kind",
+            "llamacpp",
+            "--metrics",
+            "--no-slots",
+            "--busy-probes-block",
+            "--load-time",
+            "2s",
+            "--json-style",
+            "spaced",
+        ])
+        .a
+        .configs()
+        .expect("valid");
+        assert_eq!(c[0].kind, SimKind::Llamacpp);
+        assert_eq!(c[0].listen.port(), 8080);
+        assert_eq!(c[0].max_concurrent, 2);
+        assert!(c[0].metrics && !c[0].slots && c[0].busy_probes_block);
+        assert_eq!(c[0].load_time, Duration::from_secs(2));
+        assert_eq!(c[0].json_style, crate::config::JsonStyle::Spaced);
+        let e = T::parse_from(["x", "--kind", "vllm", "--metrics"])
+            .a
+            .configs()
+            .expect_err("llamacpp only");
+        assert!(e.to_string().contains("metrics"), "{e}");
+        let c = T::parse_from(["x", "--kind", "ollama", "--json-style", "spaced"])
+            .a
+            .configs()
+            .expect("any kind");
+        assert_eq!(c[0].json_style, crate::config::JsonStyle::Spaced);
     }
 
     #[test]

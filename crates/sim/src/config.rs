@@ -19,6 +19,9 @@ pub enum SimKind {
     #[serde(rename = "tfserving")]
     #[value(name = "tfserving")]
     TfServing,
+    /// llama.cpp's `llama-server` (OpenAI-compatible SSE, native `/completion`, `/slots`,
+    /// `/metrics` with `metrics: true`).
+    Llamacpp,
 }
 
 impl SimKind {
@@ -28,6 +31,7 @@ impl SimKind {
             SimKind::Vllm => 8000,
             SimKind::Ollama => 11434,
             SimKind::TfServing => 8501,
+            SimKind::Llamacpp => 8080,
         };
         SocketAddr::from(([127, 0, 0, 1], port))
     }
@@ -38,6 +42,9 @@ impl SimKind {
             SimKind::Vllm => "Qwen/Qwen3-8B",
             SimKind::Ollama => "llama3.2:latest",
             SimKind::TfServing => "half_plus_two",
+            // llama-server names its model by its `--alias` (else by the `-m` path), as
+            // okome's real-engine tests start it (tests/engines/llamacpp.sh).
+            SimKind::Llamacpp => "okome-tiny",
         }
     }
 
@@ -47,6 +54,7 @@ impl SimKind {
             SimKind::Vllm => "vllm",
             SimKind::Ollama => "ollama",
             SimKind::TfServing => "tfserving",
+            SimKind::Llamacpp => "llamacpp",
         }
     }
 }
@@ -68,6 +76,18 @@ pub enum Runner {
     /// An embedding model: `/v1/embeddings` only; the generative endpoints are 404.
     Pooling,
 }
+/// How the simulator writes JSON bodies and JSON stream lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum JsonStyle {
+    /// The engine's own output, byte for byte (compact: no spaces after `,` and `:`).
+    #[default]
+    Compact,
+    /// As Python's `json.dumps` writes by default (llama-cpp-python's server, Python gateways):
+    /// `", "` and `": "` separators, every object's keys in reverse order, non-ASCII as `\uXXXX`.
+    Spaced,
+}
+
 /// Default prefix cache size, in blocks of 16 tokens.
 pub const DEFAULT_PREFIX_CACHE_BLOCKS: usize = 16_384;
 
@@ -106,6 +126,23 @@ pub struct SimConfig {
     /// vLLM's prefix cache size in blocks of 16 tokens (0: prefix caching off); a cached
     /// prefix skips its share of `prefill_per_1k_tokens`.
     pub prefix_cache_blocks: usize,
+    /// How JSON bodies and JSON stream lines are written (any kind).
+    pub json_style: JsonStyle,
+    /// llamacpp only: how long after start the server is "loading the model" (every endpoint
+    /// answers 503 `Loading model`, as llama-server does until its model is loaded).
+    pub load_time: Duration,
+    /// llamacpp only: serve `GET /metrics` (llama-server's `--metrics`); off, it answers 501.
+    pub metrics: bool,
+    /// llamacpp only: serve `GET /slots` (on by default, as llama-server; `--no-slots` turns it off).
+    pub slots: bool,
+    /// llamacpp only: the context of one slot in tokens (llama-server's `--ctx-size` over
+    /// `--parallel`): a longer prompt gets 400 `exceed_context_size_error`, and generation stops
+    /// (`length`) when prompt + output fill it.
+    pub n_ctx: u32,
+    /// llamacpp only: while every slot is busy, `/health`, `/v1/models`, `/metrics` and the
+    /// other GET endpoints answer only when a generation ends (a llama-server whose HTTP
+    /// threads are all held by streams: "busy looks dead").
+    pub busy_probes_block: bool,
 }
 
 impl SimConfig {
@@ -121,7 +158,11 @@ impl SimConfig {
             tokens_per_second: 50.0,
             jitter: 0.0,
             default_max_tokens: 64,
-            max_concurrent: 256,
+            // llama-server's slots, as okome's real-engine tests run it (`-np 2`).
+            max_concurrent: match kind {
+                SimKind::Llamacpp => 2,
+                _ => 256,
+            },
             // Ollama's OLLAMA_MAX_QUEUE default is 512; vLLM queues without bound.
             max_queue: match kind {
                 SimKind::Ollama => Some(512),
@@ -132,6 +173,13 @@ impl SimConfig {
             runner: Runner::Generate,
             // 256k tokens: the KV cache of an 8B model on one large GPU.
             prefix_cache_blocks: DEFAULT_PREFIX_CACHE_BLOCKS,
+            json_style: JsonStyle::Compact,
+            load_time: Duration::ZERO,
+            metrics: false,
+            slots: true,
+            // `-c 2048 -np 2`, as okome's real-engine tests start llama-server.
+            n_ctx: 1024,
+            busy_probes_block: false,
         }
     }
 
@@ -154,6 +202,28 @@ impl SimConfig {
         }
         if self.models.is_empty() {
             return Err("models must name at least one model".into());
+        }
+        if self.n_ctx < 2 {
+            return Err("n_ctx must be at least 2 tokens".into());
+        }
+        if self.kind != SimKind::Llamacpp {
+            let d = SimConfig::new(self.kind);
+            for (set, name) in [
+                (self.load_time != d.load_time, "load_time"),
+                (self.metrics != d.metrics, "metrics"),
+                (self.slots != d.slots, "slots"),
+                (self.n_ctx != d.n_ctx, "n_ctx"),
+                (
+                    self.busy_probes_block != d.busy_probes_block,
+                    "busy_probes_block",
+                ),
+            ] {
+                if set {
+                    return Err(format!(
+                        "{name} is for kind llamacpp (llama-server's behaviour)"
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -180,6 +250,13 @@ struct RawSimConfig {
     api_key: Option<String>,
     runner: Option<Runner>,
     prefix_cache_blocks: Option<usize>,
+    json_style: Option<JsonStyle>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    load_time: Option<Duration>,
+    metrics: Option<bool>,
+    slots: Option<bool>,
+    n_ctx: Option<u32>,
+    busy_probes_block: Option<bool>,
 }
 
 impl TryFrom<RawSimConfig> for SimConfig {
@@ -203,6 +280,12 @@ impl TryFrom<RawSimConfig> for SimConfig {
             api_key: r.api_key,
             runner: r.runner.unwrap_or_default(),
             prefix_cache_blocks: r.prefix_cache_blocks.unwrap_or(d.prefix_cache_blocks),
+            json_style: r.json_style.unwrap_or(d.json_style),
+            load_time: r.load_time.unwrap_or(d.load_time),
+            metrics: r.metrics.unwrap_or(d.metrics),
+            slots: r.slots.unwrap_or(d.slots),
+            n_ctx: r.n_ctx.unwrap_or(d.n_ctx),
+            busy_probes_block: r.busy_probes_block.unwrap_or(d.busy_probes_block),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -264,6 +347,26 @@ mod tests {
         )
         .expect_err("vllm has no gRPC API");
         assert!(e.to_string().contains("grpc_listen"), "{e}");
+    }
+
+    #[test]
+    fn llamacpp_knobs_in_yaml() {
+        let f: SimFile = serde_saphyr::from_str(
+            "engines:\n  - kind: llamacpp\n    metrics: true\n    load_time: 1s\n    busy_probes_block: true\n    json_style: spaced\n  - kind: vllm\n    json_style: spaced\n",
+        )
+        .expect("valid yaml");
+        let l = &f.engines[0];
+        assert_eq!(l.listen.port(), 8080);
+        assert_eq!(l.models, vec!["okome-tiny".to_string()]);
+        assert_eq!((l.max_concurrent, l.n_ctx), (2, 1024));
+        assert!(l.metrics && l.slots && l.busy_probes_block);
+        assert_eq!(l.load_time, Duration::from_secs(1));
+        assert_eq!(l.json_style, JsonStyle::Spaced);
+        assert_eq!(f.engines[1].json_style, JsonStyle::Spaced);
+        let e =
+            serde_saphyr::from_str::<SimFile>("engines:\n  - kind: ollama\n    load_time: 1s\n")
+                .expect_err("llamacpp only");
+        assert!(e.to_string().contains("load_time"), "{e}");
     }
 
     #[test]

@@ -72,6 +72,16 @@ pub(crate) struct Summary {
     pub eval: Duration,
 }
 
+/// Runs once when a generation gives its slot back (its end, or a drop), before the slot goes
+/// to the next request (llama-server's slot bookkeeping).
+pub(crate) struct ReleaseHook(pub Box<dyn FnOnce() + Send>);
+
+impl std::fmt::Debug for ReleaseHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReleaseHook")
+    }
+}
+
 /// A generation in flight; dropping it before `finish` counts an abort.
 #[derive(Debug)]
 pub(crate) struct Gen {
@@ -82,6 +92,12 @@ pub(crate) struct Gen {
     accepted: Instant,
     sched: Option<Schedule>,
     done: bool,
+    /// Tokens generated so far.
+    generated: u32,
+    /// Whether llama-server's metrics are kept (kind llamacpp).
+    llama: bool,
+    /// Runs when the slot is given back.
+    pub on_release: Option<ReleaseHook>,
 }
 
 impl Gen {
@@ -97,11 +113,22 @@ impl Gen {
             accepted: Instant::now(),
             sched: None,
             done: false,
+            generated: 0,
+            llama: sim.cfg.kind == crate::config::SimKind::Llamacpp,
+            on_release: None,
         })
     }
 
-    /// Waits for a slot and starts prefill.
+    /// Waits for a slot without starting prefill (the request's cached tokens may still change).
+    pub(crate) async fn wait_slot(&mut self) {
+        self.ticket.ready().await;
+    }
+
+    /// Waits for a slot and starts prefill; later calls return at once.
     pub(crate) async fn begin(&mut self) {
+        if self.sched.is_some() {
+            return;
+        }
         self.ticket.ready().await;
         let cfg = &self.sim.cfg;
         self.sched = Some(Schedule {
@@ -135,8 +162,14 @@ impl Gen {
             self.sim
                 .counters
                 .record_ttft(self.accepted.elapsed().as_secs_f64());
+            self.llama_prompt_done();
         }
         self.sim.counters.generation_tokens.fetch_add(1, Relaxed);
+        self.generated = i + 1;
+        if self.llama {
+            let busy = self.sim.sched.load().0 as u64;
+            self.sim.counters.llama.lock().add_decode(busy);
+        }
         tokens::token_text(self.req.prompt_hash, self.req.text_offset + i)
     }
 
@@ -154,6 +187,15 @@ impl Gen {
             .counters
             .generation_tokens
             .fetch_add(u64::from(n), Relaxed);
+        self.llama_prompt_done();
+        self.generated = n;
+        if self.llama {
+            let busy = self.sim.sched.load().0 as u64;
+            let mut m = self.sim.counters.llama.lock();
+            for _ in 0..n {
+                m.add_decode(busy);
+            }
+        }
         for i in 0..n {
             s.push_str(tokens::token_text(
                 self.req.prompt_hash,
@@ -167,8 +209,44 @@ impl Gen {
     pub(crate) fn finish(&mut self, f: Finish) {
         if !self.done {
             self.done = true;
+            self.llama_released();
             self.sim.counters.record_finish(f);
+            if let Some(h) = self.on_release.take() {
+                (h.0)();
+            }
             self.ticket.release();
+        }
+    }
+
+    /// llama-server's metrics: the prompt was processed (its cached part skipped).
+    fn llama_prompt_done(&self) {
+        if let (true, Some(s)) = (self.llama, self.sched) {
+            let cached = self.req.cached_tokens.min(self.req.prompt_tokens);
+            let processed = self.req.prompt_tokens - cached;
+            self.sim.counters.llama.lock().add_prompt(
+                u64::from(processed),
+                u64::from(cached),
+                s.prefill.as_micros() as u64,
+            );
+        }
+    }
+
+    /// llama-server's metrics: the slot is released; its generation counts.
+    fn llama_released(&self) {
+        if let (true, Some(s)) = (self.llama, self.sched) {
+            if self.generated == 0 {
+                return;
+            }
+            let t_us = Instant::now()
+                .saturating_duration_since(s.start + s.prefill)
+                .as_micros()
+                .max(1) as u64;
+            let seq = u64::from(self.req.prompt_tokens) + u64::from(self.generated);
+            self.sim
+                .counters
+                .llama
+                .lock()
+                .add_prediction(u64::from(self.generated), t_us, seq);
         }
     }
 
@@ -202,7 +280,11 @@ impl Drop for Gen {
         if !self.done {
             // Dropped before its end: the client went away (or the simulator shut down).
             self.done = true;
+            self.llama_released();
             self.sim.counters.record_finish(Finish::Abort);
+            if let Some(h) = self.on_release.take() {
+                (h.0)();
+            }
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Simulated model servers (vLLM, Ollama, TF Serving) that speak the engines' real wire formats.
+//! Simulated model servers (vLLM, Ollama, TF Serving, llama.cpp's llama-server) that speak the
+//! engines' real wire formats.
 //!
 //! Each simulator listens on its own port, paces tokens on absolute deadlines, queues requests
 //! beyond `max_concurrent`, counts client aborts in every phase, and injects faults on demand.
@@ -11,6 +12,8 @@ mod embeddings;
 mod faults;
 mod gen;
 mod grpc;
+mod llamacpp;
+mod llamacpp_slots;
 mod ollama;
 mod ollama_compat;
 mod ollama_manage;
@@ -20,6 +23,7 @@ pub mod pressure;
 mod responses;
 mod server;
 mod stats;
+mod style;
 mod tfserving;
 mod tokens;
 mod vllm;
@@ -29,7 +33,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use cli::{SimArgs, SimError};
-pub use config::{Runner, SimConfig, SimFile, SimKind};
+pub use config::{JsonStyle, Runner, SimConfig, SimFile, SimKind};
 pub use faults::Faults;
 pub use pressure::{Pressure, SimGpu};
 pub use stats::SimStats;

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use super::config::{SimConfig, SimKind};
 use super::faults::Faults;
 use super::stats::{Counters, Scheduler, SimStats};
-use super::{ollama, tfserving, vllm};
+use super::{llamacpp, ollama, tfserving, vllm};
 
 /// Response body: a boxed stream of byte frames; an error aborts the connection.
 pub(crate) type Body = UnsyncBoxBody<Bytes, io::Error>;
@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     pub last_forwarded: RwLock<Vec<String>>,
     /// vLLM's prefix cache (automatic prefix caching).
     pub prefix_cache: super::prefix_cache::PrefixCache,
+    /// llama-server's slots (kind llamacpp).
+    pub llama_slots: super::llamacpp_slots::Slots,
 }
 
 impl Shared {
@@ -105,6 +107,11 @@ impl Shared {
     pub(crate) fn next_seed(&self) -> u64 {
         let n = self.seq.fetch_add(1, Relaxed);
         n ^ (u64::from(self.addr.port()) << 48) ^ self.started_nanos()
+    }
+
+    /// A seed fixed for this simulator's lifetime (llama-server's per-process random strings).
+    pub(crate) fn started_at_seed(&self) -> u64 {
+        self.started_nanos() ^ u64::from(self.addr.port())
     }
 
     fn started_nanos(&self) -> u64 {
@@ -183,6 +190,7 @@ pub(crate) async fn start(cfg: SimConfig) -> io::Result<Arc<Shared>> {
         last_request_id: RwLock::new(None),
         last_forwarded: RwLock::new(Vec::new()),
         prefix_cache: super::prefix_cache::PrefixCache::new(cfg.prefix_cache_blocks),
+        llama_slots: Default::default(),
         cfg,
     });
     if let Some(l) = grpc {
@@ -265,9 +273,12 @@ async fn serve_conn(
     stream: tokio::net::TcpStream,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // llama-server (cpp-httplib) sends no Date header; the others do.
+    let date = sim.cfg.kind != SimKind::Llamacpp;
     let svc = hyper::service::service_fn(move |req| handle(sim.clone(), req));
-    let conn =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .auto_date_header(date)
+        .serve_connection(TokioIo::new(stream), svc);
     tokio::select! {
         r = conn => if let Err(e) = r { log::debug!("sim connection: {e}") },
         // Dropping the connection future closes the socket mid-response: the engine "died".
@@ -280,14 +291,24 @@ async fn handle(sim: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bod
     if req.uri().path().starts_with("/_sim/") {
         return Ok(control(&sim, req).await);
     }
-    if !matches!(
-        req.uri().path(),
-        "/health" | "/metrics" | "/" | "/v1/models" | "/api/tags"
-    ) {
+    let probe = match req.uri().path() {
+        "/health" | "/metrics" | "/" | "/v1/models" | "/api/tags" => true,
+        "/v1/health" | "/models" | "/slots" | "/props" => sim.cfg.kind == SimKind::Llamacpp,
+        _ => false,
+    };
+    if !probe {
         record_request(&sim, req.headers());
     }
-    // vLLM's --api-key guards every /v1 path with exactly this check and answer.
-    if let Some(key) = &sim.cfg.api_key {
+    let style = sim.cfg.json_style;
+    let resp = route(sim, req).await?;
+    Ok(super::style::apply(style, resp).await)
+}
+
+/// The engine's API (and its own `--api-key` check).
+async fn route(sim: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, io::Error> {
+    // vLLM's --api-key guards every /v1 path with exactly this check and answer (llama-server
+    // checks its own way, in its module).
+    if let (Some(key), false) = (&sim.cfg.api_key, sim.cfg.kind == SimKind::Llamacpp) {
         let ok = req
             .headers()
             .get(hyper::header::AUTHORIZATION)
@@ -304,6 +325,7 @@ async fn handle(sim: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Bod
         SimKind::Vllm => vllm::route(sim, req).await,
         SimKind::Ollama => ollama::route(sim, req).await,
         SimKind::TfServing => tfserving::route(sim, req).await,
+        SimKind::Llamacpp => llamacpp::route(sim, req).await,
     }
 }
 

@@ -95,6 +95,84 @@ impl Histogram {
     }
 }
 
+/// Tokens, decode steps and time of one kind of work (llama-server's `server_metrics::bucket`).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Bucket {
+    /// Tokens.
+    pub count: u64,
+    /// Decode steps (the first generated token comes free with the prompt's last batch).
+    pub steps: u64,
+    /// Microseconds.
+    pub time_us: u64,
+}
+
+impl Bucket {
+    fn add(&mut self, n: u64, steps: u64, t_us: u64) {
+        self.count += n;
+        self.steps += steps;
+        self.time_us += t_us;
+    }
+
+    /// Steps per second (0 before any time was spent).
+    pub(crate) fn per_second(&self) -> f64 {
+        if self.time_us > 0 {
+            self.steps as f64 / self.time_us as f64 * 1e6
+        } else {
+            0.0
+        }
+    }
+}
+
+/// What llama-server's `/metrics` reports (kept for kind llamacpp only).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct LlamaMetrics {
+    /// Prompt tokens processed (cached ones excluded), since start.
+    pub prompt: Bucket,
+    /// Generated tokens, since start.
+    pub predict: Bucket,
+    /// Since the last scrape (the throughput gauges).
+    pub prompt_bucket: Bucket,
+    /// Since the last scrape.
+    pub predict_bucket: Bucket,
+    /// Prompt tokens reused from the cache.
+    pub n_prompt_cached: u64,
+    /// Longest sequence seen (prompt + generated).
+    pub n_tokens_max: u64,
+    /// Decode steps (one per generated token here: the simulator does not batch).
+    pub n_decode: u64,
+    /// Busy slots summed over decode steps.
+    pub n_busy_slots: u64,
+}
+
+impl LlamaMetrics {
+    /// A prompt was processed: `n` tokens in `t_us`, `cached` more reused.
+    pub(crate) fn add_prompt(&mut self, n: u64, cached: u64, t_us: u64) {
+        self.prompt.add(n, n, t_us);
+        self.prompt_bucket.add(n, n, t_us);
+        self.n_prompt_cached += cached;
+    }
+
+    /// A slot was released after generating `n` tokens in `t_us` (from the first one).
+    pub(crate) fn add_prediction(&mut self, n: u64, t_us: u64, seq_len: u64) {
+        let steps = n.saturating_sub(1);
+        self.predict.add(n, steps, t_us);
+        self.predict_bucket.add(n, steps, t_us);
+        self.n_tokens_max = self.n_tokens_max.max(seq_len);
+    }
+
+    /// One decode step with `busy` slots generating.
+    pub(crate) fn add_decode(&mut self, busy: u64) {
+        self.n_decode += 1;
+        self.n_busy_slots += busy;
+    }
+
+    /// Starts a new scrape window (the gauges average over it).
+    pub(crate) fn reset_buckets(&mut self) {
+        self.prompt_bucket = Bucket::default();
+        self.predict_bucket = Bucket::default();
+    }
+}
+
 /// All counters of one simulator.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -111,6 +189,8 @@ pub(crate) struct Counters {
     /// stop, length, abort, error (vLLM's finished_reason; "repetition" stays 0).
     pub finished: [AtomicU64; 4],
     pub ttft: Mutex<Histogram>,
+    /// llama-server's metrics (kind llamacpp only).
+    pub llama: Mutex<LlamaMetrics>,
 }
 
 impl Counters {
@@ -156,6 +236,8 @@ impl Counters {
 #[derive(Debug)]
 pub(crate) struct Scheduler {
     inner: Mutex<SchedInner>,
+    /// Woken each time a slot is given back (a generation ended).
+    freed: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -180,7 +262,24 @@ impl Scheduler {
                 next_id: 0,
                 queue: VecDeque::new(),
             }),
+            freed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Whether every slot is taken now.
+    pub(crate) fn all_busy(&self) -> bool {
+        let g = self.inner.lock();
+        g.running >= g.max
+    }
+
+    /// Returns at once unless every slot is taken; then waits until a generation ends (a slot
+    /// is given back, even if a queued request takes it at once).
+    pub(crate) async fn wait_unless_all_busy(&self) {
+        let freed = self.freed.notified();
+        if !self.all_busy() {
+            return;
+        }
+        freed.await;
     }
 
     /// (running, waiting) now.
@@ -238,9 +337,12 @@ impl Scheduler {
     }
 
     fn release(&self) {
-        let mut g = self.inner.lock();
-        g.running = g.running.saturating_sub(1);
-        Self::grant(&mut g);
+        {
+            let mut g = self.inner.lock();
+            g.running = g.running.saturating_sub(1);
+            Self::grant(&mut g);
+        }
+        self.freed.notify_waiters();
     }
 }
 
@@ -286,6 +388,8 @@ impl Ticket {
                     // Granted between the send and our wake-up: the slot is ours to free.
                     g.running = g.running.saturating_sub(1);
                     Scheduler::grant(&mut g);
+                    drop(g);
+                    self.sched.freed.notify_waiters();
                 }
             }
             TicketState::Released => {}
