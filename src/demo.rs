@@ -73,7 +73,8 @@ pub fn run(path: Option<&Path>) -> Result<(), DemoError> {
     let mut handles = Vec::new();
     for pool in &cfg.pools {
         let kind = match pool.kind {
-            PoolKind::Vllm | PoolKind::Openai | PoolKind::Llamacpp => SimKind::Vllm,
+            PoolKind::Vllm | PoolKind::Openai => SimKind::Vllm,
+            PoolKind::Llamacpp => SimKind::Llamacpp,
             PoolKind::Ollama => SimKind::Ollama,
             PoolKind::Tfserving => SimKind::TfServing,
             // Stream nodes are okome edges, not engines: a simulator cannot stand in for one.

@@ -653,7 +653,22 @@ async fn tenant_errors_use_the_api_shape_of_the_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_stream_charges_the_tokens_relayed_not_the_reservation() {
-    let s = sim(SimKind::Vllm, |c| c.tokens_per_second = 20.0).await;
+    cut_stream_charges(okome_sim::JsonStyle::Compact).await;
+}
+
+/// The same with an engine that writes JSON as Python does (`"content": " x"`): the tap that
+/// settles the tenant reads what the JSON means, so the charge is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_stream_charges_the_tokens_relayed_with_spaced_json() {
+    cut_stream_charges(okome_sim::JsonStyle::Spaced).await;
+}
+
+async fn cut_stream_charges(style: okome_sim::JsonStyle) {
+    let s = sim(SimKind::Vllm, |c| {
+        c.tokens_per_second = 20.0;
+        c.json_style = style;
+    })
+    .await;
     // 60 tokens a minute: a second 50-token reservation fits only if the first was settled.
     let tenants = "  - id: metered\n    models: [\"*\"]\n    tokens_per_minute: 60\n";
     let (_store, ctl) = memory_control(tenants, QWEN_ROUTE, "metered").await;

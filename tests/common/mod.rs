@@ -344,9 +344,18 @@ pub fn ollama_chat(model: &str, num_predict: u32) -> String {
     )
 }
 
-/// Tokens in an OpenAI SSE body (content deltas, not the role preamble).
+/// Tokens in an OpenAI SSE body: chat deltas with non-empty `content` (not the role preamble),
+/// read as JSON whatever the engine's spacing or key order.
 pub fn sse_tokens(body: &str) -> usize {
-    body.matches(r#""delta":{"content":""#).count()
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
+        .filter(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty())
+        })
+        .count()
 }
 
 /// Asserts an OpenAI-shaped error body `{"error":{"message","type","param":null,"code"}}`.
