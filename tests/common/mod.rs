@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod embedded;
+pub mod llamacpp;
 pub mod pki;
 pub mod prom;
 pub mod python;
