@@ -43,7 +43,9 @@ fn setting(key: &str) -> PathBuf {
     }
     let cache = std::env::var("OKOME_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/okome"));
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/okome")
+        });
     let env = cache.join("llamacpp.env");
     let text = std::fs::read_to_string(&env).unwrap_or_else(|e| {
         panic!(
@@ -55,7 +57,12 @@ fn setting(key: &str) -> PathBuf {
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{key}=")))
         .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("{}: no {key}= line; rerun tests/engines/llamacpp.sh", env.display()));
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: no {key}= line; rerun tests/engines/llamacpp.sh",
+                env.display()
+            )
+        });
     assert!(
         path.is_file(),
         "{key}={} does not exist; rerun tests/engines/llamacpp.sh",
@@ -88,16 +95,26 @@ impl LlamaServer {
         let log = dir.path().join("llama-server.log");
         let port = free_port();
         let ctx = (1024 * slots).to_string();
+        let out = std::fs::File::create(&log).expect("log");
+        let err = out.try_clone().expect("log");
         let child = Command::new(&bin)
             .args(["-m"])
             .arg(&model)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["-c", &ctx, "-np", &slots.to_string(), "-t", "1"])
-            .args(["--metrics", "--slots", "--no-webui", "--alias", "okome-tiny", "--seed", "42"])
+            .args([
+                "--metrics",
+                "--slots",
+                "--no-webui",
+                "--alias",
+                "okome-tiny",
+                "--seed",
+                "42",
+            ])
             .args(extra)
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).expect("log"))
-            .stderr(std::fs::File::create(&log).expect("log"))
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
@@ -116,7 +133,10 @@ impl LlamaServer {
                 }
             }
             if let Some(Ok(Some(st))) = s.child.as_mut().map(|c| c.try_wait()) {
-                panic!("llama-server exited ({st}) before it was ready:\n{}", s.log_text());
+                panic!(
+                    "llama-server exited ({st}) before it was ready:\n{}",
+                    s.log_text()
+                );
             }
             assert!(
                 Instant::now() < deadline,

@@ -99,21 +99,32 @@ if [[ ! -x "$server_bin" ]]; then
   trap - EXIT
 fi
 
-# --- tiny model -------------------------------------------------------------------------------
+# --- models -----------------------------------------------------------------------------------
+# okome-tiny (thousands of tokens/s on one thread) and okome-slow (the same vocabulary and
+# template, wide enough for ~75 tokens/s on one thread here), so a test can act mid-stream:
+# drop the client, kill the engine, watch the queue.
 gen="$here/make_tiny_gguf.py"
 model_hash="$(sha256sum "$gen" | cut -c1-12)"
-model="$models_dir/okome-tiny-$model_hash.gguf"
-if [[ ! -s "$model" ]]; then
-  bash "$repo/tests/clients/setup.sh" >&2
-  py="${OKOME_PYENV:-$HOME/.cache/okome/pyenv}/bin/python"
-  mkdir -p "$models_dir"
-  tmp="$(mktemp "$models_dir/.okome-tiny.XXXXXX")"
-  log "generating $model"
-  "$py" "$gen" "$tmp" >&2 || { rm -f "$tmp"; exit 1; }
-  chmod 644 "$tmp"
-  mv -f "$tmp" "$model"
-fi
+make_model() { # NAME [make_tiny_gguf.py size flags]
+  local name="$1"; shift
+  local out="$models_dir/$name-$model_hash.gguf"
+  if [[ ! -s "$out" ]]; then
+    bash "$repo/tests/clients/setup.sh" >&2
+    local py="${OKOME_PYENV:-$HOME/.cache/okome/pyenv}/bin/python"
+    mkdir -p "$models_dir"
+    local tmp
+    tmp="$(mktemp "$models_dir/.$name.XXXXXX")"
+    log "generating $out"
+    "$py" "$gen" "$tmp" "$@" >&2 || { rm -f "$tmp"; exit 1; }
+    chmod 644 "$tmp"
+    mv -f "$tmp" "$out"
+  fi
+  echo "$out"
+}
+model="$(make_model okome-tiny)"
+slow="$(make_model okome-slow --n-embd 1024 --n-layer 8 --n-ff 2048)"
 
-printf 'LLAMA_SERVER=%s\nLLAMA_MODEL=%s\n' "$server_bin" "$model" >"$cache/llamacpp.env"
+printf 'LLAMA_SERVER=%s\nLLAMA_MODEL=%s\nLLAMA_MODEL_SLOW=%s\n' "$server_bin" "$model" "$slow" >"$cache/llamacpp.env"
+echo "LLAMA_MODEL_SLOW=$slow"
 echo "LLAMA_SERVER=$server_bin"
 echo "LLAMA_MODEL=$model"
