@@ -363,3 +363,40 @@ async fn a_dropped_stream_resumes_with_the_same_text() {
     assert_eq!(text, whole);
     assert_eq!(rest.matches("data: [DONE]").count(), 1);
 }
+
+/// Picking when both servers are busy: two single-slot servers, four long streams at once. The
+/// edge picks by its in-flight count plus the engine's deferred requests, so the extra two wait
+/// one on each server (never both on one, never refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_both_servers_are_busy_the_waiting_requests_spread() {
+    if !tier("when_both_servers_are_busy_the_waiting_requests_spread") {
+        return;
+    }
+    let a = LlamaServer::start(Model::Slow, 1, &[]).await;
+    let b = LlamaServer::start(Model::Slow, 1, &[]).await;
+    let edge = edge_for(&[&a, &b], json!({})).await;
+    let long = post("/v1/chat/completions", &greedy_chat(150, false));
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        streams.push(tokio::spawn(raw_owned(edge.addr, long.clone())));
+        // One at a time, so each pick sees the previous one in flight.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let spread = eventually(20, || async {
+        a.metric("llamacpp:requests_deferred").await == 1.0
+            && b.metric("llamacpp:requests_deferred").await == 1.0
+    })
+    .await;
+    let (qa, qb) = (
+        a.metric("llamacpp:requests_deferred").await,
+        b.metric("llamacpp:requests_deferred").await,
+    );
+    eprintln!("both busy: deferred on the two servers {qa} and {qb}");
+    assert!(spread, "waiting requests not spread: {qa} and {qb}");
+    for s in streams {
+        let r = s.await.unwrap();
+        assert_eq!(status_of(&r), 200);
+        assert_eq!(sse_tokens(&String::from_utf8_lossy(&body_of(&r))), 150);
+    }
+    assert_eq!(edge.metric("okome_backend_healthy", &[]).await, 2.0);
+}
