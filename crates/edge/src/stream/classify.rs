@@ -2,13 +2,11 @@
 //! differ in spacing (`"content": " x"` from Python servers), key order and escapes, and a tap
 //! that misses one engine's format silently blinds the SLOs, the token limits and the ledger.
 //!
-//! Each payload is decoded once into borrowed views of only the fields the tap needs; every
-//! other value is skipped without being built ([`IgnoredAny`]), and a string is only asked
-//! whether it is empty, so nothing is allocated for a plain, unescaped chunk.
+//! Each payload is read once by [`payload`]'s scanner, which keeps only the fields the tap
+//! needs: one pass over the bytes, no allocation.
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use super::payload::{self, Unread};
 use serde::Deserialize;
-use std::fmt;
 
 /// How a response body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,23 +180,22 @@ fn classify_data(state: &mut LineState, data: &[u8]) -> Event {
     match chunk_event(data) {
         Ok(ev) => ev,
         // The JSON goes on in the event's next `data:` line.
-        Err(e) if e.is_eof() => {
+        Err(Unread::Incomplete) => {
             state.pending.extend_from_slice(data);
             Event::Other
         }
-        Err(_) => Event::Other,
+        Err(Unread::Invalid) => Event::Other,
     }
 }
 
 /// Reads an OpenAI-style chunk: a token when any choice carries generated text, reasoning or
 /// a tool call; the engine's count when it carries `usage`; an error object.
-fn chunk_event(data: &[u8]) -> Result<Event, serde_json::Error> {
-    let p: Payload = serde_json::from_slice(data)?;
-    if p.is_error() {
+fn chunk_event(data: &[u8]) -> Result<Event, Unread> {
+    let p = payload::read(data)?;
+    if p.error {
         return Ok(Event::Error);
     }
-    let token = p.choices.0;
-    Ok(match (token, p.usage.and_then(|u| u.completion_tokens)) {
+    Ok(match (p.token, p.completion_tokens) {
         (true, Some(completion_tokens)) => Event::TokenAndUsage { completion_tokens },
         (false, Some(completion_tokens)) => Event::Usage { completion_tokens },
         (true, None) => Event::Token,
@@ -209,10 +206,10 @@ fn chunk_event(data: &[u8]) -> Result<Event, serde_json::Error> {
 /// One NDJSON line (Ollama): each `"done": false` line is one token; the `"done": true` line
 /// ends the stream with the engine's count.
 fn classify_ndjson(line: &[u8]) -> Event {
-    let Ok(p) = serde_json::from_slice::<Payload>(line) else {
+    let Ok(p) = payload::read(line) else {
         return Event::Other;
     };
-    if p.is_error() {
+    if p.error {
         return Event::Error;
     }
     match p.done {
@@ -221,198 +218,6 @@ fn classify_ndjson(line: &[u8]) -> Event {
             completion_tokens: p.eval_count,
         },
         None => Event::Other,
-    }
-}
-
-/// The fields of a stream payload the tap reads, whatever the API (OpenAI chunks, Ollama
-/// lines, errors); every other field is skipped unbuilt.
-#[derive(Deserialize)]
-struct Payload {
-    #[serde(default)]
-    choices: AnyToken,
-    usage: Option<Usage>,
-    error: Option<IgnoredAny>,
-    #[serde(default)]
-    object: IsError,
-    done: Option<bool>,
-    eval_count: Option<u64>,
-}
-
-impl Payload {
-    /// An error object in the stream: vLLM's `{"error": {…}}` (older vLLM: `"object":
-    /// "error"`), llama.cpp's, Ollama's `{"error": "…"}`.
-    fn is_error(&self) -> bool {
-        self.error.is_some() || self.object.0
-    }
-}
-
-#[derive(Deserialize)]
-struct Usage {
-    completion_tokens: Option<u64>,
-}
-
-/// One choice of a chunk: chat's `delta` or completions' `text`.
-#[derive(Deserialize)]
-struct Choice {
-    delta: Option<Delta>,
-    #[serde(default)]
-    text: HasText,
-}
-
-/// What a chat delta carries that counts as generated.
-#[derive(Deserialize)]
-struct Delta {
-    #[serde(default)]
-    content: HasText,
-    #[serde(default)]
-    reasoning_content: HasText,
-    #[serde(default)]
-    reasoning: HasText,
-    #[serde(default)]
-    refusal: HasText,
-    #[serde(default)]
-    tool_calls: NonEmpty,
-}
-
-impl Choice {
-    fn is_token(&self) -> bool {
-        self.text.0
-            || self.delta.as_ref().is_some_and(|d| {
-                d.content.0
-                    || d.reasoning_content.0
-                    || d.reasoning.0
-                    || d.refusal.0
-                    || d.tool_calls.0
-            })
-    }
-}
-
-/// Whether any choice of `choices` carries a token; read element by element, never collected.
-#[derive(Default)]
-struct AnyToken(bool);
-
-impl<'de> Deserialize<'de> for AnyToken {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = AnyToken;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an array of choices")
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<AnyToken, E> {
-                Ok(AnyToken(false))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AnyToken, A::Error> {
-                let mut any = false;
-                while let Some(c) = seq.next_element::<Choice>()? {
-                    any |= c.is_token();
-                }
-                Ok(AnyToken(any))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// Whether a value carries text: a non-empty string, or an array of content parts one of
-/// which does (`[{"type": "text", "text": "Hi"}]`). Anything else (null, numbers) does not.
-#[derive(Default)]
-struct HasText(bool);
-
-impl<'de> Deserialize<'de> for HasText {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = HasText;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string or content parts")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<HasText, E> {
-                Ok(HasText(!v.is_empty()))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<HasText, E> {
-                Ok(HasText(false))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<HasText, E> {
-                Ok(HasText(false))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<HasText, E> {
-                Ok(HasText(false))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<HasText, E> {
-                Ok(HasText(false))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<HasText, E> {
-                Ok(HasText(false))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<HasText, A::Error> {
-                let mut any = false;
-                while let Some(part) = seq.next_element::<HasText>()? {
-                    any |= part.0;
-                }
-                Ok(HasText(any))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<HasText, A::Error> {
-                // A content part: only its `text` counts.
-                #[derive(Deserialize)]
-                struct Part {
-                    #[serde(default)]
-                    text: HasText,
-                }
-                Part::deserialize(de::value::MapAccessDeserializer::new(map)).map(|p| p.text)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// Whether a value is a non-empty array (a `tool_calls` delta).
-#[derive(Default)]
-struct NonEmpty(bool);
-
-impl<'de> Deserialize<'de> for NonEmpty {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = NonEmpty;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an array")
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<NonEmpty, E> {
-                Ok(NonEmpty(false))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NonEmpty, A::Error> {
-                let mut n = 0usize;
-                while seq.next_element::<IgnoredAny>()?.is_some() {
-                    n += 1;
-                }
-                Ok(NonEmpty(n > 0))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// Whether a string is `"error"` (`"object": "error"`), read without keeping it.
-#[derive(Default)]
-struct IsError(bool);
-
-impl<'de> Deserialize<'de> for IsError {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = IsError;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<IsError, E> {
-                Ok(IsError(v == "error"))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<IsError, E> {
-                Ok(IsError(false))
-            }
-        }
-        d.deserialize_any(V)
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod classify;
 pub mod framing;
+pub mod payload;
 pub mod stats;
 
 pub use classify::{Event, Format, LineState};
