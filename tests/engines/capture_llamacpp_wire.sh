@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the real llama-server (tests/engines/llamacpp.sh) on the tiny model and records what it
 # emits on the wire, verbatim, into tests/engines/llamacpp_wire.txt (or $1). That file is the
-# reference the engine simulator is made faithful to; re-run this after bumping the pins.
+# reference the engine simulator is made faithful to; re-run this after bumping the pins. At the
+# end it runs capture_llamacpp_python_wire.sh, which appends the Python server's section.
 #
 # Every exchange is shown as the command, then curl's output: `curl -sS -N -i` prints the status
 # line and headers (their CRLF line ends are shown as LF here) and then the body bytes exactly as
@@ -207,3 +208,5 @@ sed "s#$LLAMA_MODEL#\$LLAMA_MODEL#g" "$work/server.log" >&3
 exec 3>&-
 sed -i "s#$work/#<tmp>/#g" "$out"
 echo "wrote $out" >&2
+# the second engine, llama-cpp-python's Python server: appends its own section
+bash "$here/capture_llamacpp_python_wire.sh" "$out"
