@@ -400,3 +400,82 @@ async fn when_both_servers_are_busy_the_waiting_requests_spread() {
     }
     assert_eq!(edge.metric("okome_backend_healthy", &[]).await, 2.0);
 }
+
+/// The reproduction, against the real server it came from: llama-cpp-python's server writes
+/// `"content": " x"` (Python's `json.dumps`), and the byte-matching tap counted 0 tokens, no TTFT,
+/// no gaps. It also answers `/v1/models` only between generations (started, as it must be behind
+/// a proxy that probes, with `--interrupt_requests false`: by default any request, a probe
+/// included, cuts the running stream), so the probes timed out and the next request got
+/// `503 no_backend` while the server was streaming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_server_spaced_json_is_counted_and_busy_is_not_down() {
+    if !tier("python_server_spaced_json_is_counted_and_busy_is_not_down") {
+        return;
+    }
+    let server = LlamaServer::start_python(Model::Slow, &["--interrupt_requests", "false"]).await;
+    let edge = EdgeBuilder::new()
+        .pool("py", "openai", &[server.addr])
+        .route(Route::to_pool("openai", "py").path_prefix("/v1/"))
+        .start()
+        .await;
+    let up = eventually(10, || async {
+        edge.metric("okome_backend_healthy", &[]).await == 1.0
+    })
+    .await;
+    assert!(up, "{}", edge.log_text());
+    let long = post("/v1/chat/completions", &greedy_chat(60, false));
+    let first = tokio::spawn(timed_owned(edge.addr, long.clone()));
+    // While it streams, the probes (every 200 ms, 150 ms timeout) wait on the server's lock.
+    let busy = eventually(20, || async {
+        edge.metric("okome_backend_busy", &[]).await == 1.0
+    })
+    .await;
+    assert!(busy, "never busy:\n{}", edge.log_text());
+    assert_eq!(edge.metric("okome_backend_healthy", &[]).await, 1.0);
+    // The next request waits for the server instead of a 503.
+    let second = raw(
+        edge.addr,
+        &post("/v1/chat/completions", &greedy_chat(3, false)),
+    )
+    .await;
+    assert_eq!(
+        status_of(&second),
+        200,
+        "{}",
+        String::from_utf8_lossy(&second)
+    );
+    let (resp, client_ttft) = first.await.unwrap();
+    let body = String::from_utf8(body_of(&resp)).unwrap();
+    assert!(
+        body.contains(r#""content": ""#),
+        "not Python's spacing: {body}"
+    );
+    let client_tokens = sse_tokens(&body);
+    assert_eq!(client_tokens, 60, "{body}");
+    let tap = edge.metric("okome_tokens_total", &[]).await;
+    let client_ttft = client_ttft.expect("no token").as_secs_f64() * 1e3;
+    // The first stream's own line in the access log: its tokens and TTFT as the tap saw them.
+    let line: Value = edge
+        .log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["tokens"] == json!(60))
+        .expect("the first stream's access log line");
+    let ttft = line["ttft_ms"].as_f64().expect("ttft_ms");
+    eprintln!(
+        "llama-cpp-python server: tokens tap {tap} client {} (two streams); first stream TTFT \
+         recorded {ttft:.1} ms, measured at the client {client_ttft:.1} ms",
+        client_tokens + 3,
+    );
+    assert!(ttft > 0.0 && ttft <= client_ttft, "{ttft} vs {client_ttft}");
+    assert_eq!(tap, (client_tokens + 3) as f64);
+    assert_eq!(edge.metric("okome_ttft_seconds_count", &[]).await, 2.0);
+    assert_eq!(
+        edge.metric("okome_inter_token_seconds_count", &[]).await,
+        (59 + 2) as f64
+    );
+}
+
+async fn timed_owned(addr: std::net::SocketAddr, req: Vec<u8>) -> (Vec<u8>, Option<Duration>) {
+    timed(addr, &req).await
+}

@@ -36,7 +36,8 @@ pub enum Model {
     Slow,
 }
 
-/// `KEY=VALUE` from the environment, else from `~/.cache/okome/llamacpp.env`.
+/// `KEY=VALUE` from the environment, else from `~/.cache/okome/llamacpp.env`: an existing file
+/// or directory.
 fn setting(key: &str) -> PathBuf {
     if let Ok(v) = std::env::var(key) {
         return PathBuf::from(v);
@@ -64,14 +65,14 @@ fn setting(key: &str) -> PathBuf {
             )
         });
     assert!(
-        path.is_file(),
+        path.exists(),
         "{key}={} does not exist; rerun tests/engines/llamacpp.sh",
         path.display()
     );
     path
 }
 
-/// A running `llama-server`; killed on drop.
+/// A running engine process (`llama-server` or llama-cpp-python's server); killed on drop.
 pub struct LlamaServer {
     child: Option<Child>,
     /// Where it listens.
@@ -86,22 +87,19 @@ impl LlamaServer {
     /// of context), `--metrics`, `--slots`, one thread, the alias `okome-tiny`, and `extra`
     /// flags; returns once `/health` answers 200.
     pub async fn start(model: Model, slots: u32, extra: &[&str]) -> LlamaServer {
-        let bin = setting("LLAMA_SERVER");
-        let model = setting(match model {
-            Model::Tiny => "LLAMA_MODEL",
-            Model::Slow => "LLAMA_MODEL_SLOW",
-        });
-        let dir = tempfile::tempdir().expect("tempdir");
-        let log = dir.path().join("llama-server.log");
+        let mut cmd = Command::new(setting("LLAMA_SERVER"));
         let port = free_port();
-        let ctx = (1024 * slots).to_string();
-        let out = std::fs::File::create(&log).expect("log");
-        let err = out.try_clone().expect("log");
-        let child = Command::new(&bin)
-            .args(["-m"])
-            .arg(&model)
+        cmd.arg("-m")
+            .arg(model_path(model))
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["-c", &ctx, "-np", &slots.to_string(), "-t", "1"])
+            .args([
+                "-c",
+                &(1024 * slots).to_string(),
+                "-np",
+                &slots.to_string(),
+                "-t",
+                "1",
+            ])
             .args([
                 "--metrics",
                 "--slots",
@@ -111,40 +109,37 @@ impl LlamaServer {
                 "--seed",
                 "42",
             ])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let mut s = LlamaServer {
-            child: Some(child),
-            addr,
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let client = reqwest::Client::new();
-        loop {
-            if let Ok(r) = client.get(s.url("/health")).send().await {
-                if r.status() == 200 {
-                    return s;
-                }
-            }
-            if let Some(Ok(Some(st))) = s.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "llama-server exited ({st}) before it was ready:\n{}",
-                    s.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "llama-server not ready in 60 s:\n{}",
-                s.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            .args(extra);
+        spawn(cmd, port, "/health").await
+    }
+
+    /// Starts llama-cpp-python's OpenAI-compatible server (`python -m llama_cpp.server`, the
+    /// same llama.cpp build through its Python bindings) with one thread and the alias
+    /// `okome-tiny`, and `extra` flags; returns once `/v1/models` answers 200. It writes its
+    /// stream chunks as Python's `json.dumps` does: `"content": " x"`.
+    pub async fn start_python(model: Model, extra: &[&str]) -> LlamaServer {
+        let python = PathBuf::from(std::env::var("OKOME_PYENV").unwrap_or_else(|_| {
+            format!(
+                "{}/.cache/okome/pyenv",
+                std::env::var("HOME").unwrap_or_default()
+            )
+        }))
+        .join("bin/python");
+        let port = free_port();
+        let mut cmd = Command::new(python);
+        cmd.env("PYTHONPATH", setting("LLAMA_CPP_PYTHON"))
+            .env("LLAMA_CPP_LIB_PATH", setting("LLAMA_CPP_LIB"))
+            // pydantic-settings reads these as the server's own settings.
+            .env_remove("PORT")
+            .env_remove("HOST")
+            .env_remove("MODEL")
+            .args(["-m", "llama_cpp.server", "--model"])
+            .arg(model_path(model))
+            .args(["--model_alias", "okome-tiny", "--host", "127.0.0.1"])
+            .args(["--port", &port.to_string(), "--n_ctx", "2048"])
+            .args(["--n_threads", "1", "--n_threads_batch", "1"])
+            .args(extra);
+        spawn(cmd, port, "/v1/models").await
     }
 
     /// `http://IP:PORT{path}`.
@@ -180,5 +175,54 @@ impl LlamaServer {
 impl Drop for LlamaServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+fn model_path(model: Model) -> PathBuf {
+    setting(match model {
+        Model::Tiny => "LLAMA_MODEL",
+        Model::Slow => "LLAMA_MODEL_SLOW",
+    })
+}
+
+/// Spawns `cmd` (listening on `port`) with its output in a log; returns once `ready` answers 200.
+async fn spawn(mut cmd: Command, port: u16, ready: &str) -> LlamaServer {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("engine.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let err = out.try_clone().expect("log");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut s = LlamaServer {
+        child: Some(child),
+        addr,
+        log,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let client = reqwest::Client::new();
+    loop {
+        if let Ok(r) = client.get(s.url(ready)).send().await {
+            if r.status() == 200 {
+                return s;
+            }
+        }
+        if let Some(Ok(Some(st))) = s.child.as_mut().map(|c| c.try_wait()) {
+            panic!(
+                "{cmd:?} exited ({st}) before it was ready:\n{}",
+                s.log_text()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{cmd:?} not ready in 60 s:\n{}",
+            s.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
