@@ -340,8 +340,8 @@ async fn a_dropped_stream_resumes_with_the_same_text() {
     let complete = &first[..first.rfind("\n\n").unwrap() + 2];
     let cursor = complete
         .lines()
-        .filter_map(|l| l.strip_prefix("id: "))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("id: "))
         .unwrap()
         .to_owned();
     let resumed = raw(
