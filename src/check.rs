@@ -68,7 +68,7 @@ pub fn kind_of(text: &str) -> crate::config::FileKind {
 /// Checks one file; returns what it configures and any warnings.
 pub fn file(path: &Path) -> Result<Report, CheckError> {
     use crate::config::FileKind;
-    let text = std::fs::read_to_string(path)
+    let text = okome_core::config::read_text(path, okome_core::config::MAX_CONFIG_FILE)
         .map_err(|e| CheckError::Read(path.display().to_string(), e))?;
     let kind = kind_of(&text);
     if kind == FileKind::Arbiter {

@@ -152,8 +152,8 @@ fn run_edge(path: &std::path::Path, upgrade: bool) -> ExitCode {
 /// Checks one file of any kind: the library checks what it configures; simulator files are the
 /// simulator crate's.
 fn check_file(f: &std::path::Path) -> Result<okome::check::Report, Box<dyn std::error::Error>> {
-    let text =
-        std::fs::read_to_string(f).map_err(|e| format!("{}: cannot read: {e}", f.display()))?;
+    let text = okome_core::config::read_text(f, okome_core::config::MAX_CONFIG_FILE)
+        .map_err(|e| format!("{}: cannot read: {e}", f.display()))?;
     if okome::check::kind_of(&text) == okome::config::FileKind::Sim {
         let file = okome_sim::cli::load_file(f)?;
         return Ok(format!("simulator config, {} engine(s)", file.engines.len()).into());

@@ -345,3 +345,56 @@ fn the_shared_limit_store_is_checked() {
     let out = check(&[&path]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+/// The reproduction (security round three, 7): `okome check -c /dev/zero` read 1 GB in half a
+/// second and was killed for memory; a FIFO hung it. Only regular files are read, and at most
+/// 16 MiB of a config (1 MiB of a certificate or key, 64 KiB of a secret).
+#[test]
+fn devices_fifos_and_huge_files_are_refused_not_read() {
+    let out = check(&[Path::new("/dev/zero")]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("/dev/zero") && err.contains("not a regular file"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("edge.yaml");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let out = check(&[&fifo]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not a regular file"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let big = dir.path().join("big.yaml");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(17 * 1024 * 1024).unwrap();
+    let out = check(&[&big]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("more than"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A certificate path that names a device: refused at its line and key, not read.
+    let (_d, cfg) = write(
+        "tls.yaml",
+        &GOOD.replace(
+            "  - address: 127.0.0.1:8080\n",
+            "  - address: 127.0.0.1:8443\n    tls: { certificates: [{ cert: /dev/zero, key: /dev/zero }] }\n",
+        ),
+    );
+    let out = check(&[&cfg]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("tls.yaml:") && err.contains("not a regular file"),
+        "{err}"
+    );
+}

@@ -454,10 +454,11 @@ fn parse_yaml(file: &Path, text: &str) -> Result<ArbiterConfig, ArbiterError> {
 impl ArbiterConfig {
     /// Reads, parses and validates `arbiter.yaml`.
     pub fn load(path: &Path) -> Result<ArbiterConfig, ArbiterError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ArbiterError::Read {
-            file: path.to_path_buf(),
-            source,
-        })?;
+        let text = okome_core::config::read_text(path, okome_core::config::MAX_CONFIG_FILE)
+            .map_err(|source| ArbiterError::Read {
+                file: path.to_path_buf(),
+                source,
+            })?;
         Self::from_str(&path.display().to_string(), &text)
     }
 

@@ -180,9 +180,11 @@ pub fn parse_keys(file: &Path, text: &str) -> Result<Vec<Spanned<KeyEntry>>, Con
 }
 
 fn read(file: &Path) -> Result<String, ControlError> {
-    std::fs::read_to_string(file).map_err(|source| ControlError::Read {
-        file: file.to_path_buf(),
-        source,
+    okome_core::config::read_text(file, okome_core::config::MAX_CONFIG_FILE).map_err(|source| {
+        ControlError::Read {
+            file: file.to_path_buf(),
+            source,
+        }
     })
 }
 
@@ -197,16 +199,18 @@ impl ControlPolicy {
             dir.join(&k.value)
         });
         let file_keys = match &keys_path {
-            Some(kp) => match std::fs::read_to_string(kp) {
-                Ok(t) => parse_keys(kp, &t)?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                Err(source) => {
-                    return Err(ControlError::Read {
-                        file: kp.clone(),
-                        source,
-                    })
+            Some(kp) => {
+                match okome_core::config::read_text(kp, okome_core::config::MAX_CONFIG_FILE) {
+                    Ok(t) => parse_keys(kp, &t)?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                    Err(source) => {
+                        return Err(ControlError::Read {
+                            file: kp.clone(),
+                            source,
+                        })
+                    }
                 }
-            },
+            }
             None => Vec::new(),
         };
         Self::validated(ControlPolicy {

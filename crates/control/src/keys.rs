@@ -51,16 +51,17 @@ fn append_entry(keys_path: &Path, sha256: &str, tenant: &str) -> Result<(), Cont
         file: keys_path.to_path_buf(),
         source,
     };
-    let existing = match std::fs::read_to_string(keys_path) {
-        Ok(t) => Some(t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => {
-            return Err(ControlError::Read {
-                file: keys_path.to_path_buf(),
-                source,
-            })
-        }
-    };
+    let existing =
+        match okome_core::config::read_text(keys_path, okome_core::config::MAX_CONFIG_FILE) {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(ControlError::Read {
+                    file: keys_path.to_path_buf(),
+                    source,
+                })
+            }
+        };
     let mut line = String::new();
     match &existing {
         None => line.push_str(

@@ -175,10 +175,12 @@ impl SimArgs {
 
 /// Reads and checks a `-c` file; errors name the file, the line and what is wrong.
 pub fn load_file(file: &std::path::Path) -> Result<SimFile, SimError> {
-    let text = std::fs::read_to_string(file).map_err(|source| SimError::Read {
-        file: file.into(),
-        source,
-    })?;
+    let text = okome_core::config::read_text(file, okome_core::config::MAX_CONFIG_FILE).map_err(
+        |source| SimError::Read {
+            file: file.into(),
+            source,
+        },
+    )?;
     okome_core::config::from_yaml::<SimFile>(file, &text).map_err(|msg| SimError::Config {
         file: file.into(),
         msg,

@@ -65,18 +65,7 @@ impl SecretSource {
 const MAX_SECRET_FILE: u64 = 64 * 1024;
 
 fn read_small(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut s = String::new();
-    std::fs::File::open(path)?
-        .take(MAX_SECRET_FILE + 1)
-        .read_to_string(&mut s)?;
-    if s.len() as u64 > MAX_SECRET_FILE {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("longer than {MAX_SECRET_FILE} bytes"),
-        ));
-    }
-    Ok(s)
+    super::read_text(path, MAX_SECRET_FILE)
 }
 
 /// A loaded secret. `Debug` and `Display` never show it.

@@ -770,10 +770,12 @@ pub enum ConfigError {
 
 /// Reads, parses and compiles an edge config file.
 pub fn load(path: &Path) -> Result<CompiledEdge, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        file: path.to_path_buf(),
-        source,
-    })?;
+    let text = okome_core::config::read_text(path, okome_core::config::MAX_CONFIG_FILE).map_err(
+        |source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        },
+    )?;
     parse(path, &text)
 }
 
@@ -786,9 +788,11 @@ pub fn parse(path: &Path, text: &str) -> Result<CompiledEdge, ConfigError> {
             message,
         })?;
     let folder = path.parent();
+    use okome_core::config::MAX_PEM_FILE;
+    // Certificates, keys and CA bundles: regular files of at most 1 MiB.
     let read_file = |p: &Path| match folder {
-        Some(f) if p.is_relative() => std::fs::read(f.join(p)),
-        _ => std::fs::read(p),
+        Some(f) if p.is_relative() => okome_core::config::read_bounded(&f.join(p), MAX_PEM_FILE),
+        _ => okome_core::config::read_bounded(p, MAX_PEM_FILE),
     };
     compile::compile(&cfg, &|s| s.load(folder), &read_file).map_err(|problems| {
         ConfigError::Invalid {
