@@ -81,9 +81,12 @@ fn append_entry(keys_path: &Path, sha256: &str, tenant: &str) -> Result<(), Cont
     let mut after = existing.clone().unwrap_or_default();
     after.push_str(&line);
     parse_keys(keys_path, &after)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Key hashes: a new keys file is readable by the control plane's user only.
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(keys_path)
         .map_err(write_err)?;
     f.write_all(line.as_bytes()).map_err(write_err)?;

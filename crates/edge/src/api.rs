@@ -108,10 +108,11 @@ impl Api {
 
 fn openai_type(status: u16) -> &'static str {
     match status {
-        400 | 404 | 405 | 411 | 413 | 422 => "invalid_request_error",
         401 => "authentication_error",
         403 => "permission_error",
         429 => "rate_limit_error",
+        // Every other client error (400, 404, 408, 410, 411, 413, 422, 431, …) is the request's.
+        400..=499 => "invalid_request_error",
         503 => "service_unavailable",
         504 => "timeout",
         _ => "server_error",
@@ -121,6 +122,16 @@ fn openai_type(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reproduction (security round three, 8): a 431 was typed `server_error`.
+    #[test]
+    fn client_errors_are_typed_as_the_request_s() {
+        for status in [400, 404, 408, 410, 413, 431] {
+            assert_eq!(openai_type(status), "invalid_request_error", "{status}");
+        }
+        assert_eq!(openai_type(429), "rate_limit_error");
+        assert_eq!(openai_type(502), "server_error");
+    }
 
     #[test]
     fn paths_pick_the_api() {

@@ -10,8 +10,10 @@
 //!   the client is the peer, whatever it claims.
 //!
 //! RFC 7239 `Forwarded` is not emitted: the engines and the stream nodes read
-//! `X-Forwarded-For`, and two headers saying the same thing could disagree. A client's own
-//! `Forwarded` passes unchanged and is never believed.
+//! `X-Forwarded-For`, and two headers saying the same thing could disagree. A `Forwarded` from
+//! a peer that is not a trusted proxy is removed (an engine or a log that reads it would believe
+//! the client's claim); `X-Real-IP`, which nginx-style backends read, is set to the client the
+//! edge determined, whatever the request said.
 
 use super::ctx::RequestInfo;
 use ipnet::IpNet;
@@ -22,6 +24,8 @@ use std::net::{IpAddr, SocketAddr};
 pub const XFF: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Proto`.
 pub const XFP: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+/// `X-Real-IP`.
+pub const X_REAL_IP: http::HeaderName = http::HeaderName::from_static("x-real-ip");
 
 /// Whether `ip` is inside one of `trusted`.
 pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
@@ -119,6 +123,17 @@ pub fn apply(req: &mut RequestHeader, info: &RequestInfo) -> pingora_error::Resu
         // The name as a static string: Pingora copies a `HeaderName` it does not know to keep
         // its case; this spelling is the same on the wire.
         req.insert_header("x-forwarded-for", value)?;
+    }
+    if !info.proxied {
+        req.remove_header(&http::header::FORWARDED);
+    }
+    match info.client.or(info.peer.map(|p| p.ip())) {
+        Some(client) => {
+            req.insert_header("x-real-ip", canonical(client).to_string())?;
+        }
+        None => {
+            req.remove_header(&X_REAL_IP);
+        }
     }
     let keep_proto = info.proxied
         && req
@@ -253,5 +268,33 @@ mod tests {
         req.insert_header(XFP, "https").unwrap();
         apply(&mut req, &info).unwrap();
         assert_eq!(req.headers.get(XFP).unwrap(), "https");
+    }
+
+    /// The reproduction (security round three, 8): `X-Real-IP` and `Forwarded` from an untrusted
+    /// client reached the engine unchanged.
+    #[test]
+    fn real_ip_and_forwarded_are_not_the_client_s_to_set() {
+        let mut info = RequestInfo::new();
+        info.peer = Some("198.51.100.4:5555".parse().unwrap());
+        let mut req = RequestHeader::build("POST", b"/", None).unwrap();
+        req.insert_header(X_REAL_IP, "10.0.0.1").unwrap();
+        req.insert_header(http::header::FORWARDED, "for=10.0.0.1")
+            .unwrap();
+        apply(&mut req, &info).unwrap();
+        assert_eq!(req.headers.get(X_REAL_IP).unwrap(), "198.51.100.4");
+        assert!(req.headers.get(http::header::FORWARDED).is_none());
+        // Behind a trusted proxy: the client it forwarded, and its `Forwarded` kept.
+        info.proxied = true;
+        info.client = Some(ip("203.0.113.9"));
+        let mut req = RequestHeader::build("POST", b"/", None).unwrap();
+        req.insert_header(X_REAL_IP, "10.0.0.1").unwrap();
+        req.insert_header(http::header::FORWARDED, "for=203.0.113.9")
+            .unwrap();
+        apply(&mut req, &info).unwrap();
+        assert_eq!(req.headers.get(X_REAL_IP).unwrap(), "203.0.113.9");
+        assert_eq!(
+            req.headers.get(http::header::FORWARDED).unwrap(),
+            "for=203.0.113.9"
+        );
     }
 }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
 
 /// A key hash this edge resolved, and when (unix seconds).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,7 +80,17 @@ impl StateDir {
         let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
         let res = async {
             tokio::fs::create_dir_all(&self.dir).await?;
-            tokio::fs::write(&tmp, data).await?;
+            // Tenants, limits and key hashes: readable by the edge's user only.
+            let mut f = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .await?;
+            f.write_all(&data).await?;
+            f.sync_all().await?;
+            drop(f);
             tokio::fs::rename(&tmp, &path).await
         }
         .await;
@@ -91,5 +102,24 @@ impl StateDir {
             return false;
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The reproduction (security round three, 8): the edge's state files were 0644.
+    #[tokio::test]
+    async fn state_files_are_the_edge_s_alone() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let state = StateDir::new(dir.path());
+        assert!(state.save_keys(&HashMap::new()).await);
+        let mode = std::fs::metadata(state.keys_path())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }
