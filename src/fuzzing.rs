@@ -268,6 +268,40 @@ pub fn body_peek(data: &[u8]) {
         .and_then(|n| n.as_i64())
         .and_then(|n| u64::try_from(n).ok()));
     assert_eq!(p.max_tokens, max, "token limit differs from a full parse");
+
+    // Differential with Go's `encoding/json` (Ollama): it matches keys case-insensitively
+    // (after upper-casing every character) and the last match wins, so an accepted body must
+    // give it exactly the keys the edge read, spelled as the edge read them.
+    let folds_to = |k: &str, want: &str| {
+        k.chars()
+            .flat_map(char::to_uppercase)
+            .eq(want.chars().map(|c| c.to_ascii_uppercase()))
+    };
+    let go_keys_are_exact = |obj: &serde_json::Map<String, serde_json::Value>, keys: &[&str]| {
+        for want in keys {
+            let read: Vec<&String> = obj.keys().filter(|k| folds_to(k, want)).collect();
+            assert!(
+                read.iter().all(|k| k.as_str() == *want),
+                "a case-insensitive decoder reads `{want}` from {read:?}"
+            );
+        }
+    };
+    if let Some(obj) = v.as_object() {
+        go_keys_are_exact(
+            obj,
+            &[
+                "model",
+                "name",
+                "stream",
+                "max_tokens",
+                "max_completion_tokens",
+                "options",
+            ],
+        );
+        if let Some(opts) = obj.get("options").and_then(|o| o.as_object()) {
+            go_keys_are_exact(opts, &["num_predict"]);
+        }
+    }
 }
 
 /// Config compile: the edge, control-plane, keys-file and arbiter YAML parsers and validators

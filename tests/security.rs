@@ -510,3 +510,45 @@ async fn the_control_plane_api_requires_its_token() {
     assert_eq!(status_of(&r), 401, "{}", String::from_utf8_lossy(&r));
     assert_openai_error(&body_of(&r), "key_unverifiable");
 }
+
+/// Security round three, 1: on an Ollama route restricted to one model,
+/// `{"model":"llama3.2:latest","Model":"secret:latest",…}` passed the allowlist on `model` and was
+/// forwarded byte for byte; Ollama decodes keys case-insensitively, the last match winning, so a
+/// real Ollama runs `secret:latest`. Refused with 400 in Ollama's error shape, and on `/v1/*`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_case_variant_key_cannot_smuggle_another_model() {
+    let o = sim(SimKind::Ollama, |c| {
+        c.models = vec!["llama3.2:latest".into(), "secret:latest".into()];
+    })
+    .await;
+    let edge = embedded::edge(&format!(
+        "pools:\n{}routes:\n  - name: ollama\n    pool: ollama\n    filters: [{{type: allow_models, models: [\"llama3.2:latest\"]}}]\n",
+        pool("ollama", "ollama", &[o.addr()]),
+    ))
+    .await;
+    let smuggled =
+        r#"{"model":"llama3.2:latest","Model":"secret:latest","stream":false,"messages":[]}"#;
+    for path in ["/api/chat", "/v1/chat/completions"] {
+        let r = raw(edge.addr, &post_with(path, smuggled, "")).await;
+        assert_eq!(
+            status_of(&r),
+            400,
+            "{path}: {}",
+            String::from_utf8_lossy(&r)
+        );
+        let body = String::from_utf8_lossy(&body_of(&r)).to_string();
+        assert!(
+            body.contains("Model") && body.contains("case-insensitively"),
+            "{body}"
+        );
+    }
+    assert!(
+        body_of(&raw(edge.addr, &post_with("/api/chat", smuggled, "")).await)
+            .starts_with(b"{\"error\":\"")
+    );
+    assert_eq!(engine_requests(&[&o]), 0);
+    // The plain request still goes through.
+    let ok = r#"{"model":"llama3.2:latest","stream":false,"messages":[]}"#;
+    let r = raw(edge.addr, &post_with("/api/chat", ok, "")).await;
+    assert_eq!(status_of(&r), 200, "{}", String::from_utf8_lossy(&r));
+}

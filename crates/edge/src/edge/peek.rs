@@ -3,7 +3,14 @@
 //!
 //! Fail closed: a body that is not a JSON object, names the model twice, or names two different
 //! models (Ollama's `model` and its deprecated `name`) is refused rather than guessed at, since
-//! the engine might read it differently from the edge's policy checks.
+//! the engine might read it differently from the edge's policy checks. So is a body with a key
+//! that a case-insensitive decoder takes for one the edge reads (`"Model"`, `"ſtream"`): Go's
+//! `encoding/json` (Ollama) matches keys case-insensitively and the last match wins, so
+//! `{"model":"allowed","Model":"secret"}` would pass the policy on `model` and run `secret`.
+//!
+//! Per engine: Python servers (vLLM, SGLang, llama-cpp-python) match keys exactly and keep the
+//! last duplicate (refused: duplicates); Go servers (Ollama) match case-insensitively after
+//! Unicode upper-casing (refused: case variants); llama.cpp's C++ server matches exactly.
 
 use crate::api::Api;
 use serde::Deserialize;
@@ -30,6 +37,123 @@ pub enum PeekError {
     /// `model` and `name` disagree (Ollama accepts both).
     #[error("the request body names two models: `{0}` and `{1}`")]
     Ambiguous(String, String),
+    /// A key that a case-insensitive decoder reads as one the edge checks.
+    #[error(
+        "the request body has a key `{0}` that an engine matching keys case-insensitively \
+         (Ollama) reads as `{1}`: write `{1}` exactly, once"
+    )]
+    CaseVariant(String, &'static str),
+}
+
+/// The keys the edge reads at the top level of a body, and in Ollama's `options`.
+const READ_KEYS: [&str; 6] = [
+    "model",
+    "name",
+    "stream",
+    "max_tokens",
+    "max_completion_tokens",
+    "options",
+];
+const OPTION_KEYS: [&str; 1] = ["num_predict"];
+
+/// The key of `keys` that `key` is a case variant of, as Go's `encoding/json` folds names
+/// (every character upper-cased: `Model`, `MODEL`, and `ſ` for `s`); `None` for an exact key
+/// or an unrelated one.
+fn case_variant_of(key: &str, keys: &[&'static str]) -> Option<&'static str> {
+    if key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        // The common case, already in canonical spelling (or unrelated): nothing to fold.
+        return None;
+    }
+    keys.iter()
+        .find(|k| {
+            **k != key
+                && key
+                    .chars()
+                    .flat_map(char::to_uppercase)
+                    .eq(k.chars().map(|c| c.to_ascii_uppercase()))
+        })
+        .copied()
+}
+
+/// A key found to be a case variant: `(as written, the key it stands for)`.
+type Variant = Option<(String, &'static str)>;
+
+/// Walks an object's keys for case variants of `keys`, descending into the value of a key that
+/// folds to `options` (Ollama's options) for [`OPTION_KEYS`]; any other value is skipped.
+struct KeyScan {
+    found: Variant,
+    top: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyScan {
+    type Value = Variant;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Variant, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeyScan {
+    type Value = Variant;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut m: A) -> Result<Variant, A::Error> {
+        let keys: &[&'static str] = if self.top { &READ_KEYS } else { &OPTION_KEYS };
+        while let Some(k) = m.next_key::<Cow<'de, str>>()? {
+            if self.found.is_none() {
+                self.found = case_variant_of(&k, keys).map(|c| (k.clone().into_owned(), c));
+            }
+            let options = self.top && k.chars().flat_map(char::to_uppercase).eq("OPTIONS".chars());
+            if options {
+                let inner = m.next_value_seed(KeyScan {
+                    found: None,
+                    top: false,
+                })?;
+                self.found = self.found.or(inner);
+            } else {
+                m.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(self.found)
+    }
+    // Options that are not an object: nothing to fold (the typed read refuses them).
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Variant, A::Error> {
+        while s.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Variant, E> {
+        Ok(None)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Variant, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Variant, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Variant, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Variant, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Variant, E> {
+        Ok(None)
+    }
+}
+
+/// Refuses a body with a case variant of a key the edge reads (see the module doc).
+fn check_case_variants(body: &[u8]) -> Result<(), PeekError> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let scan = KeyScan {
+        found: None,
+        top: true,
+    };
+    match scan.deserialize(&mut de) {
+        Ok(Some((key, canonical))) => Err(PeekError::CaseVariant(key, canonical)),
+        Ok(None) => Ok(()),
+        Err(e) => Err(PeekError::Invalid(e.to_string())),
+    }
 }
 
 #[derive(Deserialize)]
@@ -136,6 +260,7 @@ pub fn peek(api: Api, body: &[u8]) -> Result<Peeked, PeekError> {
     }
     let f: Fields<'_> =
         serde_json::from_slice(body).map_err(|e| PeekError::Invalid(e.to_string()))?;
+    check_case_variants(body)?;
     let nonempty = |m: Option<Cow<'_, str>>| m.filter(|m| !m.is_empty()).map(Cow::into_owned);
     let model = nonempty(f.model);
     // Only Ollama reads `name`; on other APIs it is some other field (e.g. a function's name).
@@ -235,6 +360,69 @@ mod tests {
             peek(Api::OpenAi, br#"{"name":"b"}"#).map(|p| p.model),
             Ok(None)
         );
+    }
+
+    /// The reproduction (security round three, 1): on an Ollama route,
+    /// `{"model":"llama3.2:latest","Model":"secret:latest",…}` passed the allowlist on `model`,
+    /// and Ollama's Go decoder (case-insensitive, last match wins) runs `secret:latest`.
+    #[test]
+    fn case_variants_of_read_keys_are_refused() {
+        let bypass =
+            br#"{"model":"llama3.2:latest","Model":"secret:latest","stream":false,"messages":[]}"#;
+        for api in [Api::Ollama, Api::OpenAi] {
+            assert_eq!(
+                peek(api, bypass),
+                Err(PeekError::CaseVariant("Model".into(), "model"))
+            );
+        }
+        for (body, key, canonical) in [
+            (&br#"{"MODEL":"x"}"#[..], "MODEL", "model"),
+            (br#"{"model":"a","NAME":"b"}"#, "NAME", "name"),
+            (
+                br#"{"model":"a","\u017Ftream":true}"#,
+                "\u{17f}tream",
+                "stream",
+            ),
+            (
+                br#"{"model":"a","Max_Tokens":1}"#,
+                "Max_Tokens",
+                "max_tokens",
+            ),
+            (
+                br#"{"model":"a","options":{"Num_Predict":1}}"#,
+                "Num_Predict",
+                "num_predict",
+            ),
+            (
+                br#"{"model":"a","Options":{"num_predict":1}}"#,
+                "Options",
+                "options",
+            ),
+            (
+                br#"{"model":"a","OPTIONS":{"NUM_PREDICT":9}}"#,
+                "OPTIONS",
+                "options",
+            ),
+        ] {
+            assert_eq!(
+                peek(Api::Ollama, body),
+                Err(PeekError::CaseVariant(key.into(), canonical)),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Unrelated keys, exact keys, and keys that only look alike are fine.
+        for body in [
+            &br#"{"model":"a","Messages":[],"format":"json","modelx":1}"#[..],
+            br#"{"model":"a","options":{"temperature":0,"Temperature":1}}"#,
+            br#"{"mod\u0065l":"a"}"#,
+        ] {
+            assert!(
+                peek(Api::Ollama, body).is_ok(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]

@@ -450,6 +450,9 @@ async fn decide_inner(
                     PeekError::Ambiguous(..) => {
                         EdgeError::new(400, "ambiguous_model", e.to_string())
                     }
+                    PeekError::CaseVariant(..) => {
+                        EdgeError::new(400, "ambiguous_key", e.to_string())
+                    }
                 },
             )?;
             ctx.req.model = p.model;
