@@ -512,3 +512,65 @@ async fn an_idle_http2_connection_is_closed_after_client_head() {
     assert!(closed.is_ok(), "an idle h2 connection was kept open");
     assert!(started.elapsed() >= Duration::from_millis(250));
 }
+
+/// Security round three, 4: an HTTP/2 body without `content-length` was not read, so
+/// `curl --http2 -T - …/v1/chat/completions < ok.json` got 400 `model_required` where the same
+/// body over HTTP/1.1 chunked got 200. The end of the stream ends the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_body_without_content_length_is_read() {
+    let s = sim(SimKind::Vllm, |_| {}).await;
+    // A route restricted to one model: the body must be read to route and check it.
+    let yaml = EdgeBuilder::new()
+        .pool("vllm", "vllm", &[s.addr()])
+        .route(
+            Route::to_pool("openai", "vllm")
+                .path_prefix("/v1/")
+                .filters(
+                    serde_json::json!([{"type": "allow_models", "models": ["Qwen/Qwen3-8B"]}]),
+                ),
+        )
+        .yaml();
+    let edge =
+        embedded::edge_with_listener("  - address: 127.0.0.1:0\n    http2: true\n", &yaml).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ok.json");
+    std::fs::write(&file, chat_body(5)).unwrap();
+    // `-T -` uploads standard input: curl sends no content-length over HTTP/2.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-N",
+            "--http2-prior-knowledge",
+            "-X",
+            "POST",
+            "-T",
+            "-",
+        ])
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg(edge.url("/v1/chat/completions"))
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.ends_with("\n200"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sse_tokens(&text), 5, "{text}");
+    // A GET without a body is still one.
+    let models = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+        .get(edge.url("/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200);
+}

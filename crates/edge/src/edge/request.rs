@@ -391,9 +391,12 @@ async fn decide_inner(
     }
 
     // 4. The body, up to the edge's limit or the tenant's, whichever is smaller.
+    // HTTP/2 needs no Content-Length: a request has a body unless its HEADERS ended the stream
+    // (`curl --http2 -T -`, a gRPC call).
+    let h2_body =
+        session.as_downstream().is_http2() && !session.as_downstream_mut().is_body_empty();
     let req = session.req_header();
-    // A gRPC call over HTTP/2 carries no Content-Length, yet always a message (its model).
-    if !upgrade && (declares_body(req) || ctx.req.api == Api::TfServingGrpc) {
+    if !upgrade && (declares_body(req) || h2_body || ctx.req.api == Api::TfServingGrpc) {
         let tenant_limit = ctx.effects.tenant.as_ref().and_then(|t| t.max_body_bytes);
         let limit = tenant_limit.map_or(edge.max_body, |t| t.min(edge.max_body));
         let deadline = edge.timeouts.client_body.0;
