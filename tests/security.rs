@@ -552,3 +552,48 @@ async fn a_case_variant_key_cannot_smuggle_another_model() {
     let r = raw(edge.addr, &post_with("/api/chat", ok, "")).await;
     assert_eq!(status_of(&r), 200, "{}", String::from_utf8_lossy(&r));
 }
+
+/// Security round three, 6: `/api/tags` (and `/api/ps`) listed models the tenant may not use on
+/// a model-restricted route, where `/v1/models` was filtered. Only the allowed models are
+/// relayed; the entries keep every field the engine wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ollama_listings_show_only_the_allowed_models() {
+    let o = sim(SimKind::Ollama, |c| {
+        c.models = vec!["llama3.2:latest".into(), "secret:latest".into()];
+    })
+    .await;
+    let edge = embedded::edge(&format!(
+        "pools:\n{}routes:\n  - name: open\n    match: {{ headers: {{ x-open: \"1\" }} }}\n    pool: ollama\n  - name: ollama\n    pool: ollama\n    filters: [{{type: allow_models, models: [\"llama3.2\"]}}]\n",
+        pool("ollama", "ollama", &[o.addr()]),
+    ))
+    .await;
+    let names = |resp: &[u8]| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_slice(&body_of(resp))
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(resp)));
+        v["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                assert!(m["digest"].is_string() && m["size"].is_number(), "{m}");
+                m["name"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    for path in ["/api/tags", "/api/ps"] {
+        let get = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let r = raw(edge.addr, get.as_bytes()).await;
+        assert_eq!(status_of(&r), 200, "{}", String::from_utf8_lossy(&r));
+        assert_eq!(names(&r), ["llama3.2:latest"], "{path}");
+        // A route without a model restriction lists what the engine has.
+        let open =
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nx-open: 1\r\nConnection: close\r\n\r\n");
+        let r = raw(edge.addr, open.as_bytes()).await;
+        assert_eq!(names(&r), ["llama3.2:latest", "secret:latest"], "{path}");
+        let head = format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        // A HEAD is relayed as the engine answers it (nothing to filter).
+        let direct = raw(o.addr(), head.as_bytes()).await;
+        let r = raw(edge.addr, head.as_bytes()).await;
+        assert_eq!(status_of(&r), status_of(&direct), "{}", String::from_utf8_lossy(&r));
+    }
+}

@@ -168,6 +168,8 @@ pub struct Reply {
     pub status: u16,
     /// Set when the edge answered with its own error.
     pub edge_error: Option<String>,
+    /// An Ollama model listing held back to be filtered (see `edge::listing`).
+    pub listing: Option<Vec<u8>>,
 }
 
 impl RequestCtx {

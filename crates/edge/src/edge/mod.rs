@@ -17,6 +17,7 @@ pub mod drain;
 pub mod embedded;
 pub mod failure;
 pub mod forwarded;
+pub mod listing;
 pub mod logging;
 pub mod peek;
 pub mod peer;

@@ -163,6 +163,7 @@ impl ProxyHttp for Proxy {
         let target = uri.path_and_query().map_or("/", |p| p.as_str());
         response::on_response_header(&edge, resp, uri.path(), target, ctx);
         response::start_resumable(&edge, session, resp, ctx);
+        super::listing::on_response_header(session, resp, ctx);
         Ok(())
     }
 

@@ -514,6 +514,9 @@ async fn decide_inner(
     }
     run_filters(edge, session, ctx, ri, Phase::Body).await?;
 
+    if super::listing::wanted(edge, ctx, &method, &path) {
+        ctx.reply.listing = Some(Vec::new());
+    }
     if ctx.req.api == Api::OpenAi && listing {
         let pools = route.reachable_pools(&edge.upstreams, ctx.req.api);
         // Behind a stream-node pool the models are the stream nodes' to list: ask them.

@@ -112,6 +112,7 @@ pub fn on_body(
             g.backend().note_progress();
         }
     }
+    super::listing::on_body(edge, body, end, ctx)?;
     if let Some(f) = ctx.failover.as_mut() {
         f.on_body(body, end)?;
     }
@@ -157,15 +158,20 @@ pub fn start_resumable(
         ctx,
     );
     if !before && ctx.resume.is_some() {
-        // `id:` lines make the body longer than the engine said: relay it chunked (HTTP/1.1;
-        // HTTP/1.0 reads to the close, HTTP/2 frames it itself).
-        resp.remove_header(&http::header::CONTENT_LENGTH);
-        if session.req_header().version == http::Version::HTTP_11
-            && !resp.headers.contains_key(http::header::TRANSFER_ENCODING)
-        {
-            // A static name and value: inserting cannot fail.
-            let _ = resp.insert_header(http::header::TRANSFER_ENCODING, "chunked");
-        }
+        // `id:` lines make the body longer than the engine said.
+        relay_chunked(session, resp);
+    }
+}
+
+/// A response whose body the edge changes goes out without the engine's Content-Length:
+/// chunked on HTTP/1.1 (HTTP/1.0 reads to the close, HTTP/2 frames it itself).
+pub fn relay_chunked(session: &pingora_proxy::Session, resp: &mut ResponseHeader) {
+    resp.remove_header(&http::header::CONTENT_LENGTH);
+    if session.req_header().version == http::Version::HTTP_11
+        && !resp.headers.contains_key(http::header::TRANSFER_ENCODING)
+    {
+        // A static name and value: inserting cannot fail.
+        let _ = resp.insert_header(http::header::TRANSFER_ENCODING, "chunked");
     }
 }
 
