@@ -594,6 +594,11 @@ async fn ollama_listings_show_only_the_allowed_models() {
         // A HEAD is relayed as the engine answers it (nothing to filter).
         let direct = raw(o.addr(), head.as_bytes()).await;
         let r = raw(edge.addr, head.as_bytes()).await;
-        assert_eq!(status_of(&r), status_of(&direct), "{}", String::from_utf8_lossy(&r));
+        assert_eq!(
+            status_of(&r),
+            status_of(&direct),
+            "{}",
+            String::from_utf8_lossy(&r)
+        );
     }
 }
