@@ -105,11 +105,12 @@ async fn edge_for(servers: &[&LlamaServer], route: Value) -> TestEdge {
 }
 
 /// Sends `req` and reads the raw response until the server closes; returns it with the time
-/// from the request's last byte to the first body byte that carried a content token.
+/// from before connecting (so before the edge can start its own clock) to the first body byte
+/// that carried a content token.
 async fn timed(addr: std::net::SocketAddr, req: &[u8]) -> (Vec<u8>, Option<Duration>) {
+    let sent = Instant::now();
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(req).await.unwrap();
-    let sent = Instant::now();
     let (mut out, mut first, mut buf) = (Vec::new(), None, vec![0u8; 16384]);
     loop {
         let n = tokio::time::timeout(Duration::from_secs(60), s.read(&mut buf))
